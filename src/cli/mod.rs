@@ -1,0 +1,8 @@
+//! Subcommand implementations behind the `evosam` binary. Each file owns one subcommand:
+//! its clap `Args` struct and a `run(args) -> crate::Result<()>` function.
+
+pub mod bench;
+pub mod report;
+pub mod run;
+pub mod segment;
+pub mod validate;

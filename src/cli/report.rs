@@ -1,0 +1,8 @@
+//! `evosam report` (in progress).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> crate::Result<()> {
+    Err(crate::Error::internal("`evosam report` is not available yet"))
+}

@@ -1,0 +1,8 @@
+//! `evosam run` (in progress).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> crate::Result<()> {
+    Err(crate::Error::internal("`evosam run` is not available yet"))
+}

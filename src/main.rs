@@ -1,0 +1,51 @@
+use clap::{Parser, Subcommand};
+use evosam::cli;
+
+/// Continual-learning experiments for medical image segmentation with EvoSAM on LiteMedSAM.
+#[derive(Parser)]
+#[command(name = "evosam", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment one image with a box prompt (optionally through a set of LoRA experts).
+    Segment(cli::segment::Args),
+    /// Run an experiment spec: train every strategy through the task stream and record scores.
+    Run(cli::run::Args),
+    /// Check an experiment spec without running it.
+    Validate(cli::validate::Args),
+    /// Write plots and tables for one or more results folders.
+    Report(cli::report::Args),
+    /// Measure model speed and memory on this machine.
+    Bench(cli::bench::Args),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version with exit 0 and usage errors with exit 2.
+            e.exit();
+        }
+    };
+    let result = match cli.command {
+        Command::Segment(a) => cli::segment::run(a),
+        Command::Run(a) => cli::run::run(a),
+        Command::Validate(a) => cli::validate::run(a),
+        Command::Report(a) => cli::report::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+    };
+    if let Err(e) = result {
+        let mut msg = format!("error: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!("\n  caused by: {s}"));
+            src = s.source();
+        }
+        eprintln!("{msg}");
+        std::process::exit(e.exit_code());
+    }
+}
