@@ -325,24 +325,22 @@ pub fn extras_frame(e: &[ExtraRow]) -> Result<DataFrame> {
     ])?)
 }
 
-/// Build and write every table into `dir`.
+/// Build and write every table into `dir`; returns the metrics frame.
 pub fn write_tables(
     dir: &Path,
     scores: &[ScoreRow],
     extras: &[ExtraRow],
     n_tasks: usize,
-) -> Result<()> {
+) -> Result<DataFrame> {
     let mut s = scores_frame(scores)?;
     write_parquet(&dir.join("scores.parquet"), &mut s)?;
     write_csv(&dir.join("scores.csv"), &mut s)?;
     let m = matrix_rows(scores);
     write_csv(&dir.join("matrix.csv"), &mut matrix_frame(&m)?)?;
-    write_csv(
-        &dir.join("metrics.csv"),
-        &mut metrics_frame(&m, scores, extras, n_tasks)?,
-    )?;
+    let mut met = metrics_frame(&m, scores, extras, n_tasks)?;
+    write_csv(&dir.join("metrics.csv"), &mut met)?;
     write_csv(&dir.join("extras.csv"), &mut extras_frame(extras)?)?;
-    Ok(())
+    Ok(met)
 }
 
 /// A lock on a results folder: `.lock` holds the owner's pid. A lock whose process is gone (killed) is stale and

@@ -441,9 +441,10 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
         ));
     }
     let size = model.input_size();
+    let augment = spec.strategies.iter().any(|s| s.train.augment);
     let mut tasks = Vec::new();
     for t in &spec.stream.tasks {
-        let td = data::load_task(&spec, t, size, &device)?;
+        let td = data::load_task(&spec, t, size, augment, &device)?;
         reporter.info(&format!(
             "task {}: {} train, {} test",
             td.name,
@@ -469,7 +470,10 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
 
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
     let (scores, extras) = collect(&shared, &cells)?;
-    results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
+    let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
+    if !opts.quiet {
+        println!("{metrics}");
+    }
     let failed: Vec<(String, String)> = outcomes
         .iter()
         .filter_map(|(id, r)| r.as_ref().err().map(|e| (id.clone(), e.clone())))
@@ -529,6 +533,7 @@ fn compute_embeddings(
     let all: Vec<&Case> = tasks
         .iter()
         .flat_map(|t| t.train.iter().chain(t.test.iter()))
+        .flat_map(|c| std::iter::once(c).chain(c.flipped.as_deref()))
         .collect();
     let mut map = HashMap::new();
     let t0 = Instant::now();

@@ -153,8 +153,8 @@ pub struct TrainSpec {
     pub lr: f64,
     #[serde(default = "d_wd")]
     pub weight_decay: f64,
-    /// Random flips (and 90 degree turns) of image embeddings' sources: off by default (the embedding cache
-    /// holds un-augmented images; augmentation recomputes embeddings).
+    /// Random left-right mirroring of training images (p = 0.5 per image and step). The mirrored images'
+    /// embeddings are computed once up front, so this doubles the embedding cost of the train split.
     #[serde(default)]
     pub augment: bool,
     /// Stop an epoch after this many optimiser steps (0 = no limit).
@@ -717,38 +717,40 @@ fn parse_task(
         ));
     }
     let what = format!("{what} ({name})");
-    let kind =
-        match t.remove("source") {
-            Some(Value::String(s)) => s,
-            Some(v) => {
-                return Err(src.err_in_table(
-                    span,
-                    &what,
-                    format!("`source` must be a string, found {}", v.type_str()),
-                ))
-            }
-            None => return Err(src.err_at(
+    let kind = match t.remove("source") {
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            return Err(src.err_in_table(
+                span,
+                &what,
+                format!("`source` must be a string, found {}", v.type_str()),
+            ))
+        }
+        None => {
+            return Err(src.err_at(
                 span.start,
                 format!(
                     "{what}: missing key `source` (one of \"synthetic\", \"folder\", \"nifti\")"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let v = Value::Table(t);
     let map = |e: toml::de::Error| src.err_in_table(span.clone(), &what, e.message());
-    let source =
-        match kind.as_str() {
-            "synthetic" => SourceSpec::Synthetic(v.try_into().map_err(map)?),
-            "folder" => SourceSpec::Folder(v.try_into().map_err(map)?),
-            "nifti" => SourceSpec::Nifti(v.try_into().map_err(map)?),
-            other => return Err(src.err_in_table(
+    let source = match kind.as_str() {
+        "synthetic" => SourceSpec::Synthetic(v.try_into().map_err(map)?),
+        "folder" => SourceSpec::Folder(v.try_into().map_err(map)?),
+        "nifti" => SourceSpec::Nifti(v.try_into().map_err(map)?),
+        other => {
+            return Err(src.err_in_table(
                 span,
                 &what,
                 format!(
                     "`source` = {other:?} is unknown: use \"synthetic\", \"folder\" or \"nifti\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let ts = TaskSpec { name, source, line };
     crate::data::validate_source(&ts).map_err(|m| src.err_in_table(span, &what, m))?;
     Ok(ts)
@@ -784,12 +786,14 @@ fn resolve_orders(
                 label: "reverse".into(),
                 tasks: given.iter().rev().copied().collect(),
             }),
-            RawOrder::Named(s) => return Err(src.err_at(
-                span.start,
-                format!(
+            RawOrder::Named(s) => {
+                return Err(src.err_at(
+                    span.start,
+                    format!(
                     "[stream] orders: {s:?} is not \"given\", \"reverse\" or a list of task names"
                 ),
-            )),
+                ))
+            }
             RawOrder::Perm(names) => {
                 let mut idx = Vec::new();
                 for nm in &names {

@@ -88,6 +88,8 @@ pub struct Case {
     pub fov: Option<Mask2D>,
     /// sha256 of the model input (f32 little-endian bytes): the embedding cache key.
     pub content_hash: String,
+    /// The horizontally mirrored twin (train cases, when a strategy trains with `augment = true`).
+    pub flipped: Option<Box<Case>>,
 }
 
 impl Case {
@@ -151,7 +153,14 @@ pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
 }
 
 /// Load one task: decode, preprocess to the model frame, and check that neither split is empty.
-pub fn load_task(spec: &Spec, t: &TaskSpec, size: usize, device: &Device) -> Result<TaskData> {
+/// `augment`: also build each train case's mirrored twin ([`Case::flipped`]).
+pub fn load_task(
+    spec: &Spec,
+    t: &TaskSpec,
+    size: usize,
+    augment: bool,
+    device: &Device,
+) -> Result<TaskData> {
     let (train, test, fov_eval) = match &t.source {
         SourceSpec::Synthetic(s) => {
             let (a, b) = s.generate()?;
@@ -176,13 +185,41 @@ pub fn load_task(spec: &Spec, t: &TaskSpec, size: usize, device: &Device) -> Res
             test.len()
         )));
     }
-    let conv = |v: Vec<RawCase>| -> Result<Vec<Case>> {
-        v.into_iter().map(|r| make_case(r, size, device)).collect()
+    let conv = |v: Vec<RawCase>, aug: bool| -> Result<Vec<Case>> {
+        v.into_iter()
+            .map(|r| {
+                let img = decode(&r)?;
+                let twin = if aug {
+                    let fr = RawCase {
+                        id: format!("{}#hflip", r.id),
+                        image: ImageSource::Raw(RawImage {
+                            h: 0,
+                            w: 0,
+                            channels: 3,
+                            data: vec![],
+                        }),
+                        mask: flip_mask(&r.mask),
+                        fov: r.fov.as_ref().map(flip_mask),
+                    };
+                    Some(Box::new(make_case_from(
+                        fr,
+                        &flip_image(&img),
+                        size,
+                        device,
+                    )?))
+                } else {
+                    None
+                };
+                let mut c = make_case_from(r, &img, size, device)?;
+                c.flipped = twin;
+                Ok(c)
+            })
+            .collect()
     };
     Ok(TaskData {
         name: t.name.clone(),
-        train: conv(train)?,
-        test: conv(test)?,
+        train: conv(train, augment)?,
+        test: conv(test, false)?,
         fov_eval,
     })
 }
@@ -199,16 +236,63 @@ pub fn raw_to_image(r: &RawImage) -> Result<preprocess::Image> {
         3 => rgb.extend_from_slice(&r.data),
         c => return Err(Error::internal(format!("raw image with {c} channels"))),
     }
-    preprocess::Image::from_rgb_f32(r.h, r.w, rgb)
+    preprocess::Image::from_rgb(r.h, r.w, rgb)
+}
+
+fn decode(r: &RawCase) -> Result<preprocess::Image> {
+    match &r.image {
+        ImageSource::Raw(raw) => raw_to_image(raw),
+        ImageSource::File(p) => preprocess::load_image(p),
+    }
+}
+
+/// Mirror an image left-right.
+pub fn flip_image(img: &preprocess::Image) -> preprocess::Image {
+    let (h, w) = (img.height, img.width);
+    let mut data = vec![0f32; img.data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                data[(y * w + x) * 3 + c] = img.data[(y * w + (w - 1 - x)) * 3 + c];
+            }
+        }
+    }
+    preprocess::Image {
+        height: h,
+        width: w,
+        data,
+    }
+}
+
+/// Mirror a mask left-right.
+pub fn flip_mask(m: &Mask2D) -> Mask2D {
+    let mut data = vec![0u8; m.data.len()];
+    for y in 0..m.h {
+        for x in 0..m.w {
+            data[y * m.w + x] = m.data[y * m.w + (m.w - 1 - x)];
+        }
+    }
+    Mask2D {
+        h: m.h,
+        w: m.w,
+        data,
+    }
 }
 
 /// Preprocess a raw case into the model frame.
 pub fn make_case(r: RawCase, size: usize, device: &Device) -> Result<Case> {
-    let img = match &r.image {
-        ImageSource::Raw(raw) => raw_to_image(raw)?,
-        ImageSource::File(p) => preprocess::load_image(p)?,
-    };
-    let (input, meta) = preprocess::to_model_input(&img, size)?;
+    let img = decode(&r)?;
+    make_case_from(r, &img, size, device)
+}
+
+/// Preprocess a decoded image with the raw case's masks.
+pub fn make_case_from(
+    r: RawCase,
+    img: &preprocess::Image,
+    size: usize,
+    device: &Device,
+) -> Result<Case> {
+    let (input, meta) = preprocess::to_model_input(img, size)?;
     if meta.orig_h != r.mask.h || meta.orig_w != r.mask.w {
         let what = match &r.image {
             ImageSource::File(p) => p.display().to_string(),
@@ -244,6 +328,7 @@ pub fn make_case(r: RawCase, size: usize, device: &Device) -> Result<Case> {
         gt: r.mask,
         fov: r.fov,
         content_hash,
+        flipped: None,
     })
 }
 
@@ -450,6 +535,23 @@ mod tests {
         assert_eq!(l.len(), 4);
         assert!(l.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(limit((0..3).collect::<Vec<_>>(), Some(4), 1), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn flips_mirror_images_and_masks() {
+        let m = Mask2D {
+            h: 2,
+            w: 3,
+            data: vec![1, 0, 0, 0, 1, 1],
+        };
+        assert_eq!(flip_mask(&m).data, vec![0, 0, 1, 1, 1, 0]);
+        assert_eq!(flip_mask(&flip_mask(&m)), m);
+        let img = preprocess::Image {
+            height: 1,
+            width: 2,
+            data: vec![1., 2., 3., 4., 5., 6.],
+        };
+        assert_eq!(flip_image(&img).data, vec![4., 5., 6., 1., 2., 3.]);
     }
 
     #[test]

@@ -131,7 +131,16 @@ pub fn fit(
         idx.shuffle(&mut ctx.rng);
         let mut sum = 0.0;
         for (step, chunk) in idx.chunks(bs).take(steps_per_epoch).enumerate() {
-            let batch: Vec<&Case> = chunk.iter().map(|&i| cases[i]).collect();
+            let batch: Vec<&Case> = chunk
+                .iter()
+                .map(|&i| {
+                    let c = cases[i];
+                    match c.flipped.as_deref() {
+                        Some(f) if train.augment && ctx.rng.random_bool(0.5) => f,
+                        _ => c,
+                    }
+                })
+                .collect();
             let emb = ctx.embeddings.batch(&batch)?;
             let boxes: Vec<[f32; 4]> = batch
                 .iter()
