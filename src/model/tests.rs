@@ -1,0 +1,182 @@
+//! Model tests: reference parity on committed fixtures (real weights) and tiny-config smoke tests.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+}
+
+fn load_img(i: usize) -> Tensor {
+    let t = Tensor::read_npy(fixtures().join(format!("img{i}.npy"))).unwrap();
+    (t.to_dtype(DType::F32).unwrap() / 255.0).unwrap()
+}
+
+/// max |a - b| / (max(b) - min(b)).
+pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let r = (b.max_all().unwrap() - b.min_all().unwrap())
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / r
+}
+
+#[test]
+fn parity_with_pytorch_reference() {
+    let dev = Device::Cpu;
+    let w = crate::weights::resolve_weights(None).expect("weights (EVOSAM_HOME or pip)");
+    let model = LiteMedSam::from_pth(&w, &dev).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
+            .unwrap();
+    let mut emb_cache: HashMap<usize, Tensor> = HashMap::new();
+    let mut checked = 0;
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let idx: Vec<usize> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let boxes: Vec<[f32; 4]> = case["boxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let v: Vec<f32> = b
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect();
+                [v[0], v[1], v[2], v[3]]
+            })
+            .collect();
+        let imgs: Vec<Tensor> = idx.iter().map(|&i| load_img(i)).collect();
+        let x = Tensor::stack(&imgs, 0).unwrap();
+        let emb = model.encode(&x).unwrap();
+        if idx.len() == 1 {
+            emb_cache.insert(idx[0], emb.clone());
+        }
+        if name == "single0" {
+            let e8 = Tensor::read_npy(fixtures().join("img0_emb8.npy")).unwrap();
+            let d = rel_diff(&emb.get(0).unwrap().narrow(0, 0, 8).unwrap(), &e8);
+            eprintln!("embedding (first 8 channels) rel diff {d:.2e}");
+            assert!(d < 1e-3, "embedding differs: {d}");
+        }
+        let prompts = Prompts::from_box_slice(&boxes, &dev).unwrap();
+        let out = model.decode(&emb, &prompts, None).unwrap();
+        let want = Tensor::read_npy(fixtures().join(format!("{name}_logits.npy"))).unwrap();
+        let want_iou = Tensor::read_npy(fixtures().join(format!("{name}_iou.npy"))).unwrap();
+        assert_eq!(out.logits.dims(), want.dims());
+        let d = rel_diff(&out.logits, &want);
+        let di = (&out.iou - &want_iou)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!(
+            "parity {name}: logits max abs diff / range = {d:.2e}, iou max abs diff = {di:.2e}"
+        );
+        assert!(d < 1e-3, "{name}: logits differ, {d}");
+        assert!(di < 1e-3, "{name}: iou differs, {di}");
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+}
+
+#[test]
+fn tiny_pipeline_shapes_and_routing() {
+    let dev = Device::Cpu;
+    let cfg = LiteMedSamConfig::tiny();
+    let m = LiteMedSam::random(&cfg, 7, &dev).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (2, 3, 256, 256), &dev).unwrap();
+    let t0 = std::time::Instant::now();
+    let emb = m.encode(&x).unwrap();
+    eprintln!("tiny encode of 2 images: {:?}", t0.elapsed());
+    assert_eq!(emb.dims(), &[2, 32, 64, 64]);
+    let p = Prompts::from_box_slice(&[[10., 20., 100., 200.], [50., 50., 60., 90.]], &dev).unwrap();
+    let out = m.decode(&emb, &p, None).unwrap();
+    assert_eq!(out.logits.dims(), &[2, 1, 256, 256]);
+    assert_eq!(out.iou.dims(), &[2, 1]);
+    // Batched = one at a time.
+    let o1 = m
+        .decode(
+            &emb.narrow(0, 1, 1).unwrap(),
+            &p.select(&Tensor::new(&[1u32], &dev).unwrap()).unwrap(),
+            None,
+        )
+        .unwrap();
+    let d = (out.logits.narrow(0, 1, 1).unwrap() - &o1.logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-4, "batch row differs from single: {d}");
+    // A fresh adapter changes nothing; a perturbed one changes only its routed image.
+    let lcfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+    };
+    let ad = Adapter::new(&m, &lcfg, 1).unwrap();
+    let oa = m.decode(&emb, &p, Some(&ad)).unwrap();
+    let d = (&oa.logits - &out.logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    for v in ad.vars() {
+        v.set(&(v.as_tensor() + 0.3).unwrap()).unwrap();
+    }
+    let routed = m.decode_routed(&emb, &p, &[None, Some(&ad)]).unwrap();
+    let full = m.decode(&emb, &p, Some(&ad)).unwrap();
+    let r0 = (routed.logits.get(0).unwrap() - out.logits.get(0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let r1 = (routed.logits.get(1).unwrap() - full.logits.get(1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let changed = (full.logits.get(1).unwrap() - out.logits.get(1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(r0 < 1e-5 && r1 < 1e-4, "routing mixes images: {r0} {r1}");
+    assert!(changed > 1e-3, "adapter had no effect");
+}
