@@ -472,7 +472,7 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
     let (scores, extras) = collect(&shared, &cells)?;
     let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
     if !opts.quiet {
-        println!("{metrics}");
+        print_metrics(&metrics);
     }
     let failed: Vec<(String, String)> = outcomes
         .iter()
@@ -816,6 +816,35 @@ fn collect(sh: &Shared, cells: &[Cell]) -> Result<(Vec<ScoreRow>, Vec<ExtraRow>)
         }
     }
     Ok((scores, extras))
+}
+
+/// One line per cell: ACC, BWT, FWT, forgetting.
+fn print_metrics(df: &polars::prelude::DataFrame) {
+    let get_s = |c: &str, i: usize| {
+        df.column(c)
+            .ok()
+            .and_then(|c| c.get(i).ok())
+            .map(|v| v.to_string())
+    };
+    let get_f = |c: &str, i: usize| {
+        df.column(c)
+            .ok()
+            .and_then(|c| c.f64().ok().and_then(|x| x.get(i)))
+            .map(|v| format!("{v:+.4}"))
+            .unwrap_or_else(|| "    -  ".into())
+    };
+    for i in 0..df.height() {
+        println!(
+            "{} seed {} order {}: ACC {} BWT {} FWT {} forgetting {}",
+            get_s("strategy", i).unwrap_or_default().trim_matches('"'),
+            get_s("seed", i).unwrap_or_default(),
+            get_s("order", i).unwrap_or_default().trim_matches('"'),
+            get_f("acc", i),
+            get_f("bwt", i),
+            get_f("fwt", i),
+            get_f("forgetting", i)
+        );
+    }
 }
 
 fn git_commit() -> String {
