@@ -1,1 +1,10 @@
-//! (in progress)
+//! Training building blocks: segmentation losses and an AdamW whose state can be saved and restored.
+
+pub mod loss;
+pub mod optim;
+
+pub use loss::{iou_mse_loss, seg_loss, soft_dice_loss, stable_bce_with_logits, LossWeights};
+pub use optim::{AdamW, ParamsAdamW};
+
+#[cfg(test)]
+mod grad_tests;
