@@ -26,7 +26,7 @@
 //! seed = 0                   # initialisation seed of "random-tiny"
 //! [model.lora]               # rank, alpha, targets (module path substrings)
 //!
-//! [train]                    # epochs, batch_size, lr, weight_decay, augment, max_steps_per_epoch
+//! [train]                    # epochs, batch_size, lr, weight_decay, max_grad_norm, augment, max_steps_per_epoch
 //! [train.loss]               # dice, bce, iou weights
 //! [train.prompt]             # jitter (pixels in the model frame), points (positive points per image)
 //!
@@ -157,6 +157,9 @@ pub struct TrainSpec {
     /// embeddings are computed once up front, so this doubles the embedding cost of the train split.
     #[serde(default)]
     pub augment: bool,
+    /// Clip the global gradient L2 norm (None = no clipping).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
     /// Stop an epoch after this many optimiser steps (0 = no limit).
     #[serde(default)]
     pub max_steps_per_epoch: usize,
@@ -1072,6 +1075,13 @@ fn validate_train(t: &TrainSpec) -> std::result::Result<(), String> {
     }
     if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
         return Err("train: `weight_decay` must be >= 0".into());
+    }
+    if let Some(g) = t.max_grad_norm {
+        if !(g.is_finite() && g > 0.0) {
+            return Err(format!(
+                "train: `max_grad_norm` must be a positive number, found {g}"
+            ));
+        }
     }
     if !(t.prompt.jitter.is_finite() && t.prompt.jitter >= 0.0) {
         return Err("train: `prompt.jitter` must be >= 0".into());

@@ -5,7 +5,8 @@
 //! - `vessels`: branching trees on fundus/angiography-like backgrounds. Sites differ in polarity (dark vessels on a
 //!   bright background vs bright on dark), colour, vessel calibre, noise, blur and background texture.
 //! - `organs`: an organ-like blob (radially perturbed ellipse) inside an MRI-like body slice with distractor blobs.
-//!   Sites differ in organ/body contrast (bright vs dark organ), bias field, noise and resolution.
+//!   A neighbouring blob of opposite contrast touches the organ, inside its box. Sites differ in which of the
+//!   pair is the organ (bright organ/dark neighbour vs the reverse), bias field, noise and resolution.
 //!
 //! Each image's random stream is derived from (seed, family, site, split, index) alone, so a task's data never
 //! depends on other tasks or on the experiment seed.
@@ -258,7 +259,7 @@ fn draw_tree(rng: &mut ChaCha8Rng, v: &mut [f64], size: usize, calibre: f64) {
             x,
             y,
             a,
-            calibre * s / 256.0 * (2.4 + rng.random::<f64>() * 0.8),
+            calibre * s / 256.0 * (3.0 + rng.random::<f64>() * 1.0),
             0,
         ));
     }
@@ -363,6 +364,10 @@ fn vessels(rng: &mut ChaCha8Rng, site: u32, size: usize) -> (RawImage, Mask2D) {
 struct OrganSite {
     body: f64,
     organ: f64,
+    /// The organ's neighbour: a blob of similar size that touches the organ (inside its box prompt), with the
+    /// opposite contrast. Which of the pair is the labelled organ depends on the site's contrast, so the box
+    /// alone is ambiguous and sites with opposite contrast conflict.
+    neighbour: f64,
     distractor: f64,
     noise: f64,
     bias: f64,
@@ -371,37 +376,41 @@ struct OrganSite {
 
 fn organ_site(site: u32) -> OrganSite {
     match site {
-        // T2-like: bright organ in a mid-grey body
+        // T2-like: bright organ, dark neighbour, mid-grey body
         0 => OrganSite {
-            body: 0.40,
+            body: 0.45,
             organ: 0.85,
-            distractor: 0.6,
+            neighbour: 0.2,
+            distractor: 0.65,
             noise: 0.03,
             bias: 0.0,
             downsample: 1,
         },
-        // T1-like inverted: dark organ in a bright body, strong bias field
+        // T1-like inverted: dark organ, bright neighbour, strong bias field
         1 => OrganSite {
-            body: 0.70,
+            body: 0.5,
             organ: 0.15,
-            distractor: 0.95,
-            noise: 0.06,
+            neighbour: 0.85,
+            distractor: 0.3,
+            noise: 0.05,
             bias: 0.35,
             downsample: 1,
         },
-        // low resolution, low contrast, heavy noise
+        // low resolution, low contrast, heavy noise; organ brighter than its neighbour
         2 => OrganSite {
             body: 0.35,
-            organ: 0.55,
-            distractor: 0.2,
-            noise: 0.10,
+            organ: 0.6,
+            neighbour: 0.2,
+            distractor: 0.5,
+            noise: 0.09,
             bias: 0.15,
             downsample: 3,
         },
-        // dark body, mid organ, bright distractors, moderate bias
+        // dark body, organ darker than its bright neighbour, moderate bias, slightly low resolution
         _ => OrganSite {
-            body: 0.15,
-            organ: 0.45,
+            body: 0.3,
+            organ: 0.1,
+            neighbour: 0.7,
             distractor: 0.9,
             noise: 0.05,
             bias: 0.25,
@@ -446,6 +455,16 @@ fn organs(rng: &mut ChaCha8Rng, site: u32, size: usize) -> (RawImage, Mask2D) {
         s * (0.07 + 0.06 * rng.random::<f64>()),
     );
     let organ = blob(rng, ocx, ocy, orx, ory);
+    // the neighbour touches the organ: centre about one organ radius away, similar size
+    let na = rng.random::<f64>() * std::f64::consts::TAU;
+    let nk = 0.75 + 0.25 * rng.random::<f64>();
+    let neighbour = blob(
+        rng,
+        ocx + orx * 1.1 * na.cos(),
+        ocy + ory * 1.1 * na.sin(),
+        orx * nk,
+        ory * nk,
+    );
     let n_d = 2 + rng.random_range(0..2);
     let distractors: Vec<_> = (0..n_d)
         .map(|_| {
@@ -470,6 +489,9 @@ fn organs(rng: &mut ChaCha8Rng, site: u32, size: usize) -> (RawImage, Mask2D) {
                 v = p.body + 0.06 * tex[y * size + x];
                 if distractors.iter().any(|d| d(fx, fy)) {
                     v = p.distractor + 0.04 * tex[y * size + x];
+                }
+                if neighbour(fx, fy) {
+                    v = p.neighbour + 0.05 * tex[y * size + x];
                 }
                 if organ(fx, fy) {
                     v = p.organ + 0.05 * tex[y * size + x];

@@ -31,10 +31,11 @@ pub struct FineTune {
 }
 
 /// AdamW settings from the train spec.
-pub fn adamw_params(spec: &StrategySpec) -> candle_nn::ParamsAdamW {
-    candle_nn::ParamsAdamW {
+pub fn adamw_params(spec: &StrategySpec) -> crate::train::optim::ParamsAdamW {
+    crate::train::optim::ParamsAdamW {
         lr: spec.train.lr,
         weight_decay: spec.train.weight_decay,
+        max_grad_norm: spec.train.max_grad_norm,
         ..Default::default()
     }
 }

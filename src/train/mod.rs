@@ -2,6 +2,8 @@
 
 pub mod loss;
 pub mod optim;
+/// The shared training loop of the strategies (runner).
+pub mod r#loop;
 
 pub use loss::{iou_mse_loss, seg_loss, soft_dice_loss, stable_bce_with_logits, LossWeights};
 pub use optim::{AdamW, ParamsAdamW};
