@@ -422,38 +422,53 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
 
     let cells = cells_of(&spec);
     let reporter = Reporter::new(opts.quiet, cells.len());
-    let device = device_of(&spec)?;
-    reporter.info(&format!(
-        "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
-        spec.experiment.name,
-        spec.stream.tasks.len(),
-        spec.strategies.len(),
-        spec.experiment.seeds.len(),
-        spec.orders.len(),
-        cells.len(),
-        opts.jobs.max(1)
-    ));
-    let (model, sha) = load_model(&spec, &device)?;
-    if !spec.model.freeze_encoder {
-        return Err(spec.err(
-            "[model] freeze_encoder = false is not supported by the runner yet (encoder LoRA needs a GPU and per-step \
-             encoder passes); use freeze_encoder = true",
-        ));
-    }
-    let size = model.input_size();
-    let augment = spec.strategies.iter().any(|s| s.train.augment);
-    let mut tasks = Vec::new();
-    for t in &spec.stream.tasks {
-        let td = data::load_task(&spec, t, size, augment, &device)?;
+    // Everything before the first cell; a fresh run that fails here leaves no folder behind.
+    let prep = (|| -> Result<_> {
+        let device = device_of(&spec)?;
         reporter.info(&format!(
-            "task {}: {} train, {} test",
-            td.name,
-            td.train.len(),
-            td.test.len()
+            "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
+            spec.experiment.name,
+            spec.stream.tasks.len(),
+            spec.strategies.len(),
+            spec.experiment.seeds.len(),
+            spec.orders.len(),
+            cells.len(),
+            opts.jobs.max(1)
         ));
-        tasks.push(td);
-    }
-    let store = compute_embeddings(&spec, &model, &sha, &tasks, &reporter)?;
+        if !spec.model.freeze_encoder {
+            return Err(spec.err(
+                "[model] freeze_encoder = false is not supported by the runner yet (encoder LoRA needs a GPU and per-step \
+                 encoder passes); use freeze_encoder = true",
+            ));
+        }
+        let (model, sha) = load_model(&spec, &device)?;
+        let size = model.input_size();
+        let augment = spec.strategies.iter().any(|s| s.train.augment);
+        let mut tasks = Vec::new();
+        for t in &spec.stream.tasks {
+            let td = data::load_task(&spec, t, size, augment, &device)?;
+            reporter.info(&format!(
+                "task {}: {} train, {} test",
+                td.name,
+                td.train.len(),
+                td.test.len()
+            ));
+            tasks.push(td);
+        }
+        let store = compute_embeddings(&spec, &model, &sha, &tasks, &reporter)?;
+        Ok((device, model, sha, tasks, store))
+    })();
+    let (device, model, sha, tasks, store) = match prep {
+        Ok(x) => x,
+        Err(e) => {
+            if !resumed {
+                let _ = std::fs::remove_file(&run_file);
+                drop(lock);
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e);
+        }
+    };
 
     let shared = Arc::new(Shared {
         spec,
@@ -835,11 +850,14 @@ fn print_metrics(df: &polars::prelude::DataFrame) {
     };
     for i in 0..df.height() {
         println!(
-            "{} seed {} order {}: ACC {} BWT {} FWT {} forgetting {}",
+            "{} seed {} order {}: ACC {:.4} BWT {} FWT {} forgetting {}",
             get_s("strategy", i).unwrap_or_default().trim_matches('"'),
             get_s("seed", i).unwrap_or_default(),
             get_s("order", i).unwrap_or_default().trim_matches('"'),
-            get_f("acc", i),
+            df.column("acc")
+                .ok()
+                .and_then(|c| c.f64().ok().and_then(|x| x.get(i)))
+                .unwrap_or(f64::NAN),
             get_f("bwt", i),
             get_f("fwt", i),
             get_f("forgetting", i)

@@ -289,6 +289,26 @@ fn validate_reports_good_and_bad_specs() {
         !tmp.path().join("o").exists(),
         "nothing may be written for a bad spec"
     );
+    // a missing weights file fails before training and leaves no results folder behind
+    let nw = tmp.path().join("noweights.toml");
+    std::fs::write(
+        &nw,
+        read(&spec).replace("weights = \"random-tiny\"", "weights = \"no/such.pth\""),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("run")
+        .arg(&nw)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no/such.pth"), "{}", text(&o));
+    assert!(
+        !tmp.path().join("o/tiny").exists(),
+        "a failed start must not leave a results folder"
+    );
 }
 
 /// DRIVE -> CHASEDB1 from ../shared/data (or $EVOSAM_SHARED_DATA) through the shipped spec's data settings,
