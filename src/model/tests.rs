@@ -180,3 +180,71 @@ fn tiny_pipeline_shapes_and_routing() {
     assert!(r0 < 1e-5 && r1 < 1e-4, "routing mixes images: {r0} {r1}");
     assert!(changed > 1e-3, "adapter had no effect");
 }
+
+#[test]
+#[ignore]
+fn micro_bench_ops() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (9, 256), &dev).unwrap();
+    let lin = Tensor::randn(0f32, 0.1, (256, 64), &dev).unwrap();
+    let t = |name: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            f();
+        }
+        eprintln!(
+            "{name}: {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1000.0 / 3.0
+        );
+    };
+    t("gelu_erf 16.7M", &|| x.gelu_erf().unwrap());
+    t("gelu tanh 16.7M", &|| x.gelu().unwrap());
+    t("add 16.7M", &|| (&x + &x).unwrap());
+    t("dwconv 256ch 256x256", &|| {
+        dwconv::dwconv3x3(&x, &w, 1).unwrap()
+    });
+    t("matmul 65536x256 @ 256x64", &|| {
+        x.reshape((65536, 256)).unwrap().matmul(&lin).unwrap()
+    });
+    t("matmul 65536x64 @ 64x256 (t)", &|| {
+        let y = x
+            .narrow(3, 0, 64)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((65536, 64))
+            .unwrap();
+        y.matmul(&lin.t().unwrap()).unwrap()
+    });
+    t("broadcast_add bias", &|| {
+        x.broadcast_add(&w.get(0).unwrap()).unwrap()
+    });
+}
+
+#[test]
+#[ignore]
+fn micro_bench_encoder_stages() {
+    let dev = Device::Cpu;
+    let w = crate::weights::resolve_weights(None).unwrap();
+    let m = LiteMedSam::from_pth(&w, &dev).unwrap();
+    let x = Tensor::rand(0f32, 1.0, (1, 3, 256, 256), &dev).unwrap();
+    m.encode(&x).unwrap();
+    for _ in 0..2 {
+        let t0 = std::time::Instant::now();
+        m.image_encoder.forward_profiled(&x).unwrap();
+        eprintln!("total {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let tiny = LiteMedSam::random(&LiteMedSamConfig::tiny(), 1, &dev).unwrap();
+    tiny.encode(&x).unwrap();
+    let t0 = std::time::Instant::now();
+    tiny.image_encoder.forward_profiled(&x).unwrap();
+    eprintln!("tiny total {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    let emb = tiny.encode(&x).unwrap();
+    let p = Prompts::from_box_slice(&[[10., 10., 100., 100.]], &dev).unwrap();
+    tiny.decode(&emb, &p, None).unwrap();
+    let t0 = std::time::Instant::now();
+    tiny.decode(&emb, &p, None).unwrap();
+    eprintln!("tiny decode {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+}
