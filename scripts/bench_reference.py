@@ -88,7 +88,15 @@ def main():
         opt.step()
 
     dec = median_time(step, a.reps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # VmHWM of this process image (ru_maxrss would include the parent's peak: it survives execve).
+    peak = float("nan")
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    peak = float(line.split()[1]) / 1024.0
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"encoder_s": enc, "full_s": full, "decoder_step_s": dec, "peak_rss_mb": peak,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "reps": a.reps}))
 

@@ -52,14 +52,29 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
+        let y = self.forward_no_bias(x, ad)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// `gelu(forward(x))`, with the bias add fused into the activation.
+    pub fn forward_gelu(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
+        let y = self.forward_no_bias(x, ad)?;
+        match &self.bias {
+            Some(b) => super::fused::bias_gelu(&y, b),
+            None => super::fused::gelu(&y),
+        }
+    }
+
+    /// `x W^T` plus the LoRA term, without the bias.
+    pub fn forward_no_bias(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("rank >= 1");
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((n, in_dim))?;
         let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
         if let Some((a, bm, scale)) = ad.and_then(|a| a.site(&self.path)) {
             let low = x2.matmul(&a.t()?)?.matmul(&bm.t()?)?;
             y = (y + (low * scale)?)?;
@@ -113,8 +128,13 @@ impl Visit for LayerNorm {
     }
 }
 
-/// Differentiable layer norm over the last dimension.
+/// Differentiable layer norm over the last dimension (fused kernel on the CPU).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    super::fused::layer_norm(x, w, b, eps)
+}
+
+/// Layer norm from candle's basic (differentiable) ops: the reference for the fused kernel.
+pub fn layer_norm_ops(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -134,7 +154,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Exact (erf) GELU, as PyTorch's `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    super::fused::gelu(x)
 }
 
 /// A Conv2d followed by BatchNorm2d (`path.c.weight`, `path.bn.*`), folded: returns the conv weight

@@ -68,14 +68,16 @@ fn fwd_kernel<T: WithDType>(
         for (r, orow) in chunk.chunks_mut(wo * c).enumerate() {
             let row = row0 + r;
             let (bi, oy) = (row / ho, row % ho);
-            for ky in 0..3 {
+            // The (up to) three input rows this output row reads.
+            let rows: [Option<&[T]>; 3] = std::array::from_fn(|ky| {
                 let iy = (oy * stride + ky) as isize - 1;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let xrow = &x[(bi * h + iy as usize) * wd * c..][..wd * c];
-                for ox in 0..wo {
-                    let o = &mut orow[ox * c..(ox + 1) * c];
+                (iy >= 0 && iy < h as isize)
+                    .then(|| &x[(bi * h + iy as usize) * wd * c..][..wd * c])
+            });
+            for ox in 0..wo {
+                let o = &mut orow[ox * c..(ox + 1) * c];
+                for (ky, xrow) in rows.iter().enumerate() {
+                    let Some(xrow) = xrow else { continue };
                     for kx in 0..3 {
                         let ix = (ox * stride + kx) as isize - 1;
                         if ix < 0 || ix >= wd as isize {

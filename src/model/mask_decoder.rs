@@ -83,6 +83,14 @@ impl ConvT2x2 {
         y.reshape((b, 2 * h, 2 * w, self.cout))?
             .broadcast_add(&self.b)
     }
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let y = x.reshape((b * h * w, c))?.matmul(&self.w)?;
+        let y = y
+            .reshape((b, h, w, 2, 2, self.cout))?
+            .permute((0, 1, 3, 2, 4, 5))?;
+        super::fused::bias_gelu(&y.reshape((b, 2 * h, 2 * w, self.cout))?, &self.b)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -151,7 +159,7 @@ impl MaskDecoder {
         let x = keys.reshape((b, s, s, c))?;
         let x = self.up0.forward(&x)?;
         let x = gelu(&layer_norm(&x, &self.ln1.0, &self.ln1.1, 1e-6)?)?;
-        let x = gelu(&self.up3.forward(&x)?)?;
+        let x = self.up3.forward_gelu(&x)?;
         let (_, h4, w4, c8) = x.dims4()?;
         let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
         let masks = x.reshape((b, h4 * w4, c8))?.matmul(&hyper.unsqueeze(2)?)?;

@@ -4,6 +4,7 @@
 
 pub mod common;
 pub mod dwconv;
+pub mod fused;
 pub mod lora;
 pub mod mask_decoder;
 pub mod prompt_encoder;

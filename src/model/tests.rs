@@ -180,3 +180,141 @@ fn tiny_pipeline_shapes_and_routing() {
     assert!(r0 < 1e-5 && r1 < 1e-4, "routing mixes images: {r0} {r1}");
     assert!(changed > 1e-3, "adapter had no effect");
 }
+
+#[test]
+#[ignore]
+fn micro_bench_ops() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (9, 256), &dev).unwrap();
+    let lin = Tensor::randn(0f32, 0.1, (256, 64), &dev).unwrap();
+    let t = |name: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            f();
+        }
+        eprintln!(
+            "{name}: {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1000.0 / 3.0
+        );
+    };
+    t("gelu_erf 16.7M", &|| x.gelu_erf().unwrap());
+    t("gelu tanh 16.7M", &|| x.gelu().unwrap());
+    t("add 16.7M", &|| (&x + &x).unwrap());
+    t("dwconv 256ch 256x256", &|| {
+        dwconv::dwconv3x3(&x, &w, 1).unwrap()
+    });
+    t("matmul 65536x256 @ 256x64", &|| {
+        x.reshape((65536, 256)).unwrap().matmul(&lin).unwrap()
+    });
+    t("matmul 65536x64 @ 64x256 (t)", &|| {
+        let y = x
+            .narrow(3, 0, 64)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((65536, 64))
+            .unwrap();
+        y.matmul(&lin.t().unwrap()).unwrap()
+    });
+    t("broadcast_add bias", &|| {
+        x.broadcast_add(&w.get(0).unwrap()).unwrap()
+    });
+}
+
+#[test]
+#[ignore]
+fn micro_bench_encoder_stages() {
+    let dev = Device::Cpu;
+    let w = crate::weights::resolve_weights(None).unwrap();
+    let m = LiteMedSam::from_pth(&w, &dev).unwrap();
+    let x = Tensor::rand(0f32, 1.0, (1, 3, 256, 256), &dev).unwrap();
+    m.encode(&x).unwrap();
+    for _ in 0..2 {
+        let t0 = std::time::Instant::now();
+        m.image_encoder.forward_profiled(&x).unwrap();
+        eprintln!("total {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let tiny = LiteMedSam::random(&LiteMedSamConfig::tiny(), 1, &dev).unwrap();
+    tiny.encode(&x).unwrap();
+    let t0 = std::time::Instant::now();
+    tiny.image_encoder.forward_profiled(&x).unwrap();
+    eprintln!("tiny total {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    let emb = tiny.encode(&x).unwrap();
+    let p = Prompts::from_box_slice(&[[10., 10., 100., 100.]], &dev).unwrap();
+    tiny.decode(&emb, &p, None).unwrap();
+    let t0 = std::time::Instant::now();
+    tiny.decode(&emb, &p, None).unwrap();
+    eprintln!("tiny decode {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0);
+}
+
+#[test]
+#[ignore]
+fn micro_bench_decoder_step() {
+    use crate::train::{seg_loss, LossWeights};
+    let dev = Device::Cpu;
+    let w = crate::weights::resolve_weights(None).unwrap();
+    let mut m = LiteMedSam::from_pth(&w, &dev).unwrap();
+    let emb = Tensor::randn(0f32, 1.0, (4, 256, 64, 64), &dev).unwrap();
+    let p = Prompts::from_box_slice(&[[10., 10., 100., 100.], [20., 30., 200., 150.], [5., 5., 250., 250.], [100., 100., 200., 220.]], &dev).unwrap();
+    let target = Tensor::rand(0f32, 1.0, (4, 1, 256, 256), &dev).unwrap().gt(0.5).unwrap().to_dtype(DType::F32).unwrap();
+    let t = |name: &str, f: &mut dyn FnMut()| {
+        f();
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            f();
+        }
+        eprintln!("{name}: {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0 / 3.0);
+    };
+    t("decode fwd b4 frozen", &mut || {
+        m.decode(&emb, &p, None).unwrap();
+    });
+    let _vars = m.unfreeze(&["mask_decoder."]).unwrap();
+    t("decode fwd b4 trainable", &mut || {
+        m.decode(&emb, &p, None).unwrap();
+    });
+    t("decode fwd+loss+bwd b4", &mut || {
+        let o = m.decode(&emb, &p, None).unwrap();
+        seg_loss(&o, &target, &LossWeights::default()).unwrap().backward().unwrap();
+    });
+}
+
+#[test]
+fn adapter_save_load_roundtrip_and_refusals() {
+    let dev = Device::Cpu;
+    let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), 2, &dev).unwrap();
+    let cfg = LoraConfig { rank: 3, alpha: 6.0, targets: vec!["mask_decoder.*_proj".into(), "attn.qkv".into()] };
+    let ad = Adapter::new(&m, &cfg, 5).unwrap();
+    assert!(ad.targets_encoder() && ad.targets_decoder());
+    for v in ad.vars() {
+        v.set(&(v.as_tensor() + 0.1).unwrap()).unwrap();
+    }
+    let n_sites = ad.paths().len();
+    assert_eq!(ad.num_params(), ad.vars().iter().map(|v| v.elem_count()).sum::<usize>());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("e/expert.safetensors");
+    ad.save(&f, "abc123").unwrap();
+    let back = Adapter::load(&f, &m, "abc123").unwrap();
+    assert_eq!(back.config, cfg);
+    assert_eq!(back.paths().len(), n_sites);
+    for ((n1, v1), (n2, v2)) in ad.named_vars().iter().zip(back.named_vars()) {
+        assert_eq!(n1, &n2);
+        let d = (v1.as_tensor() - v2.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+    }
+    let e = Adapter::load(&f, &m, "other").unwrap_err();
+    assert!(e.to_string().contains("abc123"), "{e}");
+    // Another architecture: sites do not fit.
+    let real_cfg = LiteMedSamConfig { decoder: { let mut d = LiteMedSamConfig::tiny().decoder; d.transformer.mlp_dim = 48; d }, ..LiteMedSamConfig::tiny() };
+    let other = LiteMedSam::random(&real_cfg, 2, &dev).unwrap();
+    let ad2 = Adapter::new(&other, &LoraConfig { rank: 2, alpha: 1.0, targets: vec!["lin1".into()] }, 0).unwrap();
+    ad2.save(&f, "abc123").unwrap();
+    assert!(Adapter::load(&f, &m, "abc123").is_err());
+    // deep_clone is independent.
+    let c = ad.deep_clone().unwrap();
+    c.vars()[0].set(&c.vars()[0].zeros_like().unwrap()).unwrap();
+    assert!(ad.vars()[0].as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    // Targets that match nothing are an error.
+    assert!(Adapter::new(&m, &LoraConfig { rank: 2, alpha: 1.0, targets: vec!["nope".into()] }, 0).is_err());
+}

