@@ -352,6 +352,34 @@ mod tests {
         Spec::from_str_at(text, &dir.join("spec.toml"), dir).unwrap()
     }
 
+    /// A gzip stream with stored (uncompressed) deflate blocks.
+    fn gzip_stored(data: &[u8]) -> Vec<u8> {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        let crc = !crc;
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        let chunks: Vec<&[u8]> = data.chunks(65535).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            out.push((i + 1 == chunks.len()) as u8);
+            let n = c.len() as u16;
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&(!n).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
     #[test]
     fn reads_slices_and_splits_by_case() {
         let dir = tempfile::tempdir().unwrap();
@@ -419,6 +447,18 @@ mod tests {
         let (tr, te) = n3.load(&spec, "a").unwrap();
         assert_eq!((tr.len(), te.len()), (18, 6));
         assert_eq!((te[0].mask.w, te[0].mask.h), (5, 4));
+
+        // .nii.gz volumes (gzip with stored deflate blocks) read the same
+        let gz = |src: &Path, dst: &Path| {
+            let raw = std::fs::read(src).unwrap();
+            std::fs::write(dst, gzip_stored(&raw)).unwrap();
+        };
+        let g = dir.path().join("gz");
+        std::fs::create_dir_all(&g).unwrap();
+        gz(&d.join("case1.nii"), &g.join("case1.nii.gz"));
+        let vz = read_volume(&g.join("case1.nii.gz")).unwrap();
+        assert_eq!(vz.dims, v.dims);
+        assert_eq!(vz.data, v.data);
 
         // corrupt file -> error naming it, no panic
         std::fs::write(d.join("case3.nii"), b"garbage").unwrap();

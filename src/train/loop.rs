@@ -193,3 +193,92 @@ pub fn fit(
     }
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{make_case, ImageSource, Mask2D, RawCase, RawImage};
+    use rand::SeedableRng;
+
+    fn case() -> Case {
+        // 40 x 20 image, foreground box x 10..=19, y 5..=9
+        let mut m = Mask2D::zeros(20, 40);
+        for y in 5..10 {
+            for x in 10..20 {
+                m.data[y * 40 + x] = 1;
+            }
+        }
+        let img = RawImage {
+            h: 20,
+            w: 40,
+            channels: 1,
+            data: (0..800).map(|i| (i % 7) as f32).collect(),
+        };
+        make_case(
+            RawCase {
+                id: "c".into(),
+                image: ImageSource::Raw(img),
+                mask: m,
+                fov: None,
+            },
+            64,
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn boxes_and_points_follow_the_mask() {
+        let c = case();
+        // scale 64/40 = 1.6: box (10,5,19,9) -> (16, 8, 30.4, 14.4)
+        let b = c.gt_box();
+        let want = [16.0, 8.0, 30.4, 14.4];
+        for (x, w) in b.iter().zip(want) {
+            assert!((x - w).abs() < 1e-4, "{b:?}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..200 {
+            let j = jittered_box(&c, 5.0, &mut rng);
+            assert!(j[0] <= j[2] && j[1] <= j[3], "{j:?}");
+            assert!(j.iter().all(|v| *v >= 0.0));
+            assert!(j[2] <= 63.0 && j[3] <= 31.0, "{j:?}"); // resized extent 64 x 32
+            for (x, w) in j.iter().zip(want) {
+                assert!((x - w).abs() <= 5.0 + 1e-4, "{j:?}");
+            }
+        }
+        assert_eq!(jittered_box(&c, 0.0, &mut rng), b);
+        let mut r1 = ChaCha8Rng::seed_from_u64(9);
+        let mut r2 = ChaCha8Rng::seed_from_u64(9);
+        assert_eq!(
+            jittered_box(&c, 3.0, &mut r1),
+            jittered_box(&c, 3.0, &mut r2)
+        );
+        for p in sample_points(&c, 20, &mut rng).unwrap() {
+            let (x, y) = (p[0] as usize, p[1] as usize);
+            assert_eq!(
+                c.mask
+                    .get(0)
+                    .unwrap()
+                    .get(y)
+                    .unwrap()
+                    .get(x)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+                1.0
+            );
+        }
+        let pr = make_prompts(
+            &[b, b],
+            Some(&[vec![[1.0, 2.0]], vec![[3.0, 4.0]]]),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(pr.boxes.unwrap().dims(), &[2, 4]);
+        let (pc, pl) = pr.points.unwrap();
+        assert_eq!(
+            (pc.dims(), pl.dims()),
+            (&[2usize, 1, 2][..], &[2usize, 1][..])
+        );
+    }
+}
