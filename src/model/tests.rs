@@ -50,20 +50,19 @@ fn parity_with_pytorch_reference() {
             .iter()
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
-        let boxes: Vec<[f32; 4]> = case["boxes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                let v: Vec<f32> = b
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect();
-                [v[0], v[1], v[2], v[3]]
-            })
-            .collect();
+        let boxes: Option<Vec<[f32; 4]>> = case["boxes"].as_array().map(|a| {
+            a.iter()
+                .map(|b| {
+                    let v: Vec<f32> = b
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap() as f32)
+                        .collect();
+                    [v[0], v[1], v[2], v[3]]
+                })
+                .collect()
+        });
         let imgs: Vec<Tensor> = idx.iter().map(|&i| load_img(i)).collect();
         let x = Tensor::stack(&imgs, 0).unwrap();
         let emb = model.encode(&x).unwrap();
@@ -76,7 +75,41 @@ fn parity_with_pytorch_reference() {
             eprintln!("embedding (first 8 channels) rel diff {d:.2e}");
             assert!(d < 1e-3, "embedding differs: {d}");
         }
-        let prompts = Prompts::from_box_slice(&boxes, &dev).unwrap();
+        let mut prompts = match &boxes {
+            Some(b) => Prompts::from_box_slice(b, &dev).unwrap(),
+            None => Prompts::default(),
+        };
+        if let Some(pts) = case.get("points") {
+            let flat: Vec<f32> = pts
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| {
+                    p.as_array().unwrap().iter().flat_map(|xy| {
+                        xy.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_f64().unwrap() as f32)
+                    })
+                })
+                .collect();
+            let labels: Vec<f32> = case["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|l| {
+                    l.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                })
+                .collect();
+            let (b, n) = (idx.len(), labels.len() / idx.len());
+            prompts.points = Some((
+                Tensor::from_vec(flat, (b, n, 2), &dev).unwrap(),
+                Tensor::from_vec(labels, (b, n), &dev).unwrap(),
+            ));
+        }
         let out = model.decode(&emb, &prompts, None).unwrap();
         let want = Tensor::read_npy(fixtures().join(format!("{name}_logits.npy"))).unwrap();
         let want_iou = Tensor::read_npy(fixtures().join(format!("{name}_iou.npy"))).unwrap();
@@ -97,7 +130,7 @@ fn parity_with_pytorch_reference() {
         assert!(di < 1e-3, "{name}: iou differs, {di}");
         checked += 1;
     }
-    assert_eq!(checked, 4);
+    assert_eq!(checked, 6);
 }
 
 #[test]
@@ -257,15 +290,32 @@ fn micro_bench_decoder_step() {
     let w = crate::weights::resolve_weights(None).unwrap();
     let mut m = LiteMedSam::from_pth(&w, &dev).unwrap();
     let emb = Tensor::randn(0f32, 1.0, (4, 256, 64, 64), &dev).unwrap();
-    let p = Prompts::from_box_slice(&[[10., 10., 100., 100.], [20., 30., 200., 150.], [5., 5., 250., 250.], [100., 100., 200., 220.]], &dev).unwrap();
-    let target = Tensor::rand(0f32, 1.0, (4, 1, 256, 256), &dev).unwrap().gt(0.5).unwrap().to_dtype(DType::F32).unwrap();
+    let p = Prompts::from_box_slice(
+        &[
+            [10., 10., 100., 100.],
+            [20., 30., 200., 150.],
+            [5., 5., 250., 250.],
+            [100., 100., 200., 220.],
+        ],
+        &dev,
+    )
+    .unwrap();
+    let target = Tensor::rand(0f32, 1.0, (4, 1, 256, 256), &dev)
+        .unwrap()
+        .gt(0.5)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let t = |name: &str, f: &mut dyn FnMut()| {
         f();
         let t0 = std::time::Instant::now();
         for _ in 0..3 {
             f();
         }
-        eprintln!("{name}: {:.0} ms", t0.elapsed().as_secs_f64() * 1000.0 / 3.0);
+        eprintln!(
+            "{name}: {:.0} ms",
+            t0.elapsed().as_secs_f64() * 1000.0 / 3.0
+        );
     };
     t("decode fwd b4 frozen", &mut || {
         m.decode(&emb, &p, None).unwrap();
@@ -276,7 +326,10 @@ fn micro_bench_decoder_step() {
     });
     t("decode fwd+loss+bwd b4", &mut || {
         let o = m.decode(&emb, &p, None).unwrap();
-        seg_loss(&o, &target, &LossWeights::default()).unwrap().backward().unwrap();
+        seg_loss(&o, &target, &LossWeights::default())
+            .unwrap()
+            .backward()
+            .unwrap();
     });
 }
 
@@ -284,14 +337,21 @@ fn micro_bench_decoder_step() {
 fn adapter_save_load_roundtrip_and_refusals() {
     let dev = Device::Cpu;
     let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), 2, &dev).unwrap();
-    let cfg = LoraConfig { rank: 3, alpha: 6.0, targets: vec!["mask_decoder.*_proj".into(), "attn.qkv".into()] };
+    let cfg = LoraConfig {
+        rank: 3,
+        alpha: 6.0,
+        targets: vec!["mask_decoder.*_proj".into(), "attn.qkv".into()],
+    };
     let ad = Adapter::new(&m, &cfg, 5).unwrap();
     assert!(ad.targets_encoder() && ad.targets_decoder());
     for v in ad.vars() {
         v.set(&(v.as_tensor() + 0.1).unwrap()).unwrap();
     }
     let n_sites = ad.paths().len();
-    assert_eq!(ad.num_params(), ad.vars().iter().map(|v| v.elem_count()).sum::<usize>());
+    assert_eq!(
+        ad.num_params(),
+        ad.vars().iter().map(|v| v.elem_count()).sum::<usize>()
+    );
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("e/expert.safetensors");
     ad.save(&f, "abc123").unwrap();
@@ -300,21 +360,63 @@ fn adapter_save_load_roundtrip_and_refusals() {
     assert_eq!(back.paths().len(), n_sites);
     for ((n1, v1), (n2, v2)) in ad.named_vars().iter().zip(back.named_vars()) {
         assert_eq!(n1, &n2);
-        let d = (v1.as_tensor() - v2.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (v1.as_tensor() - v2.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0);
     }
     let e = Adapter::load(&f, &m, "other").unwrap_err();
     assert!(e.to_string().contains("abc123"), "{e}");
     // Another architecture: sites do not fit.
-    let real_cfg = LiteMedSamConfig { decoder: { let mut d = LiteMedSamConfig::tiny().decoder; d.transformer.mlp_dim = 48; d }, ..LiteMedSamConfig::tiny() };
+    let real_cfg = LiteMedSamConfig {
+        decoder: {
+            let mut d = LiteMedSamConfig::tiny().decoder;
+            d.transformer.mlp_dim = 48;
+            d
+        },
+        ..LiteMedSamConfig::tiny()
+    };
     let other = LiteMedSam::random(&real_cfg, 2, &dev).unwrap();
-    let ad2 = Adapter::new(&other, &LoraConfig { rank: 2, alpha: 1.0, targets: vec!["lin1".into()] }, 0).unwrap();
+    let ad2 = Adapter::new(
+        &other,
+        &LoraConfig {
+            rank: 2,
+            alpha: 1.0,
+            targets: vec!["lin1".into()],
+        },
+        0,
+    )
+    .unwrap();
     ad2.save(&f, "abc123").unwrap();
     assert!(Adapter::load(&f, &m, "abc123").is_err());
     // deep_clone is independent.
     let c = ad.deep_clone().unwrap();
     c.vars()[0].set(&c.vars()[0].zeros_like().unwrap()).unwrap();
-    assert!(ad.vars()[0].as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    assert!(
+        ad.vars()[0]
+            .as_tensor()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
     // Targets that match nothing are an error.
-    assert!(Adapter::new(&m, &LoraConfig { rank: 2, alpha: 1.0, targets: vec!["nope".into()] }, 0).is_err());
+    assert!(Adapter::new(
+        &m,
+        &LoraConfig {
+            rank: 2,
+            alpha: 1.0,
+            targets: vec!["nope".into()]
+        },
+        0
+    )
+    .is_err());
 }
