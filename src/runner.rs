@@ -297,11 +297,8 @@ impl Reporter {
 
     pub fn cell_done(&self, id: &str, err: Option<&str>) {
         match &self.mode {
-            Mode::Quiet => {
-                if let Some(e) = err {
-                    eprintln!("cell {id} failed: {e}");
-                }
-            }
+            // the final error lists failed cells
+            Mode::Quiet => {}
             Mode::Lines => match err {
                 None => eprintln!("{} {id}: done", self.stamp()),
                 Some(e) => eprintln!("{} {id}: FAILED: {e}", self.stamp()),
@@ -455,10 +452,12 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
             ));
             tasks.push(td);
         }
+        let t_emb = Instant::now();
         let store = compute_embeddings(&spec, &model, &sha, &tasks, &reporter)?;
-        Ok((device, model, sha, tasks, store))
+        let emb_s = t_emb.elapsed().as_secs_f64();
+        Ok((device, model, sha, tasks, store, emb_s))
     })();
-    let (device, model, sha, tasks, store) = match prep {
+    let (device, model, sha, tasks, store, emb_s) = match prep {
         Ok(x) => x,
         Err(e) => {
             if !resumed {
@@ -491,7 +490,7 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
     }
     let failed: Vec<(String, String)> = outcomes
         .iter()
-        .filter_map(|(id, r)| r.as_ref().err().map(|e| (id.clone(), e.clone())))
+        .filter_map(|(id, r, _)| r.as_ref().err().map(|e| (id.clone(), e.clone())))
         .collect();
     write_manifest(
         &shared,
@@ -501,6 +500,7 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
         opts,
         threads,
         &outcomes,
+        emb_s,
     )?;
     drop(lock);
     if !failed.is_empty() {
@@ -574,7 +574,8 @@ fn compute_embeddings(
     Ok(EmbeddingStore::new(map))
 }
 
-type Outcome = (String, std::result::Result<(), String>);
+/// (cell id, result, wall seconds of this invocation).
+type Outcome = (String, std::result::Result<(), String>, f64);
 
 fn run_cells(shared: &Arc<Shared>, cells: &[Cell], jobs: usize) -> Result<Vec<Outcome>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -595,16 +596,28 @@ fn run_cells(shared: &Arc<Shared>, cells: &[Cell], jobs: usize) -> Result<Vec<Ou
             let cell = cell.clone();
             set.spawn_blocking(move || {
                 let _permit = permit;
-                let r = run_cell(&sh, &cell).map_err(|e| e.to_string());
+                let t0 = Instant::now();
+                // a panic is that cell's failure, not the run's
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(&sh, &cell)))
+                        .unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            Err(Error::internal(format!("panicked: {msg}")))
+                        })
+                        .map_err(|e| e.to_string());
                 sh.reporter
                     .cell_done(&cell.id, r.as_ref().err().map(|s| s.as_str()));
-                (i, cell.id.clone(), r)
+                (i, cell.id.clone(), r, t0.elapsed().as_secs_f64())
             });
         }
         let mut out: Vec<Option<Outcome>> = vec![None; cells.len()];
         while let Some(j) = set.join_next().await {
             match j {
-                Ok((i, id, r)) => out[i] = Some((id, r)),
+                Ok((i, id, r, secs)) => out[i] = Some((id, r, secs)),
                 Err(e) => return Err(Error::internal(format!("a cell panicked: {e}"))),
             }
         }
@@ -884,15 +897,16 @@ fn write_manifest(
     opts: &RunOptions,
     threads: usize,
     outcomes: &[Outcome],
+    embeddings_s: f64,
 ) -> Result<()> {
     let hostname = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let cells: Vec<serde_json::Value> = outcomes
         .iter()
-        .map(|(id, r)| match r {
-            Ok(()) => serde_json::json!({"id": id, "status": "ok"}),
-            Err(e) => serde_json::json!({"id": id, "status": "failed", "error": e}),
+        .map(|(id, r, secs)| match r {
+            Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs}),
+            Err(e) => serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs}),
         })
         .collect();
     let defs: serde_json::Map<String, serde_json::Value> = crate::metrics::DEFINITIONS
@@ -921,6 +935,7 @@ fn write_manifest(
         "resumed": resumed,
         "tasks": sh.tasks.iter().map(|t| serde_json::json!({"name": t.name, "train": t.train.len(), "test": t.test.len()})).collect::<Vec<_>>(),
         "cells": cells,
+        "embeddings": {"count": sh.store.len(), "wall_s": embeddings_s},
         "metrics": defs,
     });
     let s = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
