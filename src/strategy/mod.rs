@@ -156,18 +156,26 @@ pub struct StrategyCtx<'a> {
     pub device: &'a Device,
 }
 
-impl StrategyCtx<'_> {
-    /// Tasks trained so far in this order, including the current one (position `k` = `order[k]`).
-    pub fn seen(&self) -> Vec<&TaskData> {
+impl<'a> StrategyCtx<'a> {
+    /// Tasks trained so far in this order, including the current one (position `k` = `order[k]`). The references
+    /// outlive the context borrow, so they can be used while `ctx` is passed on mutably (e.g. to `fit`).
+    pub fn seen(&self) -> Vec<&'a TaskData> {
+        let tasks: &'a [TaskData] = self.tasks;
         self.order[..self.stage.min(self.order.len())]
             .iter()
-            .map(|&i| &self.tasks[i])
+            .map(|&i| &tasks[i])
             .collect()
     }
 
+    /// The task at position `k` of this order.
+    pub fn task_at(&self, k: usize) -> &'a TaskData {
+        let tasks: &'a [TaskData] = self.tasks;
+        &tasks[self.order[k]]
+    }
+
     /// Name of the task at position `k` of this order.
-    pub fn task_name(&self, k: usize) -> &str {
-        &self.tasks[self.order[k]].name
+    pub fn task_name(&self, k: usize) -> &'a str {
+        &self.task_at(k).name
     }
 }
 
@@ -214,6 +222,127 @@ pub trait Strategy: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Adapter, LiteMedSamConfig};
+    use crate::train::optim::AdamW;
+    use rand::SeedableRng;
+
+    /// A toy joint-training strategy written against the public API: trains a fresh adapter on every seen task
+    /// with an extra loss term that calls the model (as LwF would), while `ctx` is borrowed mutably by `fit`.
+    struct Toy {
+        adapter: Option<Adapter>,
+        extra_calls: std::cell::Cell<usize>,
+    }
+
+    impl Strategy for Toy {
+        fn name(&self) -> &str {
+            "toy"
+        }
+        fn train_task(&mut self, ctx: &mut StrategyCtx, _k: usize, _task: &TaskData) -> Result<()> {
+            let adapter = Adapter::new(ctx.model, &ctx.spec.lora, 1)?;
+            let mut opt = AdamW::new(adapter.vars(), finetune::adamw_params(ctx.spec))?;
+            let cases: Vec<&Case> = ctx.seen().iter().flat_map(|t| t.train.iter()).collect();
+            let model = ctx.model;
+            let calls = &self.extra_calls;
+            let extra =
+                |_c: &[&Case], emb: &Tensor, p: &Prompts, out: &crate::model::DecoderOutput| {
+                    calls.set(calls.get() + 1);
+                    let base = model.decode(emb, p, None)?;
+                    Ok(Some(
+                        ((&out.logits - &base.logits)?.sqr()?.mean_all()? * 0.01)?,
+                    ))
+                };
+            crate::train::r#loop::fit(ctx, "all", &adapter, &mut opt, &cases, Some(&extra))?;
+            self.adapter = Some(adapter);
+            Ok(())
+        }
+        fn predict(&self, ctx: &StrategyCtx, _k: usize, batch: &Batch) -> Result<Prediction> {
+            let out = ctx
+                .model
+                .decode(&batch.embeddings, &batch.prompts, self.adapter.as_ref())?;
+            Ok(Prediction {
+                logits: out.logits,
+                routed_to: Some(vec!["base".into(); batch.cases.len()]),
+            })
+        }
+        fn save_state(&self, _dir: &Path) -> Result<()> {
+            Ok(())
+        }
+        fn load_state(&mut self, _ctx: &StrategyCtx, _dir: &Path) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_strategy_can_train_on_all_seen_tasks_with_an_extra_loss() {
+        let dev = Device::Cpu;
+        let model = LiteMedSam::random(&LiteMedSamConfig::tiny(), 0, &dev).unwrap();
+        let text = "[experiment]\nname = \"x\"\n[stream]\n\
+                    [[stream.task]]\nname = \"a\"\nsource = \"synthetic\"\nfamily = \"vessels\"\ntrain = 2\ntest = 1\nsize = 48\n\
+                    [[stream.task]]\nname = \"b\"\nsource = \"synthetic\"\nfamily = \"organs\"\ntrain = 3\ntest = 1\nsize = 48\n\
+                    [train]\nepochs = 2\nbatch_size = 2\n[[strategy]]\npreset = \"finetune\"\n";
+        let spec =
+            crate::spec::Spec::from_str_at(text, Path::new("s.toml"), Path::new(".")).unwrap();
+        let tasks: Vec<TaskData> = spec
+            .stream
+            .tasks
+            .iter()
+            .map(|t| crate::data::load_task(&spec, t, model.input_size(), false, &dev).unwrap())
+            .collect();
+        let mut map = HashMap::new();
+        for c in tasks
+            .iter()
+            .flat_map(|t| t.train.iter().chain(t.test.iter()))
+        {
+            map.insert(
+                c.content_hash.clone(),
+                model
+                    .encode(&c.image.unsqueeze(0).unwrap())
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap(),
+            );
+        }
+        let store = EmbeddingStore::new(map);
+        let steps = std::sync::atomic::AtomicUsize::new(0);
+        let progress = |_p: Progress| {
+            steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let order = [0usize, 1];
+        let mut ctx = StrategyCtx {
+            model: &model,
+            embeddings: &store,
+            base_sha256: "x",
+            spec: &spec.strategies[0],
+            seed: 0,
+            order_label: "given",
+            tasks: &tasks,
+            order: &order,
+            stage: 2,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
+            progress: &progress,
+            device: &dev,
+        };
+        assert_eq!(ctx.seen().len(), 2);
+        assert_eq!(ctx.task_name(1), "b");
+        let mut toy = Toy {
+            adapter: None,
+            extra_calls: std::cell::Cell::new(0),
+        };
+        toy.train_task(&mut ctx, 1, &tasks[1]).unwrap();
+        // 5 cases, batch 2 -> 3 steps per epoch, 2 epochs
+        assert_eq!(steps.load(std::sync::atomic::Ordering::Relaxed), 6);
+        assert_eq!(toy.extra_calls.get(), 6);
+        let cases: Vec<&Case> = tasks[0].test.iter().collect();
+        let batch = Batch {
+            embeddings: store.batch(&cases).unwrap(),
+            prompts: crate::train::r#loop::eval_prompts(&cases, &dev).unwrap(),
+            cases,
+        };
+        let p = toy.predict(&ctx, 0, &batch).unwrap();
+        assert_eq!(p.logits.dim(0).unwrap(), 1);
+        let d = crate::runner::case_dice(&p.logits.get(0).unwrap(), batch.cases[0], false).unwrap();
+        assert!((0.0..=1.0).contains(&d));
+    }
 
     #[test]
     fn presets_and_params() {
