@@ -5,8 +5,8 @@
 //! - `vessels`: branching trees on fundus/angiography-like backgrounds. Sites differ in polarity (dark vessels on a
 //!   bright background vs bright on dark), colour, vessel calibre, noise, blur and background texture.
 //! - `organs`: an organ-like blob (radially perturbed ellipse) inside an MRI-like body slice with distractor blobs.
-//!   A neighbouring blob of opposite contrast touches the organ, inside its box. Sites differ in which of the
-//!   pair is the organ (bright organ/dark neighbour vs the reverse), bias field, noise and resolution.
+//!   A smaller blob of opposite contrast sits in a notch of the organ, inside its box (the label excludes it).
+//!   Sites differ in which of the pair is bright, bias field, noise and resolution.
 //!
 //! Each image's random stream is derived from (seed, family, site, split, index) alone, so a task's data never
 //! depends on other tasks or on the experiment seed.
@@ -364,9 +364,9 @@ fn vessels(rng: &mut ChaCha8Rng, site: u32, size: usize) -> (RawImage, Mask2D) {
 struct OrganSite {
     body: f64,
     organ: f64,
-    /// The organ's neighbour: a blob of similar size that touches the organ (inside its box prompt), with the
-    /// opposite contrast. Which of the pair is the labelled organ depends on the site's contrast, so the box
-    /// alone is ambiguous and sites with opposite contrast conflict.
+    /// The organ's neighbour: a smaller blob of opposite contrast sitting in a notch of the organ, inside its box
+    /// prompt (the organ is labelled without it). Which of the pair is bright depends on the site, so sites with
+    /// opposite contrast conflict.
     neighbour: f64,
     distractor: f64,
     noise: f64,
@@ -455,13 +455,14 @@ fn organs(rng: &mut ChaCha8Rng, site: u32, size: usize) -> (RawImage, Mask2D) {
         s * (0.07 + 0.06 * rng.random::<f64>()),
     );
     let organ = blob(rng, ocx, ocy, orx, ory);
-    // the neighbour touches the organ: centre about one organ radius away, similar size
+    // the neighbour sits in a notch of the organ (inside the organ's box): centre half an organ radius off the
+    // organ's centre, about half its size; the organ is labelled without it (a crescent)
     let na = rng.random::<f64>() * std::f64::consts::TAU;
-    let nk = 0.75 + 0.25 * rng.random::<f64>();
+    let nk = 0.5 + 0.15 * rng.random::<f64>();
     let neighbour = blob(
         rng,
-        ocx + orx * 1.1 * na.cos(),
-        ocy + ory * 1.1 * na.sin(),
+        ocx + orx * 0.55 * na.cos(),
+        ocy + ory * 0.55 * na.sin(),
         orx * nk,
         ory * nk,
     );
@@ -490,12 +491,13 @@ fn organs(rng: &mut ChaCha8Rng, site: u32, size: usize) -> (RawImage, Mask2D) {
                 if distractors.iter().any(|d| d(fx, fy)) {
                     v = p.distractor + 0.04 * tex[y * size + x];
                 }
-                if neighbour(fx, fy) {
-                    v = p.neighbour + 0.05 * tex[y * size + x];
-                }
                 if organ(fx, fy) {
                     v = p.organ + 0.05 * tex[y * size + x];
                     mask.data[y * size + x] = 1;
+                }
+                if neighbour(fx, fy) {
+                    v = p.neighbour + 0.05 * tex[y * size + x];
+                    mask.data[y * size + x] = 0;
                 }
             }
             img[y * size + x] = v;
