@@ -43,7 +43,8 @@ fn par_chunks<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + 
 fn exp_f32(x: f32) -> f32 {
     // exp(x) = 2^n * exp(r), |r| <= ln2/2; degree-6 Taylor/minimax polynomial.
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `f32::round`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
@@ -52,6 +53,34 @@ fn exp_f32(x: f32) -> f32 {
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
     let bits = ((n as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
+}
+
+/// Sum of a slice with eight independent accumulators (vectorises).
+#[inline(always)]
+pub(crate) fn sum8(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ch = a.chunks_exact(8);
+    let rest = ch.remainder();
+    for x in ch {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product with eight independent accumulators (vectorises).
+#[inline(always)]
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
 #[inline(always)]
@@ -116,12 +145,13 @@ impl CustomOp2 for BiasGelu {
                 let (x, b) = (slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?);
                 let mut out = vec![0f32; x.len()];
                 par_chunks(&mut out, c, |off, o| {
-                    for (r, (orow, xrow)) in o.chunks_mut(c).zip(x[off..].chunks(c)).enumerate() {
-                        let _ = r;
-                        for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
-                            *o = gelu_f32(xv + bv);
+                    simd(|| {
+                        for (orow, xrow) in o.chunks_mut(c).zip(x[off..].chunks(c)) {
+                            for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
+                                *o = gelu_f32(xv + bv);
+                            }
                         }
-                    }
+                    })
                 });
                 CpuStorage::F32(out)
             }
@@ -171,9 +201,11 @@ impl CustomOp2 for GeluGrad {
                 let (z, g) = (slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?);
                 let mut out = vec![0f32; z.len()];
                 par_chunks(&mut out, 1, |off, o| {
-                    for ((o, &zv), &gv) in o.iter_mut().zip(&z[off..]).zip(&g[off..]) {
-                        *o = gv * gelu_grad_f32(zv);
-                    }
+                    simd(|| {
+                        for ((o, &zv), &gv) in o.iter_mut().zip(&z[off..]).zip(&g[off..]) {
+                            *o = gv * gelu_grad_f32(zv);
+                        }
+                    })
                 });
                 CpuStorage::F32(out)
             }
@@ -263,13 +295,18 @@ struct LayerNormOp {
     eps: f64,
 }
 
+#[inline(always)]
 fn ln_rows_f32(x: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32, out: &mut [f32], off: usize) {
     for (orow, xrow) in out.chunks_mut(c).zip(x[off..].chunks(c)) {
-        let mean = xrow.iter().sum::<f32>() / c as f32;
-        let var = xrow.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let mean = sum8(xrow) / c as f32;
+        // Centre into the output row first, then the variance is a vectorised dot product.
+        for (o, &xv) in orow.iter_mut().zip(xrow) {
+            *o = xv - mean;
+        }
+        let var = dot8(orow, orow) / c as f32;
         let rstd = 1.0 / (var + eps).sqrt();
-        for (((o, &xv), &wv), &bv) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
-            *o = (xv - mean) * rstd * wv + bv;
+        for ((o, &wv), &bv) in orow.iter_mut().zip(w).zip(b) {
+            *o = *o * rstd * wv + bv;
         }
     }
 }
@@ -310,7 +347,9 @@ impl candle_core::CustomOp3 for LayerNormOp {
                 );
                 let mut out = vec![0f32; x.len()];
                 let eps = self.eps as f32;
-                par_chunks(&mut out, c, |off, o| ln_rows_f32(x, w, b, c, eps, o, off));
+                par_chunks(&mut out, c, |off, o| {
+                    simd(|| ln_rows_f32(x, w, b, c, eps, o, off))
+                });
                 CpuStorage::F32(out)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
@@ -351,6 +390,7 @@ struct LayerNormGradX {
     eps: f64,
 }
 
+#[inline(always)]
 fn ln_grad_rows<T: num_traits_float::Float>(
     x: &[T],
     w: &[T],
@@ -454,7 +494,9 @@ impl candle_core::CustomOp3 for LayerNormGradX {
                 );
                 let mut out = vec![0f32; x.len()];
                 let eps = self.eps as f32;
-                par_chunks(&mut out, c, |off, o| ln_grad_rows(x, w, g, c, eps, o, off));
+                par_chunks(&mut out, c, |off, o| {
+                    simd(|| ln_grad_rows(x, w, g, c, eps, o, off))
+                });
                 CpuStorage::F32(out)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
@@ -536,4 +578,23 @@ mod ln_tests {
         assert!(d < 1e-5, "{d}");
         Ok(())
     }
+}
+
+/// Run `f` compiled for AVX2+FMA when the CPU has them (the kernels it calls are inlined into it).
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected at run time.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
