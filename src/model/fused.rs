@@ -174,20 +174,19 @@ impl CustomOp2 for BiasGelu {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let z = x.broadcast_add(b)?.contiguous()?;
-        let gx = z.apply_op2_no_bwd(&g.contiguous()?, &GeluGrad)?;
+        let gx = x.apply_op3_no_bwd(b, &g.contiguous()?, &GeluGradBias)?;
         let c = b.elem_count();
         let gb = gx.reshape(((), c))?.sum(0)?.reshape(b.shape())?;
         Ok((Some(gx), Some(gb)))
     }
 }
 
-/// g * gelu'(z).
-struct GeluGrad;
+/// g * gelu'(x + b), b broadcast over the last dimension.
+struct GeluGradBias;
 
-impl CustomOp2 for GeluGrad {
+impl candle_core::CustomOp3 for GeluGradBias {
     fn name(&self) -> &'static str {
-        "gelu-grad"
+        "gelu-grad-bias"
     }
     fn cpu_fwd(
         &self,
@@ -195,28 +194,51 @@ impl CustomOp2 for GeluGrad {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (z, g) = (slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?);
-                let mut out = vec![0f32; z.len()];
-                par_chunks(&mut out, 1, |off, o| {
+        let c = l2.shape().elem_count();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, b, g) = (
+                    slices::<f32>(s1, l1)?,
+                    slices::<f32>(s2, l2)?,
+                    slices::<f32>(s3, l3)?,
+                );
+                let mut out = vec![0f32; x.len()];
+                par_chunks(&mut out, c, |off, o| {
                     simd(|| {
-                        for ((o, &zv), &gv) in o.iter_mut().zip(&z[off..]).zip(&g[off..]) {
-                            *o = gv * gelu_grad_f32(zv);
+                        for ((orow, xrow), grow) in o
+                            .chunks_mut(c)
+                            .zip(x[off..].chunks(c))
+                            .zip(g[off..].chunks(c))
+                        {
+                            for (((o, &xv), &gv), &bv) in orow.iter_mut().zip(xrow).zip(grow).zip(b)
+                            {
+                                *o = gv * gelu_grad_f32(xv + bv);
+                            }
                         }
                     })
                 });
                 CpuStorage::F32(out)
             }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (z, g) = (slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?);
-                CpuStorage::F64(
-                    z.iter()
-                        .zip(g)
-                        .map(|(&zv, &gv)| gv * gelu_grad_f64(zv))
-                        .collect(),
-                )
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, b, g) = (
+                    slices::<f64>(s1, l1)?,
+                    slices::<f64>(s2, l2)?,
+                    slices::<f64>(s3, l3)?,
+                );
+                let out: Vec<f64> = x
+                    .chunks(c)
+                    .zip(g.chunks(c))
+                    .flat_map(|(xr, gr)| {
+                        xr.iter()
+                            .zip(gr)
+                            .zip(b)
+                            .map(|((&xv, &gv), &bv)| gv * gelu_grad_f64(xv + bv))
+                    })
+                    .collect();
+                CpuStorage::F64(out)
             }
             _ => candle_core::bail!("gelu-grad: f32/f64 only"),
         };
