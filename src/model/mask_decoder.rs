@@ -74,22 +74,14 @@ impl ConvT2x2 {
             cout,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
-        let y = x.reshape((b * h * w, c))?.matmul(&self.w)?;
-        let y = y
-            .reshape((b, h, w, 2, 2, self.cout))?
-            .permute((0, 1, 3, 2, 4, 5))?;
-        y.reshape((b, 2 * h, 2 * w, self.cout))?
-            .broadcast_add(&self.b)
-    }
-    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
-        let y = x.reshape((b * h * w, c))?.matmul(&self.w)?;
-        let y = y
-            .reshape((b, h, w, 2, 2, self.cout))?
-            .permute((0, 1, 3, 2, 4, 5))?;
-        super::fused::bias_gelu(&y.reshape((b, 2 * h, 2 * w, self.cout))?, &self.b)
+    /// Per-pixel matmul without the spatial interleave: (N, cin) -> (N, 4, cout) rows ordered
+    /// (dy, dx); the caller keeps the sub-pixel axes and interleaves once at the end.
+    fn forward_subpixel(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dim(candle_core::D::Minus1)?;
+        let n = x.elem_count() / c;
+        x.reshape((n, c))?
+            .matmul(&self.w)?
+            .reshape((n, 4, self.cout))
     }
 }
 
@@ -150,20 +142,32 @@ impl MaskDecoder {
             .unsqueeze(0)?
             .broadcast_as((b, out_tokens.dim(0)?, c))?;
         let tokens = Tensor::cat(&[&out_tokens, &sparse.to_dtype(src.dtype())?], 1)?;
-        let pe = pe.broadcast_as((b, s * s, c))?;
+        // Materialised once so that every `keys + pe` below is a contiguous add.
+        let pe = pe.broadcast_as((b, s * s, c))?.contiguous()?;
         let (hs, keys) =
             self.transformer
                 .forward(&src.reshape((b, s * s, c))?, &pe, &tokens, ad)?;
         let iou_tok = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let mask_tok = hs.narrow(1, 1, 1)?.squeeze(1)?;
-        let x = keys.reshape((b, s, s, c))?;
-        let x = self.up0.forward(&x)?;
+        // Output upscaling (two 2x2 stride-2 transposed convs) in sub-pixel layout: pixel
+        // (4i + 2a + a', 4j + 2d + d') lives at [b, i, j, (a, d), (a', d')], so no large permute is
+        // needed; only the final one-channel mask is interleaved.
+        let x = self
+            .up0
+            .forward_subpixel(&keys)?
+            .broadcast_add(&self.up0.b)?; // (B*s*s, 4, C/4)
         let x = gelu(&layer_norm(&x, &self.ln1.0, &self.ln1.1, 1e-6)?)?;
-        let x = self.up3.forward_gelu(&x)?;
-        let (_, h4, w4, c8) = x.dims4()?;
+        let x = self.up3.forward_subpixel(&x)?; // (B*s*s*4, 4, C/8)
+        let c8 = self.up3.cout;
+        let x = super::fused::bias_gelu(&x, &self.up3.b)?;
         let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
-        let masks = x.reshape((b, h4 * w4, c8))?.matmul(&hyper.unsqueeze(2)?)?;
-        let masks = masks.reshape((b, 1, h4, w4))?;
+        let masks = x
+            .reshape((b, s * s * 16, c8))?
+            .matmul(&hyper.unsqueeze(2)?)?;
+        let masks = masks
+            .reshape((b * s, s, 2, 2, 2, 2))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, 1, 4 * s, 4 * s))?;
         let iou = self
             .iou_prediction_head
             .forward(&iou_tok, ad)?

@@ -297,7 +297,10 @@ impl LiteMedSam {
             .narrow(2, 0, 1)?
             .narrow(3, 0, 1)?
             .reshape((1, 1, 1, c))?;
-        let src = emb.permute((0, 2, 3, 1))?.broadcast_add(&no_mask)?;
+        let src = emb
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .broadcast_add(&no_mask)?;
         let pos = pe
             .get_dense_pe()
             .permute((0, 2, 3, 1))?

@@ -420,3 +420,27 @@ fn adapter_save_load_roundtrip_and_refusals() {
     )
     .is_err());
 }
+
+#[test]
+#[ignore]
+fn micro_bench_fused() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 256, &dev).unwrap();
+    let w9 = Tensor::randn(0f32, 1.0, (9, 256), &dev).unwrap();
+    for _ in 0..2 {
+        let t0 = std::time::Instant::now();
+        fused::bias_gelu(&x, &b).unwrap();
+        let t1 = std::time::Instant::now();
+        x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
+        let t2 = std::time::Instant::now();
+        dwconv::dwconv3x3(&x, &w9, 1).unwrap();
+        let t3 = std::time::Instant::now();
+        eprintln!(
+            "bias_gelu fused {:.1} ms, candle {:.1} ms; dwconv {:.1} ms",
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            (t3 - t2).as_secs_f64() * 1e3
+        );
+    }
+}

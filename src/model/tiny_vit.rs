@@ -242,6 +242,7 @@ impl Attention {
         let (h, kd) = (self.num_heads, self.key_dim);
         let x = layer_norm(x, &self.norm_w, &self.norm_b, 1e-5)?;
         let qkv = self.qkv.forward(&x, ad)?.reshape((b, n, h, 3 * kd))?;
+
         let q = qkv.narrow(3, 0, kd)?.transpose(1, 2)?.contiguous()?;
         let k = qkv.narrow(3, kd, kd)?.transpose(1, 2)?.contiguous()?;
         let v = qkv.narrow(3, 2 * kd, kd)?.transpose(1, 2)?.contiguous()?;
