@@ -1,1 +1,129 @@
-//! (in progress)
+//! Continual-learning metrics from an accuracy matrix.
+//!
+//! `r[k][j]` is the mean Dice at stage `k` (0 = before any training, k = after training the k-th task of the
+//! order) on the `j`-th task of the order (0-based columns here; the contract's formulas are 1-based):
+//! - ACC = mean_j R[T][j]
+//! - BWT = mean_{j<T} (R[T][j] - R[j][j])
+//! - FWT = mean_{j>=2} (R[j-1][j] - R[0][j])        (null when T = 1)
+//! - forgetting = mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])
+//!
+//! With T = 1, BWT and forgetting are 0 and FWT is None.
+
+use crate::{Error, Result};
+
+/// Human-readable definitions, recorded in manifest.json.
+pub const DEFINITIONS: &[(&str, &str)] = &[
+    ("dice", "2|P∩G|/(|P|+|G|) at original resolution, P = sigmoid(logits) > 0.5; 1 if both empty, 0 if only one is"),
+    ("R[k][j]", "mean dice over the test cases of the j-th task of the order after training k tasks (k = 0: zero-shot)"),
+    ("acc", "mean_j R[T][j]"),
+    ("bwt", "mean_{j<T} (R[T][j] - R[j][j])"),
+    ("fwt", "mean_{j>=2} (R[j-1][j] - R[0][j]); null when T = 1"),
+    ("forgetting", "mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])"),
+    ("matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClMetrics {
+    pub acc: f64,
+    pub bwt: f64,
+    pub fwt: Option<f64>,
+    pub forgetting: f64,
+}
+
+/// Metrics from a (T+1) x T matrix.
+pub fn cl_metrics(r: &[Vec<f64>]) -> Result<ClMetrics> {
+    let t = r
+        .len()
+        .checked_sub(1)
+        .filter(|&t| t >= 1)
+        .ok_or_else(|| Error::internal("accuracy matrix needs >= 2 rows"))?;
+    if r.iter().any(|row| row.len() != t) {
+        return Err(Error::internal(format!(
+            "accuracy matrix must be {} x {t}",
+            t + 1
+        )));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let acc = mean(&r[t]);
+    let (bwt, forgetting) = if t == 1 {
+        (0.0, 0.0)
+    } else {
+        let b: Vec<f64> = (0..t - 1).map(|j| r[t][j] - r[j + 1][j]).collect();
+        let f: Vec<f64> = (0..t - 1)
+            .map(|j| {
+                let best = (j + 1..t)
+                    .map(|l| r[l][j])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                best - r[t][j]
+            })
+            .collect();
+        (mean(&b), mean(&f))
+    };
+    let fwt = if t == 1 {
+        None
+    } else {
+        let v: Vec<f64> = (1..t).map(|j| r[j][j] - r[0][j]).collect();
+        Some(mean(&v))
+    };
+    Ok(ClMetrics {
+        acc,
+        bwt,
+        fwt,
+        forgetting,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_three_tasks() {
+        // rows: stage 0..3, columns: task 1..3 of the order
+        let r = vec![
+            vec![0.50, 0.40, 0.30],
+            vec![0.90, 0.45, 0.20],
+            vec![0.70, 0.85, 0.35],
+            vec![0.60, 0.80, 0.95],
+        ];
+        let m = cl_metrics(&r).unwrap();
+        // ACC = (0.60 + 0.80 + 0.95) / 3
+        assert!((m.acc - 2.35 / 3.0).abs() < 1e-12);
+        // BWT = ((0.60 - 0.90) + (0.80 - 0.85)) / 2 = -0.175
+        assert!((m.bwt + 0.175).abs() < 1e-12);
+        // FWT = ((R1[2] - R0[2]) + (R2[3] - R0[3])) / 2 = ((0.45-0.40) + (0.35-0.30)) / 2 = 0.05
+        assert!((m.fwt.unwrap() - 0.05).abs() < 1e-12);
+        // forgetting: task1 max(0.90, 0.70) - 0.60 = 0.30; task2 max(0.85) - 0.80 = 0.05 -> 0.175
+        assert!((m.forgetting - 0.175).abs() < 1e-12);
+    }
+
+    #[test]
+    fn forgetting_uses_the_best_earlier_stage() {
+        // task 1 peaks at stage 2 (after training task 2): BWT uses R[1][1], forgetting the max
+        let r = vec![
+            vec![0.1, 0.1, 0.1],
+            vec![0.5, 0.2, 0.1],
+            vec![0.8, 0.9, 0.1],
+            vec![0.4, 0.9, 0.9],
+        ];
+        let m = cl_metrics(&r).unwrap();
+        assert!((m.bwt - ((0.4 - 0.5) + (0.9 - 0.9)) / 2.0).abs() < 1e-12);
+        assert!((m.forgetting - ((0.8 - 0.4) + 0.0) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn single_task_and_bad_shapes() {
+        let m = cl_metrics(&[vec![0.3], vec![0.7]]).unwrap();
+        assert_eq!(
+            m,
+            ClMetrics {
+                acc: 0.7,
+                bwt: 0.0,
+                fwt: None,
+                forgetting: 0.0
+            }
+        );
+        assert!(cl_metrics(&[vec![0.3]]).is_err());
+        assert!(cl_metrics(&[vec![0.3, 0.2], vec![0.1]]).is_err());
+    }
+}

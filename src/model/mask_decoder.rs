@@ -1,0 +1,210 @@
+//! SAM mask decoder, single-mask output (LiteMedSAM uses `multimask_output=False`): only the first
+//! mask token's hypernetwork is evaluated.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::common::{gelu, layer_norm, Linear, Param, Visit};
+use super::lora::Adapter;
+use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskDecoderConfig {
+    pub transformer_dim: usize,
+    pub transformer: TwoWayTransformerConfig,
+    pub num_multimask_outputs: usize,
+    pub iou_head_depth: usize,
+    pub iou_head_hidden_dim: usize,
+}
+
+/// A stack of linear layers with ReLU between them.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+}
+
+impl Mlp {
+    pub fn new(
+        input: usize,
+        hidden: usize,
+        output: usize,
+        n: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let mut layers = Vec::new();
+        for i in 0..n {
+            let a = if i == 0 { input } else { hidden };
+            let b = if i + 1 == n { output } else { hidden };
+            layers.push(Linear::new(a, b, vb.pp("layers").pp(i))?);
+        }
+        Ok(Self { layers })
+    }
+    pub fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x, ad)?;
+            if i + 1 < self.layers.len() {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// ConvTranspose2d with kernel 2 and stride 2, on channels-last maps, as one matmul.
+#[derive(Clone, Debug)]
+struct ConvT2x2 {
+    path: String,
+    w: Tensor, // (cin, 4*cout), columns ordered (dy, dx, cout)
+    b: Tensor,
+    cout: usize,
+}
+
+impl ConvT2x2 {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        let w = vb
+            .get((cin, cout, 2, 2), "weight")?
+            .permute((0, 2, 3, 1))?
+            .reshape((cin, 4 * cout))?
+            .contiguous()?;
+        Ok(Self {
+            path: vb.prefix(),
+            w,
+            b: vb.get(cout, "bias")?,
+            cout,
+        })
+    }
+    /// Per-pixel matmul without the spatial interleave: (N, cin) -> (N, 4, cout) rows ordered
+    /// (dy, dx); the caller keeps the sub-pixel axes and interleaves once at the end.
+    fn forward_subpixel(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dim(candle_core::D::Minus1)?;
+        let n = x.elem_count() / c;
+        x.reshape((n, c))?
+            .matmul(&self.w)?
+            .reshape((n, 4, self.cout))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MaskDecoder {
+    pub cfg: MaskDecoderConfig,
+    path: String,
+    iou_token: Tensor,   // (1, C)
+    mask_tokens: Tensor, // (n_masks, C)
+    pub transformer: TwoWayTransformer,
+    up0: ConvT2x2,
+    ln1: (Tensor, Tensor),
+    up3: ConvT2x2,
+    pub hyper0: Mlp,
+    pub iou_prediction_head: Mlp,
+}
+
+impl MaskDecoder {
+    pub fn new(cfg: &MaskDecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.transformer_dim;
+        let nm = cfg.num_multimask_outputs + 1;
+        let up = vb.pp("output_upscaling");
+        Ok(Self {
+            cfg: cfg.clone(),
+            path: vb.prefix(),
+            iou_token: vb.pp("iou_token").get((1, d), "weight")?,
+            mask_tokens: vb.pp("mask_tokens").get((nm, d), "weight")?,
+            transformer: TwoWayTransformer::new(&cfg.transformer, vb.pp("transformer"))?,
+            up0: ConvT2x2::new(d, d / 4, up.pp("0"))?,
+            ln1: (
+                up.pp("1").get(d / 4, "weight")?,
+                up.pp("1").get(d / 4, "bias")?,
+            ),
+            up3: ConvT2x2::new(d / 4, d / 8, up.pp("3"))?,
+            hyper0: Mlp::new(d, d, d / 8, 3, vb.pp("output_hypernetworks_mlps").pp(0))?,
+            iou_prediction_head: Mlp::new(
+                d,
+                cfg.iou_head_hidden_dim,
+                nm,
+                cfg.iou_head_depth,
+                vb.pp("iou_prediction_head"),
+            )?,
+        })
+    }
+
+    /// src (B, s, s, C) channels-last image embedding with the dense prompt already added,
+    /// pe (1, s*s, C), sparse (B, N, C) -> (masks (B, 1, 4s, 4s), iou (B, 1)).
+    pub fn forward(
+        &self,
+        src: &Tensor,
+        pe: &Tensor,
+        sparse: &Tensor,
+        ad: Option<&Adapter>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, s, _, c) = src.dims4()?;
+        let out_tokens = Tensor::cat(&[&self.iou_token, &self.mask_tokens], 0)?;
+        let out_tokens = out_tokens
+            .unsqueeze(0)?
+            .broadcast_as((b, out_tokens.dim(0)?, c))?;
+        let tokens = Tensor::cat(&[&out_tokens, &sparse.to_dtype(src.dtype())?], 1)?;
+        // Materialised once so that every `keys + pe` below is a contiguous add.
+        let pe = pe.broadcast_as((b, s * s, c))?.contiguous()?;
+        let (hs, keys) =
+            self.transformer
+                .forward(&src.reshape((b, s * s, c))?, &pe, &tokens, ad)?;
+        let iou_tok = hs.narrow(1, 0, 1)?.squeeze(1)?;
+        let mask_tok = hs.narrow(1, 1, 1)?.squeeze(1)?;
+        // Output upscaling (two 2x2 stride-2 transposed convs) in sub-pixel layout: pixel
+        // (4i + 2a + a', 4j + 2d + d') lives at [b, i, j, (a, d), (a', d')], so no large permute is
+        // needed; only the final one-channel mask is interleaved.
+        let x = self
+            .up0
+            .forward_subpixel(&keys)?
+            .broadcast_add(&self.up0.b)?; // (B*s*s, 4, C/4)
+        let x = gelu(&layer_norm(&x, &self.ln1.0, &self.ln1.1, 1e-6)?)?;
+        let x = self.up3.forward_subpixel(&x)?; // (B*s*s*4, 4, C/8)
+        let c8 = self.up3.cout;
+        let x = super::fused::bias_gelu(&x, &self.up3.b)?;
+        let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
+        let masks = x
+            .reshape((b, s * s * 16, c8))?
+            .matmul(&hyper.unsqueeze(2)?)?;
+        let masks = masks
+            .reshape((b * s, s, 2, 2, 2, 2))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, 1, 4 * s, 4 * s))?;
+        let iou = self
+            .iou_prediction_head
+            .forward(&iou_tok, ad)?
+            .narrow(1, 0, 1)?;
+        Ok((masks, iou))
+    }
+}
+
+impl Visit for MaskDecoder {
+    fn visit(&mut self, f: &mut dyn FnMut(Param<'_>) -> Result<()>) -> Result<()> {
+        f(Param::Tensor(
+            format!("{}.iou_token.weight", self.path),
+            &mut self.iou_token,
+        ))?;
+        f(Param::Tensor(
+            format!("{}.mask_tokens.weight", self.path),
+            &mut self.mask_tokens,
+        ))?;
+        self.transformer.visit(f)?;
+        for u in [&mut self.up0, &mut self.up3] {
+            f(Param::Tensor(format!("{}.weight", u.path), &mut u.w))?;
+            f(Param::Tensor(format!("{}.bias", u.path), &mut u.b))?;
+        }
+        f(Param::Tensor(
+            format!("{}.output_upscaling.1.weight", self.path),
+            &mut self.ln1.0,
+        ))?;
+        f(Param::Tensor(
+            format!("{}.output_upscaling.1.bias", self.path),
+            &mut self.ln1.1,
+        ))?;
+        for l in &mut self.hyper0.layers {
+            l.visit(f)?;
+        }
+        for l in &mut self.iou_prediction_head.layers {
+            l.visit(f)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! The training loop the strategies share: epochs of seeded shuffled batches over cached frozen-encoder
+//! embeddings, box prompts from the ground truth with seeded jitter (plus optional positive points), the
+//! segmentation loss (plus an optional extra term), an AdamW step on the adapter's variables, and progress.
+
+use crate::data::Case;
+use crate::model::{Adapter, DecoderOutput, Prompts};
+use crate::strategy::{Progress, StrategyCtx};
+use crate::train::loss::{seg_loss, LossWeights};
+use crate::train::optim::AdamW;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// An extra loss term (EWC penalty, LwF distillation...): gets the batch's cases, embeddings, prompts and the
+/// adapter's output; returns a scalar added to the segmentation loss, or None.
+pub type ExtraLoss<'a> =
+    dyn Fn(&[&Case], &Tensor, &Prompts, &DecoderOutput) -> Result<Option<Tensor>> + 'a;
+
+/// Summary of one fit.
+#[derive(Clone, Debug, Default)]
+pub struct FitStats {
+    pub steps: usize,
+    pub last_epoch_loss: f64,
+}
+
+/// Box prompt from the GT (model frame), each coordinate moved by U(-jitter, jitter), clamped to the resized
+/// extent and kept ordered.
+pub fn jittered_box(case: &Case, jitter: f64, rng: &mut ChaCha8Rng) -> [f32; 4] {
+    let b = case.gt_box();
+    if jitter <= 0.0 {
+        return b;
+    }
+    let maxx = (case.meta.new_w.max(1) - 1) as f32;
+    let maxy = (case.meta.new_h.max(1) - 1) as f32;
+    let mut o = [0f32; 4];
+    for (i, v) in b.iter().enumerate() {
+        let d = rng.random_range(-jitter..=jitter) as f32;
+        let lim = if i % 2 == 0 { maxx } else { maxy };
+        o[i] = (v + d).clamp(0.0, lim);
+    }
+    if o[0] > o[2] {
+        o.swap(0, 2);
+    }
+    if o[1] > o[3] {
+        o.swap(1, 3);
+    }
+    o
+}
+
+/// `n` positive points sampled uniformly from the case's model-frame mask (x, y); the box centre when empty.
+pub fn sample_points(case: &Case, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<[f32; 2]>> {
+    let m: Vec<f32> = case.mask.flatten_all()?.to_vec1()?;
+    let s = case.mask.dim(2)?;
+    let fg: Vec<usize> = m
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v > 0.5)
+        .map(|(i, _)| i)
+        .collect();
+    Ok((0..n)
+        .map(|_| {
+            if fg.is_empty() {
+                let b = case.gt_box();
+                [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0]
+            } else {
+                let i = fg[rng.random_range(0..fg.len())];
+                [(i % s) as f32 + 0.5, (i / s) as f32 + 0.5]
+            }
+        })
+        .collect())
+}
+
+/// Prompts for a batch: boxes (B,4) and, when `points > 0`, (B,N,2) positive points with labels (B,N).
+pub fn make_prompts(
+    boxes: &[[f32; 4]],
+    points: Option<&[Vec<[f32; 2]>]>,
+    device: &Device,
+) -> Result<Prompts> {
+    let b = boxes.len();
+    let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
+    let boxes = Tensor::from_vec(flat, (b, 4), device)?;
+    let points = match points {
+        Some(p) if !p.is_empty() && !p[0].is_empty() => {
+            let n = p[0].len();
+            let coords: Vec<f32> = p.iter().flat_map(|v| v.iter().flatten().copied()).collect();
+            Some((
+                Tensor::from_vec(coords, (b, n, 2), device)?,
+                Tensor::ones((b, n), candle_core::DType::F32, device)?,
+            ))
+        }
+        _ => None,
+    };
+    Ok(Prompts {
+        boxes: Some(boxes),
+        points,
+    })
+}
+
+/// Exact GT box prompts (evaluation).
+pub fn eval_prompts(cases: &[&Case], device: &Device) -> Result<Prompts> {
+    let boxes: Vec<[f32; 4]> = cases.iter().map(|c| c.gt_box()).collect();
+    make_prompts(&boxes, None, device)
+}
+
+/// Train `adapter` on `cases` with the context's train settings. Non-finite loss stops with
+/// [`Error::NonFinite`] naming the strategy, task, epoch and step.
+pub fn fit(
+    ctx: &mut StrategyCtx,
+    task_name: &str,
+    adapter: &Adapter,
+    opt: &mut AdamW,
+    cases: &[&Case],
+    extra: Option<&ExtraLoss>,
+) -> Result<FitStats> {
+    let train = ctx.spec.train.clone();
+    let w = LossWeights {
+        dice: train.loss.dice,
+        bce: train.loss.bce,
+        iou: train.loss.iou,
+    };
+    let bs = train.batch_size.max(1);
+    let mut steps_per_epoch = cases.len().div_ceil(bs);
+    if train.max_steps_per_epoch > 0 {
+        steps_per_epoch = steps_per_epoch.min(train.max_steps_per_epoch);
+    }
+    let mut stats = FitStats::default();
+    let mut idx: Vec<usize> = (0..cases.len()).collect();
+    for epoch in 0..train.epochs {
+        idx.shuffle(&mut ctx.rng);
+        let mut sum = 0.0;
+        for (step, chunk) in idx.chunks(bs).take(steps_per_epoch).enumerate() {
+            let batch: Vec<&Case> = chunk
+                .iter()
+                .map(|&i| {
+                    let c = cases[i];
+                    match c.flipped.as_deref() {
+                        Some(f) if train.augment && ctx.rng.random_bool(0.5) => f,
+                        _ => c,
+                    }
+                })
+                .collect();
+            let emb = ctx.embeddings.batch(&batch)?;
+            let boxes: Vec<[f32; 4]> = batch
+                .iter()
+                .map(|c| jittered_box(c, train.prompt.jitter, &mut ctx.rng))
+                .collect();
+            let pts: Option<Vec<Vec<[f32; 2]>>> = if train.prompt.points > 0 {
+                Some(
+                    batch
+                        .iter()
+                        .map(|c| sample_points(c, train.prompt.points, &mut ctx.rng))
+                        .collect::<Result<_>>()?,
+                )
+            } else {
+                None
+            };
+            let prompts = make_prompts(&boxes, pts.as_deref(), ctx.device)?;
+            let masks: Vec<Tensor> = batch.iter().map(|c| c.mask.clone()).collect();
+            let target = Tensor::stack(&masks, 0)?;
+            let out = ctx.model.decode(&emb, &prompts, Some(adapter))?;
+            let mut loss = seg_loss(&out, &target, &w)?;
+            if let Some(f) = extra {
+                if let Some(t) = f(&batch, &emb, &prompts, &out)? {
+                    loss = (loss + t)?;
+                }
+            }
+            let lv = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !lv.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "strategy {:?}, task {task_name:?}, epoch {}/{}, step {}: loss = {lv}",
+                    ctx.spec.label,
+                    epoch + 1,
+                    train.epochs,
+                    step + 1
+                )));
+            }
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            sum += lv;
+            stats.steps += 1;
+            (ctx.progress)(Progress {
+                task: task_name.to_string(),
+                epoch: epoch + 1,
+                epochs: train.epochs,
+                step: step + 1,
+                steps: steps_per_epoch,
+                loss: lv,
+            });
+        }
+        stats.last_epoch_loss = sum / steps_per_epoch.max(1) as f64;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{make_case, ImageSource, Mask2D, RawCase, RawImage};
+    use rand::SeedableRng;
+
+    fn case() -> Case {
+        // 40 x 20 image, foreground box x 10..=19, y 5..=9
+        let mut m = Mask2D::zeros(20, 40);
+        for y in 5..10 {
+            for x in 10..20 {
+                m.data[y * 40 + x] = 1;
+            }
+        }
+        let img = RawImage {
+            h: 20,
+            w: 40,
+            channels: 1,
+            data: (0..800).map(|i| (i % 7) as f32).collect(),
+        };
+        make_case(
+            RawCase {
+                id: "c".into(),
+                image: ImageSource::Raw(img),
+                mask: m,
+                fov: None,
+            },
+            64,
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn boxes_and_points_follow_the_mask() {
+        let c = case();
+        // scale 64/40 = 1.6: box (10,5,19,9) -> (16, 8, 30.4, 14.4)
+        let b = c.gt_box();
+        let want = [16.0, 8.0, 30.4, 14.4];
+        for (x, w) in b.iter().zip(want) {
+            assert!((x - w).abs() < 1e-4, "{b:?}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..200 {
+            let j = jittered_box(&c, 5.0, &mut rng);
+            assert!(j[0] <= j[2] && j[1] <= j[3], "{j:?}");
+            assert!(j.iter().all(|v| *v >= 0.0));
+            assert!(j[2] <= 63.0 && j[3] <= 31.0, "{j:?}"); // resized extent 64 x 32
+            for (x, w) in j.iter().zip(want) {
+                assert!((x - w).abs() <= 5.0 + 1e-4, "{j:?}");
+            }
+        }
+        assert_eq!(jittered_box(&c, 0.0, &mut rng), b);
+        let mut r1 = ChaCha8Rng::seed_from_u64(9);
+        let mut r2 = ChaCha8Rng::seed_from_u64(9);
+        assert_eq!(
+            jittered_box(&c, 3.0, &mut r1),
+            jittered_box(&c, 3.0, &mut r2)
+        );
+        for p in sample_points(&c, 20, &mut rng).unwrap() {
+            let (x, y) = (p[0] as usize, p[1] as usize);
+            assert_eq!(
+                c.mask
+                    .get(0)
+                    .unwrap()
+                    .get(y)
+                    .unwrap()
+                    .get(x)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+                1.0
+            );
+        }
+        let pr = make_prompts(
+            &[b, b],
+            Some(&[vec![[1.0, 2.0]], vec![[3.0, 4.0]]]),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(pr.boxes.unwrap().dims(), &[2, 4]);
+        let (pc, pl) = pr.points.unwrap();
+        assert_eq!(
+            (pc.dims(), pl.dims()),
+            (&[2usize, 1, 2][..], &[2usize, 1][..])
+        );
+    }
+}

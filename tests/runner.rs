@@ -1,0 +1,351 @@
+//! End-to-end tests of `evosam run` / `evosam validate` through the real binary, on tiny random-weight models.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_evosam"));
+    c.env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const TINY: &str = r#"
+[experiment]
+name = "tiny"
+seeds = [0]
+
+[stream]
+orders = ["given", "reverse"]
+
+[[stream.task]]
+name = "va"
+source = "synthetic"
+family = "vessels"
+site = 0
+train = 4
+test = 2
+size = 64
+
+[[stream.task]]
+name = "vb"
+source = "synthetic"
+family = "vessels"
+site = 1
+train = 4
+test = 2
+size = 64
+
+[model]
+weights = "random-tiny"
+
+[train]
+epochs = EPOCHS
+batch_size = 2
+lr = 0.01
+
+[[strategy]]
+preset = "zeroshot"
+
+[[strategy]]
+preset = "finetune"
+"#;
+
+fn write_spec(dir: &Path, epochs: usize, extra: &str) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(
+        &p,
+        format!("{}{extra}", TINY.replace("EPOCHS", &epochs.to_string())),
+    )
+    .unwrap();
+    p
+}
+
+fn run(spec: &Path, out: &Path, extra: &[&str]) -> Output {
+    bin()
+        .arg("run")
+        .arg(spec)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn run_kill_resume_gives_identical_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), 6, "");
+
+    // uninterrupted reference run
+    let a = tmp.path().join("a");
+    let o = run(&spec, &a, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ra = a.join("tiny");
+    for f in [
+        "scores.parquet",
+        "scores.csv",
+        "matrix.csv",
+        "metrics.csv",
+        "extras.csv",
+        "manifest.json",
+    ] {
+        assert!(ra.join(f).is_file(), "missing {f}");
+    }
+    let scores = read(&ra.join("scores.csv"));
+    // 2 strategies x 2 orders x 3 stages x 2 tasks x 2 cases + header
+    assert_eq!(scores.lines().count(), 2 * 2 * 3 * 4 + 1, "{scores}");
+    let metrics = read(&ra.join("metrics.csv"));
+    assert_eq!(metrics.lines().count(), 5, "{metrics}");
+    assert!(
+        metrics.starts_with("strategy,seed,order,acc,bwt,fwt,forgetting"),
+        "{metrics}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&ra.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["weights"]["name"], "random-tiny");
+    assert!(manifest["metrics"]["bwt"].is_string());
+    // zero-shot rows are identical at every stage; fine-tuning changes predictions
+    let matrix = read(&ra.join("matrix.csv"));
+    assert!(
+        matrix
+            .lines()
+            .any(|l| l.starts_with("finetune,0,given,2,vb,va,1,")),
+        "{matrix}"
+    );
+
+    // a second run into the same folder without --resume is refused
+    let o = run(&spec, &a, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+
+    // killed run: SIGKILL once the first fine-tuning stage has been checkpointed, then --resume
+    let b = tmp.path().join("b");
+    let mut child = bin()
+        .arg("run")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&b)
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = b.join("tiny/cells/finetune__seed0__given/stage_1/done");
+    let t0 = Instant::now();
+    let mut killed = false;
+    while t0.elapsed() < Duration::from_secs(600) {
+        if marker.exists() {
+            child.kill().unwrap(); // SIGKILL
+            killed = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    assert!(
+        killed,
+        "the run finished before the first checkpoint could be seen"
+    );
+    assert!(
+        !b.join("tiny/scores.csv").exists(),
+        "the killed run should not have written its tables"
+    );
+    // the kill left the lock of a dead process behind: --resume takes it over
+    let o = run(&spec, &b, &["--resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rb = b.join("tiny");
+    for f in ["scores.csv", "matrix.csv", "metrics.csv", "extras.csv"] {
+        assert_eq!(
+            read(&ra.join(f)),
+            read(&rb.join(f)),
+            "{f} differs after resume"
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&read(&rb.join("manifest.json"))).unwrap();
+    assert_eq!(manifest["resumed"], true);
+
+    // --resume with a changed spec is refused
+    let spec2 = write_spec(tmp.path(), 7, "");
+    let o = run(&spec2, &b, &["--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("spec changed"), "{}", text(&o));
+}
+
+#[test]
+fn jobs_give_the_same_tables_and_divergence_fails_one_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        2,
+        "\n[[strategy]]\npreset = \"finetune\"\nlabel = \"diverge\"\n[strategy.train]\nlr = 1e30\n",
+    );
+    let a = tmp.path().join("a");
+    let o = run(&spec, &a, &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("non-finite") && t.contains("diverge") && t.contains("2 of 6 cells failed"),
+        "{t}"
+    );
+    let b = tmp.path().join("b");
+    let o = run(&spec, &b, &["--jobs", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for f in ["scores.csv", "matrix.csv", "metrics.csv"] {
+        assert_eq!(
+            read(&a.join("tiny").join(f)),
+            read(&b.join("tiny").join(f)),
+            "{f}: --jobs 3 differs from --jobs 1"
+        );
+    }
+    // the other cells' metrics are there, the failed ones are not
+    let metrics = read(&a.join("tiny/metrics.csv"));
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("finetune,"))
+            .count(),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("diverge,"))
+            .count(),
+        0,
+        "{metrics}"
+    );
+    let manifest = read(&a.join("tiny/manifest.json"));
+    assert!(manifest.contains("\"failed\""), "{manifest}");
+}
+
+#[test]
+fn validate_reports_good_and_bad_specs() {
+    let o = bin()
+        .arg("validate")
+        .arg(crate_dir().join("experiments/quickstart.toml"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 2 cells"), "{}", text(&o));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), 1, "");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        read(&spec).replace("batch_size = 2", "batch_size = 2\nbatchsize = 3"),
+    )
+    .unwrap();
+    let o = bin().arg("validate").arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    assert!(
+        t.contains("bad.toml") && t.contains("line 33") && t.contains("batchsize"),
+        "{t}"
+    );
+    // a folder task whose files are missing is rejected before anything runs
+    let missing = tmp.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        read(&spec).replace(
+            "source = \"synthetic\"\nfamily = \"vessels\"\nsite = 0\ntrain = 4\ntest = 2\nsize = 64",
+            "source = \"folder\"\nroot = \"nowhere\"\nimages = \"*.png\"\nmasks = \"*.png\"\ntest_fraction = 0.5",
+        ),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("run")
+        .arg(&missing)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("nowhere"), "{}", text(&o));
+    assert!(
+        !tmp.path().join("o").exists(),
+        "nothing may be written for a bad spec"
+    );
+    // a missing weights file fails before training and leaves no results folder behind
+    let nw = tmp.path().join("noweights.toml");
+    std::fs::write(
+        &nw,
+        read(&spec).replace("weights = \"random-tiny\"", "weights = \"no/such.pth\""),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("run")
+        .arg(&nw)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no/such.pth"), "{}", text(&o));
+    assert!(
+        !tmp.path().join("o/tiny").exists(),
+        "a failed start must not leave a results folder"
+    );
+}
+
+/// DRIVE -> CHASEDB1 from ../shared/data (or $EVOSAM_SHARED_DATA) through the shipped spec's data settings,
+/// with the tiny random model so that it stays fast.
+#[test]
+fn vessels_real_data_end_to_end() {
+    let data = std::env::var("EVOSAM_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate_dir().join("../shared/data"));
+    if !data.join("retinal_vessel/DRIVE").is_dir() || !data.join("retinal_vessel/CHASEDB1").is_dir()
+    {
+        eprintln!(
+            "SKIPPED vessels_real_data_end_to_end: no shared data at {} (set EVOSAM_SHARED_DATA)",
+            data.display()
+        );
+        return;
+    }
+    let data = data.canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = read(&crate_dir().join("experiments/vessels-real.toml"))
+        .replace(
+            "${EVOSAM_SHARED_DATA:-../../shared/data}",
+            &data.display().to_string(),
+        )
+        .replace("weights = \"lite_medsam\"", "weights = \"random-tiny\"")
+        .replace("max_train = 8", "max_train = 2")
+        .replace("max_test = 4", "max_test = 2")
+        .replace("epochs = 3", "epochs = 1");
+    let p = tmp.path().join("vessels.toml");
+    std::fs::write(&p, spec).unwrap();
+    let o = run(&p, &tmp.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scores = read(&tmp.path().join("out/vessels-real/scores.csv"));
+    assert!(
+        scores.contains(",DRIVE,") && scores.contains(",CHASEDB1,"),
+        "{scores}"
+    );
+    // 2 strategies x 2 orders x 3 stages x (2 + 2) cases
+    assert_eq!(scores.lines().count(), 2 * 2 * 3 * 4 + 1);
+}
