@@ -308,6 +308,76 @@ fn si_label(v: &f64) -> String {
     }
 }
 
+/// One line of a line panel, in plot coordinates (values may already be log-transformed).
+struct Line<'a> {
+    name: &'a str,
+    x: Vec<f64>,
+    y: Vec<f64>,
+    /// Lower and upper edge of the shaded band (mean ± std).
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+}
+
+impl<'a> Line<'a> {
+    fn mean_std(name: &'a str, stages: &[i64], mean: &[f64], std: &[f64]) -> Self {
+        Line {
+            name,
+            x: stages.iter().map(|k| *k as f64).collect(),
+            y: mean.to_vec(),
+            lo: mean.iter().zip(std).map(|(m, s)| m - s).collect(),
+            hi: mean.iter().zip(std).map(|(m, s)| m + s).collect(),
+        }
+    }
+
+    /// log10 of the values; non-positive means are left out, band edges clipped at `floor`.
+    fn log10(name: &'a str, stages: &[i64], mean: &[f64], std: &[f64], floor: f64) -> Self {
+        let mut l = Line {
+            name,
+            x: vec![],
+            y: vec![],
+            lo: vec![],
+            hi: vec![],
+        };
+        for ((k, m), s) in stages.iter().zip(mean).zip(std) {
+            if *m > 0.0 {
+                l.x.push(*k as f64);
+                l.y.push(m.log10());
+                l.lo.push(if m - s > 0.0 {
+                    (m - s).log10().max(floor)
+                } else {
+                    floor
+                });
+                l.hi.push((m + s).log10());
+            }
+        }
+        l
+    }
+}
+
+/// Log axis when positive values span more than two orders of magnitude.
+fn log_scale_wanted(pmin: f64, pmax: f64) -> bool {
+    pmin.is_finite() && pmin > 0.0 && pmax / pmin > 100.0
+}
+
+/// Tick label on a log10 axis: only at integer exponents.
+fn pow10_label(y: &f64) -> String {
+    if (y - y.round()).abs() < 1e-6 {
+        si_label(&10f64.powi(y.round() as i32))
+    } else {
+        String::new()
+    }
+}
+
+/// Tick label without a negative zero, with decimals suited to the axis step.
+fn tick_label(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$}");
+    if s.starts_with('-') && s[1..].chars().all(|c| c == '0' || c == '.') {
+        s[1..].to_string()
+    } else {
+        s
+    }
+}
+
 /// A line per series with a shaded mean ± std band and markers, on a stage axis.
 #[allow(clippy::too_many_arguments)]
 fn line_panel<DB: DrawingBackend>(
@@ -315,43 +385,34 @@ fn line_panel<DB: DrawingBackend>(
     panel: &DrawingArea<DB, Shift>,
     caption: &str,
     y_desc: &str,
-    series: &[(&str, &[i64], &[f64], &[f64])],
+    series: &[Line],
     y_range: (f64, f64),
     all: &[String],
     y_fmt: &dyn Fn(&f64) -> String,
 ) -> Dr {
     let max_stage = series
         .iter()
-        .flat_map(|s| s.1.iter())
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .max(1);
+        .flat_map(|s| s.x.iter())
+        .fold(1.0f64, |a, b| a.max(*b));
     let min_stage = series
         .iter()
-        .flat_map(|s| s.1.iter())
-        .copied()
-        .min()
-        .unwrap_or(0)
-        .min(0);
+        .flat_map(|s| s.x.iter())
+        .fold(0.0f64, |a, b| a.min(*b));
     let mut chart = ChartBuilder::on(panel)
         .caption(caption, (FAMILY, FS_PANEL))
         .margin(24)
         .margin_right(44)
         .x_label_area_size(96)
         .y_label_area_size(130)
-        .build_cartesian_2d(
-            (min_stage as f64 - 0.25)..(max_stage as f64 + 0.25),
-            y_range.0..y_range.1,
-        )
+        .build_cartesian_2d((min_stage - 0.25)..(max_stage + 0.25), y_range.0..y_range.1)
         .map_err(de)?;
     chart
         .configure_mesh()
         .x_desc("Training stage (0 = before training)")
         .y_desc(y_desc)
-        .x_labels(((max_stage - min_stage) as usize + 1).min(12))
+        .x_labels(((max_stage - min_stage).round() as usize + 1).min(12))
         .x_label_formatter(&int_label)
-        .y_labels(6)
+        .y_labels(8)
         .y_label_formatter(y_fmt)
         .label_style((FAMILY, FS_TICK))
         .axis_desc_style((FAMILY, FS_DESC))
@@ -360,33 +421,19 @@ fn line_panel<DB: DrawingBackend>(
         .draw()
         .map_err(de)?;
     // Bands first so that every line stays visible on top of all bands.
-    for (name, stages, mean, std) in series {
-        let (c, _) = strategy_style(name, all);
-        if stages.len() > 1 && std.iter().any(|s| *s > 0.0) {
-            let mut poly: Vec<(f64, f64)> = stages
-                .iter()
-                .zip(mean.iter().zip(std.iter()))
-                .map(|(k, (m, s))| (*k as f64, m + s))
-                .collect();
-            poly.extend(
-                stages
-                    .iter()
-                    .zip(mean.iter().zip(std.iter()))
-                    .rev()
-                    .map(|(k, (m, s))| (*k as f64, m - s)),
-            );
+    for l in series {
+        let (c, _) = strategy_style(l.name, all);
+        if l.x.len() > 1 && l.lo.iter().zip(&l.hi).any(|(a, b)| b > a) {
+            let mut poly: Vec<(f64, f64)> = l.x.iter().zip(&l.hi).map(|(x, y)| (*x, *y)).collect();
+            poly.extend(l.x.iter().zip(&l.lo).rev().map(|(x, y)| (*x, *y)));
             chart
                 .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.16).filled())))
                 .map_err(de)?;
         }
     }
-    for (name, stages, mean, _) in series {
-        let (c, m) = strategy_style(name, all);
-        let pts: Vec<(f64, f64)> = stages
-            .iter()
-            .zip(mean.iter())
-            .map(|(k, v)| (*k as f64, *v))
-            .collect();
+    for l in series {
+        let (c, m) = strategy_style(l.name, all);
+        let pts: Vec<(f64, f64)> = l.x.iter().zip(&l.y).map(|(x, y)| (*x, *y)).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(LINE_W)))
             .map_err(de)?;
@@ -448,21 +495,14 @@ impl Figure for CurvesFigure<'_> {
             .fold(0.0f64, f64::min)
             .max(-0.05);
         for (task, panel) in tasks.iter().zip(panels.iter()) {
-            let series: Vec<(&str, &[i64], &[f64], &[f64])> = names
+            let series: Vec<Line> = names
                 .iter()
                 .filter_map(|s| {
                     self.curves
                         .iter()
                         .find(|c| &c.strategy == s && &c.task == *task)
                 })
-                .map(|c| {
-                    (
-                        c.strategy.as_str(),
-                        c.stages.as_slice(),
-                        c.mean.as_slice(),
-                        c.std.as_slice(),
-                    )
-                })
+                .map(|c| Line::mean_std(&c.strategy, &c.stages, &c.mean, &c.std))
                 .collect();
             line_panel(
                 root,
@@ -538,7 +578,19 @@ struct MatrixSpec<'a> {
     bar_label: &'a str,
 }
 
-const CELL_W: u32 = 250;
+const CELL_W_MIN: u32 = 250;
+const CELL_W_MAX: u32 = 460;
+
+/// Cell width: wide enough for the column labels at tick size, within limits.
+fn cell_w(spec: &MatrixSpec) -> u32 {
+    let widest = spec
+        .col_labels
+        .iter()
+        .map(|l| text_width(l, FS_TICK + 4))
+        .max()
+        .unwrap_or(0);
+    (widest + 24).clamp(CELL_W_MIN, CELL_W_MAX)
+}
 const CELL_H: u32 = 130;
 const MAT_LEFT: u32 = 60; // room for the rotated y description
 
@@ -559,29 +611,34 @@ fn matrix_col_font(spec: &MatrixSpec) -> u32 {
         .map(|l| text_width(l, FS_TICK + 4))
         .max()
         .unwrap_or(0);
-    if widest + 16 <= CELL_W {
+    let cw = cell_w(spec);
+    if widest + 16 <= cw {
         FS_TICK + 4
     } else {
-        (((FS_TICK + 4) as f64) * (CELL_W - 16) as f64 / widest as f64)
+        (((FS_TICK + 4) as f64) * (cw - 16) as f64 / widest as f64)
             .floor()
             .max(16.0) as u32
     }
 }
 
 fn matrix_size(spec: &MatrixSpec) -> (u32, u32) {
-    let w = MAT_LEFT + matrix_row_label_w(spec) + spec.col_labels.len() as u32 * CELL_W + 60 + 200;
+    let w = MAT_LEFT
+        + matrix_row_label_w(spec)
+        + spec.col_labels.len() as u32 * cell_w(spec)
+        + 60
+        + 200;
     let h = TITLE_H + 30 + spec.row_labels.len() as u32 * CELL_H + 70 + 80 + 40;
-    (w.max(1000), h)
+    (w.max(1000), h.max(700))
 }
 
 fn draw_matrix<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, spec: &MatrixSpec) -> Dr {
     let rl = matrix_row_label_w(spec);
     let (aw, _) = area.dim_in_pixel();
-    let grid_w = spec.col_labels.len() as u32 * CELL_W;
+    let grid_w = spec.col_labels.len() as u32 * cell_w(spec);
     let x0 =
         (MAT_LEFT + rl) as i32 + ((aw.saturating_sub(MAT_LEFT + rl + grid_w + 260)) / 2) as i32;
     let y0 = 30i32;
-    let (cw, ch) = (CELL_W as i32, CELL_H as i32);
+    let (cw, ch) = (cell_w(spec) as i32, CELL_H as i32);
     for (i, row) in spec.cells.iter().enumerate() {
         for (j, cell) in row.iter().enumerate() {
             let (x, y) = (x0 + j as i32 * cw, y0 + i as i32 * ch);
@@ -798,6 +855,22 @@ impl Figure for ConfusionFigure<'_> {
 
 // ---------------------------------------------------------------- summary bars
 
+/// Font size, rotation and label-area height for the strategy names under the bars. The slot per
+/// bar is estimated from the panel width (half the figure, less the y-label area and margins).
+fn bar_label_layout(names: &[String]) -> (u32, bool, u32) {
+    let slot = (W / 2 - 130 - 68) / names.len().max(1) as u32;
+    let widest = |fs| names.iter().map(|n| text_width(n, fs)).max().unwrap_or(1);
+    if widest(FS_TICK) + 12 <= slot {
+        return (FS_TICK, false, 60);
+    }
+    let fs = ((FS_TICK as f64) * (slot.saturating_sub(12)) as f64 / widest(FS_TICK) as f64).floor()
+        as u32;
+    if fs >= 24 {
+        return (fs, false, 60);
+    }
+    (FS_TICK, true, widest(FS_TICK) + 30)
+}
+
 pub struct SummaryFigure<'a> {
     pub bars: &'a [MetricBar],
     pub strategies: &'a [String],
@@ -815,7 +888,11 @@ impl SummaryFigure<'_> {
 
 impl Figure for SummaryFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        (W, TITLE_H + 2 * 760 + legend_height(&self.names(), W))
+        let names = self.names();
+        (
+            W,
+            TITLE_H + 2 * (700 + bar_label_layout(&names).2) + legend_height(&names, W),
+        )
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Dr {
         let names = self.names();
@@ -848,6 +925,7 @@ impl Figure for SummaryFigure<'_> {
                 if lo < 0.0 { lo - pad } else { 0.0 },
                 if hi > 0.0 { hi + pad } else { pad },
             );
+            let dec = (-((hi - lo) / 6.0).log10().floor()).clamp(0.0, 6.0) as usize;
             let caption = match *metric {
                 "Forgetting" => "Forgetting (lower is better)".to_string(),
                 m => format!("{m} (higher is better)"),
@@ -856,7 +934,7 @@ impl Figure for SummaryFigure<'_> {
                 .caption(&caption, (FAMILY, FS_PANEL))
                 .margin(24)
                 .margin_right(44)
-                .x_label_area_size(30)
+                .x_label_area_size(bar_label_layout(&names).2)
                 .y_label_area_size(130)
                 .build_cartesian_2d(-0.6f64..(ns as f64 - 0.4), lo..hi)
                 .map_err(de)?;
@@ -865,7 +943,7 @@ impl Figure for SummaryFigure<'_> {
                 .disable_x_mesh()
                 .x_labels(0)
                 .y_labels(6)
-                .y_label_formatter(&|y| format!("{y:.2}"))
+                .y_label_formatter(&|y| tick_label(*y, dec))
                 .y_desc(*metric)
                 .label_style((FAMILY, FS_TICK))
                 .axis_desc_style((FAMILY, FS_DESC))
@@ -905,32 +983,23 @@ impl Figure for SummaryFigure<'_> {
                         .map_err(de)?;
                 }
             }
-            // Strategy names under the axis, shrunk to fit their slot.
-            let slot = {
-                let a = chart.backend_coord(&(0.0, lo)).0;
-                let b = chart.backend_coord(&(1.0, lo)).0;
-                (b - a).max(1) as u32
-            };
-            let widest = names
-                .iter()
-                .map(|n| text_width(n, FS_TICK))
-                .max()
-                .unwrap_or(1);
-            let fs = if widest + 10 <= slot {
-                FS_TICK
-            } else {
-                ((FS_TICK as f64) * (slot.saturating_sub(10)) as f64 / widest as f64)
-                    .floor()
-                    .max(14.0) as u32
-            };
+            // Strategy names under the axis: horizontal when they fit, else vertical.
+            let (fs, rotated, _) = bar_label_layout(&names);
             for (i, n) in names.iter().enumerate() {
                 let (x, y) = chart.backend_coord(&(i as f64, lo));
-                root.draw_text(
-                    n,
-                    &font(fs).pos(Pos::new(HPos::Center, VPos::Top)),
-                    (x, y + 8),
-                )
-                .map_err(de)?;
+                if rotated {
+                    let st = font(fs)
+                        .pos(Pos::new(HPos::Right, VPos::Center))
+                        .transform(FontTransform::Rotate270);
+                    root.draw_text(n, &st, (x, y + 10)).map_err(de)?;
+                } else {
+                    root.draw_text(
+                        n,
+                        &font(fs).pos(Pos::new(HPos::Center, VPos::Top)),
+                        (x, y + 8),
+                    )
+                    .map_err(de)?;
+                }
             }
         }
         Ok(())
@@ -975,41 +1044,68 @@ impl Figure for GrowthFigure<'_> {
         let keys = self.keys();
         let panels = main.split_evenly((1, keys.len().max(1)));
         for (key, panel) in keys.iter().zip(panels.iter()) {
-            let series: Vec<(&str, &[i64], &[f64], &[f64])> = names
+            let found: Vec<&GrowthSeries> = names
                 .iter()
                 .filter_map(|s| {
                     self.growth
                         .iter()
                         .find(|g| &g.strategy == s && g.key == *key)
                 })
-                .map(|g| {
-                    (
-                        g.strategy.as_str(),
-                        g.stages.as_slice(),
-                        g.mean.as_slice(),
-                        g.std.as_slice(),
-                    )
-                })
                 .collect();
-            let hi = series
-                .iter()
-                .flat_map(|s| s.2.iter().zip(s.3.iter()).map(|(m, d)| m + d))
-                .fold(0.0f64, f64::max);
-            let hi = if hi > 0.0 { hi * 1.08 } else { 1.0 };
             let (caption, desc) = match *key {
                 "trainable_params" => ("Trainable parameters (total)", "Parameters"),
                 _ => ("Number of experts", "Experts"),
             };
-            line_panel(
-                root,
-                panel,
-                caption,
-                desc,
-                &series,
-                (0.0, hi),
-                self.strategies,
-                &si_label,
-            )?;
+            let pos: Vec<f64> = found
+                .iter()
+                .flat_map(|g| g.mean.iter().copied())
+                .filter(|v| *v > 0.0)
+                .collect();
+            let pmin = pos.iter().copied().fold(f64::INFINITY, f64::min);
+            let pmax = found
+                .iter()
+                .flat_map(|g| g.mean.iter().zip(&g.std).map(|(m, s)| m + s))
+                .fold(0.0f64, f64::max);
+            if log_scale_wanted(pmin, pmax) {
+                // Values spanning orders of magnitude: log10 axis; zero values are not drawn.
+                let (lo, hi) = ((pmin / 2.0).log10().floor(), (pmax * 2.0).log10());
+                let series: Vec<Line> = found
+                    .iter()
+                    .map(|g| Line::log10(&g.strategy, &g.stages, &g.mean, &g.std, lo))
+                    .collect();
+                let cap = format!("{caption}, log scale (zeros not shown)");
+                line_panel(
+                    root,
+                    panel,
+                    &cap,
+                    desc,
+                    &series,
+                    (lo, hi),
+                    self.strategies,
+                    &pow10_label,
+                )?;
+            } else {
+                let hi = if pmax > 0.0 { pmax * 1.08 } else { 1.0 };
+                let series: Vec<Line> = found
+                    .iter()
+                    .map(|g| Line::mean_std(&g.strategy, &g.stages, &g.mean, &g.std))
+                    .collect();
+                let fmt: &dyn Fn(&f64) -> String = if *key == "n_experts" {
+                    &int_label
+                } else {
+                    &si_label
+                };
+                line_panel(
+                    root,
+                    panel,
+                    caption,
+                    desc,
+                    &series,
+                    (0.0, hi),
+                    self.strategies,
+                    fmt,
+                )?;
+            }
         }
         Ok(())
     }

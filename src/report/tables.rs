@@ -158,7 +158,7 @@ pub fn footnote(tc: &TableCells, tex: bool) -> Vec<String> {
     match &tc.reference {
         Some(r) => v.push(format!(
             "{dag} p < {ALPHA} against {r}: two-sided paired Wilcoxon signed-rank test over (seed, order, case) pairs at the final stage \
-             (Dice columns: the cases of that task; p column: all tasks pooled). Zero differences are dropped (Wilcoxon's method); \
+             (Dice columns: the cases of that task; p column: all tasks pooled, n = non-zero pairs used). Zero differences are dropped (Wilcoxon's method); \
              exact null distribution for {le} {EXACT_MAX_N} non-zero differences without ties, otherwise normal approximation with tie and continuity correction."
         )),
         None => v.push("No strategy named \"evosam\" in these results: significance tests skipped.".into()),

@@ -26,20 +26,29 @@ pub(crate) struct Synthetic {
     pub extras: Vec<ExtraRow>,
 }
 
-fn order_tasks(order: &str) -> Vec<&'static str> {
+fn order_tasks<'a>(tasks: &[&'a str], order: &str) -> Vec<&'a str> {
     match order {
-        "given" => TASKS.to_vec(),
-        _ => TASKS.iter().rev().copied().collect(),
+        "given" => tasks.to_vec(),
+        _ => tasks.iter().rev().copied().collect(),
     }
 }
 
 pub(crate) fn synthetic(orders: &[&str]) -> Synthetic {
+    synthetic_with(&STRATEGIES, &TASKS, &SEEDS, orders)
+}
+
+pub(crate) fn synthetic_with(
+    strategies: &[&str],
+    tasks: &[&str],
+    seeds: &[i64],
+    orders: &[&str],
+) -> Synthetic {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut scores = Vec::new();
-    for s in STRATEGIES {
-        for &seed in &SEEDS {
+    for &s in strategies {
+        for &seed in seeds {
             for &order in orders {
-                let seq = order_tasks(order);
+                let seq = order_tasks(tasks, order);
                 for stage in 0..=seq.len() as i64 {
                     let trained = if stage == 0 {
                         String::new()
@@ -55,7 +64,7 @@ pub(crate) fn synthetic(orders: &[&str]) -> Synthetic {
                             } else {
                                 let age = (stage - pos) as f64;
                                 match s {
-                                    "evosam" => 0.85,
+                                    x if x.starts_with("evosam") => 0.85,
                                     "replay" => 0.82 - 0.04 * age,
                                     _ => 0.84 - 0.15 * age,
                                 }
@@ -63,7 +72,7 @@ pub(crate) fn synthetic(orders: &[&str]) -> Synthetic {
                             let noise: f64 = rng.random_range(-0.08..0.08);
                             // Rounded to 0.01 so that ties and zero differences occur.
                             let dice = ((base + noise).clamp(0.0, 1.0) * 100.0).round() / 100.0;
-                            let routed_to = if s == "evosam" {
+                            let routed_to = if s.starts_with("evosam") {
                                 if pos > stage {
                                     Some("base".to_string())
                                 } else if rng.random_range(0.0..1.0) < 0.8 {
@@ -123,10 +132,10 @@ pub(crate) fn synthetic(orders: &[&str]) -> Synthetic {
     // metrics.csv by the contract's definitions.
     let mut metrics = Vec::new();
     let mut extras = Vec::new();
-    for s in STRATEGIES {
-        for &seed in &SEEDS {
+    for &s in strategies {
+        for &seed in seeds {
             for &order in orders {
-                let t = TASKS.len();
+                let t = tasks.len();
                 let r = |k: usize, j: usize| {
                     matrix
                         .iter()
@@ -141,12 +150,17 @@ pub(crate) fn synthetic(orders: &[&str]) -> Synthetic {
                         .unwrap()
                 };
                 let acc = (1..=t).map(|j| r(t, j)).sum::<f64>() / t as f64;
-                let bwt = (1..t).map(|j| r(t, j) - r(j, j)).sum::<f64>() / (t - 1) as f64;
-                let fwt = (2..=t).map(|j| r(j - 1, j) - r(0, j)).sum::<f64>() / (t - 1) as f64;
-                let fgt = (1..t)
-                    .map(|j| (j..t).map(|l| r(l, j)).fold(f64::MIN, f64::max) - r(t, j))
-                    .sum::<f64>()
-                    / (t - 1) as f64;
+                let (bwt, fwt, fgt) = if t == 1 {
+                    (0.0, None, 0.0)
+                } else {
+                    let bwt = (1..t).map(|j| r(t, j) - r(j, j)).sum::<f64>() / (t - 1) as f64;
+                    let fwt = (2..=t).map(|j| r(j - 1, j) - r(0, j)).sum::<f64>() / (t - 1) as f64;
+                    let fgt = (1..t)
+                        .map(|j| (j..t).map(|l| r(l, j)).fold(f64::MIN, f64::max) - r(t, j))
+                        .sum::<f64>()
+                        / (t - 1) as f64;
+                    (bwt, Some(fwt), fgt)
+                };
                 let mut extra = BTreeMap::new();
                 extra.insert(
                     "matcher_acc".to_string(),
@@ -162,13 +176,13 @@ pub(crate) fn synthetic(orders: &[&str]) -> Synthetic {
                     order: order.into(),
                     acc,
                     bwt,
-                    fwt: Some(fwt),
+                    fwt,
                     forgetting: fgt,
                     extra,
                 });
                 for k in 0..=t as i64 {
                     let (params, experts) = match s {
-                        "evosam" => (k as f64 * 12_288.0, k as f64),
+                        x if x.starts_with("evosam") => (k as f64 * 12_288.0, k as f64),
                         _ => (
                             if k == 0 {
                                 0.0
@@ -976,4 +990,92 @@ fn no_reference_strategy_skips_tests_with_a_note() {
         })
         .collect();
     assert_eq!(styles.len(), 3);
+}
+
+#[test]
+fn many_strategies_long_names_single_run_and_single_task() {
+    let strategies = [
+        "evosam",
+        "evosam-oracle",
+        "zeroshot",
+        "finetune",
+        "ewc",
+        "online-ewc",
+        "replay",
+        "lwf",
+        "joint",
+        "my-very-long-custom-baseline",
+    ];
+    let tasks = [
+        "abdominal-ct-liver",
+        "kidney",
+        "cardiac-mri-left-ventricle",
+        "polyp",
+        "spleen",
+    ];
+    let syn = synthetic_with(&strategies, &tasks, &[3], &["given"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, &syn, true);
+    let summary = write_report(&[dir.clone()], &dir).unwrap();
+    let data = ReportData::compute(&load_results(&[dir.clone()]).unwrap());
+    // One run per strategy: std 0 everywhere, n = 1.
+    assert!(data
+        .curves
+        .iter()
+        .all(|c| c.std.iter().all(|s| *s == 0.0) && c.n.iter().all(|n| *n == 1)));
+    assert_eq!(data.heatmaps[0].col_labels, tasks.to_vec());
+    assert_eq!(data.confusions.len(), 2); // evosam and evosam-oracle route
+    for f in &summary.files {
+        if f.extension().and_then(|e| e.to_str()) == Some("png") {
+            assert_png_not_blank(f);
+        }
+    }
+    // Colours are distinct across the ten strategies.
+    let all: Vec<String> = data.strategies.clone();
+    let cols: BTreeSet<(u8, u8, u8)> = all
+        .iter()
+        .map(|s| {
+            let (c, _) = plots::strategy_style(s, &all);
+            (c.0, c.1, c.2)
+        })
+        .collect();
+    assert_eq!(cols.len(), 10);
+    if let Some(keep) = std::env::var_os("EVOSAM_KEEP_REPORT") {
+        let keep = PathBuf::from(keep).join("many");
+        std::fs::create_dir_all(&keep).unwrap();
+        for f in &summary.files {
+            std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+
+    // A single task: FWT undefined (null) for every run, the chart says n/a, the table shows n/a.
+    let one = synthetic_with(&["evosam", "finetune"], &["liver"], &[0, 1], &["given"]);
+    assert!(one.metrics.iter().all(|m| m.fwt.is_none()));
+    let dir1 = tmp.path().join("one");
+    write_folder(&dir1, &one, false);
+    let summary = write_report(&[dir1.clone()], &dir1).unwrap();
+    let data = ReportData::compute(&load_results(&[dir1.clone()]).unwrap());
+    assert!(data
+        .summary
+        .iter()
+        .filter(|b| b.metric == "FWT")
+        .all(|b| b.stat.is_none()));
+    let md = std::fs::read_to_string(dir1.join("tables/summary.md")).unwrap();
+    assert!(md
+        .lines()
+        .filter(|l| l.starts_with("| evosam") || l.starts_with("| finetune"))
+        .all(|l| l.contains("n/a")));
+    for f in &summary.files {
+        if f.extension().and_then(|e| e.to_str()) == Some("png") {
+            assert_png_not_blank(f);
+        }
+    }
+    if let Some(keep) = std::env::var_os("EVOSAM_KEEP_REPORT") {
+        let keep = PathBuf::from(keep).join("one");
+        std::fs::create_dir_all(&keep).unwrap();
+        for f in &summary.files {
+            std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
+        }
+    }
 }
