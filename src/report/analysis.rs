@@ -158,6 +158,8 @@ pub struct ReportData {
 }
 
 type RunKey = (String, i64, String); // strategy, seed, order
+/// (seed, order, eval_task, case): the pairing key of the significance tests.
+type CaseKey<'a> = (i64, &'a str, &'a str, &'a str);
 
 fn stats_by<K: Ord + Clone>(groups: BTreeMap<K, Vec<f64>>) -> BTreeMap<K, Stat> {
     groups
@@ -411,7 +413,7 @@ impl ReportData {
             ));
         }
         // Final-stage per-case dice keyed by (seed, order, task, case), per strategy.
-        let mut per_case: HashMap<&str, BTreeMap<(i64, &str, &str, &str), f64>> = HashMap::new();
+        let mut per_case: HashMap<&str, BTreeMap<CaseKey, f64>> = HashMap::new();
         for r in rs.scores.iter().filter(|r| is_final(r)) {
             per_case.entry(r.strategy.as_str()).or_default().insert(
                 (
@@ -444,7 +446,7 @@ impl ReportData {
             let (test_all, test_task) = match &reference {
                 Some(r) if r != s => {
                     let mine = per_case.get(s.as_str()).unwrap_or(&empty);
-                    let pairs: Vec<(&(i64, &str, &str, &str), f64, f64)> = mine
+                    let pairs: Vec<(&CaseKey, f64, f64)> = mine
                         .iter()
                         .filter_map(|(k, v)| ref_cases.get(k).map(|rv| (k, *v, *rv)))
                         .collect();

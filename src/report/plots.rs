@@ -194,7 +194,9 @@ fn legend_rows(labels: &[String], width: u32) -> Vec<Vec<usize>> {
             rows.push(vec![]);
             used = 0;
         }
-        rows.last_mut().map(|r| r.push(i));
+        if let Some(r) = rows.last_mut() {
+            r.push(i);
+        }
         used += w;
     }
     rows
@@ -566,12 +568,15 @@ fn text_on(c: &RGBColor) -> RGBColor {
     }
 }
 
+/// Colour value in [0, 1] and the text lines of one matrix cell.
+type CellContent = (f64, Vec<String>);
+
 /// A labelled grid of coloured cells with text, plus a colour bar.
 struct MatrixSpec<'a> {
     row_labels: Vec<String>,
     col_labels: Vec<String>,
     /// (value for the colour in [0,1], text lines) per cell; None = empty cell.
-    cells: Vec<Vec<Option<(f64, Vec<String>)>>>,
+    cells: Vec<Vec<Option<CellContent>>>,
     x_desc: &'a str,
     y_desc: &'a str,
     cmap: &'a [(f64, (u8, u8, u8))],
@@ -956,6 +961,12 @@ impl Figure for SummaryFigure<'_> {
                 root.draw_text("n/a (no values)", &centered(FS_DESC), c)
                     .map_err(de)?;
                 continue;
+            }
+            if stats.iter().all(|s| s.1 == 0.0 && s.2 == 0.0) {
+                // Zero-height bars are invisible: say so.
+                let c = chart.backend_coord(&((ns as f64 - 1.0) / 2.0, (lo + hi) / 2.0));
+                root.draw_text("all values are 0", &centered(FS_DESC), c)
+                    .map_err(de)?;
             }
             chart
                 .draw_series(std::iter::once(PathElement::new(

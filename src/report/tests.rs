@@ -419,7 +419,7 @@ fn load_roundtrip_parquet_and_csv() {
     for parquet in [true, false] {
         let dir = tmp.path().join(format!("run_{parquet}"));
         write_folder(&dir, &syn, parquet);
-        let rs = load_results(&[dir.clone()]).unwrap();
+        let rs = load_results(std::slice::from_ref(&dir)).unwrap();
         assert_eq!(rs.scores.len(), syn.scores.len());
         let a = sorted_scores(rs.scores.clone());
         let b = sorted_scores(syn.scores.clone());
@@ -778,7 +778,7 @@ fn write_report_writes_every_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     write_folder(&dir, &syn, true);
-    let summary = write_report(&[dir.clone()], &dir).unwrap();
+    let summary = write_report(std::slice::from_ref(&dir), &dir).unwrap();
     assert_eq!(summary.files.len(), 3 * 2 + 2 + 2 + 2 + 2 + 1 + 4);
     for f in expected_files() {
         let p = dir.join(f);
@@ -852,7 +852,7 @@ fn merging_folders_equals_single_folder() {
     let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
     write_folder(&da, &a, true);
     write_folder(&db, &b, false);
-    let one = ReportData::compute(&load_results(&[whole.clone()]).unwrap());
+    let one = ReportData::compute(&load_results(std::slice::from_ref(&whole)).unwrap());
     let rs = load_results(&[da.clone(), db.clone()]).unwrap();
     assert_eq!(rs.duplicates_dropped.get("matrix.csv"), Some(&1));
     let merged = ReportData::compute(&rs);
@@ -939,7 +939,7 @@ fn bad_inputs_give_clear_errors() {
         .unwrap()
         .replace("acc,", "accuracy,");
     std::fs::write(bad.join("metrics.csv"), text).unwrap();
-    let e = load_results(&[bad.clone()]).unwrap_err();
+    let e = load_results(std::slice::from_ref(&bad)).unwrap_err();
     assert_eq!(e.exit_code(), 2);
     assert!(
         e.to_string().contains("metrics.csv") && e.to_string().contains("acc"),
@@ -949,9 +949,11 @@ fn bad_inputs_give_clear_errors() {
     write_folder(&bad2, &syn, false);
     let text = std::fs::read_to_string(bad2.join("extras.csv")).unwrap();
     let mut lines: Vec<String> = text.lines().map(|s| s.to_string()).collect();
-    lines[1] = format!("{}", lines[1].rsplit_once(',').unwrap().0) + ",lots";
+    lines[1] = lines[1].rsplit_once(',').unwrap().0.to_string() + ",lots";
     std::fs::write(bad2.join("extras.csv"), lines.join("\n")).unwrap();
-    let e = load_results(&[bad2.clone()]).unwrap_err().to_string();
+    let e = load_results(std::slice::from_ref(&bad2))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("extras.csv") && e.contains("value"), "{e}");
     let e = load_results(&[tmp.path().join("nope")]).unwrap_err();
     assert_eq!(e.exit_code(), 2);
@@ -972,7 +974,7 @@ fn no_reference_strategy_skips_tests_with_a_note() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     write_folder(&dir, &syn, true);
-    let summary = write_report(&[dir.clone()], &dir).unwrap();
+    let summary = write_report(std::slice::from_ref(&dir), &dir).unwrap();
     assert!(summary
         .notes
         .iter()
@@ -1017,8 +1019,8 @@ fn many_strategies_long_names_single_run_and_single_task() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     write_folder(&dir, &syn, true);
-    let summary = write_report(&[dir.clone()], &dir).unwrap();
-    let data = ReportData::compute(&load_results(&[dir.clone()]).unwrap());
+    let summary = write_report(std::slice::from_ref(&dir), &dir).unwrap();
+    let data = ReportData::compute(&load_results(std::slice::from_ref(&dir)).unwrap());
     // One run per strategy: std 0 everywhere, n = 1.
     assert!(data
         .curves
@@ -1054,8 +1056,8 @@ fn many_strategies_long_names_single_run_and_single_task() {
     assert!(one.metrics.iter().all(|m| m.fwt.is_none()));
     let dir1 = tmp.path().join("one");
     write_folder(&dir1, &one, false);
-    let summary = write_report(&[dir1.clone()], &dir1).unwrap();
-    let data = ReportData::compute(&load_results(&[dir1.clone()]).unwrap());
+    let summary = write_report(std::slice::from_ref(&dir1), &dir1).unwrap();
+    let data = ReportData::compute(&load_results(std::slice::from_ref(&dir1)).unwrap());
     assert!(data
         .summary
         .iter()
