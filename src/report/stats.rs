@@ -88,8 +88,17 @@ pub fn wilcoxon_signed_rank(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
         }
         i = j;
     }
-    let w_plus: f64 = (0..n).filter(|&k| d[k] > 0.0).map(|k| ranks[k]).sum();
-    let w_minus: f64 = (0..n).filter(|&k| d[k] < 0.0).map(|k| ranks[k]).sum();
+    // "+ 0.0" turns the -0.0 that an empty f64 sum yields into 0.0.
+    let w_plus: f64 = (0..n)
+        .filter(|&k| d[k] > 0.0)
+        .map(|k| ranks[k])
+        .sum::<f64>()
+        + 0.0;
+    let w_minus: f64 = (0..n)
+        .filter(|&k| d[k] < 0.0)
+        .map(|k| ranks[k])
+        .sum::<f64>()
+        + 0.0;
     let t = w_plus.min(w_minus);
     let (p, method) = if n <= EXACT_MAX_N && tie_sizes.is_empty() {
         (exact_two_sided(n, t), WilcoxonMethod::Exact)

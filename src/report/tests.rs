@@ -713,7 +713,9 @@ fn table_cells_and_tests_match_raw_rows() {
     let tex = tables::to_latex(&cells);
     assert!(tex.contains("\\toprule") && tex.contains("\\midrule") && tex.contains("\\bottomrule"));
     assert!(tex.contains("\\mathbf{"));
-    assert!(tex.contains("$^\\dagger$"));
+    assert!(tex.contains("^\\dagger$"));
+    assert!(!tex.contains("$$"), "adjacent math groups");
+    assert!(tex.contains("$p < 0.05$"));
     let csv = tables::to_csv(t);
     assert_eq!(csv.lines().count(), 4);
 }
@@ -810,6 +812,7 @@ fn write_report_writes_every_file() {
         for f in &summary.files {
             std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
         }
+        std::fs::copy(dir.join("scores.csv"), keep.join("scores.csv")).unwrap();
     }
 }
 
