@@ -51,7 +51,10 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// Statistics of the finite values (NaN/inf are left out; `n` counts the values used).
     pub fn of(values: &[f64]) -> Option<Stat> {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        let values = finite.as_slice();
         mean_std(values).map(|(mean, std)| Stat {
             mean,
             std,
@@ -171,6 +174,19 @@ fn stats_by<K: Ord + Clone>(groups: BTreeMap<K, Vec<f64>>) -> BTreeMap<K, Stat> 
 impl ReportData {
     pub fn compute(rs: &ResultsSet) -> ReportData {
         let mut notes = Vec::new();
+        let bad = |v: f64| !v.is_finite();
+        let n_bad = rs.matrix.iter().filter(|r| bad(r.dice)).count()
+            + rs.scores.iter().filter(|r| bad(r.dice)).count()
+            + rs.metrics
+                .iter()
+                .filter(|r| bad(r.acc) || bad(r.bwt) || bad(r.forgetting))
+                .count()
+            + rs.extras.iter().filter(|r| bad(r.value)).count();
+        if n_bad > 0 {
+            notes.push(format!(
+                "{n_bad} row(s) with NaN/infinite values: left out of means, stds and tests"
+            ));
+        }
         let strategies = strategy_order(
             rs.matrix
                 .iter()
@@ -449,6 +465,7 @@ impl ReportData {
                     let pairs: Vec<(&CaseKey, f64, f64)> = mine
                         .iter()
                         .filter_map(|(k, v)| ref_cases.get(k).map(|rv| (k, *v, *rv)))
+                        .filter(|p| p.1.is_finite() && p.2.is_finite())
                         .collect();
                     let test = |sel: &dyn Fn(&str) -> bool| {
                         let (x, y): (Vec<f64>, Vec<f64>) = pairs

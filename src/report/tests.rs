@@ -812,7 +812,9 @@ fn write_report_writes_every_file() {
         for f in &summary.files {
             std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
         }
-        std::fs::copy(dir.join("scores.csv"), keep.join("scores.csv")).unwrap();
+        for f in ["scores.csv", "scores.parquet", "matrix.csv", "metrics.csv", "extras.csv"] {
+            std::fs::copy(dir.join(f), keep.join(f)).unwrap();
+        }
     }
 }
 
@@ -1083,4 +1085,95 @@ fn many_strategies_long_names_single_run_and_single_task() {
             std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
         }
     }
+}
+
+#[test]
+fn non_finite_values_are_left_out_with_a_note() {
+    let mut syn = synthetic(&["given"]);
+    // One NaN in matrix.csv (evosam, seed 0, stage 3, first task) and one in the scores.
+    let i = syn
+        .matrix
+        .iter()
+        .position(|m| m.strategy == "evosam" && m.seed == 0 && m.stage == 3 && m.eval_index == 1)
+        .unwrap();
+    syn.matrix[i].dice = f64::NAN;
+    let task = syn.matrix[i].eval_task.clone();
+    let j = syn
+        .scores
+        .iter()
+        .position(|r| r.strategy == "finetune" && r.stage == 3)
+        .unwrap();
+    syn.scores[j].dice = f64::NAN;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, &syn, false);
+    let summary = write_report(std::slice::from_ref(&dir), &dir).unwrap();
+    assert!(summary.notes.iter().any(|n| n.contains("NaN")));
+    let data = ReportData::compute(&load_results(std::slice::from_ref(&dir)).unwrap());
+    let c = data
+        .curves
+        .iter()
+        .find(|c| c.strategy == "evosam" && c.task == task)
+        .unwrap();
+    let v: Vec<f64> = syn
+        .matrix
+        .iter()
+        .filter(|m| {
+            m.strategy == "evosam" && m.eval_task == task && m.stage == 3 && m.dice.is_finite()
+        })
+        .map(|m| m.dice)
+        .collect();
+    assert_eq!(v.len(), 2);
+    assert_eq!(c.n[3], 2);
+    assert!(close(c.mean[3], ms(&v).0));
+    let ft = data
+        .table
+        .rows
+        .iter()
+        .find(|r| r.strategy == "finetune")
+        .unwrap();
+    assert_eq!(
+        ft.test_all.as_ref().unwrap().n_pairs,
+        3 * 3 * CASES.len() - 1
+    );
+}
+
+/// Timing on a full-size results set (not run by default):
+/// `cargo test --release --lib report::tests::large_results_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn large_results_timing() {
+    let strategies = [
+        "evosam",
+        "evosam-oracle",
+        "zeroshot",
+        "finetune",
+        "ewc",
+        "online-ewc",
+        "replay",
+        "lwf",
+        "joint",
+    ];
+    let tasks = ["t1", "t2", "t3", "t4", "t5", "t6"];
+    let mut syn = synthetic_with(&strategies, &tasks, &[0, 1, 2], &["given", "reverse"]);
+    // 4 cases per (stage, task) -> 48 by repeating with new case ids.
+    let base = syn.scores.clone();
+    for k in 1..12 {
+        syn.scores.extend(base.iter().map(|r| {
+            let mut r = r.clone();
+            r.case = format!("{}-{k}", r.case);
+            r
+        }));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, &syn, true);
+    let t0 = std::time::Instant::now();
+    let summary = write_report(std::slice::from_ref(&dir), &dir).unwrap();
+    eprintln!(
+        "{} score rows: {} files in {:.2?}",
+        syn.scores.len(),
+        summary.files.len(),
+        t0.elapsed()
+    );
 }
