@@ -720,7 +720,33 @@ fn table_cells_and_tests_match_raw_rows() {
     assert_eq!(csv.lines().count(), 4);
 }
 
+/// The pHYs chunk of a PNG: (x px/unit, y px/unit, unit), read independently of the writer.
+fn png_phys(path: &Path) -> Option<(u32, u32, u8)> {
+    let b = std::fs::read(path).ok()?;
+    let mut pos = 8;
+    while pos + 12 <= b.len() {
+        let len = u32::from_be_bytes(b[pos..pos + 4].try_into().ok()?) as usize;
+        if &b[pos + 4..pos + 8] == b"pHYs" {
+            let d = &b[pos + 8..pos + 17];
+            return Some((
+                u32::from_be_bytes(d[0..4].try_into().ok()?),
+                u32::from_be_bytes(d[4..8].try_into().ok()?),
+                d[8],
+            ));
+        }
+        pos += 12 + len;
+    }
+    None
+}
+
 fn assert_png_not_blank(path: &Path) {
+    // 300 dpi = 11811 pixels per metre.
+    assert_eq!(
+        png_phys(path),
+        Some((11811, 11811, 1)),
+        "{}: pHYs",
+        path.display()
+    );
     let img = image::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .to_rgb8();
@@ -812,7 +838,13 @@ fn write_report_writes_every_file() {
         for f in &summary.files {
             std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
         }
-        for f in ["scores.csv", "scores.parquet", "matrix.csv", "metrics.csv", "extras.csv"] {
+        for f in [
+            "scores.csv",
+            "scores.parquet",
+            "matrix.csv",
+            "metrics.csv",
+            "extras.csv",
+        ] {
             std::fs::copy(dir.join(f), keep.join(f)).unwrap();
         }
     }
