@@ -1,8 +1,40 @@
-//! `evosam report` (in progress).
+//! `evosam report RUN_DIR [RUN_DIR ...] [--out DIR]`: plots and tables for one or more results folders.
+
+use std::path::PathBuf;
+
+use crate::Error;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Results folder(s) written by `evosam run`. Several folders are merged (e.g. parts of one
+    /// experiment run on different machines).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub run_dirs: Vec<PathBuf>,
+    /// Output folder for plots/ and tables/ (default: the run folder; required with several folders).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> crate::Result<()> {
-    Err(crate::Error::internal("`evosam report` is not available yet"))
+pub fn run(args: Args) -> crate::Result<()> {
+    let out =
+        match (&args.out, args.run_dirs.as_slice()) {
+            (Some(o), _) => o.clone(),
+            (None, [one]) => one.clone(),
+            (None, _) => return Err(Error::input(
+                "several results folders given: choose where the merged report goes with --out DIR",
+            )),
+        };
+    let summary = crate::report::write_report(&args.run_dirs, &out)?;
+    for n in &summary.notes {
+        eprintln!("note: {n}");
+    }
+    println!(
+        "wrote {} files under {}",
+        summary.files.len(),
+        summary.out_dir.display()
+    );
+    for f in &summary.files {
+        println!("  {}", f.display());
+    }
+    Ok(())
 }

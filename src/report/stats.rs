@@ -1,0 +1,258 @@
+//! Summary statistics and the paired Wilcoxon signed-rank test.
+
+use serde::Serialize;
+
+/// Mean and sample standard deviation (denominator n-1; 0 when n = 1). `None` for no values.
+pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if n == 1 {
+        return Some((mean, 0.0));
+    }
+    let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+    Some((mean, (ss / (n - 1) as f64).sqrt()))
+}
+
+/// How the p-value was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum WilcoxonMethod {
+    /// Exact null distribution of W+ (n <= 25 non-zero differences, no ties among |d|).
+    Exact,
+    /// Normal approximation with tie correction of the variance and continuity correction.
+    Normal,
+}
+
+/// Result of a two-sided paired Wilcoxon signed-rank test.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Wilcoxon {
+    /// Number of pairs given.
+    pub n_pairs: usize,
+    /// Non-zero differences used (zero differences are dropped: Wilcoxon's method).
+    pub n_used: usize,
+    /// Sum of ranks of positive differences (x > y).
+    pub w_plus: f64,
+    /// Sum of ranks of negative differences.
+    pub w_minus: f64,
+    /// Test statistic min(W+, W-) (as scipy.stats.wilcoxon reports it for two-sided tests).
+    pub statistic: f64,
+    /// Two-sided p-value.
+    pub p_value: f64,
+    pub method: WilcoxonMethod,
+}
+
+/// Largest number of non-zero differences for which the exact distribution is used.
+pub const EXACT_MAX_N: usize = 25;
+
+/// Two-sided paired Wilcoxon signed-rank test of x against y (differences d = x - y).
+/// Zero differences are dropped (Wilcoxon's method). Exact null distribution for n <= 25 without ties,
+/// otherwise the normal approximation with tie-corrected variance and continuity correction.
+/// Returns `None` when no non-zero difference is left (or the inputs differ in length / are not finite).
+pub fn wilcoxon_signed_rank(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
+    if x.len() != y.len() {
+        return None;
+    }
+    let mut d: Vec<f64> = Vec::with_capacity(x.len());
+    for (a, b) in x.iter().zip(y) {
+        let v = a - b;
+        if !v.is_finite() {
+            return None;
+        }
+        if v != 0.0 {
+            d.push(v);
+        }
+    }
+    let n = d.len();
+    if n == 0 {
+        return None;
+    }
+    // Average ranks of |d|.
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&i, &j| d[i].abs().total_cmp(&d[j].abs()));
+    let mut ranks = vec![0.0; n];
+    let mut tie_sizes: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let mut j = i + 1;
+        while j < n && d[idx[j]].abs() == d[idx[i]].abs() {
+            j += 1;
+        }
+        let avg = (i + 1 + j) as f64 / 2.0; // mean of ranks i+1..=j
+        for &k in &idx[i..j] {
+            ranks[k] = avg;
+        }
+        if j - i > 1 {
+            tie_sizes.push(j - i);
+        }
+        i = j;
+    }
+    // "+ 0.0" turns the -0.0 that an empty f64 sum yields into 0.0.
+    let w_plus: f64 = (0..n)
+        .filter(|&k| d[k] > 0.0)
+        .map(|k| ranks[k])
+        .sum::<f64>()
+        + 0.0;
+    let w_minus: f64 = (0..n)
+        .filter(|&k| d[k] < 0.0)
+        .map(|k| ranks[k])
+        .sum::<f64>()
+        + 0.0;
+    let t = w_plus.min(w_minus);
+    let (p, method) = if n <= EXACT_MAX_N && tie_sizes.is_empty() {
+        (exact_two_sided(n, t), WilcoxonMethod::Exact)
+    } else {
+        let nf = n as f64;
+        let mean = nf * (nf + 1.0) / 4.0;
+        let tie: f64 = tie_sizes
+            .iter()
+            .map(|&t| (t * t * t - t) as f64)
+            .sum::<f64>();
+        let var = nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0 - tie / 48.0;
+        let p = if var <= 0.0 {
+            1.0
+        } else {
+            let diff = t - mean;
+            let cc = if diff > 0.0 {
+                0.5
+            } else if diff < 0.0 {
+                -0.5
+            } else {
+                0.0
+            };
+            let z = (diff - cc) / var.sqrt();
+            // Two-sided: 2 * (1 - Phi(|z|)) = erfc(|z| / sqrt(2)).
+            libm::erfc(z.abs() / std::f64::consts::SQRT_2)
+        };
+        (p.min(1.0), WilcoxonMethod::Normal)
+    };
+    Some(Wilcoxon {
+        n_pairs: x.len(),
+        n_used: n,
+        w_plus,
+        w_minus,
+        statistic: t,
+        p_value: p,
+        method,
+    })
+}
+
+/// Exact two-sided p-value: 2 * P(W+ <= t) under H0 (capped at 1), W+ = sum of a random subset of 1..=n.
+fn exact_two_sided(n: usize, t: f64) -> f64 {
+    let max = n * (n + 1) / 2;
+    // counts[s] = number of subsets of {1..k} with sum s.
+    let mut counts = vec![0f64; max + 1];
+    counts[0] = 1.0;
+    for k in 1..=n {
+        for s in (k..=max).rev() {
+            counts[s] += counts[s - k];
+        }
+    }
+    let total = 2f64.powi(n as i32);
+    let t_floor = t.floor() as usize; // without ties t is an integer
+    let cdf: f64 = counts[..=t_floor.min(max)].iter().sum::<f64>() / total;
+    (2.0 * cdf).min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_sample() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert!((m - 2.5).abs() < 1e-15);
+        // sum of squares 5, / 3
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_std(&[0.7]), Some((0.7, 0.0)));
+        assert_eq!(mean_std(&[]), None);
+    }
+
+    // Reference values from scipy 1.17.1 (pip install scipy), computed with
+    //   from scipy.stats import wilcoxon
+    //   wilcoxon(x, y, zero_method="wilcox", alternative="two-sided", method=M, correction=True)
+    // with M = "exact" for the tie-free small cases and M = "approx" otherwise.
+    // The printed (statistic, pvalue) pairs are pasted below.
+
+    #[test]
+    fn exact_small_example_matches_scipy() {
+        // Differences 1..=10 with signs -,+,-,+,+,+,+,+,+,+ (hand check: W- = 1 + 3 = 4).
+        let x = [9.0, 2.0, 7.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        let y = [10.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let w = wilcoxon_signed_rank(&x, &y).unwrap();
+        assert_eq!(w.method, WilcoxonMethod::Exact);
+        assert_eq!(w.n_used, 10);
+        assert_eq!(w.w_minus, 4.0);
+        assert_eq!(w.w_plus, 51.0);
+        assert_eq!(w.statistic, 4.0);
+        // Hand count: subsets of 1..10 with sum <= 4: {}, {1}, {2}, {3}, {4}, {1,2}, {1,3} = 7.
+        // p = 2 * 7 / 1024.
+        assert!((w.p_value - 14.0 / 1024.0).abs() < 1e-15);
+        assert!((w.p_value - SCIPY_EXACT_P).abs() < 1e-12);
+    }
+
+    // scipy: wilcoxon([9,2,7,4,5,6,7,8,9,10],[10,0,10,0,0,0,0,0,0,0], method="exact") -> (4.0, 0.013671875)
+    const SCIPY_EXACT_P: f64 = 0.013671875;
+
+    #[test]
+    fn zero_differences_dropped() {
+        // Same as above plus three zero differences: identical result (Wilcoxon's method).
+        let mut x = vec![9.0, 2.0, 7.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        let mut y = vec![10.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        x.extend([0.5, 0.5, 0.25]);
+        y.extend([0.5, 0.5, 0.25]);
+        let w = wilcoxon_signed_rank(&x, &y).unwrap();
+        assert_eq!(w.n_pairs, 13);
+        assert_eq!(w.n_used, 10);
+        assert!((w.p_value - SCIPY_EXACT_P).abs() < 1e-12);
+        assert!(wilcoxon_signed_rank(&[1.0, 2.0], &[1.0, 2.0]).is_none());
+    }
+
+    #[test]
+    fn normal_approximation_with_ties_matches_scipy() {
+        // Differences with ties: [1,1,2,-2,3,3,3,-4,5,6,7,-1]
+        let d = [
+            1.0, 1.0, 2.0, -2.0, 3.0, 3.0, 3.0, -4.0, 5.0, 6.0, 7.0, -1.0,
+        ];
+        let zeros = vec![0.0; d.len()];
+        let w = wilcoxon_signed_rank(&d, &zeros).unwrap();
+        assert_eq!(w.method, WilcoxonMethod::Normal);
+        // Hand ranks: |1|x3 -> 2, |2|x2 -> 4.5, |3|x3 -> 7, 4 -> 9, 5 -> 10, 6 -> 11, 7 -> 12.
+        // W- = 2 + 4.5 + 9 = 15.5, W+ = 78 - 15.5 = 62.5.
+        assert_eq!(w.w_minus, 15.5);
+        assert_eq!(w.w_plus, 62.5);
+        assert!((w.statistic - SCIPY_TIES_STAT).abs() < 1e-12);
+        assert!((w.p_value - SCIPY_TIES_P).abs() < 1e-9, "{}", w.p_value);
+    }
+
+    // scipy: wilcoxon([1,1,2,-2,3,3,3,-4,5,6,7,-1], method="approx", correction=True)
+    const SCIPY_TIES_STAT: f64 = 15.5;
+    const SCIPY_TIES_P: f64 = 0.070211063906259;
+
+    #[test]
+    fn large_n_uses_normal_approximation() {
+        // n = 30 distinct differences 1..=30, the first 8 negative.
+        let d: Vec<f64> = (1..=30)
+            .map(|k| if k <= 8 { -(k as f64) } else { k as f64 })
+            .collect();
+        let zeros = vec![0.0; d.len()];
+        let w = wilcoxon_signed_rank(&d, &zeros).unwrap();
+        assert_eq!(w.method, WilcoxonMethod::Normal);
+        assert_eq!(w.w_minus, 36.0);
+        assert!((w.p_value - SCIPY_LARGE_P).abs() < 1e-9, "{}", w.p_value);
+    }
+
+    // scipy: wilcoxon(d, method="approx", correction=True) for d = [-1..-8, 9..30]
+    const SCIPY_LARGE_P: f64 = 5.544688150746612e-05;
+
+    #[test]
+    fn exact_fractional_differences_match_scipy() {
+        // scipy 1.17.1: wilcoxon([0.3,-0.1,0.25,0.05,0.4,-0.2,0.15], method="exact") -> (6.0, 0.21875)
+        let d = [0.3, -0.1, 0.25, 0.05, 0.4, -0.2, 0.15];
+        let w = wilcoxon_signed_rank(&d, &[0.0; 7]).unwrap();
+        assert_eq!(w.method, WilcoxonMethod::Exact);
+        assert_eq!(w.statistic, 6.0);
+        assert!((w.p_value - 0.21875).abs() < 1e-12);
+    }
+}
