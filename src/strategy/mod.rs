@@ -5,7 +5,15 @@
 //! the preset table minus `kind`/`label`/`train`/`lora`) and a type implementing [`Strategy`], then add one arm to
 //! [`validate_params`] and [`build`] (and a built-in preset to [`BUILTIN_PRESETS`]).
 
+pub mod evosam;
+pub mod ewc;
 pub mod finetune;
+pub mod joint;
+pub mod lwf;
+pub mod matcher;
+pub mod replay;
+pub mod reservoir;
+pub mod single;
 pub mod zeroshot;
 
 use crate::data::{Case, TaskData};
@@ -22,10 +30,25 @@ use std::path::Path;
 pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
     ("zeroshot", include_str!("../../baselines/zeroshot.toml")),
     ("finetune", include_str!("../../baselines/finetune.toml")),
+    ("evosam", include_str!("../../baselines/evosam.toml")),
+    (
+        "evosam-oracle",
+        include_str!("../../baselines/evosam-oracle.toml"),
+    ),
+    ("ewc", include_str!("../../baselines/ewc.toml")),
+    (
+        "online-ewc",
+        include_str!("../../baselines/online-ewc.toml"),
+    ),
+    ("replay", include_str!("../../baselines/replay.toml")),
+    ("lwf", include_str!("../../baselines/lwf.toml")),
+    ("joint", include_str!("../../baselines/joint.toml")),
 ];
 
 /// Kinds the registry knows.
-pub const KINDS: &[&str] = &["zeroshot", "finetune"];
+pub const KINDS: &[&str] = &[
+    "zeroshot", "finetune", "evosam", "ewc", "replay", "lwf", "joint",
+];
 
 pub fn builtin_preset(name: &str) -> Option<&'static str> {
     BUILTIN_PRESETS
@@ -46,6 +69,11 @@ pub fn validate_params(kind: &str, params: &toml::Table) -> std::result::Result<
     match kind {
         "zeroshot" => parse_params::<zeroshot::Params>(params).map(|_| ()),
         "finetune" => parse_params::<finetune::Params>(params).map(|_| ()),
+        "evosam" => parse_params::<evosam::Params>(params)?.check().map(|_| ()),
+        "ewc" => parse_params::<ewc::Params>(params)?.check().map(|_| ()),
+        "replay" => parse_params::<replay::Params>(params)?.check().map(|_| ()),
+        "lwf" => parse_params::<lwf::Params>(params)?.check().map(|_| ()),
+        "joint" => parse_params::<joint::Params>(params).map(|_| ()),
         other => Err(format!(
             "`kind` = {other:?} is unknown (known kinds: {})",
             KINDS.join(", ")
@@ -64,26 +92,51 @@ pub fn build(
         file: format!("strategy {:?}", spec.label),
         msg: m,
     };
-    match spec.kind.as_str() {
+    let (sha, seed) = (base_sha256, init_seed);
+    Ok(match spec.kind.as_str() {
         "zeroshot" => {
             let p = parse_params::<zeroshot::Params>(&spec.params).map_err(bad)?;
-            Ok(Box::new(zeroshot::ZeroShot::new(spec, p)))
+            Box::new(zeroshot::ZeroShot::new(spec, p))
         }
         "finetune" => {
             let p = parse_params::<finetune::Params>(&spec.params).map_err(bad)?;
-            Ok(Box::new(finetune::FineTune::new(
-                spec,
-                p,
-                model,
-                base_sha256,
-                init_seed,
-            )?))
+            Box::new(finetune::FineTune::new(spec, p, model, sha, seed)?)
         }
-        other => Err(bad(format!(
-            "`kind` = {other:?} is unknown (known kinds: {})",
-            KINDS.join(", ")
-        ))),
-    }
+        "evosam" => {
+            let p = parse_params::<evosam::Params>(&spec.params)
+                .and_then(|p| p.check())
+                .map_err(bad)?;
+            Box::new(evosam::EvoSam::new(spec, p, model, sha, seed)?)
+        }
+        "ewc" => {
+            let p = parse_params::<ewc::Params>(&spec.params)
+                .and_then(|p| p.check())
+                .map_err(bad)?;
+            Box::new(ewc::Ewc::new(spec, p, model, sha, seed)?)
+        }
+        "replay" => {
+            let p = parse_params::<replay::Params>(&spec.params)
+                .and_then(|p| p.check())
+                .map_err(bad)?;
+            Box::new(replay::Replay::new(spec, p, model, sha, seed)?)
+        }
+        "lwf" => {
+            let p = parse_params::<lwf::Params>(&spec.params)
+                .and_then(|p| p.check())
+                .map_err(bad)?;
+            Box::new(lwf::Lwf::new(spec, p, model, sha, seed)?)
+        }
+        "joint" => {
+            let p = parse_params::<joint::Params>(&spec.params).map_err(bad)?;
+            Box::new(joint::Joint::new(spec, p, model, sha, seed)?)
+        }
+        other => {
+            return Err(bad(format!(
+                "`kind` = {other:?} is unknown (known kinds: {})",
+                KINDS.join(", ")
+            )))
+        }
+    })
 }
 
 /// Frozen-encoder embeddings of every case of the run, keyed by the case's content hash.
@@ -218,6 +271,9 @@ pub trait Strategy: Send {
         BTreeMap::new()
     }
 }
+
+#[cfg(test)]
+mod kinds_tests;
 
 #[cfg(test)]
 mod tests {

@@ -114,6 +114,23 @@ pub fn fit(
     cases: &[&Case],
     extra: Option<&ExtraLoss>,
 ) -> Result<FitStats> {
+    fit_mixed(ctx, task_name, adapter, opt, cases, extra, &[], 0)
+}
+
+/// As [`fit`], appending to every batch `per_batch` cases drawn uniformly without replacement from `memory`
+/// (experience replay). Epochs and steps are counted over `cases` only.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_mixed(
+    ctx: &mut StrategyCtx,
+    task_name: &str,
+    adapter: &Adapter,
+    opt: &mut AdamW,
+    cases: &[&Case],
+    extra: Option<&ExtraLoss>,
+    memory: &[&Case],
+    per_batch: usize,
+) -> Result<FitStats> {
+    let per_batch = per_batch.min(memory.len());
     let train = ctx.spec.train.clone();
     let w = LossWeights {
         dice: train.loss.dice,
@@ -131,14 +148,19 @@ pub fn fit(
         idx.shuffle(&mut ctx.rng);
         let mut sum = 0.0;
         for (step, chunk) in idx.chunks(bs).take(steps_per_epoch).enumerate() {
-            let batch: Vec<&Case> = chunk
-                .iter()
-                .map(|&i| {
-                    let c = cases[i];
-                    match c.flipped.as_deref() {
-                        Some(f) if train.augment && ctx.rng.random_bool(0.5) => f,
-                        _ => c,
-                    }
+            let mut picked: Vec<&Case> = chunk.iter().map(|&i| cases[i]).collect();
+            if per_batch > 0 {
+                picked.extend(
+                    rand::seq::index::sample(&mut ctx.rng, memory.len(), per_batch)
+                        .into_iter()
+                        .map(|i| memory[i]),
+                );
+            }
+            let batch: Vec<&Case> = picked
+                .into_iter()
+                .map(|c| match c.flipped.as_deref() {
+                    Some(f) if train.augment && ctx.rng.random_bool(0.5) => f,
+                    _ => c,
                 })
                 .collect();
             let emb = ctx.embeddings.batch(&batch)?;

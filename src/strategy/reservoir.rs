@@ -16,7 +16,11 @@ pub struct Reservoir<T> {
 
 impl<T> Reservoir<T> {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, seen: 0, items: Vec::with_capacity(capacity) }
+        Self {
+            capacity,
+            seen: 0,
+            items: Vec::with_capacity(capacity),
+        }
     }
 
     /// Offer one item. Returns true when it was stored.
@@ -87,17 +91,32 @@ mod tests {
         let expected = p * trials as f64;
         let sd = (trials as f64 * p * (1.0 - p)).sqrt();
         // Pearson chi-square over the N items (df = N - 1): mean 199, sd ~ 20; 4.5 sd margin.
-        let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / (expected * (1.0 - p))).sum();
-        assert!(chi2 < (n - 1) as f64 + 4.5 * (2.0 * (n - 1) as f64).sqrt(), "chi2 {chi2}");
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / (expected * (1.0 - p)))
+            .sum();
+        assert!(
+            chi2 < (n - 1) as f64 + 4.5 * (2.0 * (n - 1) as f64).sqrt(),
+            "chi2 {chi2}"
+        );
         // Early and late items are equally likely (no bias toward the start or end of the stream).
         let first: usize = counts[..n / 2].iter().sum();
         let last: usize = counts[n / 2..].iter().sum();
         let half = expected * (n / 2) as f64;
         let half_sd = sd * ((n / 2) as f64).sqrt();
-        assert!((first as f64 - half).abs() < 5.0 * half_sd, "first half {first} vs {half}");
-        assert!((last as f64 - half).abs() < 5.0 * half_sd, "last half {last} vs {half}");
+        assert!(
+            (first as f64 - half).abs() < 5.0 * half_sd,
+            "first half {first} vs {half}"
+        );
+        assert!(
+            (last as f64 - half).abs() < 5.0 * half_sd,
+            "last half {last} vs {half}"
+        );
         for &c in &counts {
-            assert!((c as f64 - expected).abs() < 5.0 * sd, "count {c} vs expected {expected}");
+            assert!(
+                (c as f64 - expected).abs() < 5.0 * sd,
+                "count {c} vs expected {expected}"
+            );
         }
     }
 

@@ -122,7 +122,14 @@ impl RidgeMatcher {
             Vec::new()
         };
         let lambda = config.lambda;
-        Ok(Self { config, in_dim, projection, tasks: Vec::new(), w: Vec::new(), lambda })
+        Ok(Self {
+            config,
+            in_dim,
+            projection,
+            tasks: Vec::new(),
+            w: Vec::new(),
+            lambda,
+        })
     }
 
     /// Dimension of the regression features (projection or input, plus the bias).
@@ -188,7 +195,12 @@ impl RidgeMatcher {
                 }
             }
         }
-        TaskStats { name: name.to_string(), n: feats.len(), g, s }
+        TaskStats {
+            name: name.to_string(),
+            n: feats.len(),
+            g,
+            s,
+        }
     }
 
     fn task_weights(&self, tasks: &[&TaskStats]) -> Vec<f64> {
@@ -196,7 +208,10 @@ impl RidgeMatcher {
             return vec![1.0; tasks.len()];
         }
         let mean = tasks.iter().map(|t| t.n as f64).sum::<f64>() / tasks.len().max(1) as f64;
-        tasks.iter().map(|t| if t.n == 0 { 0.0 } else { mean / t.n as f64 }).collect()
+        tasks
+            .iter()
+            .map(|t| if t.n == 0 { 0.0 } else { mean / t.n as f64 })
+            .collect()
     }
 
     /// Solve (G + lambda I) W = Q for the given task statistics; returns W (D x T, row-major).
@@ -246,9 +261,14 @@ impl RidgeMatcher {
     /// Add a new task (a new one-hot column) from its pooled features and re-solve. Returns its index.
     pub fn add_task(&mut self, name: &str, pooled: &[Vec<f64>]) -> Result<usize> {
         if pooled.is_empty() {
-            return Err(Error::input(format!("matcher: task '{name}' has no features")));
+            return Err(Error::input(format!(
+                "matcher: task '{name}' has no features"
+            )));
         }
-        let feats = pooled.iter().map(|p| self.features(p)).collect::<Result<Vec<_>>>()?;
+        let feats = pooled
+            .iter()
+            .map(|p| self.features(p))
+            .collect::<Result<Vec<_>>>()?;
         let d = self.feature_dim();
         self.lambda = if self.config.lambda_candidates.is_empty() || feats.len() < 2 {
             self.config.lambda
@@ -266,7 +286,8 @@ impl RidgeMatcher {
         let n = feats.len();
         let n_hold = ((n as f64 * self.config.holdout_fraction).round() as usize).clamp(1, n - 1);
         let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed.wrapping_add(self.tasks.len() as u64));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.config.seed.wrapping_add(self.tasks.len() as u64));
         idx.shuffle(&mut rng);
         let (hold, fit) = idx.split_at(n_hold);
         let d = self.feature_dim();
@@ -295,7 +316,10 @@ impl RidgeMatcher {
             let cand = (correct, -sq, lambda);
             let better = match best {
                 None => true,
-                Some(b) => (cand.0, cand.1) > (b.0, b.1) || (cand.0 == b.0 && cand.1 == b.1 && lambda > b.2),
+                Some(b) => {
+                    (cand.0, cand.1) > (b.0, b.1)
+                        || (cand.0 == b.0 && cand.1 == b.1 && lambda > b.2)
+                }
             };
             if better {
                 best = Some(cand);
@@ -339,7 +363,12 @@ impl RidgeMatcher {
 
     /// Number of f64 values the matcher stores (its memory footprint, in values).
     pub fn num_stored_values(&self) -> usize {
-        self.tasks.iter().map(|t| t.g.len() + t.s.len()).sum::<usize>() + self.w.len() + self.projection.len()
+        self.tasks
+            .iter()
+            .map(|t| t.g.len() + t.s.len())
+            .sum::<usize>()
+            + self.w.len()
+            + self.projection.len()
     }
 
     pub fn to_json(&self) -> Result<String> {
@@ -347,17 +376,29 @@ impl RidgeMatcher {
     }
 
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s).map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))
+        serde_json::from_str(s)
+            .map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))
     }
 }
 
 /// Global average pooling of a (C, H, W) embedding stored row-major: C values.
 pub fn global_average_pool(emb: &[f32], c: usize) -> Result<Vec<f64>> {
     if c == 0 || emb.len() % c != 0 {
-        return Err(Error::internal(format!("pool: {} values do not split into {c} channels", emb.len())));
+        return Err(Error::internal(format!(
+            "pool: {} values do not split into {c} channels",
+            emb.len()
+        )));
     }
     let hw = emb.len() / c;
-    Ok((0..c).map(|i| emb[i * hw..(i + 1) * hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64).collect())
+    Ok((0..c)
+        .map(|i| {
+            emb[i * hw..(i + 1) * hw]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / hw as f64
+        })
+        .collect())
 }
 
 fn argmax(s: &[f64]) -> usize {
@@ -372,7 +413,13 @@ fn argmax(s: &[f64]) -> usize {
 
 /// Solve the ridge problem directly on a full feature matrix (tests and reference): rows of `h` are features
 /// (already mapped by `features`), `y` are task indices.
-pub fn batch_ridge(h: &[Vec<f64>], y: &[usize], n_tasks: usize, lambda: f64, weights: &[f64]) -> Vec<f64> {
+pub fn batch_ridge(
+    h: &[Vec<f64>],
+    y: &[usize],
+    n_tasks: usize,
+    lambda: f64,
+    weights: &[f64],
+) -> Vec<f64> {
     let d = h[0].len();
     let x = DMatrix::from_fn(h.len(), d, |i, j| h[i][j]);
     let sw = DVector::from_fn(h.len(), |i, _| weights[y[i]].sqrt());
@@ -401,7 +448,11 @@ mod tests {
                 (0..dim)
                     .map(|j| {
                         let z: f64 = StandardNormal.sample(&mut rng);
-                        z + if j % 3 == (seed as usize % 3) { shift } else { 0.0 }
+                        z + if j % 3 == (seed as usize % 3) {
+                            shift
+                        } else {
+                            0.0
+                        }
                     })
                     .collect()
             })
@@ -410,8 +461,11 @@ mod tests {
 
     fn check_incremental_equals_batch(cfg: MatcherConfig) {
         let dim = 12;
-        let tasks: Vec<Vec<Vec<f64>>> =
-            vec![task_feats(1, 20, dim, 2.0), task_feats(2, 35, dim, -1.5), task_feats(3, 9, dim, 3.0)];
+        let tasks: Vec<Vec<Vec<f64>>> = vec![
+            task_feats(1, 20, dim, 2.0),
+            task_feats(2, 35, dim, -1.5),
+            task_feats(3, 9, dim, 3.0),
+        ];
         let mut m = RidgeMatcher::new(dim, cfg.clone()).unwrap();
         for (k, t) in tasks.iter().enumerate() {
             m.add_task(&format!("t{k}"), t).unwrap();
@@ -427,18 +481,28 @@ mod tests {
         }
         let sizes: Vec<f64> = tasks.iter().map(|t| t.len() as f64).collect();
         let mean = sizes.iter().sum::<f64>() / sizes.len() as f64;
-        let weights: Vec<f64> =
-            if cfg.class_balanced { sizes.iter().map(|n| mean / n).collect() } else { vec![1.0; 3] };
+        let weights: Vec<f64> = if cfg.class_balanced {
+            sizes.iter().map(|n| mean / n).collect()
+        } else {
+            vec![1.0; 3]
+        };
         let wb = batch_ridge(&h, &y, 3, m.lambda, &weights);
         let wi = m.weights();
         assert_eq!(wb.len(), wi.len());
-        let max = wb.iter().zip(wi).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let max = wb
+            .iter()
+            .zip(wi)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(max < 1e-9, "incremental vs batch max diff {max}");
     }
 
     #[test]
     fn incremental_fit_equals_batch_fit() {
-        check_incremental_equals_batch(MatcherConfig { lambda: 0.5, ..Default::default() });
+        check_incremental_equals_batch(MatcherConfig {
+            lambda: 0.5,
+            ..Default::default()
+        });
     }
 
     #[test]
@@ -455,22 +519,42 @@ mod tests {
     #[test]
     fn routes_separable_tasks() {
         let dim = 8;
-        let mut m = RidgeMatcher::new(dim, MatcherConfig { lambda: 0.1, ..Default::default() }).unwrap();
+        let mut m = RidgeMatcher::new(
+            dim,
+            MatcherConfig {
+                lambda: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let a = task_feats(10, 30, dim, 4.0); // seed % 3 == 1
         let b = task_feats(11, 30, dim, 4.0); // seed % 3 == 2
         m.add_task("a", &a).unwrap();
         m.add_task("b", &b).unwrap();
         let test_a = task_feats(100 * 3 + 1, 20, dim, 4.0);
         let test_b = task_feats(100 * 3 + 2, 20, dim, 4.0);
-        let ok_a = test_a.iter().filter(|p| m.route(p).unwrap().expert == Some(0)).count();
-        let ok_b = test_b.iter().filter(|p| m.route(p).unwrap().expert == Some(1)).count();
-        assert!(ok_a >= 19 && ok_b >= 19, "routing accuracy too low: {ok_a}/20, {ok_b}/20");
+        let ok_a = test_a
+            .iter()
+            .filter(|p| m.route(p).unwrap().expert == Some(0))
+            .count();
+        let ok_b = test_b
+            .iter()
+            .filter(|p| m.route(p).unwrap().expert == Some(1))
+            .count();
+        assert!(
+            ok_a >= 19 && ok_b >= 19,
+            "routing accuracy too low: {ok_a}/20, {ok_b}/20"
+        );
     }
 
     #[test]
     fn lambda_selection_picks_a_candidate_and_save_load_roundtrips() {
         let dim = 6;
-        let cfg = MatcherConfig { lambda_candidates: vec![1e-3, 1e-1, 10.0, 1e4], seed: 3, ..Default::default() };
+        let cfg = MatcherConfig {
+            lambda_candidates: vec![1e-3, 1e-1, 10.0, 1e4],
+            seed: 3,
+            ..Default::default()
+        };
         let mut m = RidgeMatcher::new(dim, cfg).unwrap();
         m.add_task("a", &task_feats(1, 25, dim, 3.0)).unwrap();
         m.add_task("b", &task_feats(2, 25, dim, 3.0)).unwrap();
@@ -485,19 +569,35 @@ mod tests {
     #[test]
     fn open_set_threshold_routes_to_base() {
         let dim = 4;
-        let cfg = MatcherConfig { lambda: 0.1, open_set_threshold: Some(0.5), ..Default::default() };
+        let cfg = MatcherConfig {
+            lambda: 0.1,
+            open_set_threshold: Some(0.75),
+            ..Default::default()
+        };
         let mut m = RidgeMatcher::new(dim, cfg).unwrap();
-        m.add_task("a", &task_feats(1, 20, dim, 5.0)).unwrap();
-        m.add_task("b", &task_feats(2, 20, dim, 5.0)).unwrap();
-        // Far from both tasks along an unseen direction: low scores everywhere.
-        let r = m.route(&[-30.0, 0.0, 0.0, -30.0]).unwrap();
+        // Task a is shifted along feature 1, task b along feature 2 (seed % 3).
+        m.add_task("a", &task_feats(1, 40, dim, 5.0)).unwrap();
+        m.add_task("b", &task_feats(2, 40, dim, 5.0)).unwrap();
+        // A typical image of each task is routed to its expert with a confident score...
+        assert_eq!(m.route(&[0.0, 5.0, 0.0, 0.0]).unwrap().expert, Some(0));
+        assert_eq!(m.route(&[0.0, 0.0, 5.0, 0.0]).unwrap().expert, Some(1));
+        // ...an image halfway between the two tasks scores about 0.5 for both and goes to the base model.
+        let r = m.route(&[0.0, 2.5, 2.5, 0.0]).unwrap();
         assert_eq!(r.expert, None, "score {}", r.score);
+        assert!(r.score > 0.2 && r.score < 0.75, "score {}", r.score);
     }
 
     #[test]
     fn rejects_bad_input() {
         assert!(RidgeMatcher::new(0, MatcherConfig::default()).is_err());
-        assert!(RidgeMatcher::new(3, MatcherConfig { lambda: -1.0, ..Default::default() }).is_err());
+        assert!(RidgeMatcher::new(
+            3,
+            MatcherConfig {
+                lambda: -1.0,
+                ..Default::default()
+            }
+        )
+        .is_err());
         let mut m = RidgeMatcher::new(3, MatcherConfig::default()).unwrap();
         assert!(m.add_task("x", &[]).is_err());
         assert!(m.route(&[0.0; 3]).is_err());

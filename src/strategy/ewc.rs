@@ -15,7 +15,10 @@ pub fn diagonal_fisher<F>(vars: &[Var], n: usize, mut loss: F) -> Result<Vec<Ten
 where
     F: FnMut(usize) -> Result<Tensor>,
 {
-    let mut acc: Vec<Tensor> = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<_>>()?;
+    let mut acc: Vec<Tensor> = vars
+        .iter()
+        .map(|v| v.zeros_like())
+        .collect::<candle_core::Result<_>>()?;
     for i in 0..n {
         let l = loss(i)?;
         let grads = l.backward()?;
@@ -26,11 +29,19 @@ where
         }
     }
     let scale = 1.0 / n.max(1) as f64;
-    Ok(acc.into_iter().map(|a| a.affine(scale, 0.0)).collect::<candle_core::Result<_>>()?)
+    Ok(acc
+        .into_iter()
+        .map(|a| a.affine(scale, 0.0))
+        .collect::<candle_core::Result<_>>()?)
 }
 
 /// `(lambda / 2) * sum F (theta - anchor)^2` as a differentiable scalar.
-pub fn ewc_penalty(vars: &[Var], fisher: &[Tensor], anchor: &[Tensor], lambda: f64) -> Result<Tensor> {
+pub fn ewc_penalty(
+    vars: &[Var],
+    fisher: &[Tensor],
+    anchor: &[Tensor],
+    lambda: f64,
+) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
     for ((v, f), a) in vars.iter().zip(fisher).zip(anchor) {
         let d = v.as_tensor().sub(a)?;
@@ -70,12 +81,18 @@ pub struct EwcSettings {
 
 impl EwcMemory {
     pub fn new(gamma: Option<f64>) -> Self {
-        Self { gamma, pairs: Vec::new() }
+        Self {
+            gamma,
+            pairs: Vec::new(),
+        }
     }
 
     /// Record a finished task's Fisher with the current parameters as anchor.
     pub fn consolidate(&mut self, fisher: Vec<Tensor>, vars: &[Var]) -> Result<()> {
-        let anchor: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        let anchor: Vec<Tensor> = vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
         match (self.gamma, self.pairs.pop()) {
             (Some(gamma), Some(old)) => {
                 let fisher = old
@@ -144,12 +161,197 @@ impl EwcMemory {
                         fisher.push(f);
                         anchor.push(a);
                     }
-                    _ => return Err(crate::Error::internal(format!("ewc checkpoint: pair {k} tensor {i} missing"))),
+                    _ => {
+                        return Err(crate::Error::internal(format!(
+                            "ewc checkpoint: pair {k} tensor {i} missing"
+                        )))
+                    }
                 }
             }
             pairs.push(Consolidated { fisher, anchor });
         }
         Ok(Self { gamma, pairs })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The `ewc` strategy kind (presets `ewc` and `online-ewc`).
+
+use super::single::SingleAdapter;
+use super::{Batch, Prediction, Strategy, StrategyCtx};
+use crate::data::{Case, TaskData};
+use crate::model::LiteMedSam;
+use crate::spec::StrategySpec;
+use crate::train::loss::{seg_loss, LossWeights};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Penalty strength lambda in (lambda/2) sum F (theta - theta*)^2.
+    #[serde(default = "default_lambda")]
+    pub lambda: f64,
+    /// Online EWC: a single (F*, theta*) pair, F* = gamma F*_old + F_new.
+    #[serde(default)]
+    pub online: bool,
+    /// Decay of the old Fisher in online EWC (1 = plain sum).
+    #[serde(default)]
+    pub gamma: Option<f64>,
+    /// Training cases used for the Fisher of a finished task (0 = all).
+    #[serde(default)]
+    pub fisher_samples: usize,
+    #[serde(default = "super::finetune::yes")]
+    pub reset_optimizer: bool,
+}
+
+fn default_lambda() -> f64 {
+    1000.0
+}
+
+impl Params {
+    pub fn check(self) -> std::result::Result<Self, String> {
+        if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
+            return Err(format!(
+                "`lambda` = {} must be a finite number >= 0",
+                self.lambda
+            ));
+        }
+        match (self.online, self.gamma) {
+            (false, Some(_)) => Err("`gamma` is only used with `online = true`".into()),
+            (_, Some(g)) if !(0.0..=1.0).contains(&g) => {
+                Err(format!("`gamma` = {g} must be in [0, 1]"))
+            }
+            _ => Ok(self),
+        }
+    }
+}
+
+pub struct Ewc {
+    label: String,
+    params: Params,
+    core: SingleAdapter,
+    memory: EwcMemory,
+    base_sha256: String,
+}
+
+const EWC_FILE: &str = "ewc.safetensors";
+
+impl Ewc {
+    pub fn new(
+        spec: &StrategySpec,
+        params: Params,
+        model: &LiteMedSam,
+        base_sha256: &str,
+        init_seed: u64,
+    ) -> Result<Self> {
+        let gamma = params.online.then(|| params.gamma.unwrap_or(1.0));
+        Ok(Self {
+            label: spec.label.clone(),
+            core: SingleAdapter::new(spec, model, init_seed)?,
+            memory: EwcMemory::new(gamma),
+            params,
+            base_sha256: base_sha256.to_string(),
+        })
+    }
+}
+
+/// Diagonal Fisher of the segmentation loss over `cases`, one case at a time, with exact ground-truth box prompts.
+pub fn task_fisher(
+    ctx: &StrategyCtx,
+    core: &SingleAdapter,
+    cases: &[&Case],
+) -> Result<Vec<Tensor>> {
+    let t = &ctx.spec.train.loss;
+    let w = LossWeights {
+        dice: t.dice,
+        bce: t.bce,
+        iou: t.iou,
+    };
+    let vars = core.adapter.vars();
+    diagonal_fisher(&vars, cases.len(), |i| {
+        let c = [cases[i]];
+        let emb = ctx.embeddings.batch(&c)?;
+        let prompts = crate::train::r#loop::eval_prompts(&c, ctx.device)?;
+        let out = ctx.model.decode(&emb, &prompts, Some(&core.adapter))?;
+        seg_loss(&out, &c[0].mask.unsqueeze(0)?, &w)
+    })
+}
+
+impl Strategy for Ewc {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn train_task(
+        &mut self,
+        ctx: &mut StrategyCtx,
+        _task_index: usize,
+        task: &TaskData,
+    ) -> Result<()> {
+        let cases: Vec<&Case> = task.train.iter().collect();
+        let vars = self.core.adapter.vars();
+        let lambda = self.params.lambda;
+        let memory = &self.memory;
+        let penalty =
+            |_: &[&Case],
+             _: &Tensor,
+             _: &crate::model::Prompts,
+             _: &crate::model::DecoderOutput| { memory.penalty(&vars, lambda) };
+        let reset = self.params.reset_optimizer;
+        self.core
+            .fit(ctx, &task.name, &cases, Some(&penalty), &[], 0, reset)?;
+        // Consolidate the finished task: Fisher on (a seeded subset of) its training data.
+        let n = match self.params.fisher_samples {
+            0 => cases.len(),
+            k => k.min(cases.len()),
+        };
+        let subset: Vec<&Case> = if n < cases.len() {
+            rand::seq::index::sample(&mut ctx.rng, cases.len(), n)
+                .into_iter()
+                .map(|i| cases[i])
+                .collect()
+        } else {
+            cases
+        };
+        let fisher = task_fisher(ctx, &self.core, &subset)?;
+        self.memory.consolidate(fisher, &self.core.adapter.vars())?;
+        Ok(())
+    }
+
+    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
+        self.core.predict(ctx, batch)
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        self.core.save(dir, &self.base_sha256)?;
+        let map: HashMap<String, Tensor> = self.memory.to_named().into_iter().collect();
+        let p = dir.join(EWC_FILE);
+        candle_core::safetensors::save(&map, &p)
+            .map_err(|e| crate::Error::internal(format!("{}: {e}", p.display())))
+    }
+
+    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
+        self.core.load(ctx, dir)?;
+        let p = dir.join(EWC_FILE);
+        let map = candle_core::safetensors::load(&p, ctx.device)
+            .map_err(|e| crate::Error::internal(format!("{}: {e}", p.display())))?;
+        let n_vars = self.core.adapter.vars().len();
+        self.memory = EwcMemory::from_named(self.memory.gamma, n_vars, |k| map.get(k).cloned())?;
+        Ok(())
+    }
+
+    fn extra_metrics(&self) -> BTreeMap<String, f64> {
+        let mut m = self.core.extras();
+        let stored: usize = self
+            .memory
+            .pairs
+            .iter()
+            .flat_map(|p| p.fisher.iter().chain(p.anchor.iter()))
+            .map(|t| t.elem_count())
+            .sum();
+        m.insert("ewc_stored_values".into(), stored as f64);
+        m
     }
 }
 
@@ -189,7 +391,10 @@ mod tests {
         }
         let got_w = fisher[0].to_vec1::<f64>().unwrap();
         let got_b = fisher[1].to_vec1::<f64>().unwrap();
-        assert!((got_w[0] - fw[0]).abs() < 1e-12 && (got_w[1] - fw[1]).abs() < 1e-12, "{got_w:?} vs {fw:?}");
+        assert!(
+            (got_w[0] - fw[0]).abs() < 1e-12 && (got_w[1] - fw[1]).abs() < 1e-12,
+            "{got_w:?} vs {fw:?}"
+        );
         assert!((got_b[0] - fb).abs() < 1e-12);
     }
 
@@ -220,11 +425,20 @@ mod tests {
         v.set(&Tensor::new(&[1.0f64, 1.0], &dev).unwrap()).unwrap();
         online.consolidate(f2.clone(), &[v.clone()]).unwrap();
         assert_eq!(online.pairs.len(), 1);
-        assert_eq!(online.pairs[0].fisher[0].to_vec1::<f64>().unwrap(), vec![4.5, 1.0]);
-        assert_eq!(online.pairs[0].anchor[0].to_vec1::<f64>().unwrap(), vec![1.0, 1.0]);
+        assert_eq!(
+            online.pairs[0].fisher[0].to_vec1::<f64>().unwrap(),
+            vec![4.5, 1.0]
+        );
+        assert_eq!(
+            online.pairs[0].anchor[0].to_vec1::<f64>().unwrap(),
+            vec![1.0, 1.0]
+        );
         // The anchor is a copy: later updates of the variable do not move it.
         v.set(&Tensor::new(&[7.0f64, 7.0], &dev).unwrap()).unwrap();
-        assert_eq!(online.pairs[0].anchor[0].to_vec1::<f64>().unwrap(), vec![1.0, 1.0]);
+        assert_eq!(
+            online.pairs[0].anchor[0].to_vec1::<f64>().unwrap(),
+            vec![1.0, 1.0]
+        );
 
         let mut plain = EwcMemory::new(None);
         plain.consolidate(f1, &[v.clone()]).unwrap();
@@ -234,9 +448,14 @@ mod tests {
         let p = plain.penalty(&[v.clone()], 1.0).unwrap().unwrap();
         assert_eq!(p.to_scalar::<f64>().unwrap(), 0.0);
         let named = plain.to_named();
-        let back = EwcMemory::from_named(None, 1, |k| named.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()))
-            .unwrap();
+        let back = EwcMemory::from_named(None, 1, |k| {
+            named.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone())
+        })
+        .unwrap();
         assert_eq!(back.pairs.len(), 2);
-        assert_eq!(back.pairs[1].fisher[0].to_vec1::<f64>().unwrap(), vec![4.0, 0.0]);
+        assert_eq!(
+            back.pairs[1].fisher[0].to_vec1::<f64>().unwrap(),
+            vec![4.0, 0.0]
+        );
     }
 }

@@ -1,0 +1,195 @@
+//! Learning without forgetting: distillation of the previous model's mask logits.
+//!
+//! For binary masks the soft targets are `p = sigmoid(z_old / T)` and the loss is the mean binary cross-entropy of
+//! `z_new / T` against them, scaled by `T^2` (Hinton et al.) so its gradient scale does not shrink with T.
+//! The BCE is the stable form `max(x, 0) - x p + log1p(exp(-|x|))`.
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+pub fn distillation_loss(
+    new_logits: &Tensor,
+    old_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let t = temperature;
+    let x = new_logits.affine(1.0 / t, 0.0)?;
+    let p = candle_nn::ops::sigmoid(&old_logits.detach().affine(1.0 / t, 0.0)?)?;
+    let bce = ((x.relu()? - (&x * &p)?)? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    Ok(bce.mean_all()?.affine(t * t, 0.0)?)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The `lwf` strategy kind.
+
+use super::single::SingleAdapter;
+use super::{Batch, Prediction, Strategy, StrategyCtx};
+use crate::data::{Case, TaskData};
+use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
+use crate::spec::StrategySpec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Distillation temperature T.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Weight of the distillation term added to the segmentation loss.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    #[serde(default = "super::finetune::yes")]
+    pub reset_optimizer: bool,
+}
+
+fn default_temperature() -> f64 {
+    2.0
+}
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl Params {
+    pub fn check(self) -> std::result::Result<Self, String> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(format!("`temperature` = {} must be > 0", self.temperature));
+        }
+        if !(self.weight >= 0.0 && self.weight.is_finite()) {
+            return Err(format!("`weight` = {} must be >= 0", self.weight));
+        }
+        Ok(self)
+    }
+}
+
+pub struct Lwf {
+    label: String,
+    params: Params,
+    core: SingleAdapter,
+    base_sha256: String,
+}
+
+impl Lwf {
+    pub fn new(
+        spec: &StrategySpec,
+        params: Params,
+        model: &LiteMedSam,
+        base_sha256: &str,
+        init_seed: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            label: spec.label.clone(),
+            params,
+            core: SingleAdapter::new(spec, model, init_seed)?,
+            base_sha256: base_sha256.to_string(),
+        })
+    }
+}
+
+impl Strategy for Lwf {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn train_task(
+        &mut self,
+        ctx: &mut StrategyCtx,
+        task_index: usize,
+        task: &TaskData,
+    ) -> Result<()> {
+        let cases: Vec<&Case> = task.train.iter().collect();
+        // The teacher is the model as it was before this task (frozen copy of the adapter).
+        let teacher: Option<Adapter> = if task_index > 0 {
+            Some(self.core.adapter.deep_clone()?)
+        } else {
+            None
+        };
+        let model = ctx.model;
+        let (t, w) = (self.params.temperature, self.params.weight);
+        let distill = |_: &[&Case], emb: &Tensor, p: &Prompts, out: &DecoderOutput| match &teacher {
+            Some(te) if w > 0.0 => {
+                let old = model.decode(emb, p, Some(te))?.logits.detach();
+                Ok(Some(
+                    distillation_loss(&out.logits, &old, t)?.affine(w, 0.0)?,
+                ))
+            }
+            _ => Ok(None),
+        };
+        let reset = self.params.reset_optimizer;
+        self.core
+            .fit(ctx, &task.name, &cases, Some(&distill), &[], 0, reset)?;
+        Ok(())
+    }
+
+    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
+        self.core.predict(ctx, batch)
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        self.core.save(dir, &self.base_sha256)
+    }
+
+    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
+        self.core.load(ctx, dir)
+    }
+
+    fn extra_metrics(&self) -> BTreeMap<String, f64> {
+        self.core.extras()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_hand_computation() {
+        let dev = Device::Cpu;
+        let new = Tensor::new(&[2.0f64, -1.0, 0.0, 30.0], &dev).unwrap();
+        let old = Tensor::new(&[1.0f64, -3.0, 4.0, -30.0], &dev).unwrap();
+        let t = 2.0;
+        let got = distillation_loss(&new, &old, t)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let mut want = 0.0;
+        for (x, z) in [(2.0f64, 1.0f64), (-1.0, -3.0), (0.0, 4.0), (30.0, -30.0)] {
+            let xs = x / t;
+            let p = 1.0 / (1.0 + (-z / t).exp());
+            let sig = 1.0 / (1.0 + (-xs).exp());
+            want += -(p * sig.ln() + (1.0 - p) * (1.0 - sig).ln());
+        }
+        want = want / 4.0 * t * t;
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    }
+
+    #[test]
+    fn gradient_vanishes_when_student_equals_teacher() {
+        let dev = Device::Cpu;
+        let z = Var::from_vec(vec![1.5f64, -0.3, 4.0], 3, &dev).unwrap();
+        let old = Tensor::new(&[1.5f64, -0.3, 4.0], &dev).unwrap();
+        let l = distillation_loss(z.as_tensor(), &old, 1.5).unwrap();
+        let g = l
+            .backward()
+            .unwrap()
+            .get(z.as_tensor())
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert!(g.iter().all(|v| v.abs() < 1e-12), "{g:?}");
+        let z2 = Var::from_vec(vec![0.0f64, -0.3, 4.0], 3, &dev).unwrap();
+        let l2 = distillation_loss(z2.as_tensor(), &old, 1.5).unwrap();
+        let g2 = l2
+            .backward()
+            .unwrap()
+            .get(z2.as_tensor())
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        // Student below the teacher on the first logit: the gradient pushes it up (negative derivative).
+        assert!(g2[0] < -1e-3);
+    }
+}

@@ -1,0 +1,149 @@
+//! Experience replay: a reservoir-sampled memory of past training cases (handles, not copies); every training
+//! batch of the current task is extended with `memory_batch` cases drawn from the memory.
+
+use super::reservoir::Reservoir;
+use super::single::SingleAdapter;
+use super::{Batch, Prediction, Strategy, StrategyCtx};
+use crate::data::{Case, TaskData};
+use crate::model::LiteMedSam;
+use crate::spec::StrategySpec;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Capacity of the memory, in training cases.
+    #[serde(default = "default_memory_size")]
+    pub memory_size: usize,
+    /// Memory cases appended to each training batch.
+    #[serde(default = "default_memory_batch")]
+    pub memory_batch: usize,
+    #[serde(default = "super::finetune::yes")]
+    pub reset_optimizer: bool,
+}
+
+fn default_memory_size() -> usize {
+    20
+}
+fn default_memory_batch() -> usize {
+    2
+}
+
+impl Params {
+    pub fn check(self) -> std::result::Result<Self, String> {
+        if self.memory_batch > 0 && self.memory_size == 0 {
+            return Err("`memory_batch` > 0 needs `memory_size` > 0".into());
+        }
+        Ok(self)
+    }
+}
+
+/// A memory item: (index of the task in the spec's stream, index of the case in its train split).
+type Item = (usize, usize);
+
+pub struct Replay {
+    label: String,
+    params: Params,
+    core: SingleAdapter,
+    memory: Reservoir<Item>,
+    base_sha256: String,
+}
+
+const MEMORY_FILE: &str = "memory.json";
+
+impl Replay {
+    pub fn new(
+        spec: &StrategySpec,
+        params: Params,
+        model: &LiteMedSam,
+        base_sha256: &str,
+        init_seed: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            label: spec.label.clone(),
+            memory: Reservoir::new(params.memory_size),
+            params,
+            core: SingleAdapter::new(spec, model, init_seed)?,
+            base_sha256: base_sha256.to_string(),
+        })
+    }
+
+    /// The memory's items per task name (for inspection and tests).
+    pub fn memory_counts<'a>(&self, ctx: &StrategyCtx<'a>) -> BTreeMap<&'a str, usize> {
+        let mut m = BTreeMap::new();
+        for (t, _) in self.memory.items() {
+            *m.entry(ctx.tasks[*t].name.as_str()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+impl Strategy for Replay {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn train_task(
+        &mut self,
+        ctx: &mut StrategyCtx,
+        task_index: usize,
+        task: &TaskData,
+    ) -> Result<()> {
+        let tasks = ctx.tasks;
+        let cases: Vec<&Case> = task.train.iter().collect();
+        let memory: Vec<&Case> = self
+            .memory
+            .items()
+            .iter()
+            .map(|&(t, i)| {
+                tasks.get(t).and_then(|td| td.train.get(i)).ok_or_else(|| {
+                    Error::internal(format!("replay memory item ({t}, {i}) out of range"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let reset = self.params.reset_optimizer;
+        self.core.fit(
+            ctx,
+            &task.name,
+            &cases,
+            None,
+            &memory,
+            self.params.memory_batch,
+            reset,
+        )?;
+        // Offer the finished task's cases to the reservoir.
+        let ti = ctx.order[task_index];
+        for i in 0..task.train.len() {
+            self.memory.offer((ti, i), &mut ctx.rng);
+        }
+        Ok(())
+    }
+
+    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
+        self.core.predict(ctx, batch)
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        self.core.save(dir, &self.base_sha256)?;
+        let s = serde_json::to_vec(&self.memory).map_err(|e| Error::internal(e.to_string()))?;
+        crate::results::write_atomic(&dir.join(MEMORY_FILE), &s)
+    }
+
+    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
+        self.core.load(ctx, dir)?;
+        let p = dir.join(MEMORY_FILE);
+        let s = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        self.memory = serde_json::from_slice(&s)
+            .map_err(|e| Error::internal(format!("{}: corrupt checkpoint: {e}", p.display())))?;
+        Ok(())
+    }
+
+    fn extra_metrics(&self) -> BTreeMap<String, f64> {
+        let mut m = self.core.extras();
+        m.insert("memory_cases".into(), self.memory.len() as f64);
+        m
+    }
+}

@@ -1,0 +1,117 @@
+//! One trainable LoRA adapter and its optimiser: the core shared by the single-model baselines (finetune, EWC,
+//! replay, LwF, joint). Each of them differs only in what it trains on and which extra loss it adds.
+
+use super::{Batch, Prediction, StrategyCtx};
+use crate::data::Case;
+use crate::model::{Adapter, LiteMedSam};
+use crate::spec::StrategySpec;
+use crate::train::optim::{AdamW, ParamsAdamW};
+use crate::train::r#loop::{ExtraLoss, FitStats};
+use crate::Result;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// AdamW settings from the train spec.
+pub fn adamw_params(spec: &StrategySpec) -> ParamsAdamW {
+    ParamsAdamW {
+        lr: spec.train.lr,
+        weight_decay: spec.train.weight_decay,
+        max_grad_norm: spec.train.max_grad_norm,
+        ..Default::default()
+    }
+}
+
+pub struct SingleAdapter {
+    pub adapter: Adapter,
+    pub opt: Option<AdamW>,
+    init_seed: u64,
+}
+
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
+pub const ADAMW_FILE: &str = "adamw.safetensors";
+
+impl SingleAdapter {
+    pub fn new(spec: &StrategySpec, model: &LiteMedSam, init_seed: u64) -> Result<Self> {
+        Ok(Self {
+            adapter: Adapter::new(model, &spec.lora, init_seed)?,
+            opt: None,
+            init_seed,
+        })
+    }
+
+    /// Replace the adapter by a freshly initialised one (same seed as at construction) and drop the optimiser.
+    pub fn reinit(&mut self, spec: &StrategySpec, model: &LiteMedSam) -> Result<()> {
+        self.adapter = Adapter::new(model, &spec.lora, self.init_seed)?;
+        self.opt = None;
+        Ok(())
+    }
+
+    /// Train on `cases` (+ `per_batch` memory cases per step) with an optional extra loss. The optimiser is
+    /// created on first use and recreated when `reset_optimizer` is set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit(
+        &mut self,
+        ctx: &mut StrategyCtx,
+        task_name: &str,
+        cases: &[&Case],
+        extra: Option<&ExtraLoss>,
+        memory: &[&Case],
+        per_batch: usize,
+        reset_optimizer: bool,
+    ) -> Result<FitStats> {
+        if self.opt.is_none() || reset_optimizer {
+            self.opt = Some(AdamW::new(self.adapter.vars(), adamw_params(ctx.spec))?);
+        }
+        let opt = self.opt.as_mut().expect("optimiser");
+        crate::train::r#loop::fit_mixed(
+            ctx,
+            task_name,
+            &self.adapter,
+            opt,
+            cases,
+            extra,
+            memory,
+            per_batch,
+        )
+    }
+
+    pub fn predict(&self, ctx: &StrategyCtx, batch: &Batch) -> Result<Prediction> {
+        let out = ctx
+            .model
+            .decode(&batch.embeddings, &batch.prompts, Some(&self.adapter))?;
+        Ok(Prediction {
+            logits: out.logits,
+            routed_to: None,
+        })
+    }
+
+    pub fn save(&self, dir: &Path, base_sha256: &str) -> Result<()> {
+        self.adapter.save(&dir.join(ADAPTER_FILE), base_sha256)?;
+        if let Some(o) = &self.opt {
+            o.save(&dir.join(ADAMW_FILE))?;
+        }
+        Ok(())
+    }
+
+    pub fn load(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
+        self.adapter = Adapter::load(&dir.join(ADAPTER_FILE), ctx.model, ctx.base_sha256)?;
+        let p = dir.join(ADAMW_FILE);
+        self.opt = if p.is_file() {
+            let mut o = AdamW::new(self.adapter.vars(), adamw_params(ctx.spec))?;
+            o.load(&p)?;
+            Some(o)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// `trainable_params` and `params_per_expert` (one model).
+    pub fn extras(&self) -> BTreeMap<String, f64> {
+        let n = self.adapter.num_params() as f64;
+        BTreeMap::from([
+            ("trainable_params".to_string(), n),
+            ("params_per_expert".to_string(), n),
+        ])
+    }
+}
