@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub jobs: usize,
     pub resume: bool,
     pub quiet: bool,
+    /// Write the report (plots/, tables/) into the run folder at the end (`evosam report` does the same).
+    pub report: bool,
 }
 
 impl Default for RunOptions {
@@ -50,6 +52,7 @@ impl Default for RunOptions {
             jobs: 1,
             resume: false,
             quiet: false,
+            report: true,
         }
     }
 }
@@ -515,6 +518,27 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
             dir.display(),
             list.join("\n")
         )));
+    }
+    if opts.report {
+        match crate::report::write_report(std::slice::from_ref(&dir), &dir) {
+            Ok(r) => {
+                shared.reporter.info(&format!(
+                    "report: {} files in {} and {}",
+                    r.files.len(),
+                    dir.join("plots").display(),
+                    dir.join("tables").display()
+                ));
+                for n in &r.notes {
+                    shared.reporter.info(&format!("report: {n}"));
+                }
+            }
+            // The results are complete and safe; only the derived figures are missing.
+            Err(e) => eprintln!(
+                "warning: the report could not be written ({e}); the results are complete, retry with \
+                 `evosam report {}`",
+                dir.display()
+            ),
+        }
     }
     shared
         .reporter

@@ -92,7 +92,11 @@ fn read(p: &Path) -> String {
 #[test]
 fn run_kill_resume_gives_identical_tables() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = write_spec(tmp.path(), 6, "");
+    // Every kind with state of its own: experts + matcher, reservoir memory, Fisher pairs, joint's adapter.
+    let more = "\n[[strategy]]\npreset = \"evosam\"\n[[strategy]]\npreset = \"replay\"\n\
+                [[strategy]]\npreset = \"online-ewc\"\n[[strategy]]\npreset = \"joint\"\n";
+    let kinds = ["finetune", "evosam", "replay", "online-ewc", "joint"];
+    let spec = write_spec(tmp.path(), 6, more);
 
     // uninterrupted reference run
     let a = tmp.path().join("a");
@@ -106,14 +110,24 @@ fn run_kill_resume_gives_identical_tables() {
         "metrics.csv",
         "extras.csv",
         "manifest.json",
+        "tables/summary.md",
+        "tables/summary.tex",
+        "plots/plot_data.json",
     ] {
         assert!(ra.join(f).is_file(), "missing {f}");
     }
+    // the report ran at the end: EvoSAM's routing confusion and a strategy row in the tables
+    assert!(ra.join("plots").read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".png")));
+    assert!(read(&ra.join("tables/summary.md")).contains("evosam"));
     let scores = read(&ra.join("scores.csv"));
-    // 2 strategies x 2 orders x 3 stages x 2 tasks x 2 cases + header
-    assert_eq!(scores.lines().count(), 2 * 2 * 3 * 4 + 1, "{scores}");
+    // 6 strategies x 2 orders x 3 stages x 2 tasks x 2 cases + header
+    assert_eq!(scores.lines().count(), 6 * 2 * 3 * 4 + 1, "{scores}");
     let metrics = read(&ra.join("metrics.csv"));
-    assert_eq!(metrics.lines().count(), 5, "{metrics}");
+    assert_eq!(metrics.lines().count(), 13, "{metrics}");
     assert!(
         metrics.starts_with("strategy,seed,order,acc,bwt,fwt,forgetting"),
         "{metrics}"
@@ -136,37 +150,44 @@ fn run_kill_resume_gives_identical_tables() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("already exists"), "{}", text(&o));
 
-    // killed run: SIGKILL once the first fine-tuning stage has been checkpointed, then --resume
+    // killed runs: SIGKILL once the first stage of each trained kind has been checkpointed, then --resume; each
+    // kill lands in another kind's cell, so every kind is restored from its checkpoint at least once.
     let b = tmp.path().join("b");
-    let mut child = bin()
-        .arg("run")
-        .arg(&spec)
-        .arg("--out")
-        .arg(&b)
-        .arg("--quiet")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let marker = b.join("tiny/cells/finetune__seed0__given/stage_1/done");
-    let t0 = Instant::now();
-    let mut killed = false;
-    while t0.elapsed() < Duration::from_secs(600) {
-        if marker.exists() {
-            child.kill().unwrap(); // SIGKILL
-            killed = true;
-            break;
+    for (i, kind) in kinds.iter().enumerate() {
+        let mut cmd = bin();
+        cmd.arg("run")
+            .arg(&spec)
+            .arg("--out")
+            .arg(&b)
+            .arg("--quiet");
+        if i > 0 {
+            cmd.arg("--resume");
         }
-        if child.try_wait().unwrap().is_some() {
-            break;
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let marker = b.join(format!("tiny/cells/{kind}__seed0__given/stage_1/done"));
+        let t0 = Instant::now();
+        let mut killed = false;
+        while t0.elapsed() < Duration::from_secs(600) {
+            if marker.exists() {
+                child.kill().unwrap(); // SIGKILL
+                killed = true;
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let _ = child.wait();
+        assert!(
+            killed,
+            "the run finished before the first {kind} checkpoint could be seen"
+        );
     }
-    let _ = child.wait();
-    assert!(
-        killed,
-        "the run finished before the first checkpoint could be seen"
-    );
     assert!(
         !b.join("tiny/scores.csv").exists(),
         "the killed run should not have written its tables"
@@ -249,7 +270,7 @@ fn validate_reports_good_and_bad_specs() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("ok: 2 cells"), "{}", text(&o));
+    assert!(text(&o).contains("ok: 9 cells"), "{}", text(&o));
 
     let tmp = tempfile::tempdir().unwrap();
     let spec = write_spec(tmp.path(), 1, "");

