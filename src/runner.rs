@@ -435,13 +435,8 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
             cells.len(),
             opts.jobs.max(1)
         ));
-        if !spec.model.freeze_encoder {
-            return Err(spec.err(
-                "[model] freeze_encoder = false is not supported by the runner yet (encoder LoRA needs a GPU and per-step \
-                 encoder passes); use freeze_encoder = true",
-            ));
-        }
         let (model, sha) = load_model(&spec, &device)?;
+        check_encoder_targets(&spec, &model)?;
         let size = model.input_size();
         let augment = spec.strategies.iter().any(|s| s.train.augment);
         let mut tasks = Vec::new();
@@ -548,6 +543,31 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
         cells: cells.len(),
         failed,
     })
+}
+
+/// LoRA targets in the image encoder need `freeze_encoder = false` (and then run the encoder at every step: the
+/// GPU setting); with a frozen encoder they would be silently useless, so they are refused.
+fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<()> {
+    for s in &spec.strategies {
+        let enc: Vec<String> = model
+            .linear_sites()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .filter(|p| p.starts_with("image_encoder.") && s.lora.matches(p))
+            .collect();
+        if spec.model.freeze_encoder && !enc.is_empty() {
+            return Err(spec.err(format!(
+                "strategy {:?}: lora targets {:?} match {} image-encoder layers (e.g. {}), but [model] \
+                 freeze_encoder = true; set freeze_encoder = false to train encoder LoRA (slow on a CPU: the \
+                 encoder runs at every step) or target the mask decoder",
+                s.label,
+                s.lora.targets,
+                enc.len(),
+                enc[0]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Compute (or read from the on-disk cache) every case's embedding once. Values are rounded through f16 so a

@@ -306,9 +306,7 @@ impl Strategy for EvoSam {
             .iter()
             .map(|c| c.map(|k| &self.set.adapters[k]))
             .collect();
-        let out = ctx
-            .model
-            .decode_routed(&batch.embeddings, &batch.prompts, &routes)?;
+        let out = super::decode_cases(ctx, batch, &routes)?;
         let routed_to = match self.params.routing {
             Routing::Matcher => Some(choices.iter().map(|&c| self.set.target_name(c)).collect()),
             Routing::Oracle => None,

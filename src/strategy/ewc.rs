@@ -271,7 +271,7 @@ pub fn task_fisher(
     let vars = core.adapter.vars();
     diagonal_fisher(&vars, cases.len(), |i| {
         let c = [cases[i]];
-        let emb = ctx.embeddings.batch(&c)?;
+        let emb = super::embed_with(ctx.model, ctx.embeddings, &c, Some(&core.adapter))?;
         let prompts = crate::train::r#loop::eval_prompts(&c, ctx.device)?;
         let out = ctx.model.decode(&emb, &prompts, Some(&core.adapter))?;
         seg_loss(&out, &c[0].mask.unsqueeze(0)?, &w)

@@ -73,11 +73,20 @@ impl Kit {
         stage: usize,
         progress: &'a (dyn Fn(Progress) + Send + Sync),
     ) -> StrategyCtx<'a> {
+        self.ctx_with(self.strategy_spec(label), stage, progress)
+    }
+
+    pub fn ctx_with<'a>(
+        &'a self,
+        spec: &'a StrategySpec,
+        stage: usize,
+        progress: &'a (dyn Fn(Progress) + Send + Sync),
+    ) -> StrategyCtx<'a> {
         StrategyCtx {
             model: &self.model,
             embeddings: &self.store,
             base_sha256: "kit",
-            spec: self.strategy_spec(label),
+            spec,
             seed: 0,
             order_label: "given",
             tasks: &self.tasks,
@@ -400,4 +409,63 @@ fn joint_trains_on_every_seen_task_and_finetune_on_the_current_one() {
         s.train_task(&mut ctx, 1, &kit.tasks[1]).unwrap();
         assert_eq!(steps.load(Ordering::Relaxed), expect, "{label}");
     }
+}
+
+#[test]
+fn evosam_experts_can_target_the_encoder_attention() {
+    let kit = Kit::new(2, 1);
+    let mut spec = kit.strategy_spec("evosam").clone();
+    spec.lora.targets = vec!["attn.qkv".into()];
+    let mut evo = evosam::EvoSam::new(
+        &spec,
+        parse_params(&spec.params).unwrap(),
+        &kit.model,
+        "kit",
+        3,
+    )
+    .unwrap();
+    let mut ctx = kit.ctx_with(&spec, 1, &noop);
+    evo.train_task(&mut ctx, 0, &kit.tasks[0]).unwrap();
+    let ad = &evo.set.adapters[0];
+    assert!(
+        ad.targets_encoder() && !ad.targets_decoder(),
+        "{:?}",
+        ad.paths()
+    );
+    // B starts at zero; training moved it at every encoder site.
+    for (name, v) in ad.named_vars() {
+        if name.ends_with(".lora_B") {
+            let m = v
+                .as_tensor()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(m > 0.0, "{name} untrained");
+        }
+    }
+    // Predictions run the encoder with the expert: equal to encode_with + decode by hand, and different from the
+    // frozen embeddings' decode.
+    let ctx = kit.ctx_with(&spec, 1, &noop);
+    let b = kit.test_batch(0);
+    let p = evo.predict(&ctx, 0, &b).unwrap();
+    assert_eq!(
+        p.routed_to.as_deref(),
+        Some(&["site0".to_string(), "site0".to_string()][..])
+    );
+    let imgs: Vec<Tensor> = b.cases.iter().map(|c| c.image.clone()).collect();
+    let emb = kit
+        .model
+        .encode_with(&Tensor::stack(&imgs, 0).unwrap(), Some(ad))
+        .unwrap();
+    let want = kit.model.decode(&emb, &b.prompts, Some(ad)).unwrap().logits;
+    assert!(max_abs_diff(&want, &p.logits) < 1e-4);
+    let frozen = kit
+        .model
+        .decode(&b.embeddings, &b.prompts, Some(ad))
+        .unwrap()
+        .logits;
+    assert!(max_abs_diff(&frozen, &p.logits) > 0.0);
 }

@@ -106,17 +106,24 @@ impl Strategy for Lwf {
         } else {
             None
         };
-        let model = ctx.model;
+        let (model, store) = (ctx.model, ctx.embeddings);
         let (t, w) = (self.params.temperature, self.params.weight);
-        let distill = |_: &[&Case], emb: &Tensor, p: &Prompts, out: &DecoderOutput| match &teacher {
-            Some(te) if w > 0.0 => {
-                let old = model.decode(emb, p, Some(te))?.logits.detach();
-                Ok(Some(
-                    distillation_loss(&out.logits, &old, t)?.affine(w, 0.0)?,
-                ))
-            }
-            _ => Ok(None),
-        };
+        let distill =
+            |cases: &[&Case], emb: &Tensor, p: &Prompts, out: &DecoderOutput| match &teacher {
+                Some(te) if w > 0.0 => {
+                    // The teacher sees the images through its own encoder sites, if it has any.
+                    let temb = if te.targets_encoder() {
+                        super::embed_with(model, store, cases, Some(te))?
+                    } else {
+                        emb.clone()
+                    };
+                    let old = model.decode(&temb, p, Some(te))?.logits.detach();
+                    Ok(Some(
+                        distillation_loss(&out.logits, &old, t)?.affine(w, 0.0)?,
+                    ))
+                }
+                _ => Ok(None),
+            };
         let reset = self.params.reset_optimizer;
         self.core
             .fit(ctx, &task.name, &cases, Some(&distill), &[], 0, reset)?;

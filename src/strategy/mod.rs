@@ -17,7 +17,7 @@ pub mod single;
 pub mod zeroshot;
 
 use crate::data::{Case, TaskData};
-use crate::model::{LiteMedSam, Prompts};
+use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
 use crate::spec::StrategySpec;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -174,6 +174,54 @@ impl EmbeddingStore {
         let v: Vec<Tensor> = cases.iter().map(|c| self.get(c)).collect::<Result<_>>()?;
         Ok(Tensor::stack(&v, 0)?)
     }
+}
+
+/// Image embeddings of `cases` as seen through `adapter`: the cached frozen-encoder ones, unless the adapter has
+/// encoder sites (e.g. `attn.qkv`, the GPU setting); then the encoder runs on the images, differentiably.
+pub fn embed_with(
+    model: &LiteMedSam,
+    store: &EmbeddingStore,
+    cases: &[&Case],
+    adapter: Option<&Adapter>,
+) -> Result<Tensor> {
+    match adapter {
+        Some(a) if a.targets_encoder() => {
+            let imgs: Vec<Tensor> = cases.iter().map(|c| c.image.clone()).collect();
+            model.encode_with(&Tensor::stack(&imgs, 0)?, Some(a))
+        }
+        _ => store.batch(cases),
+    }
+}
+
+/// Decode a batch with one adapter per image (None = the base model). Adapters with encoder sites re-encode
+/// their images; otherwise the batch's cached embeddings are used.
+pub fn decode_cases(
+    ctx: &StrategyCtx,
+    batch: &Batch,
+    routes: &[Option<&Adapter>],
+) -> Result<DecoderOutput> {
+    if !routes
+        .iter()
+        .any(|r| r.is_some_and(|a| a.targets_encoder()))
+    {
+        return ctx
+            .model
+            .decode_routed(&batch.embeddings, &batch.prompts, routes);
+    }
+    let mut logits = Vec::new();
+    let mut ious = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let one = [batch.cases[i]];
+        let emb = embed_with(ctx.model, ctx.embeddings, &one, *r)?;
+        let idx = Tensor::new(&[i as u32], ctx.device)?;
+        let out = ctx.model.decode(&emb, &batch.prompts.select(&idx)?, *r)?;
+        logits.push(out.logits);
+        ious.push(out.iou);
+    }
+    Ok(DecoderOutput {
+        logits: Tensor::cat(&logits, 0)?,
+        iou: Tensor::cat(&ious, 0)?,
+    })
 }
 
 /// A progress event from inside a cell.

@@ -76,9 +76,7 @@ impl SingleAdapter {
     }
 
     pub fn predict(&self, ctx: &StrategyCtx, batch: &Batch) -> Result<Prediction> {
-        let out = ctx
-            .model
-            .decode(&batch.embeddings, &batch.prompts, Some(&self.adapter))?;
+        let out = super::decode_cases(ctx, batch, &vec![Some(&self.adapter); batch.cases.len()])?;
         Ok(Prediction {
             logits: out.logits,
             routed_to: None,

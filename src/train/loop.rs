@@ -163,7 +163,8 @@ pub fn fit_mixed(
                     _ => c,
                 })
                 .collect();
-            let emb = ctx.embeddings.batch(&batch)?;
+            let emb =
+                crate::strategy::embed_with(ctx.model, ctx.embeddings, &batch, Some(adapter))?;
             let boxes: Vec<[f32; 4]> = batch
                 .iter()
                 .map(|c| jittered_box(c, train.prompt.jitter, &mut ctx.rng))
