@@ -177,11 +177,9 @@ impl EwcMemory {
 // ---------------------------------------------------------------------------------------------------------------
 // The `ewc` strategy kind (presets `ewc` and `online-ewc`).
 
-use super::single::SingleAdapter;
-use super::{Batch, Prediction, Strategy, StrategyCtx};
+use super::single::{SingleAdapter, SingleKind};
+use super::StrategyCtx;
 use crate::data::{Case, TaskData};
-use crate::model::LiteMedSam;
-use crate::spec::StrategySpec;
 use crate::train::loss::{seg_loss, LossWeights};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -228,31 +226,19 @@ impl Params {
 }
 
 pub struct Ewc {
-    label: String,
-    params: Params,
-    core: SingleAdapter,
+    pub params: Params,
     memory: EwcMemory,
-    base_sha256: String,
 }
 
 const EWC_FILE: &str = "ewc.safetensors";
 
 impl Ewc {
-    pub fn new(
-        spec: &StrategySpec,
-        params: Params,
-        model: &LiteMedSam,
-        base_sha256: &str,
-        init_seed: u64,
-    ) -> Result<Self> {
+    pub fn new(params: Params) -> Self {
         let gamma = params.online.then(|| params.gamma.unwrap_or(1.0));
-        Ok(Self {
-            label: spec.label.clone(),
-            core: SingleAdapter::new(spec, model, init_seed)?,
+        Self {
             memory: EwcMemory::new(gamma),
             params,
-            base_sha256: base_sha256.to_string(),
-        })
+        }
     }
 }
 
@@ -278,19 +264,16 @@ pub fn task_fisher(
     })
 }
 
-impl Strategy for Ewc {
-    fn name(&self) -> &str {
-        &self.label
-    }
-
-    fn train_task(
+impl SingleKind for Ewc {
+    fn train(
         &mut self,
+        core: &mut SingleAdapter,
         ctx: &mut StrategyCtx,
         _task_index: usize,
         task: &TaskData,
     ) -> Result<()> {
         let cases: Vec<&Case> = task.train.iter().collect();
-        let vars = self.core.adapter.vars();
+        let vars = core.adapter.vars();
         let lambda = self.params.lambda;
         let memory = &self.memory;
         let penalty =
@@ -299,8 +282,7 @@ impl Strategy for Ewc {
              _: &crate::model::Prompts,
              _: &crate::model::DecoderOutput| { memory.penalty(&vars, lambda) };
         let reset = self.params.reset_optimizer;
-        self.core
-            .fit(ctx, &task.name, &cases, Some(&penalty), &[], 0, reset)?;
+        core.fit(ctx, &task.name, &cases, Some(&penalty), &[], 0, reset)?;
         // Consolidate the finished task: Fisher on (a seeded subset of) its training data.
         let n = match self.params.fisher_samples {
             0 => cases.len(),
@@ -314,35 +296,31 @@ impl Strategy for Ewc {
         } else {
             cases
         };
-        let fisher = task_fisher(ctx, &self.core, &subset)?;
-        self.memory.consolidate(fisher, &self.core.adapter.vars())?;
+        let fisher = task_fisher(ctx, core, &subset)?;
+        self.memory.consolidate(fisher, &core.adapter.vars())?;
         Ok(())
     }
 
-    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
-        self.core.predict(ctx, batch)
-    }
-
-    fn save_state(&self, dir: &Path) -> Result<()> {
-        self.core.save(dir, &self.base_sha256)?;
+    fn save(&self, dir: &Path) -> Result<()> {
         let map: HashMap<String, Tensor> = self.memory.to_named().into_iter().collect();
         let p = dir.join(EWC_FILE);
         candle_core::safetensors::save(&map, &p)
             .map_err(|e| crate::Error::internal(format!("{}: {e}", p.display())))
     }
 
-    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
-        self.core.load(ctx, dir)?;
+    fn load(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
         let p = dir.join(EWC_FILE);
         let map = candle_core::safetensors::load(&p, ctx.device)
             .map_err(|e| crate::Error::internal(format!("{}: {e}", p.display())))?;
-        let n_vars = self.core.adapter.vars().len();
+        let n_vars = map
+            .keys()
+            .filter(|k| k.starts_with("pair0.fisher."))
+            .count();
         self.memory = EwcMemory::from_named(self.memory.gamma, n_vars, |k| map.get(k).cloned())?;
         Ok(())
     }
 
-    fn extra_metrics(&self) -> BTreeMap<String, f64> {
-        let mut m = self.core.extras();
+    fn extras(&self, m: &mut BTreeMap<String, f64>) {
         let stored: usize = self
             .memory
             .pairs
@@ -351,7 +329,6 @@ impl Strategy for Ewc {
             .map(|t| t.elem_count())
             .sum();
         m.insert("ewc_stored_values".into(), stored as f64);
-        m
     }
 }
 

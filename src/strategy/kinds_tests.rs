@@ -319,16 +319,17 @@ fn replay_batches_carry_memory_cases_and_the_memory_spans_past_tasks() {
         assert_ne!(from_mem[0], from_mem[1], "memory drawn without replacement");
     }
     // The strategy's reservoir holds cases of both finished tasks.
-    let mut r = replay::Replay::new(
+    let p: replay::Params = parse_params(&kit.strategy_spec("replay").params).unwrap();
+    let mut r = single::SingleModel::new(
         kit.strategy_spec("replay"),
-        parse_params(&kit.strategy_spec("replay").params).unwrap(),
         &kit.model,
         "kit",
         1,
+        replay::Replay::new(p),
     )
     .unwrap();
     kit.train(&mut r, "replay", 2);
-    let counts = r.memory_counts(&kit.ctx("replay", 2, &noop));
+    let counts = r.kind.memory_counts(&kit.ctx("replay", 2, &noop));
     assert_eq!(counts.get("site0"), Some(&4));
     assert_eq!(counts.get("site1"), Some(&4));
 }

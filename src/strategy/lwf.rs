@@ -23,14 +23,11 @@ pub fn distillation_loss(
 // ---------------------------------------------------------------------------------------------------------------
 // The `lwf` strategy kind.
 
-use super::single::SingleAdapter;
-use super::{Batch, Prediction, Strategy, StrategyCtx};
+use super::single::{SingleAdapter, SingleKind};
+use super::StrategyCtx;
 use crate::data::{Case, TaskData};
-use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
-use crate::spec::StrategySpec;
+use crate::model::{Adapter, DecoderOutput, Prompts};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::path::Path;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,36 +62,13 @@ impl Params {
 }
 
 pub struct Lwf {
-    label: String,
-    params: Params,
-    core: SingleAdapter,
-    base_sha256: String,
+    pub params: Params,
 }
 
-impl Lwf {
-    pub fn new(
-        spec: &StrategySpec,
-        params: Params,
-        model: &LiteMedSam,
-        base_sha256: &str,
-        init_seed: u64,
-    ) -> Result<Self> {
-        Ok(Self {
-            label: spec.label.clone(),
-            params,
-            core: SingleAdapter::new(spec, model, init_seed)?,
-            base_sha256: base_sha256.to_string(),
-        })
-    }
-}
-
-impl Strategy for Lwf {
-    fn name(&self) -> &str {
-        &self.label
-    }
-
-    fn train_task(
+impl SingleKind for Lwf {
+    fn train(
         &mut self,
+        core: &mut SingleAdapter,
         ctx: &mut StrategyCtx,
         task_index: usize,
         task: &TaskData,
@@ -102,7 +76,7 @@ impl Strategy for Lwf {
         let cases: Vec<&Case> = task.train.iter().collect();
         // The teacher is the model as it was before this task (frozen copy of the adapter).
         let teacher: Option<Adapter> = if task_index > 0 {
-            Some(self.core.adapter.deep_clone()?)
+            Some(core.adapter.deep_clone()?)
         } else {
             None
         };
@@ -125,25 +99,8 @@ impl Strategy for Lwf {
                 _ => Ok(None),
             };
         let reset = self.params.reset_optimizer;
-        self.core
-            .fit(ctx, &task.name, &cases, Some(&distill), &[], 0, reset)?;
+        core.fit(ctx, &task.name, &cases, Some(&distill), &[], 0, reset)?;
         Ok(())
-    }
-
-    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
-        self.core.predict(ctx, batch)
-    }
-
-    fn save_state(&self, dir: &Path) -> Result<()> {
-        self.core.save(dir, &self.base_sha256)
-    }
-
-    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
-        self.core.load(ctx, dir)
-    }
-
-    fn extra_metrics(&self) -> BTreeMap<String, f64> {
-        self.core.extras()
     }
 }
 

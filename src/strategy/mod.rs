@@ -100,7 +100,7 @@ pub fn build(
         }
         "finetune" => {
             let p = parse_params::<finetune::Params>(&spec.params).map_err(bad)?;
-            Box::new(finetune::FineTune::new(spec, p, model, sha, seed)?)
+            single(spec, model, sha, seed, finetune::FineTune { params: p })?
         }
         "evosam" => {
             let p = parse_params::<evosam::Params>(&spec.params)
@@ -112,23 +112,23 @@ pub fn build(
             let p = parse_params::<ewc::Params>(&spec.params)
                 .and_then(|p| p.check())
                 .map_err(bad)?;
-            Box::new(ewc::Ewc::new(spec, p, model, sha, seed)?)
+            single(spec, model, sha, seed, ewc::Ewc::new(p))?
         }
         "replay" => {
             let p = parse_params::<replay::Params>(&spec.params)
                 .and_then(|p| p.check())
                 .map_err(bad)?;
-            Box::new(replay::Replay::new(spec, p, model, sha, seed)?)
+            single(spec, model, sha, seed, replay::Replay::new(p))?
         }
         "lwf" => {
             let p = parse_params::<lwf::Params>(&spec.params)
                 .and_then(|p| p.check())
                 .map_err(bad)?;
-            Box::new(lwf::Lwf::new(spec, p, model, sha, seed)?)
+            single(spec, model, sha, seed, lwf::Lwf { params: p })?
         }
         "joint" => {
             let p = parse_params::<joint::Params>(&spec.params).map_err(bad)?;
-            Box::new(joint::Joint::new(spec, p, model, sha, seed)?)
+            single(spec, model, sha, seed, joint::Joint { params: p })?
         }
         other => {
             return Err(bad(format!(
@@ -137,6 +137,18 @@ pub fn build(
             )))
         }
     })
+}
+
+fn single<K: single::SingleKind + 'static>(
+    spec: &StrategySpec,
+    model: &LiteMedSam,
+    sha: &str,
+    seed: u64,
+    kind: K,
+) -> Result<Box<dyn Strategy>> {
+    Ok(Box::new(single::SingleModel::new(
+        spec, model, sha, seed, kind,
+    )?))
 }
 
 /// Frozen-encoder embeddings of every case of the run, keyed by the case's content hash.
@@ -326,9 +338,8 @@ mod kinds_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Adapter, LiteMedSamConfig};
+    use crate::model::Adapter;
     use crate::train::optim::AdamW;
-    use rand::SeedableRng;
 
     /// A toy joint-training strategy written against the public API: trains a fresh adapter on every seen task
     /// with an extra loss term that calls the model (as LwF would), while `ctx` is borrowed mutably by `fit`.
@@ -378,72 +389,25 @@ mod tests {
 
     #[test]
     fn a_strategy_can_train_on_all_seen_tasks_with_an_extra_loss() {
-        let dev = Device::Cpu;
-        let model = LiteMedSam::random(&LiteMedSamConfig::tiny(), 0, &dev).unwrap();
-        let text = "[experiment]\nname = \"x\"\n[stream]\n\
-                    [[stream.task]]\nname = \"a\"\nsource = \"synthetic\"\nfamily = \"vessels\"\ntrain = 2\ntest = 1\nsize = 48\n\
-                    [[stream.task]]\nname = \"b\"\nsource = \"synthetic\"\nfamily = \"organs\"\ntrain = 3\ntest = 1\nsize = 48\n\
-                    [train]\nepochs = 2\nbatch_size = 2\n[[strategy]]\npreset = \"finetune\"\n";
-        let spec =
-            crate::spec::Spec::from_str_at(text, Path::new("s.toml"), Path::new(".")).unwrap();
-        let tasks: Vec<TaskData> = spec
-            .stream
-            .tasks
-            .iter()
-            .map(|t| crate::data::load_task(&spec, t, model.input_size(), false, &dev).unwrap())
-            .collect();
-        let mut map = HashMap::new();
-        for c in tasks
-            .iter()
-            .flat_map(|t| t.train.iter().chain(t.test.iter()))
-        {
-            map.insert(
-                c.content_hash.clone(),
-                model
-                    .encode(&c.image.unsqueeze(0).unwrap())
-                    .unwrap()
-                    .squeeze(0)
-                    .unwrap(),
-            );
-        }
-        let store = EmbeddingStore::new(map);
+        let kit = super::kinds_tests::Kit::new(3, 2);
         let steps = std::sync::atomic::AtomicUsize::new(0);
         let progress = |_p: Progress| {
             steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         };
-        let order = [0usize, 1];
-        let mut ctx = StrategyCtx {
-            model: &model,
-            embeddings: &store,
-            base_sha256: "x",
-            spec: &spec.strategies[0],
-            seed: 0,
-            order_label: "given",
-            tasks: &tasks,
-            order: &order,
-            stage: 2,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
-            progress: &progress,
-            device: &dev,
-        };
+        let mut ctx = kit.ctx("finetune", 2, &progress);
         assert_eq!(ctx.seen().len(), 2);
-        assert_eq!(ctx.task_name(1), "b");
+        assert_eq!(ctx.task_name(1), "site1");
         let mut toy = Toy {
             adapter: None,
             extra_calls: std::cell::Cell::new(0),
         };
-        toy.train_task(&mut ctx, 1, &tasks[1]).unwrap();
-        // 5 cases, batch 2 -> 3 steps per epoch, 2 epochs
+        toy.train_task(&mut ctx, 1, &kit.tasks[1]).unwrap();
+        // 6 cases, batch 2 -> 3 steps per epoch, 2 epochs
         assert_eq!(steps.load(std::sync::atomic::Ordering::Relaxed), 6);
         assert_eq!(toy.extra_calls.get(), 6);
-        let cases: Vec<&Case> = tasks[0].test.iter().collect();
-        let batch = Batch {
-            embeddings: store.batch(&cases).unwrap(),
-            prompts: crate::train::r#loop::eval_prompts(&cases, &dev).unwrap(),
-            cases,
-        };
+        let batch = kit.test_batch(0);
         let p = toy.predict(&ctx, 0, &batch).unwrap();
-        assert_eq!(p.logits.dim(0).unwrap(), 1);
+        assert_eq!(p.logits.dim(0).unwrap(), 2);
         let d = crate::runner::case_dice(&p.logits.get(0).unwrap(), batch.cases[0], false).unwrap();
         assert!((0.0..=1.0).contains(&d));
     }

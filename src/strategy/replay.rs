@@ -2,11 +2,9 @@
 //! batch of the current task is extended with `memory_batch` cases drawn from the memory.
 
 use super::reservoir::Reservoir;
-use super::single::SingleAdapter;
-use super::{Batch, Prediction, Strategy, StrategyCtx};
+use super::single::{SingleAdapter, SingleKind};
+use super::StrategyCtx;
 use crate::data::{Case, TaskData};
-use crate::model::LiteMedSam;
-use crate::spec::StrategySpec;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -45,30 +43,18 @@ impl Params {
 type Item = (usize, usize);
 
 pub struct Replay {
-    label: String,
-    params: Params,
-    core: SingleAdapter,
+    pub params: Params,
     memory: Reservoir<Item>,
-    base_sha256: String,
 }
 
 const MEMORY_FILE: &str = "memory.json";
 
 impl Replay {
-    pub fn new(
-        spec: &StrategySpec,
-        params: Params,
-        model: &LiteMedSam,
-        base_sha256: &str,
-        init_seed: u64,
-    ) -> Result<Self> {
-        Ok(Self {
-            label: spec.label.clone(),
+    pub fn new(params: Params) -> Self {
+        Self {
             memory: Reservoir::new(params.memory_size),
             params,
-            core: SingleAdapter::new(spec, model, init_seed)?,
-            base_sha256: base_sha256.to_string(),
-        })
+        }
     }
 
     /// The memory's items per task name (for inspection and tests).
@@ -81,13 +67,10 @@ impl Replay {
     }
 }
 
-impl Strategy for Replay {
-    fn name(&self) -> &str {
-        &self.label
-    }
-
-    fn train_task(
+impl SingleKind for Replay {
+    fn train(
         &mut self,
+        core: &mut SingleAdapter,
         ctx: &mut StrategyCtx,
         task_index: usize,
         task: &TaskData,
@@ -105,7 +88,7 @@ impl Strategy for Replay {
             })
             .collect::<Result<_>>()?;
         let reset = self.params.reset_optimizer;
-        self.core.fit(
+        core.fit(
             ctx,
             &task.name,
             &cases,
@@ -122,18 +105,12 @@ impl Strategy for Replay {
         Ok(())
     }
 
-    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
-        self.core.predict(ctx, batch)
-    }
-
-    fn save_state(&self, dir: &Path) -> Result<()> {
-        self.core.save(dir, &self.base_sha256)?;
+    fn save(&self, dir: &Path) -> Result<()> {
         let s = serde_json::to_vec(&self.memory).map_err(|e| Error::internal(e.to_string()))?;
         crate::results::write_atomic(&dir.join(MEMORY_FILE), &s)
     }
 
-    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
-        self.core.load(ctx, dir)?;
+    fn load(&mut self, _ctx: &StrategyCtx, dir: &Path) -> Result<()> {
         let p = dir.join(MEMORY_FILE);
         let s = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
         self.memory = serde_json::from_slice(&s)
@@ -141,9 +118,7 @@ impl Strategy for Replay {
         Ok(())
     }
 
-    fn extra_metrics(&self) -> BTreeMap<String, f64> {
-        let mut m = self.core.extras();
+    fn extras(&self, m: &mut BTreeMap<String, f64>) {
         m.insert("memory_cases".into(), self.memory.len() as f64);
-        m
     }
 }

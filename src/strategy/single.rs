@@ -113,3 +113,85 @@ impl SingleAdapter {
         ])
     }
 }
+
+/// What distinguishes one single-model baseline from another: how it trains on a task, and any state of its own
+/// (saved next to the adapter).
+pub trait SingleKind: Send {
+    fn train(
+        &mut self,
+        core: &mut SingleAdapter,
+        ctx: &mut StrategyCtx,
+        task_index: usize,
+        task: &crate::data::TaskData,
+    ) -> Result<()>;
+
+    fn save(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    fn load(&mut self, _ctx: &StrategyCtx, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    fn extras(&self, _m: &mut BTreeMap<String, f64>) {}
+}
+
+/// A single-model strategy: one adapter (see [`SingleAdapter`]) trained by a [`SingleKind`].
+pub struct SingleModel<K: SingleKind> {
+    label: String,
+    base_sha256: String,
+    pub core: SingleAdapter,
+    pub kind: K,
+}
+
+impl<K: SingleKind> SingleModel<K> {
+    pub fn new(
+        spec: &StrategySpec,
+        model: &LiteMedSam,
+        base_sha256: &str,
+        init_seed: u64,
+        kind: K,
+    ) -> Result<Self> {
+        Ok(Self {
+            label: spec.label.clone(),
+            base_sha256: base_sha256.to_string(),
+            core: SingleAdapter::new(spec, model, init_seed)?,
+            kind,
+        })
+    }
+}
+
+impl<K: SingleKind> super::Strategy for SingleModel<K> {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn train_task(
+        &mut self,
+        ctx: &mut StrategyCtx,
+        task_index: usize,
+        task: &crate::data::TaskData,
+    ) -> Result<()> {
+        self.kind.train(&mut self.core, ctx, task_index, task)
+    }
+
+    fn predict(&self, ctx: &StrategyCtx, _task_index: usize, batch: &Batch) -> Result<Prediction> {
+        self.core.predict(ctx, batch)
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        self.core.save(dir, &self.base_sha256)?;
+        self.kind.save(dir)
+    }
+
+    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
+        self.core.load(ctx, dir)?;
+        self.kind.load(ctx, dir)
+    }
+
+    fn extra_metrics(&self) -> BTreeMap<String, f64> {
+        let mut m = self.core.extras();
+        self.kind.extras(&mut m);
+        m
+    }
+}
