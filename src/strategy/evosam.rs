@@ -227,7 +227,6 @@ impl ExpertSet {
 pub struct EvoSam {
     label: String,
     params: Params,
-    init_seed: u64,
     base_sha256: String,
     pub set: ExpertSet,
 }
@@ -238,14 +237,13 @@ impl EvoSam {
         params: Params,
         model: &LiteMedSam,
         base_sha256: &str,
-        init_seed: u64,
+        _init_seed: u64,
     ) -> Result<Self> {
         let embed_dim = model.cfg.prompt.embed_dim;
         Ok(Self {
             label: spec.label.clone(),
             set: ExpertSet::new(params.routing, embed_dim, params.matcher.clone())?,
             params,
-            init_seed,
             base_sha256: base_sha256.to_string(),
         })
     }
@@ -269,14 +267,23 @@ impl Strategy for EvoSam {
                 self.set.len()
             )));
         }
-        // A new expert from the frozen base: fresh adapter (B = 0), fresh optimiser, this task's data only.
-        let seed = self
-            .init_seed
-            .wrapping_add((task_index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let adapter = Adapter::new(ctx.model, &ctx.spec.lora, seed)?;
+        // A new expert from the frozen base: fresh adapter (B = 0), fresh optimiser, this task's data only. Its
+        // initialisation and batch stream depend on (seed, order, task) but not on the strategy's label or routing,
+        // so `evosam` and `evosam-oracle` with the same settings train bit-identical experts and differ only in
+        // routing.
+        let (seed_s, k_s) = (ctx.seed.to_string(), task_index.to_string());
+        let parts = ["evosam-expert", &seed_s, ctx.order_label, &k_s, &task.name];
+        let init = crate::runner::derive_seed(&parts);
+        let adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
         let mut opt = AdamW::new(adapter.vars(), super::single::adamw_params(ctx.spec))?;
         let cases: Vec<&Case> = task.train.iter().collect();
-        crate::train::r#loop::fit(ctx, &task.name, &adapter, &mut opt, &cases, None)?;
+        let saved_rng = std::mem::replace(
+            &mut ctx.rng,
+            rand::SeedableRng::seed_from_u64(init.rotate_left(17) ^ 0x5eed),
+        );
+        let fitted = crate::train::r#loop::fit(ctx, &task.name, &adapter, &mut opt, &cases, None);
+        ctx.rng = saved_rng;
+        fitted?;
         // The matcher learns the task from the frozen embeddings of its training images (running sums only).
         let mut feats = Vec::with_capacity(cases.len());
         for chunk in cases.chunks(16) {

@@ -253,6 +253,22 @@ fn oracle_uses_the_true_task_and_the_base_model_for_unseen_tasks() {
     let kit = Kit::new(3, 1);
     let mut s = kit.build("evosam-oracle");
     kit.train(s.as_mut(), "evosam-oracle", 2);
+    // The oracle's experts are bit-identical to the matcher variant's: only the routing differs.
+    let mut m = kit.build("evosam");
+    kit.train(m.as_mut(), "evosam", 2);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    s.save_state(d1.path()).unwrap();
+    m.save_state(d2.path()).unwrap();
+    let e1 = evosam::ExpertSet::load(d1.path(), &kit.model, "kit").unwrap();
+    let e2 = evosam::ExpertSet::load(d2.path(), &kit.model, "kit").unwrap();
+    assert_eq!(e1.len(), 2);
+    for k in 0..2 {
+        assert_eq!(
+            values(&e1.adapters[k]),
+            values(&e2.adapters[k]),
+            "expert {k}"
+        );
+    }
     let ctx = kit.ctx("evosam-oracle", 2, &noop);
     let dir = tempfile::tempdir().unwrap();
     s.save_state(dir.path()).unwrap();
