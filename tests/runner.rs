@@ -357,7 +357,7 @@ fn vessels_real_data_end_to_end() {
         .replace("weights = \"lite_medsam\"", "weights = \"random-tiny\"")
         .replace("max_train = 8", "max_train = 2")
         .replace("max_test = 4", "max_test = 2")
-        .replace("epochs = 3", "epochs = 1");
+        .replace("epochs = 8", "epochs = 1");
     let p = tmp.path().join("vessels.toml");
     std::fs::write(&p, spec).unwrap();
     let o = run(&p, &tmp.path().join("out"), &[]);
@@ -367,6 +367,6 @@ fn vessels_real_data_end_to_end() {
         scores.contains(",DRIVE,") && scores.contains(",CHASEDB1,"),
         "{scores}"
     );
-    // 2 strategies x 2 orders x 3 stages x (2 + 2) cases
-    assert_eq!(scores.lines().count(), 2 * 2 * 3 * 4 + 1);
+    // 9 strategies x 2 orders x 3 stages x (2 + 2) cases
+    assert_eq!(scores.lines().count(), 9 * 2 * 3 * 4 + 1);
 }
