@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod common;
 pub mod dwconv;
 pub mod fused;
+pub mod fused_nn;
 pub mod lora;
 pub mod mask_decoder;
 pub mod prompt_encoder;
