@@ -34,6 +34,10 @@ pub(crate) trait Fl: WithDType {
     fn gelu_grad(self) -> Self;
     fn exp_(self) -> Self;
     fn sqrt_(self) -> Self;
+    fn abs_(self) -> Self;
+    /// The values of a storage of this type, by value.
+    fn take(s: CpuStorage) -> Result<Vec<Self>>;
+    fn ln_(self) -> Self;
     #[inline(always)]
     fn z() -> Self {
         Self::from_f64(0.0)
@@ -41,6 +45,12 @@ pub(crate) trait Fl: WithDType {
 }
 
 impl Fl for f32 {
+    fn take(s: CpuStorage) -> Result<Vec<Self>> {
+        match s {
+            CpuStorage::F32(v) => Ok(v),
+            _ => bail!("fused op: expected f32"),
+        }
+    }
     #[inline(always)]
     fn gelu(self) -> Self {
         gelu_f32(self)
@@ -57,9 +67,23 @@ impl Fl for f32 {
     fn sqrt_(self) -> Self {
         self.sqrt()
     }
+    #[inline(always)]
+    fn abs_(self) -> Self {
+        self.abs()
+    }
+    #[inline(always)]
+    fn ln_(self) -> Self {
+        self.ln()
+    }
 }
 
 impl Fl for f64 {
+    fn take(s: CpuStorage) -> Result<Vec<Self>> {
+        match s {
+            CpuStorage::F64(v) => Ok(v),
+            _ => bail!("fused op: expected f64"),
+        }
+    }
     #[inline(always)]
     fn gelu(self) -> Self {
         gelu_f64(self)
@@ -75,6 +99,14 @@ impl Fl for f64 {
     #[inline(always)]
     fn sqrt_(self) -> Self {
         self.sqrt()
+    }
+    #[inline(always)]
+    fn abs_(self) -> Self {
+        self.abs()
+    }
+    #[inline(always)]
+    fn ln_(self) -> Self {
+        self.ln()
     }
 }
 
@@ -119,8 +151,10 @@ fn par_rows<T: Send, R: Send>(
     } else {
         threads().min(rows).max(1)
     };
+    // `f` is called from exactly one place, so it is inlined into the AVX2 region.
+    let run = |i: usize, c: &mut [T]| simd(|| f(i, c));
     if nt <= 1 {
-        return vec![simd(|| f(0, out))];
+        return vec![run(0, out)];
     }
     let per = rows.div_ceil(nt) * row;
     std::thread::scope(|s| {
@@ -128,8 +162,8 @@ fn par_rows<T: Send, R: Send>(
             .chunks_mut(per)
             .enumerate()
             .map(|(i, c)| {
-                let f = &f;
-                s.spawn(move || simd(|| f(i * per / row, c)))
+                let run = &run;
+                s.spawn(move || run(i * per / row, c))
             })
             .collect();
         hs.into_iter()
@@ -233,10 +267,10 @@ fn gemm_xwt(
     sx.matmul(sw, (1, rows, n, k), &xl, &wl)
 }
 
-/// y <- act(y + b + scale * t) row by row; returns the pre-activation when `act`.
-fn epilogue<T: Fl>(y: &mut [T], b: &[T], extra: Option<(&[T], T)>, act: bool) -> Option<Vec<T>> {
+#[inline(always)]
+fn epilogue_rows<T: Fl>(ch: &mut [T], r0: usize, b: &[T], extra: Option<(&[T], T)>) {
     let n = b.len();
-    par_rows(y, n, PAR_MIN, |r0, ch| match extra {
+    match extra {
         Some((t, s)) => {
             let t = &t[r0 * n..r0 * n + ch.len()];
             for (yr, tr) in ch.chunks_exact_mut(n).zip(t.chunks_exact(n)) {
@@ -252,16 +286,32 @@ fn epilogue<T: Fl>(y: &mut [T], b: &[T], extra: Option<(&[T], T)>, act: bool) ->
                 }
             }
         }
-    });
+    }
+}
+
+#[inline(always)]
+fn gelu_inplace<T: Fl>(ch: &mut [T]) {
+    for v in ch.iter_mut() {
+        *v = v.gelu();
+    }
+}
+
+#[inline(always)]
+fn mul_gelu_grad<T: Fl>(ch: &mut [T], p: &[T]) {
+    for (o, &pv) in ch.iter_mut().zip(p) {
+        *o *= pv.gelu_grad();
+    }
+}
+
+/// y <- act(y + b + scale * t) row by row; returns the pre-activation when `act`.
+fn epilogue<T: Fl>(y: &mut [T], b: &[T], extra: Option<(&[T], T)>, act: bool) -> Option<Vec<T>> {
+    let n = b.len();
+    par_rows(y, n, PAR_MIN, |r0, ch| epilogue_rows(ch, r0, b, extra));
     if !act {
         return None;
     }
     let pre = y.to_vec();
-    par_rows(y, n, PAR_MIN, |_, ch| {
-        for v in ch.iter_mut() {
-            *v = v.gelu();
-        }
-    });
+    par_rows(y, n, PAR_MIN, |_, ch| gelu_inplace(ch));
     Some(pre)
 }
 
@@ -280,10 +330,7 @@ fn act_grad(pre: &Mutex<Option<Tensor>>, g: &Tensor, rows: usize, n: usize) -> R
             read::<T, _>(g, |gv| {
                 let mut out = gv.to_vec();
                 par_rows(&mut out, n, PAR_MIN, |r0, ch| {
-                    let p = &p[r0 * n..r0 * n + ch.len()];
-                    for (o, &pv) in ch.iter_mut().zip(p) {
-                        *o *= pv.gelu_grad();
-                    }
+                    mul_gelu_grad(ch, &p[r0 * n..r0 * n + ch.len()])
                 });
                 new_tensor(out, (rows, n))
             })
@@ -327,8 +374,7 @@ impl LinearOp {
         l3: &Layout,
     ) -> Result<CpuStorage> {
         let rows = l1.shape().elem_count() / self.in_dim;
-        let y = gemm_xwt(s1, l1, s2, l2, rows, self.in_dim, self.out_dim)?;
-        let mut y = T::cpu_storage_as_slice(&y)?.to_vec();
+        let mut y = T::take(gemm_xwt(s1, l1, s2, l2, rows, self.in_dim, self.out_dim)?)?;
         let b = bias_slice::<T>(s3, l3)?;
         if let Some(pre) = epilogue(&mut y, b, None, self.act) {
             stash(&self.pre, pre, (rows, self.out_dim))?;
@@ -420,7 +466,7 @@ impl LoraOp {
         let h = gemm_xwt(sx, lx, sa, la, rows, self.in_dim, self.rank)?;
         let hl = Layout::contiguous((rows, self.rank));
         let t = gemm_xwt(&h, &hl, sb, lb, rows, self.rank, self.out_dim)?;
-        let mut y = T::cpu_storage_as_slice(&y)?.to_vec();
+        let mut y = T::take(y)?;
         let (bs, bl) = self.b.storage_and_layout();
         let Storage::Cpu(bs) = &*bs else {
             bail!("fused lora: CPU only")
@@ -430,8 +476,7 @@ impl LoraOp {
         if let Some(pre) = epilogue(&mut y, b, Some(extra), self.act) {
             stash(&self.pre, pre, (rows, self.out_dim))?;
         }
-        let h = T::cpu_storage_as_slice(&h)?.to_vec();
-        stash(&self.h, h, (rows, self.rank))?;
+        stash(&self.h, T::take(h)?, (rows, self.rank))?;
         Ok(T::to_cpu_storage_owned(y))
     }
 }
@@ -693,7 +738,7 @@ impl AttnOp {
                 &head_view(nb, nq, c, d, qo, h),
                 &head_view_t(nb, nk, c, d, ko, h),
             )?;
-            let mut p = T::cpu_storage_as_slice(&s)?.to_vec();
+            let mut p = T::take(s)?;
             par_rows(&mut p, nk, PAR_MIN, |_, ch| softmax_rows(ch, nk, scale));
             let ps = T::to_cpu_storage_owned(p);
             let o = ps.matmul(
@@ -752,7 +797,7 @@ impl AttnOp {
                 &head_view(nb, nq, c, d, go, h),
                 &head_view_t(nb, nk, c, d, vo, h),
             )?;
-            let mut ds = T::cpu_storage_as_slice(&dps)?.to_vec();
+            let mut ds = T::take(dps)?;
             par_rows(&mut ds, nk, PAR_MIN, |r0, ch| {
                 softmax_grad_rows(ch, &p[r0 * nk..r0 * nk + ch.len()], nk, scale)
             });
@@ -876,33 +921,104 @@ struct LnAct {
 }
 
 impl LnAct {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn fwd_rows<T: Fl>(&self, x: &[T], w: &[T], b: &[T], n: T, eps: T, r0: usize, ch: &mut [T]) {
+        let c = w.len();
+        let x = &x[r0 * c..r0 * c + ch.len()];
+        for (orow, xrow) in ch.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let mut mean = T::z();
+            for &v in xrow {
+                mean += v;
+            }
+            mean = mean / n;
+            for (o, &v) in orow.iter_mut().zip(xrow) {
+                *o = v - mean;
+            }
+            let var = dot(orow, orow) / n;
+            let rstd = T::from_f64(1.0) / (var + eps).sqrt_();
+            for ((o, &wv), &bv) in orow.iter_mut().zip(w).zip(b) {
+                *o = *o * rstd * wv + bv;
+            }
+            if self.act {
+                for o in orow.iter_mut() {
+                    *o = o.gelu();
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_rows<T: Fl>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        g: &[T],
+        n: T,
+        eps: T,
+        r0: usize,
+        ch: &mut [T],
+    ) -> (Vec<T>, Vec<T>) {
+        let c = w.len();
+        let x = &x[r0 * c..r0 * c + ch.len()];
+        let g = &g[r0 * c..r0 * c + ch.len()];
+        let mut gw = vec![T::z(); c];
+        let mut gb = vec![T::z(); c];
+        let mut xh = vec![T::z(); c];
+        let mut gy = vec![T::z(); c];
+        for ((orow, xrow), grow) in ch
+            .chunks_exact_mut(c)
+            .zip(x.chunks_exact(c))
+            .zip(g.chunks_exact(c))
+        {
+            let mut mean = T::z();
+            for &v in xrow {
+                mean += v;
+            }
+            mean = mean / n;
+            for (h, &v) in xh.iter_mut().zip(xrow) {
+                *h = v - mean;
+            }
+            let var = dot(&xh, &xh) / n;
+            let rstd = T::from_f64(1.0) / (var + eps).sqrt_();
+            for h in xh.iter_mut() {
+                *h *= rstd;
+            }
+            if self.act {
+                for ((((gyv, &gv), &h), &wv), &bv) in gy.iter_mut().zip(grow).zip(&xh).zip(w).zip(b)
+                {
+                    *gyv = gv * (h * wv + bv).gelu_grad();
+                }
+            } else {
+                gy.copy_from_slice(grow);
+            }
+            let (mut s1, mut s2) = (T::z(), T::z());
+            for ((((gwv, gbv), &gyv), &h), &wv) in
+                gw.iter_mut().zip(gb.iter_mut()).zip(&gy).zip(&xh).zip(w)
+            {
+                *gwv += gyv * h;
+                *gbv += gyv;
+                let t = gyv * wv;
+                s1 += t;
+                s2 += t * h;
+            }
+            let (m1, m2) = (s1 / n, s2 / n);
+            for (((o, &gyv), &h), &wv) in orow.iter_mut().zip(&gy).zip(&xh).zip(w) {
+                *o = rstd * (gyv * wv - m1 - h * m2);
+            }
+        }
+        (gw, gb)
+    }
+
     fn fwd<T: Fl>(&self, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         let c = w.len();
         let n = T::from_f64(c as f64);
         let eps = T::from_f64(self.eps);
         let mut out = vec![T::z(); x.len()];
         par_rows(&mut out, c, PAR_MIN, |r0, ch| {
-            let x = &x[r0 * c..r0 * c + ch.len()];
-            for (orow, xrow) in ch.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                let mut mean = T::z();
-                for &v in xrow {
-                    mean += v;
-                }
-                mean = mean / n;
-                for (o, &v) in orow.iter_mut().zip(xrow) {
-                    *o = v - mean;
-                }
-                let var = dot(orow, orow) / n;
-                let rstd = T::from_f64(1.0) / (var + eps).sqrt_();
-                for ((o, &wv), &bv) in orow.iter_mut().zip(w).zip(b) {
-                    *o = *o * rstd * wv + bv;
-                }
-                if self.act {
-                    for o in orow.iter_mut() {
-                        *o = o.gelu();
-                    }
-                }
-            }
+            self.fwd_rows(x, w, b, n, eps, r0, ch)
         });
         out
     }
@@ -914,55 +1030,7 @@ impl LnAct {
         let eps = T::from_f64(self.eps);
         let mut gx = vec![T::z(); x.len()];
         let parts = par_rows(&mut gx, c, PAR_MIN, |r0, ch| {
-            let x = &x[r0 * c..r0 * c + ch.len()];
-            let g = &g[r0 * c..r0 * c + ch.len()];
-            let mut gw = vec![T::z(); c];
-            let mut gb = vec![T::z(); c];
-            let mut xh = vec![T::z(); c];
-            let mut gy = vec![T::z(); c];
-            for ((orow, xrow), grow) in ch
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(g.chunks_exact(c))
-            {
-                let mut mean = T::z();
-                for &v in xrow {
-                    mean += v;
-                }
-                mean = mean / n;
-                for (h, &v) in xh.iter_mut().zip(xrow) {
-                    *h = v - mean;
-                }
-                let var = dot(&xh, &xh) / n;
-                let rstd = T::from_f64(1.0) / (var + eps).sqrt_();
-                for h in xh.iter_mut() {
-                    *h *= rstd;
-                }
-                if self.act {
-                    for ((((gyv, &gv), &h), &wv), &bv) in
-                        gy.iter_mut().zip(grow).zip(&xh).zip(w).zip(b)
-                    {
-                        *gyv = gv * (h * wv + bv).gelu_grad();
-                    }
-                } else {
-                    gy.copy_from_slice(grow);
-                }
-                let (mut s1, mut s2) = (T::z(), T::z());
-                for ((((gwv, gbv), &gyv), &h), &wv) in
-                    gw.iter_mut().zip(gb.iter_mut()).zip(&gy).zip(&xh).zip(w)
-                {
-                    *gwv += gyv * h;
-                    *gbv += gyv;
-                    let t = gyv * wv;
-                    s1 += t;
-                    s2 += t * h;
-                }
-                let (m1, m2) = (s1 / n, s2 / n);
-                for (((o, &gyv), &h), &wv) in orow.iter_mut().zip(&gy).zip(&xh).zip(w) {
-                    *o = rstd * (gyv * wv - m1 - h * m2);
-                }
-            }
-            (gw, gb)
+            self.bwd_rows(x, w, b, g, n, eps, r0, ch)
         });
         let mut gw = vec![T::z(); c];
         let mut gb = vec![T::z(); c];
@@ -1181,6 +1249,155 @@ pub fn hyper_dot(x: &Tensor, hyper: &Tensor) -> Result<Tensor> {
     }
     x.contiguous()?
         .apply_op2_arc(&hyper.contiguous()?, Arc::new(Box::new(HyperDot { nb, c })))
+}
+
+/// wd * mean_b(1 - dice_b) + wb * mean(BCE-with-logits) over (B, ...) logits and targets.
+struct DiceBce {
+    wd: f64,
+    wb: f64,
+    nb: usize,
+}
+
+impl DiceBce {
+    /// Per-sample (sum p y, sum p, sum y, sum bce) for sample rows of `n` values.
+    fn sums<T: Fl>(&self, x: &[T], y: &[T]) -> Vec<[f64; 4]> {
+        let n = x.len() / self.nb;
+        let mut out = vec![[0f64; 4]; self.nb];
+        let one = T::from_f64(1.0);
+        par_rows(&mut out, 1, 0, |b0, ch| {
+            for (i, o) in ch.iter_mut().enumerate() {
+                let b = b0 + i;
+                let (xs, ys) = (&x[b * n..(b + 1) * n], &y[b * n..(b + 1) * n]);
+                let (mut i_, mut ps, mut ysum, mut bce) = (T::z(), T::z(), T::z(), 0f64);
+                for (xc, yc) in xs.chunks(1024).zip(ys.chunks(1024)) {
+                    let mut bc = T::z();
+                    for (&xv, &yv) in xc.iter().zip(yc) {
+                        let e = (T::z() - xv.abs_()).exp_(); // exp(-|x|)
+                        let p = if xv >= T::z() {
+                            one / (one + e)
+                        } else {
+                            e / (one + e)
+                        };
+                        i_ += p * yv;
+                        ps += p;
+                        ysum += yv;
+                        let relu = if xv > T::z() { xv } else { T::z() };
+                        bc += relu - xv * yv + (one + e).ln_();
+                    }
+                    bce += bc.to_f64();
+                }
+                *o = [i_.to_f64(), ps.to_f64(), ysum.to_f64(), bce];
+            }
+        });
+        out
+    }
+
+    fn fwd<T: Fl>(&self, x: &[T], y: &[T]) -> T {
+        let sums = self.sums(x, y);
+        let (nb, nt) = (self.nb as f64, x.len() as f64);
+        let mut dice = 0.0;
+        let mut bce = 0.0;
+        for [i, p, ys, b] in sums {
+            dice += 1.0 - (2.0 * i + 1e-6) / (p + ys + 1e-6);
+            bce += b;
+        }
+        T::from_f64(self.wd * dice / nb + self.wb * bce / nt)
+    }
+
+    fn bwd_k<T: Fl>(&self, x: &[T], y: &[T], g: f64) -> Vec<T> {
+        let sums = self.sums(x, y);
+        let n = x.len() / self.nb;
+        let (nb, nt) = (self.nb as f64, x.len() as f64);
+        let one = T::from_f64(1.0);
+        // gx = a_b p' (2 y U - (2I + eps)) + c (p - y), per sample b.
+        let coef: Vec<(T, T, T)> = sums
+            .iter()
+            .map(|&[i, p, ys, _]| {
+                let u = p + ys + 1e-6;
+                let a = -g * self.wd / nb / (u * u);
+                (
+                    T::from_f64(a),
+                    T::from_f64(2.0 * u),
+                    T::from_f64(2.0 * i + 1e-6),
+                )
+            })
+            .collect();
+        let c = T::from_f64(g * self.wb / nt);
+        let mut gx = vec![T::z(); x.len()];
+        par_rows(&mut gx, n, 0, |b0, ch| {
+            for (bi, gr) in ch.chunks_exact_mut(n).enumerate() {
+                let b = b0 + bi;
+                let (a, u2, i2) = coef[b];
+                let (xs, ys) = (&x[b * n..(b + 1) * n], &y[b * n..(b + 1) * n]);
+                for ((o, &xv), &yv) in gr.iter_mut().zip(xs).zip(ys) {
+                    let e = (T::z() - xv.abs_()).exp_();
+                    let p = if xv >= T::z() {
+                        one / (one + e)
+                    } else {
+                        e / (one + e)
+                    };
+                    *o = a * p * (one - p) * (yv * u2 - i2) + c * (p - yv);
+                }
+            }
+        });
+        gx
+    }
+}
+
+impl CustomOp2 for DiceBce {
+    fn name(&self) -> &'static str {
+        "fused-dice-bce"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(vec![
+                self.fwd(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?)
+            ]),
+            CpuStorage::F64(_) => CpuStorage::F64(vec![
+                self.fwd(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?)
+            ]),
+            _ => bail!("fused dice-bce: f32/f64 only"),
+        };
+        Ok((s, Shape::from(())))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gv = g.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let gx = match x.dtype() {
+            DType::F32 => read::<f32, _>(x, |xs| {
+                read::<f32, _>(y, |ys| new_tensor(self.bwd_k(xs, ys, gv), x.shape()))
+            })?,
+            _ => read::<f64, _>(x, |xs| {
+                read::<f64, _>(y, |ys| new_tensor(self.bwd_k(xs, ys, gv), x.shape()))
+            })?,
+        };
+        Ok((Some(gx), None))
+    }
+}
+
+/// `wd * soft-Dice loss + wb * BCE-with-logits` (both as in `train::loss`) as one node, on CPU
+/// f32/f64; `None` when it does not apply (other devices/dtypes, shape mismatch).
+pub fn dice_bce(x: &Tensor, y: &Tensor, wd: f64, wb: f64) -> Result<Option<Tensor>> {
+    let y = y.to_dtype(x.dtype())?;
+    if !cpu_ok(&[x, &y]) || x.dims() != y.dims() || x.rank() == 0 {
+        return Ok(None);
+    }
+    let nb = x.dim(0)?;
+    Ok(Some(x.contiguous()?.apply_op2_arc(
+        &y.contiguous()?.detach(),
+        Arc::new(Box::new(DiceBce { wd, wb, nb })),
+    )?))
 }
 
 #[cfg(test)]
