@@ -52,19 +52,22 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let y = self.forward_no_bias(x, ad)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        self.forward_act(x, ad, false)
     }
 
-    /// `gelu(forward(x))`, with the bias add fused into the activation.
+    /// `gelu(forward(x))` (erf GELU), fused.
     pub fn forward_gelu(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let y = self.forward_no_bias(x, ad)?;
-        match &self.bias {
-            Some(b) => super::fused::bias_gelu(&y, b),
-            None => super::fused::gelu(&y),
+        self.forward_act(x, ad, true)
+    }
+
+    /// One fused node: `act(x W^T + b (+ LoRA))`; x may also be any tensor read as rows of
+    /// `in_dim` values (then the result is (rows, out)).
+    pub fn forward_act(&self, x: &Tensor, ad: Option<&Adapter>, act: bool) -> Result<Tensor> {
+        match ad.and_then(|a| a.site(&self.path)) {
+            Some((a, bm, scale)) => {
+                super::fused_nn::lora_linear(x, &self.weight, self.bias.as_ref(), a, bm, scale, act)
+            }
+            None => super::fused_nn::linear(x, &self.weight, self.bias.as_ref(), act),
         }
     }
 
@@ -130,7 +133,7 @@ impl Visit for LayerNorm {
 
 /// Differentiable layer norm over the last dimension (fused kernel on the CPU).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    super::fused::layer_norm(x, w, b, eps)
+    super::fused_nn::ln_act(x, w, b, eps, false)
 }
 
 /// Layer norm from candle's basic (differentiable) ops: the reference for the fused kernel.

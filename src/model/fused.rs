@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -23,7 +23,7 @@ fn threads() -> usize {
 }
 
 /// Run `f(offset, chunk)` over chunks of `out` (multiples of `row`) on several threads.
-fn par_chunks<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub(crate) fn par_chunks<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let nt = threads();
     if nt <= 1 || out.len() < 1 << 15 {
         f(0, out);
@@ -40,7 +40,7 @@ fn par_chunks<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) + 
 }
 
 #[inline(always)]
-fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     // exp(x) = 2^n * exp(r), |r| <= ln2/2; degree-6 Taylor/minimax polynomial.
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `f32::round`).
@@ -97,25 +97,25 @@ fn erf_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_f32(x: f32) -> f32 {
+pub(crate) fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
 }
 
 #[inline(always)]
-fn gelu_grad_f32(x: f32) -> f32 {
+pub(crate) fn gelu_grad_f32(x: f32) -> f32 {
     0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
 }
 
-fn gelu_f64(x: f64) -> f64 {
+pub(crate) fn gelu_f64(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
 }
 
-fn gelu_grad_f64(x: f64) -> f64 {
+pub(crate) fn gelu_grad_f64(x: f64) -> f64 {
     0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
         + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
 
-fn slices<'a, T: candle_core::WithDType>(
+pub(crate) fn slices<'a, T: candle_core::WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
 ) -> candle_core::Result<&'a [T]> {

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{gelu, layer_norm, Linear, Param, Visit};
+use super::common::{Linear, Param, Visit};
 use super::lora::Adapter;
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
@@ -51,37 +51,33 @@ impl Mlp {
     }
 }
 
-/// ConvTranspose2d with kernel 2 and stride 2, on channels-last maps, as one matmul.
+/// ConvTranspose2d with kernel 2 and stride 2, on channels-last maps, as one linear layer (the
+/// kernel does not overlap, so this is exact): each input pixel gives a 2x2 block of outputs.
 #[derive(Clone, Debug)]
 struct ConvT2x2 {
     path: String,
-    w: Tensor, // (cin, 4*cout), columns ordered (dy, dx, cout)
+    w: Tensor, // (4*cout, cin), rows ordered (dy, dx, cout)
     b: Tensor,
-    cout: usize,
 }
 
 impl ConvT2x2 {
     fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         let w = vb
             .get((cin, cout, 2, 2), "weight")?
-            .permute((0, 2, 3, 1))?
-            .reshape((cin, 4 * cout))?
+            .permute((2, 3, 1, 0))?
+            .reshape((4 * cout, cin))?
             .contiguous()?;
         Ok(Self {
             path: vb.prefix(),
             w,
             b: vb.get(cout, "bias")?,
-            cout,
         })
     }
-    /// Per-pixel matmul without the spatial interleave: (N, cin) -> (N, 4, cout) rows ordered
-    /// (dy, dx); the caller keeps the sub-pixel axes and interleaves once at the end.
-    fn forward_subpixel(&self, x: &Tensor) -> Result<Tensor> {
-        let c = x.dim(candle_core::D::Minus1)?;
-        let n = x.elem_count() / c;
-        x.reshape((n, c))?
-            .matmul(&self.w)?
-            .reshape((n, 4, self.cout))
+    /// x read as rows of `cin` values -> (rows, 4 * cout), columns ordered (dy, dx, cout): the
+    /// sub-pixel layout (no spatial interleave). With `act`, erf-GELU is applied.
+    fn forward_subpixel(&self, x: &Tensor, act: bool) -> Result<Tensor> {
+        let b4 = Tensor::cat(&[&self.b, &self.b, &self.b, &self.b], 0)?;
+        super::fused_nn::linear(x, &self.w, Some(&b4), act)
     }
 }
 
@@ -152,18 +148,12 @@ impl MaskDecoder {
         // Output upscaling (two 2x2 stride-2 transposed convs) in sub-pixel layout: pixel
         // (4i + 2a + a', 4j + 2d + d') lives at [b, i, j, (a, d), (a', d')], so no large permute is
         // needed; only the final one-channel mask is interleaved.
-        let x = self
-            .up0
-            .forward_subpixel(&keys)?
-            .broadcast_add(&self.up0.b)?; // (B*s*s, 4, C/4)
-        let x = gelu(&layer_norm(&x, &self.ln1.0, &self.ln1.1, 1e-6)?)?;
-        let x = self.up3.forward_subpixel(&x)?; // (B*s*s*4, 4, C/8)
-        let c8 = self.up3.cout;
-        let x = super::fused::bias_gelu(&x, &self.up3.b)?;
+        let x = self.up0.forward_subpixel(&keys, false)?; // (B*s*s, 4 * C/4)
+                                                          // Layer norm over each sub-pixel's C/4 channels, then GELU.
+        let x = super::fused_nn::ln_act(&x, &self.ln1.0, &self.ln1.1, 1e-6, true)?;
+        let x = self.up3.forward_subpixel(&x, true)?; // (B*s*s*4, 4 * C/8)
         let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
-        let masks = x
-            .reshape((b, s * s * 16, c8))?
-            .matmul(&hyper.unsqueeze(2)?)?;
+        let masks = super::fused_nn::hyper_dot(&x, &hyper)?; // (B, s*s*16)
         let masks = masks
             .reshape((b * s, s, 2, 2, 2, 2))?
             .permute((0, 2, 4, 1, 3, 5))?

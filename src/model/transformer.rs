@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{softmax_last, LayerNorm, Linear, Param, Visit};
+use super::common::{LayerNorm, Linear, Param, Visit};
 use super::lora::Adapter;
 use candle_core::Module;
 
@@ -38,13 +38,6 @@ impl Attention {
         })
     }
 
-    fn heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        x.reshape((b, n, self.num_heads, c / self.num_heads))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     pub fn forward(
         &self,
         q: &Tensor,
@@ -52,13 +45,10 @@ impl Attention {
         v: &Tensor,
         ad: Option<&Adapter>,
     ) -> Result<Tensor> {
-        let q = self.heads(&self.q_proj.forward(q, ad)?)?;
-        let k = self.heads(&self.k_proj.forward(k, ad)?)?;
-        let v = self.heads(&self.v_proj.forward(v, ad)?)?;
-        let (b, h, n, c) = q.dims4()?;
-        let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let attn = softmax_last(&attn)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * c))?;
+        let q = self.q_proj.forward(q, ad)?;
+        let k = self.k_proj.forward(k, ad)?;
+        let v = self.v_proj.forward(v, ad)?;
+        let out = super::fused_nn::attention(&q, &k, &v, self.num_heads)?;
         self.out_proj.forward(&out, ad)
     }
 }

@@ -71,10 +71,16 @@ pub fn seg_loss(out: &DecoderOutput, target: &Tensor, w: &LossWeights) -> Result
             out.logits.dims()
         )));
     }
-    let mut total = (soft_dice_loss(&out.logits, target)? * w.dice)?;
-    if w.bce != 0.0 {
-        total = (total + (stable_bce_with_logits(&out.logits, target)? * w.bce)?)?;
-    }
+    let mut total = match crate::model::fused_nn::dice_bce(&out.logits, target, w.dice, w.bce)? {
+        Some(t) => t,
+        None => {
+            let mut t = (soft_dice_loss(&out.logits, target)? * w.dice)?;
+            if w.bce != 0.0 {
+                t = (t + (stable_bce_with_logits(&out.logits, target)? * w.bce)?)?;
+            }
+            t
+        }
+    };
     if w.iou != 0.0 {
         total = (total + (iou_mse_loss(&out.logits, &out.iou, target)? * w.iou)?)?;
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -115,11 +115,28 @@ impl AdamW {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
-            let g = if clip != 1.0 { (g * clip)? } else { g.clone() };
+            // Gradients of variables are not detached by candle: they can reference this step's
+            // graph, and moments built from them would keep every step's graph alive.
+            let g = g.detach();
+            let theta = s.var.as_tensor();
+            if fused_ok(theta, &g, &s.m, &s.v) {
+                let mom = |beta, square| MomentOp { beta, clip, square };
+                s.m.inplace_op2(&g, &mom(p.beta1, false))?;
+                s.v.inplace_op2(&g, &mom(p.beta2, true))?;
+                let op = ParamOp {
+                    decay: 1.0 - p.lr * p.weight_decay,
+                    lr: p.lr,
+                    eps: p.eps,
+                    bc1,
+                    bc2,
+                };
+                theta.inplace_op3(&s.m, &s.v, &op)?;
+                continue;
+            }
+            let g = if clip != 1.0 { (g * clip)? } else { g };
             let m = ((&s.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             let v = ((&s.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let upd = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + p.eps)?)?;
-            let theta = s.var.as_tensor();
             let new = ((theta * (1.0 - p.lr * p.weight_decay))? - (upd * p.lr)?)?;
             s.var.set(&new)?;
             s.m = m;
@@ -207,6 +224,137 @@ impl AdamW {
         }
         self.step = step;
         self.params = params;
+        Ok(())
+    }
+}
+
+/// Whether the one-pass CPU update applies (contiguous CPU tensors of one float type).
+fn fused_ok(theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    let dt = theta.dtype();
+    theta.device().is_cpu()
+        && matches!(dt, DType::F32 | DType::F64)
+        && [g, m, v]
+            .iter()
+            .all(|t| t.dtype() == dt && t.is_contiguous() && t.dims() == theta.dims())
+        && theta.is_contiguous()
+}
+
+fn contiguous<'a, T: candle_core::WithDType>(
+    s: &'a [T],
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("adamw: tensor not contiguous".into()))?;
+    Ok(&s[a..b])
+}
+
+fn contiguous_mut<'a, T: candle_core::WithDType>(
+    s: &'a mut [T],
+    l: &Layout,
+) -> candle_core::Result<&'a mut [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("adamw: tensor not contiguous".into()))?;
+    Ok(&mut s[a..b])
+}
+
+/// m <- beta m + (1 - beta) (clip g) (or (clip g)^2), in place.
+struct MomentOp {
+    beta: f64,
+    clip: f64,
+    square: bool,
+}
+
+impl MomentOp {
+    fn run<T: candle_core::WithDType>(&self, m: &mut [T], g: &[T]) {
+        let (beta, one_m, clip) = (
+            T::from_f64(self.beta),
+            T::from_f64(1.0 - self.beta),
+            T::from_f64(self.clip),
+        );
+        if self.square {
+            for (mv, &gv) in m.iter_mut().zip(g) {
+                let gv = gv * clip;
+                *mv = *mv * beta + gv * gv * one_m;
+            }
+        } else {
+            for (mv, &gv) in m.iter_mut().zip(g) {
+                *mv = *mv * beta + gv * clip * one_m;
+            }
+        }
+    }
+}
+
+impl candle_core::InplaceOp2 for MomentOp {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        match (s1, s2) {
+            (CpuStorage::F32(m), CpuStorage::F32(g)) => {
+                self.run(contiguous_mut(m, l1)?, contiguous(g, l2)?)
+            }
+            (CpuStorage::F64(m), CpuStorage::F64(g)) => {
+                self.run(contiguous_mut(m, l1)?, contiguous(g, l2)?)
+            }
+            _ => candle_core::bail!("adamw: f32/f64 only"),
+        }
+        Ok(())
+    }
+}
+
+/// theta <- theta (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps), in place.
+struct ParamOp {
+    decay: f64,
+    lr: f64,
+    eps: f64,
+    bc1: f64,
+    bc2: f64,
+}
+
+impl candle_core::InplaceOp3 for ParamOp {
+    fn name(&self) -> &'static str {
+        "adamw-param"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (i1, i2) = (1.0 / self.bc1, 1.0 / self.bc2);
+        match (s1, s2, s3) {
+            (CpuStorage::F32(t), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                let (decay, lr, eps, i1, i2) = (
+                    self.decay as f32,
+                    self.lr as f32,
+                    self.eps as f32,
+                    i1 as f32,
+                    i2 as f32,
+                );
+                let (m, v) = (contiguous(m, l2)?, contiguous(v, l3)?);
+                for ((t, &mv), &vv) in contiguous_mut(t, l1)?.iter_mut().zip(m).zip(v) {
+                    *t = *t * decay - lr * (mv * i1) / ((vv * i2).sqrt() + eps);
+                }
+            }
+            (CpuStorage::F64(t), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                let (m, v) = (contiguous(m, l2)?, contiguous(v, l3)?);
+                for ((t, &mv), &vv) in contiguous_mut(t, l1)?.iter_mut().zip(m).zip(v) {
+                    *t = *t * self.decay - self.lr * (mv * i1) / ((vv * i2).sqrt() + self.eps);
+                }
+            }
+            _ => candle_core::bail!("adamw: f32/f64 only"),
+        }
         Ok(())
     }
 }
