@@ -63,7 +63,8 @@ impl Linear {
     /// One fused node: `act(x W^T + b (+ LoRA))`; x may also be any tensor read as rows of
     /// `in_dim` values (then the result is (rows, out)).
     pub fn forward_act(&self, x: &Tensor, ad: Option<&Adapter>, act: bool) -> Result<Tensor> {
-        match ad.and_then(|a| a.site(&self.path)) {
+        let site = ad.and_then(|a| a.site(&self.path));
+        match site {
             Some((a, bm, scale)) => {
                 super::fused_nn::lora_linear(x, &self.weight, self.bias.as_ref(), a, bm, scale, act)
             }

@@ -304,10 +304,22 @@ fn mul_gelu_grad<T: Fl>(ch: &mut [T], p: &[T]) {
 }
 
 /// y <- act(y + b + scale * t) row by row; returns the pre-activation when `act`.
-fn epilogue<T: Fl>(y: &mut [T], b: &[T], extra: Option<(&[T], T)>, act: bool) -> Option<Vec<T>> {
+/// Bias (+ extra term), then the activation; returns the pre-activation values when `keep` (a backward pass may
+/// follow), so inference skips the copy.
+fn epilogue<T: Fl>(
+    y: &mut [T],
+    b: &[T],
+    extra: Option<(&[T], T)>,
+    act: bool,
+    keep: bool,
+) -> Option<Vec<T>> {
     let n = b.len();
     par_rows(y, n, PAR_MIN, |r0, ch| epilogue_rows(ch, r0, b, extra));
     if !act {
+        return None;
+    }
+    if !keep {
+        par_rows(y, n, PAR_MIN, |_, ch| gelu_inplace(ch));
         return None;
     }
     let pre = y.to_vec();
@@ -360,6 +372,8 @@ struct LinearOp {
     out_dim: usize,
     out_shape: Shape,
     act: bool,
+    /// Some input needs a gradient: keep the pre-activation for the backward pass.
+    keep: bool,
     pre: Mutex<Option<Tensor>>,
 }
 
@@ -376,7 +390,7 @@ impl LinearOp {
         let rows = l1.shape().elem_count() / self.in_dim;
         let mut y = T::take(gemm_xwt(s1, l1, s2, l2, rows, self.in_dim, self.out_dim)?)?;
         let b = bias_slice::<T>(s3, l3)?;
-        if let Some(pre) = epilogue(&mut y, b, None, self.act) {
+        if let Some(pre) = epilogue(&mut y, b, None, self.act, self.keep) {
             stash(&self.pre, pre, (rows, self.out_dim))?;
         }
         Ok(T::to_cpu_storage_owned(y))
@@ -473,7 +487,7 @@ impl LoraOp {
         };
         let b = bias_slice::<T>(bs, bl)?;
         let extra = (T::cpu_storage_as_slice(&t)?, T::from_f64(self.scale));
-        if let Some(pre) = epilogue(&mut y, b, Some(extra), self.act) {
+        if let Some(pre) = epilogue(&mut y, b, Some(extra), self.act, true) {
             stash(&self.pre, pre, (rows, self.out_dim))?;
         }
         stash(&self.h, T::take(h)?, (rows, self.rank))?;
@@ -572,6 +586,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: bool) -> Result<T
         out_dim,
         out_shape: shape,
         act,
+        keep: x.track_op() || w.track_op() || b.track_op(),
         pre: Mutex::new(None),
     };
     x.contiguous()?
