@@ -44,71 +44,46 @@ pub(crate) trait Fl: WithDType {
     }
 }
 
-impl Fl for f32 {
-    fn take(s: CpuStorage) -> Result<Vec<Self>> {
-        match s {
-            CpuStorage::F32(v) => Ok(v),
-            _ => bail!("fused op: expected f32"),
+/// `Fl` for one float type: its storage variant and its GELU, GELU' and exp kernels.
+macro_rules! impl_fl {
+    ($t:ty, $variant:ident, $gelu:path, $gelu_grad:path, $exp:expr) => {
+        impl Fl for $t {
+            fn take(s: CpuStorage) -> Result<Vec<Self>> {
+                match s {
+                    CpuStorage::$variant(v) => Ok(v),
+                    _ => bail!(concat!("fused op: expected ", stringify!($t))),
+                }
+            }
+            #[inline(always)]
+            fn gelu(self) -> Self {
+                $gelu(self)
+            }
+            #[inline(always)]
+            fn gelu_grad(self) -> Self {
+                $gelu_grad(self)
+            }
+            #[inline(always)]
+            fn exp_(self) -> Self {
+                ($exp)(self)
+            }
+            #[inline(always)]
+            fn sqrt_(self) -> Self {
+                self.sqrt()
+            }
+            #[inline(always)]
+            fn abs_(self) -> Self {
+                self.abs()
+            }
+            #[inline(always)]
+            fn ln_(self) -> Self {
+                self.ln()
+            }
         }
-    }
-    #[inline(always)]
-    fn gelu(self) -> Self {
-        gelu_f32(self)
-    }
-    #[inline(always)]
-    fn gelu_grad(self) -> Self {
-        gelu_grad_f32(self)
-    }
-    #[inline(always)]
-    fn exp_(self) -> Self {
-        exp_f32(self)
-    }
-    #[inline(always)]
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-    #[inline(always)]
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-    #[inline(always)]
-    fn ln_(self) -> Self {
-        self.ln()
-    }
+    };
 }
 
-impl Fl for f64 {
-    fn take(s: CpuStorage) -> Result<Vec<Self>> {
-        match s {
-            CpuStorage::F64(v) => Ok(v),
-            _ => bail!("fused op: expected f64"),
-        }
-    }
-    #[inline(always)]
-    fn gelu(self) -> Self {
-        gelu_f64(self)
-    }
-    #[inline(always)]
-    fn gelu_grad(self) -> Self {
-        gelu_grad_f64(self)
-    }
-    #[inline(always)]
-    fn exp_(self) -> Self {
-        self.exp()
-    }
-    #[inline(always)]
-    fn sqrt_(self) -> Self {
-        self.sqrt()
-    }
-    #[inline(always)]
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-    #[inline(always)]
-    fn ln_(self) -> Self {
-        self.ln()
-    }
-}
+impl_fl!(f32, F32, gelu_f32, gelu_grad_f32, exp_f32);
+impl_fl!(f64, F64, gelu_f64, gelu_grad_f64, f64::exp);
 
 #[inline(always)]
 fn dot<T: Fl>(a: &[T], b: &[T]) -> T {
