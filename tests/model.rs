@@ -99,3 +99,101 @@ fn segment_real_polyp_image() {
     let l = candle_core::Tensor::read_npy(&logits).unwrap();
     assert_eq!(l.dims(), &[256, 256]);
 }
+
+/// `segment --experts DIR`: an expert folder (as EvoSAM writes it) with a "polyp" expert equal to the base model and
+/// a "vessel" expert that changes the output; the matcher, fitted on real Kvasir and DRIVE images, must pick
+/// "polyp" for another Kvasir image, and `--expert vessel` must override it.
+#[test]
+fn segment_with_experts_routes_with_the_matcher() {
+    use evosam::model::{Adapter, LiteMedSam, LoraConfig};
+    use evosam::strategy::evosam::{pooled_features, ExpertSet, Routing};
+    use evosam::strategy::matcher::MatcherConfig;
+    let Some(data) = shared_data() else {
+        eprintln!("skipped: no ../shared/data next to the repository");
+        return;
+    };
+    if !data.join("retinal_vessel/DRIVE").is_dir() {
+        eprintln!("skipped: no retinal_vessel/DRIVE in {}", data.display());
+        return;
+    }
+    let mut kvasir: Vec<PathBuf> = std::fs::read_dir(data.join("polyp/Kvasir-SEG/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    kvasir.sort();
+    let mut drive: Vec<PathBuf> =
+        std::fs::read_dir(data.join("retinal_vessel/DRIVE/training/images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    drive.sort();
+    let weights = evosam::weights::resolve_weights(None).unwrap();
+    let sha = evosam::weights::sha256_file(&weights).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let model = LiteMedSam::from_pth(&weights, &dev).unwrap();
+    let feats = |paths: &[PathBuf]| -> Vec<Vec<f64>> {
+        paths
+            .iter()
+            .flat_map(|p| {
+                let img = evosam::preprocess::load_image(p).unwrap();
+                let (x, _) = evosam::preprocess::to_model_input(&img, 256).unwrap();
+                pooled_features(&model.encode(&x.unsqueeze(0).unwrap()).unwrap()).unwrap()
+            })
+            .collect()
+    };
+    let cfg = MatcherConfig {
+        lambda: 1e-3,
+        ..Default::default()
+    };
+    let mut set = ExpertSet::new(Routing::Matcher, 256, cfg).unwrap();
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 4.0,
+        targets: vec!["mask_decoder".into()],
+    };
+    for (name, paths) in [("polyp", &kvasir[..3]), ("vessel", &drive[..3])] {
+        let ad = Adapter::new(&model, &lora, 1).unwrap();
+        if name == "vessel" {
+            for (n, v) in ad.named_vars() {
+                if n.ends_with(".lora_B") {
+                    v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap())
+                        .unwrap();
+                }
+            }
+        }
+        set.matcher.add_task(name, &feats(paths)).unwrap();
+        set.names.push(name.into());
+        set.adapters.push(ad);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let experts = dir.path().join("state");
+    set.save(&experts, &sha).unwrap();
+    let image = &kvasir[5];
+    let run = |extra: &[&str], out: &str| {
+        let o = evosam()
+            .args(["segment", "--box", "40,40,400,400", "--image"])
+            .arg(image)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        (err, image::open(dir.path().join(out)).unwrap().to_luma8())
+    };
+    let e = experts.to_str().unwrap();
+    let (_, base) = run(&[], "base.png");
+    let (err, routed) = run(&["--experts", e], "routed.png");
+    assert!(
+        err.contains("expert: polyp (chosen by the matcher"),
+        "{err}"
+    );
+    assert_eq!(routed, base, "the polyp expert is the base model (B = 0)");
+    let (err, forced) = run(&["--experts", e, "--expert", "vessel"], "forced.png");
+    assert!(
+        err.contains("expert: vessel (chosen with --expert)"),
+        "{err}"
+    );
+    assert_ne!(forced, base, "the vessel expert changes the mask");
+}
