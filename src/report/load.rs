@@ -12,34 +12,8 @@ use polars::prelude::*;
 
 use crate::{Error, Result};
 
-/// One row of `scores.parquet` / `scores.csv`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScoreRow {
-    pub strategy: String,
-    pub seed: i64,
-    pub order: String,
-    pub stage: i64,
-    pub trained_task: String,
-    pub eval_task: String,
-    pub eval_index: i64,
-    pub case: String,
-    pub dice: f64,
-    pub routed_to: Option<String>,
-}
-
-/// One row of `matrix.csv`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MatrixRow {
-    pub strategy: String,
-    pub seed: i64,
-    pub order: String,
-    pub stage: i64,
-    pub trained_task: String,
-    pub eval_task: String,
-    pub eval_index: i64,
-    pub dice: f64,
-    pub n_cases: i64,
-}
+// The rows the runner writes, read back (same types as `crate::results`).
+pub use crate::results::{ExtraRow, MatrixRow, ScoreRow};
 
 /// One row of `metrics.csv`; `extra` holds the optional strategy columns (e.g. matcher_acc).
 #[derive(Clone, Debug, PartialEq)]
@@ -52,17 +26,6 @@ pub struct MetricsRow {
     pub fwt: Option<f64>,
     pub forgetting: f64,
     pub extra: BTreeMap<String, Option<f64>>,
-}
-
-/// One row of `extras.csv` (long format).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExtraRow {
-    pub strategy: String,
-    pub seed: i64,
-    pub order: String,
-    pub stage: i64,
-    pub key: String,
-    pub value: f64,
 }
 
 /// The merged contents of one or more results folders.

@@ -218,104 +218,21 @@ fn col_str(name: &str, v: Vec<Option<String>>) -> Column {
     Column::new(name.into(), v)
 }
 
-fn scores_df(rows: &[ScoreRow]) -> DataFrame {
-    DataFrame::new_infer_height(vec![
-        col_str(
-            "strategy",
-            rows.iter().map(|r| Some(r.strategy.clone())).collect(),
-        ),
-        Column::new(
-            "seed".into(),
-            rows.iter().map(|r| r.seed).collect::<Vec<i64>>(),
-        ),
-        col_str(
-            "order",
-            rows.iter().map(|r| Some(r.order.clone())).collect(),
-        ),
-        Column::new(
-            "stage".into(),
-            rows.iter().map(|r| r.stage).collect::<Vec<i64>>(),
-        ),
-        col_str(
-            "trained_task",
-            rows.iter().map(|r| Some(r.trained_task.clone())).collect(),
-        ),
-        col_str(
-            "eval_task",
-            rows.iter().map(|r| Some(r.eval_task.clone())).collect(),
-        ),
-        Column::new(
-            "eval_index".into(),
-            rows.iter().map(|r| r.eval_index).collect::<Vec<i64>>(),
-        ),
-        col_str("case", rows.iter().map(|r| Some(r.case.clone())).collect()),
-        Column::new(
-            "dice".into(),
-            rows.iter().map(|r| r.dice).collect::<Vec<f64>>(),
-        ),
-        col_str(
-            "routed_to",
-            rows.iter().map(|r| r.routed_to.clone()).collect(),
-        ),
-    ])
-    .unwrap()
-}
-
-fn write_csv_df(path: &Path, df: &mut DataFrame) {
-    let mut f = std::fs::File::create(path).unwrap();
-    CsvWriter::new(&mut f)
-        .include_header(true)
-        .finish(df)
-        .unwrap();
-}
-
-/// Write a results folder as the runner does (scores as Parquet and CSV, the rest as CSV).
+/// Write a results folder with the runner's own writers (scores as Parquet and CSV, the rest as CSV); metrics.csv
+/// carries the synthetic metric values as given.
 pub(crate) fn write_folder(dir: &Path, s: &Synthetic, parquet: bool) {
+    use crate::results::{extras_frame, matrix_frame, scores_frame, write_csv, write_parquet};
     std::fs::create_dir_all(dir).unwrap();
-    let mut sdf = scores_df(&s.scores);
+    let mut sdf = scores_frame(&s.scores).unwrap();
     if parquet {
-        let f = std::fs::File::create(dir.join("scores.parquet")).unwrap();
-        ParquetWriter::new(f).finish(&mut sdf).unwrap();
+        write_parquet(&dir.join("scores.parquet"), &mut sdf).unwrap();
     }
-    write_csv_df(&dir.join("scores.csv"), &mut sdf);
-    let m = &s.matrix;
-    let mut mdf = DataFrame::new_infer_height(vec![
-        col_str(
-            "strategy",
-            m.iter().map(|r| Some(r.strategy.clone())).collect(),
-        ),
-        Column::new(
-            "seed".into(),
-            m.iter().map(|r| r.seed).collect::<Vec<i64>>(),
-        ),
-        col_str("order", m.iter().map(|r| Some(r.order.clone())).collect()),
-        Column::new(
-            "stage".into(),
-            m.iter().map(|r| r.stage).collect::<Vec<i64>>(),
-        ),
-        col_str(
-            "trained_task",
-            m.iter().map(|r| Some(r.trained_task.clone())).collect(),
-        ),
-        col_str(
-            "eval_task",
-            m.iter().map(|r| Some(r.eval_task.clone())).collect(),
-        ),
-        Column::new(
-            "eval_index".into(),
-            m.iter().map(|r| r.eval_index).collect::<Vec<i64>>(),
-        ),
-        Column::new(
-            "dice".into(),
-            m.iter().map(|r| r.dice).collect::<Vec<f64>>(),
-        ),
-        Column::new(
-            "n_cases".into(),
-            m.iter().map(|r| r.n_cases).collect::<Vec<i64>>(),
-        ),
-    ])
+    write_csv(&dir.join("scores.csv"), &mut sdf).unwrap();
+    write_csv(
+        &dir.join("matrix.csv"),
+        &mut matrix_frame(&s.matrix).unwrap(),
+    )
     .unwrap();
-    write_csv_df(&dir.join("matrix.csv"), &mut mdf);
     let me = &s.metrics;
     let mut cols = vec![
         col_str(
@@ -348,30 +265,12 @@ pub(crate) fn write_folder(dir: &Path, s: &Synthetic, parquet: bool) {
         ));
     }
     let mut medf = DataFrame::new_infer_height(cols).unwrap();
-    write_csv_df(&dir.join("metrics.csv"), &mut medf);
-    let e = &s.extras;
-    let mut edf = DataFrame::new_infer_height(vec![
-        col_str(
-            "strategy",
-            e.iter().map(|r| Some(r.strategy.clone())).collect(),
-        ),
-        Column::new(
-            "seed".into(),
-            e.iter().map(|r| r.seed).collect::<Vec<i64>>(),
-        ),
-        col_str("order", e.iter().map(|r| Some(r.order.clone())).collect()),
-        Column::new(
-            "stage".into(),
-            e.iter().map(|r| r.stage).collect::<Vec<i64>>(),
-        ),
-        col_str("key", e.iter().map(|r| Some(r.key.clone())).collect()),
-        Column::new(
-            "value".into(),
-            e.iter().map(|r| r.value).collect::<Vec<f64>>(),
-        ),
-    ])
+    write_csv(&dir.join("metrics.csv"), &mut medf).unwrap();
+    write_csv(
+        &dir.join("extras.csv"),
+        &mut extras_frame(&s.extras).unwrap(),
+    )
     .unwrap();
-    write_csv_df(&dir.join("extras.csv"), &mut edf);
 }
 
 /// Independent mean and sample std (two-pass, n-1).
