@@ -88,7 +88,7 @@ fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<us
     }
     let pooled = crate::strategy::evosam::pooled_features(emb)?;
     let scores = set.matcher.scores(&pooled[0])?;
-    let route = set.matcher.route(&pooled[0])?;
+    let route = set.matcher.decide(&scores);
     let all: Vec<String> = set
         .names
         .iter()

@@ -42,16 +42,7 @@ pub struct Params {
 
 impl Params {
     pub fn check(self) -> std::result::Result<Self, String> {
-        let m = &self.matcher;
-        if !(m.lambda > 0.0) || m.lambda_candidates.iter().any(|l| !(*l > 0.0)) {
-            return Err("`matcher.lambda` and `matcher.lambda_candidates` must be > 0".into());
-        }
-        if !(0.0..1.0).contains(&m.holdout_fraction) {
-            return Err(format!(
-                "`matcher.holdout_fraction` = {} must be in [0, 1)",
-                m.holdout_fraction
-            ));
-        }
+        self.matcher.check().map_err(|e| format!("[matcher] {e}"))?;
         Ok(self)
     }
 }

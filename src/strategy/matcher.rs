@@ -51,6 +51,22 @@ fn default_holdout() -> f64 {
     0.2
 }
 
+impl MatcherConfig {
+    /// Range checks; the message names the key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(self.lambda > 0.0) || self.lambda_candidates.iter().any(|l| !(*l > 0.0)) {
+            return Err("`lambda` and `lambda_candidates` must be > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.holdout_fraction) {
+            return Err(format!(
+                "`holdout_fraction` = {} must be in [0, 1)",
+                self.holdout_fraction
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for MatcherConfig {
     fn default() -> Self {
         Self {
@@ -103,12 +119,9 @@ impl RidgeMatcher {
         if in_dim == 0 {
             return Err(Error::input("matcher: feature dimension must be positive"));
         }
-        if !(config.lambda > 0.0) || config.lambda_candidates.iter().any(|l| !(*l > 0.0)) {
-            return Err(Error::input("matcher: lambda values must be positive"));
-        }
-        if !(0.0..1.0).contains(&config.holdout_fraction) {
-            return Err(Error::input("matcher: holdout_fraction must be in [0, 1)"));
-        }
+        config
+            .check()
+            .map_err(|e| Error::input(format!("matcher: {e}")))?;
         let projection = if config.projection_dim > 0 {
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0f_9a77e5);
             let scale = 1.0 / (in_dim as f64).sqrt();
@@ -346,14 +359,18 @@ impl RidgeMatcher {
 
     /// The expert for one pooled embedding (None = base model under the open-set threshold).
     pub fn route(&self, pooled: &[f64]) -> Result<Route> {
-        let s = self.scores(pooled)?;
-        let k = argmax(&s);
+        Ok(self.decide(&self.scores(pooled)?))
+    }
+
+    /// The routing decision from already computed scores (argmax, then the open-set threshold).
+    pub fn decide(&self, s: &[f64]) -> Route {
+        let k = argmax(s);
         let score = s[k];
         let expert = match self.config.open_set_threshold {
             Some(th) if score < th => None,
             _ => Some(k),
         };
-        Ok(Route { expert, score })
+        Route { expert, score }
     }
 
     /// The solved weights (D x T, row-major), for inspection and tests.
