@@ -21,6 +21,41 @@ fn threads() -> usize {
         .unwrap_or(1)
 }
 
+/// Sum of per-range partial results: rows split into `nt` contiguous ranges, `part(r0, r1)` returns `len` partial
+/// sums for its range, run on scoped threads; the parts are added in range order, so the result does not depend on
+/// thread timing.
+pub(crate) fn par_sum_rows<T: WithDType>(
+    rows: usize,
+    nt: usize,
+    len: usize,
+    part: impl Fn(usize, usize) -> Vec<T> + Sync,
+) -> Vec<T> {
+    let nt = nt.max(1);
+    let per = rows.div_ceil(nt).max(1);
+    let parts: Vec<Vec<T>> = if nt <= 1 {
+        vec![part(0, rows)]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..nt)
+                .map(|i| {
+                    let part = &part;
+                    s.spawn(move || part((i * per).min(rows), ((i + 1) * per).min(rows)))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("kernel worker panicked"))
+                .collect()
+        })
+    };
+    let mut out = vec![T::zero(); len];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
 /// Split `rows` rows of `row_len` elements of `out` among threads and call `f(first_row, chunk)`.
 fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let rows = if row_len == 0 { 0 } else { out.len() / row_len };
@@ -164,7 +199,6 @@ fn bwd_weight_kernel<T: WithDType>(
     let (ho, wo) = (out_dim(h, stride), out_dim(wd, stride));
     let rows = b * ho;
     let nt = threads().clamp(1, rows.max(1));
-    let per = rows.div_ceil(nt);
     let work = |r0: usize, r1: usize| {
         let mut acc = vec![T::zero(); 9 * c];
         for row in r0..r1 {
@@ -194,28 +228,7 @@ fn bwd_weight_kernel<T: WithDType>(
         }
         acc
     };
-    let parts: Vec<Vec<T>> = if nt <= 1 {
-        vec![work(0, rows)]
-    } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..nt)
-                .map(|i| {
-                    let work = &work;
-                    s.spawn(move || work((i * per).min(rows), ((i + 1) * per).min(rows)))
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("dwconv worker"))
-                .collect()
-        })
-    };
-    let mut out = vec![T::zero(); 9 * c];
-    for p in parts {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o += v;
-        }
-    }
-    out
+    par_sum_rows(rows, nt, 9 * c, work)
 }
 
 macro_rules! dispatch {

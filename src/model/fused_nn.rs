@@ -177,7 +177,6 @@ fn colsum<T: Fl>(x: &[T], c: usize) -> Vec<T> {
     } else {
         threads().min(rows).max(1)
     };
-    let per = rows.div_ceil(nt.max(1)).max(1);
     let part = |lo: usize, hi: usize| {
         simd(|| {
             let mut acc = vec![T::z(); c];
@@ -189,28 +188,7 @@ fn colsum<T: Fl>(x: &[T], c: usize) -> Vec<T> {
             acc
         })
     };
-    let parts: Vec<Vec<T>> = if nt <= 1 {
-        vec![part(0, rows)]
-    } else {
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..nt)
-                .map(|t| {
-                    let part = &part;
-                    s.spawn(move || part((t * per).min(rows), ((t + 1) * per).min(rows)))
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("fused kernel worker panicked"))
-                .collect()
-        })
-    };
-    let mut acc = vec![T::z(); c];
-    for p in parts {
-        for (a, v) in acc.iter_mut().zip(p) {
-            *a += v;
-        }
-    }
-    acc
+    super::dwconv::par_sum_rows(rows, nt, c, part)
 }
 
 fn colsum_t(t: &Tensor, c: usize) -> Result<Tensor> {
