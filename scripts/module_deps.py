@@ -7,7 +7,8 @@
 What counts as a dependency: a path `crate::a::b...` (in `use` lines, braces included, or inline), a
 `super::...` path, and a bare `child::...` path to a module the file itself declares. Test code is left out:
 files declared under `#[cfg(test)]` and everything from a file's first `#[cfg(test)]` + `mod` to its end.
-Re-exports at the crate root (`pub use a::X;` in lib.rs) resolve to the module that defines them.
+Re-exports (`pub use a::X;`, in lib.rs or any module) are not dependencies of the re-exporting file: a path
+through them resolves to the module that defines the item.
 
 Two views:
 - top-level modules (`spec`, `data`, `strategy`, ...): the layering the docs promise; any cycle is an error;
@@ -104,13 +105,50 @@ def main():
             name = p.split("::")[-1].split(" as ")[-1]
             root_alias[name] = tuple(p.split("::")[:-1])
 
-    def resolve(segs):
-        """Longest module prefix of a path (tuple of segments)."""
-        for k in range(len(segs), 0, -1):
-            if segs[:k] in modules:
-                return segs[:k]
+    def absolute(m, p):
+        """A path written in module m -> (base module, remaining segments), or None for external paths."""
+        segs = [x for x in p.split(" as ")[0].split("::") if x]
+        children = {c[-1] for c in modules if c[:-1] == m and len(c) == len(m) + 1}
+        if not segs:
+            return None
+        if segs[0] == "crate":
+            return (), segs[1:]
+        if segs[0] == "super":
+            base, segs = m[:-1], segs[1:]
+            while segs and segs[0] == "super":
+                base, segs = base[:-1], segs[1:]
+            return base, segs
+        if segs[0] == "self":
+            return m, segs[1:]
+        if segs[0] in children:
+            return m, segs
+        return None
+
+    # `pub use` re-exports per module: name -> (base, segments) of the item's real home
+    reexports = defaultdict(dict)
+    for m, t in texts.items():
+        t = strip_comments(strip_tests(t))
+        for mm in re.finditer(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);", t, flags=re.S):
+            for p in expand(mm.group(1).replace("\n", " ").replace(" ", "")):
+                a = absolute(m, p)
+                if a:
+                    reexports[m][p.split(" as ")[-1].split("::")[-1]] = a
+
+    def resolve(segs, depth=0):
+        """The module that defines a path (tuple of segments), following re-exports."""
+        for k in range(len(segs), -1, -1):
+            if segs[:k] in modules or k == 0:
+                mod = segs[:k]
+                rest = segs[k:]
+                if rest and rest[0] in reexports.get(mod, {}) and depth < 20:
+                    base, tail = reexports[mod][rest[0]]
+                    r = resolve(tuple(base) + tuple(tail), depth + 1)
+                    if r is not None:
+                        return r
+                if k > 0:
+                    return mod
         if segs and segs[0] in root_alias:
-            return resolve(root_alias[segs[0]] + segs[1:]) or ()
+            return resolve(root_alias[segs[0]] + segs[1:], depth + 1) or ()
         return None
 
     edges = defaultdict(set)
@@ -118,6 +156,8 @@ def main():
         if is_test(m):
             continue
         t = strip_comments(strip_tests(t))
+        # a facade's `pub use` is not a dependency: users of the name are sent to its real home instead
+        t = re.sub(r"\bpub(?:\([^)]*\))?\s+use\s+[^;]+;", "", t, flags=re.S)
         children = {c[-1] for c in modules if c[:-1] == m and len(c) == len(m) + 1}
         paths = expand_use_groups(t)
         paths += re.findall(r"\b(?:crate|super)(?:::\w+)+", t)

@@ -4,7 +4,7 @@
 
 use super::eval::evaluate;
 use super::plan::Cell;
-use super::Shared;
+use super::shared::Shared;
 use crate::results::{ExtraRow, ScoreRow};
 use crate::strategy::{BuildEnv, Progress, Strategy, StrategyCtx};
 use crate::util::{derive_seed, write_atomic};

@@ -1,7 +1,7 @@
 //! Evaluation of one stage: every test case of every task of the order, scored by Dice at original resolution.
 
 use super::plan::Cell;
-use super::Shared;
+use super::shared::Shared;
 use crate::data::Case;
 pub use crate::metrics::case_dice;
 use crate::results::ScoreRow;

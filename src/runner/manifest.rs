@@ -3,7 +3,7 @@
 
 use super::cell::Outcome;
 use super::plan::{spec_fingerprint, stream_view};
-use super::{RunOptions, Shared};
+use super::shared::{RunOptions, Shared};
 use crate::util::write_atomic;
 use crate::{Error, Result};
 use std::path::Path;

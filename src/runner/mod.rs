@@ -23,50 +23,23 @@ mod manifest;
 mod plan;
 mod progress;
 mod setup;
+mod shared;
 
 pub use eval::{case_dice, EVAL_BATCH};
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use progress::Reporter;
 pub use setup::{device_of, load_model, threads_for};
+pub use shared::RunOptions;
 
-use crate::data::TaskData;
-use crate::model::LiteMedSam;
 use crate::results;
 use crate::spec::Spec;
-use crate::strategy::{EmbeddingStore, Registry};
+use crate::strategy::Registry;
 use crate::{Error, Result};
-use candle_core::Device;
 use cell::{collect, run_cells, Outcome};
 use plan::RunFolder;
+use shared::Shared;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// How to run a spec (the `evosam run` flags).
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// Results root (default: the spec's `output`); results go to `<out>/<experiment name>/`.
-    pub out: Option<PathBuf>,
-    /// Cells run concurrently.
-    pub jobs: usize,
-    /// Continue an interrupted run in the same folder.
-    pub resume: bool,
-    /// No progress output (errors are still returned).
-    pub quiet: bool,
-    /// Write the report (plots/, tables/) into the run folder at the end (`evosam report` does the same).
-    pub report: bool,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self {
-            out: None,
-            jobs: 1,
-            resume: false,
-            quiet: false,
-            report: true,
-        }
-    }
-}
 
 /// What a finished run reports.
 #[derive(Debug)]
@@ -77,19 +50,6 @@ pub struct RunSummary {
     pub cells: usize,
     /// (cell id, error) of the cells that failed.
     pub failed: Vec<(String, String)>,
-}
-
-/// What every cell reads.
-struct Shared {
-    spec: Spec,
-    registry: Registry,
-    model: LiteMedSam,
-    sha: String,
-    tasks: Vec<TaskData>,
-    store: EmbeddingStore,
-    dir: PathBuf,
-    device: Device,
-    reporter: Reporter,
 }
 
 /// Run a spec end to end, building strategies from `registry`. Returns an error (after writing the tables of

@@ -337,28 +337,6 @@ pub fn default_lora() -> Table {
 }
 
 impl Spec {
-    /// Read and validate a spec file against a catalog (does not touch data files; see `Spec::check_data`).
-    pub fn load(path: &Path, catalog: &dyn Catalog) -> crate::Result<Spec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base_dir = if base_dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base_dir
-        };
-        Self::parse(&text, path, &base_dir, catalog)
-    }
-
-    /// Parse spec text; `file` names it in messages, `base_dir` resolves relative paths and presets.
-    pub fn parse(
-        text: &str,
-        file: &Path,
-        base_dir: &Path,
-        catalog: &dyn Catalog,
-    ) -> crate::Result<Spec> {
-        parse::parse(text, file, base_dir, catalog)
-    }
-
     /// Resolve a data path from the spec against the spec's folder.
     /// `${NAME}` and `${NAME:-default}` expand from the environment (e.g. `${EVOSAM_SHARED_DATA:-../../shared/data}`).
     pub fn resolve_path(&self, p: &Path) -> PathBuf {

@@ -10,9 +10,10 @@ use super::{
     Spec, StrategySpec, StreamSpec, TaskSpec, TrainSpec,
 };
 use crate::model::LoraConfig;
-use crate::Result;
+use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
+use std::path::PathBuf;
 use toml::{Spanned, Table, Value};
 
 #[derive(Deserialize)]
@@ -39,6 +40,30 @@ struct RawStream {
     random_orders: usize,
     #[serde(default)]
     order_seed: u64,
+}
+
+impl Spec {
+    /// Read and validate a spec file against a catalog (does not touch data files; see `Spec::check_data`).
+    pub fn load(path: &Path, catalog: &dyn Catalog) -> crate::Result<Spec> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        Self::parse(&text, path, &base_dir, catalog)
+    }
+
+    /// Parse spec text; `file` names it in messages, `base_dir` resolves relative paths and presets.
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        base_dir: &Path,
+        catalog: &dyn Catalog,
+    ) -> crate::Result<Spec> {
+        parse(text, file, base_dir, catalog)
+    }
 }
 
 fn key(k: &str) -> Seg {
