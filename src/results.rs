@@ -183,6 +183,7 @@ pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
         .collect()
 }
 
+/// The matrix as a frame (matrix.csv columns).
 pub fn matrix_frame(m: &[MatrixRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         col(
@@ -317,6 +318,7 @@ pub fn metrics_frame(
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
+/// Extra values as a frame (extras.csv columns).
 pub fn extras_frame(e: &[ExtraRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         col(
@@ -375,6 +377,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 impl FolderLock {
+    /// Take the lock of a results folder (refused while a live process holds it; a stale lock is taken over).
     pub fn acquire(dir: &Path) -> Result<FolderLock> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(".lock");
