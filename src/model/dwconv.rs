@@ -405,6 +405,7 @@ mod tests {
             let y2 = dwconv3x3_shifted(x.as_tensor(), k.as_tensor(), stride)?;
             assert_eq!(y1.dims(), y2.dims());
             let d = (&y1 - &y2)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            eprintln!("stride {stride}: forward max abs diff {d:.2e}");
             assert!(d < 1e-12, "forward diff {d}");
             let r = Tensor::randn(0f64, 1., y1.shape(), &dev)?;
             let g1 = (&y1 * &r)?.sum_all()?.backward()?;
@@ -413,6 +414,7 @@ mod tests {
                 let a = g1.get(v.as_tensor()).expect("grad");
                 let b = g2.get(v.as_tensor()).expect("grad");
                 let d = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                eprintln!("stride {stride}: gradient max abs diff {d:.2e}");
                 assert!(d < 1e-10, "backward diff {d} (stride {stride})");
             }
         }

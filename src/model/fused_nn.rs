@@ -1386,6 +1386,7 @@ mod tests {
         let (y1, y2) = (fused(), reference());
         assert_eq!(y1.dims(), y2.dims());
         let d = (&y1 - &y2).unwrap().abs().unwrap().max_all().unwrap();
+        eprintln!("forward max abs diff {:.2e}", d.to_scalar::<f64>().unwrap());
         assert!(d.to_scalar::<f64>().unwrap() < 1e-10, "forward {d}");
         let r = Tensor::randn(0f64, 1.0, y1.shape(), &Device::Cpu).unwrap();
         let g1 = (&y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -1394,6 +1395,10 @@ mod tests {
             let a = g1.get(v.as_tensor()).expect("fused gradient");
             let b = g2.get(v.as_tensor()).expect("reference gradient");
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            eprintln!(
+                "var {i}: gradient max abs diff {:.2e}",
+                d.to_scalar::<f64>().unwrap()
+            );
             // candle's GeluErf backward uses 0.398942 for 1/sqrt(2 pi).
             assert!(d.to_scalar::<f64>().unwrap() < 1e-5, "var {i}: {d}");
         }
