@@ -540,10 +540,9 @@ impl TinyViT {
 
     /// images (B, 3, S, S) -> embedding (B, out_chans, S', S') (channels-first, as PyTorch).
     pub fn forward(&self, images: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        Ok(self
-            .forward_nhwc(images, ad)?
+        self.forward_nhwc(images, ad)?
             .permute((0, 3, 1, 2))?
-            .contiguous()?)
+            .contiguous()
     }
 
     /// images (B, 3, S, S) -> embedding channels-last (B, S', S', out_chans).

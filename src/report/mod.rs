@@ -28,6 +28,7 @@ use crate::{Error, Result};
 /// What `write_report` wrote.
 #[derive(Clone, Debug, Default)]
 pub struct ReportSummary {
+    /// The folder holding `plots/` and `tables/`.
     pub out_dir: PathBuf,
     /// Every file written (plots, tables, data dump).
     pub files: Vec<PathBuf>,

@@ -38,7 +38,7 @@ impl LnAct {
             for &v in xrow {
                 mean += v;
             }
-            mean = mean / n;
+            mean /= n;
             for (o, &v) in orow.iter_mut().zip(xrow) {
                 *o = v - mean;
             }
@@ -84,7 +84,7 @@ impl LnAct {
             for &v in xrow {
                 mean += v;
             }
-            mean = mean / n;
+            mean /= n;
             for (h, &v) in xh.iter_mut().zip(xrow) {
                 *h = v - mean;
             }
@@ -227,7 +227,11 @@ impl CustomOp3 for LnAct {
 /// of it), then erf-GELU when `act`. The result has x's shape.
 pub(crate) fn ln_act(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, act: bool) -> Result<Tensor> {
     let c = w.elem_count();
-    if !cpu_ok(&[x, w, b]) || w.rank() != 1 || b.dims() != w.dims() || x.elem_count() % c != 0 {
+    if !cpu_ok(&[x, w, b])
+        || w.rank() != 1
+        || b.dims() != w.dims()
+        || !x.elem_count().is_multiple_of(c)
+    {
         let shape = x.shape().clone();
         let y = layer_norm_ops(&x.reshape(((), c))?, w, b, eps)?;
         let y = if act { y.gelu_erf()? } else { y };

@@ -232,7 +232,7 @@ pub(super) fn out_shape(x: &Tensor, in_dim: usize, out_dim: usize) -> Result<Sha
         let mut d = dims.to_vec();
         *d.last_mut().expect("rank >= 1") = out_dim;
         Ok(Shape::from(d))
-    } else if x.elem_count() % in_dim == 0 {
+    } else if x.elem_count().is_multiple_of(in_dim) {
         Ok(Shape::from((x.elem_count() / in_dim, out_dim)))
     } else {
         bail!("linear: {:?} does not split into rows of {in_dim}", dims)

@@ -113,7 +113,7 @@ impl CustomOp2 for HyperDot {
 /// x read as (B, M, c) rows (any shape of that size), hyper (B, c) -> (B, M) row-by-row dots.
 pub(crate) fn hyper_dot(x: &Tensor, hyper: &Tensor) -> Result<Tensor> {
     let (nb, c) = hyper.dims2()?;
-    if x.elem_count() % (nb * c) != 0 {
+    if !x.elem_count().is_multiple_of(nb * c) {
         bail!("hyper_dot: {:?} vs hyper {:?}", x.dims(), hyper.dims())
     }
     let m = x.elem_count() / (nb * c);
