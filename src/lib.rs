@@ -12,8 +12,10 @@ pub mod error;
 pub use error::{Error, Result};
 
 pub mod cli;
+pub mod cluster;
 pub mod data;
 pub mod embed_cache;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

@@ -55,6 +55,10 @@ pub struct Spec {
     pub orders: Vec<Order>,
     pub model: ModelSpec,
     pub strategies: Vec<StrategySpec>,
+    /// The optional `[slurm]` table: defaults for `evosam submit` (its flags override them). Not part of the
+    /// results: resubmitting with other resources resumes the same run.
+    #[serde(skip_serializing_if = "crate::cluster::SlurmSettings::is_empty")]
+    pub slurm: crate::cluster::SlurmSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -273,6 +277,8 @@ struct RawSpec {
     train: Option<Spanned<Table>>,
     #[serde(default)]
     strategy: Vec<Spanned<Table>>,
+    #[serde(default)]
+    slurm: Option<Spanned<crate::cluster::SlurmSettings>>,
 }
 
 #[derive(Deserialize)]
@@ -586,6 +592,18 @@ impl Spec {
             strategies.push(st);
         }
 
+        let slurm = match raw.slurm {
+            None => crate::cluster::SlurmSettings::default(),
+            Some(s) => {
+                let span = s.span();
+                let s = s.into_inner();
+                s.validate().map_err(|e| {
+                    src.err_in_table(span, "[slurm]", format!("`{}`: {}", e.key, e.msg))
+                })?;
+                s
+            }
+        };
+
         Ok(Spec {
             file: file.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
@@ -594,6 +612,7 @@ impl Spec {
             orders,
             model,
             strategies,
+            slurm,
         })
     }
 
