@@ -77,18 +77,15 @@ impl EmbeddingCache {
         let p = self.path(key);
         if p.is_file() {
             let loaded = candle_core::safetensors::load(&p, &Device::Cpu);
-            match loaded.ok().and_then(|mut m| m.remove("emb")) {
-                Some(t) => {
-                    self.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    self.mem
-                        .lock()
-                        .expect("cache lock")
-                        .insert(key.to_string(), t.clone());
-                    return Ok(Some(t));
-                }
-                // A foreign or damaged file: recompute and overwrite it by rename (not removed here: on a
-                // shared cache another process may have just renamed a good one into place).
-                None => {}
+            // A foreign or damaged file is recomputed and overwritten by rename (not removed here: on a shared
+            // cache another process may have just renamed a good one into place).
+            if let Some(t) = loaded.ok().and_then(|mut m| m.remove("emb")) {
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                self.mem
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key.to_string(), t.clone());
+                return Ok(Some(t));
             }
         }
         Ok(None)

@@ -170,7 +170,7 @@ impl Lock {
         let holder = Holder {
             host: hostname(),
             pid: std::process::id(),
-            started: chrono::Utc::now().to_rfc3339(),
+            started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             what: what.to_string(),
             slurm_job: slurm_job(),
             token: format!("{:016x}", rand::random::<u64>()),

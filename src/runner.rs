@@ -164,10 +164,20 @@ pub fn spec_fingerprint(spec: &Spec) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// `run.json`: what `--resume` (and `evosam submit`) check, and the cell list `evosam status` reads.
 #[derive(Serialize, Deserialize)]
 struct RunFile {
     fingerprint: String,
     started: String,
+    /// Every cell and its number of stages (absent in folders of older versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cells: Vec<RunFileCell>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RunFileCell {
+    id: String,
+    stages: usize,
 }
 
 // ------------------------------------------------------------------ progress
@@ -184,6 +194,8 @@ enum Mode {
 /// Progress for the whole run: bars on a terminal, plain lines otherwise, nothing with `--quiet`.
 pub struct Reporter {
     mode: Mode,
+    /// Run folder whose `cells/<id>/progress.txt` get each cell's latest progress line (for `evosam status`).
+    progress_dir: Option<PathBuf>,
     bars: Mutex<HashMap<String, ProgressBar>>,
     last_line: Mutex<HashMap<String, (usize, usize)>>,
     start: Instant,
@@ -208,9 +220,22 @@ impl Reporter {
         };
         Self {
             mode,
+            progress_dir: None,
             bars: Mutex::new(HashMap::new()),
             last_line: Mutex::new(HashMap::new()),
             start: Instant::now(),
+        }
+    }
+
+    /// Also keep each cell's latest progress line in `dir/cells/<id>/progress.txt`.
+    pub fn with_progress_files(mut self, dir: &Path) -> Self {
+        self.progress_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    fn record(&self, id: &str, line: &str) {
+        if let Some(d) = &self.progress_dir {
+            crate::cluster::status::write_progress(&d.join("cells").join(id), line);
         }
     }
 
@@ -253,6 +278,7 @@ impl Reporter {
     }
 
     pub fn stage(&self, id: &str, stage: usize, n: usize, what: &str) {
+        self.record(id, &format!("stage {stage}/{n}: {what}"));
         match &self.mode {
             Mode::Quiet => {}
             Mode::Lines => eprintln!("{} {id}: stage {stage}/{n}: {what}", self.stamp()),
@@ -265,6 +291,15 @@ impl Reporter {
     }
 
     pub fn step(&self, id: &str, stage: usize, n: usize, p: &Progress) {
+        if p.step == p.steps {
+            self.record(
+                id,
+                &format!(
+                    "stage {stage}/{n} task {} epoch {}/{} loss {:.4}",
+                    p.task, p.epoch, p.epochs, p.loss
+                ),
+            );
+        }
         match &self.mode {
             Mode::Quiet => {}
             Mode::Lines => {
@@ -368,120 +403,203 @@ fn is_empty_dir(d: &Path) -> bool {
     }
 }
 
+/// The results folder of a run, locked for this process.
+struct RunFolder {
+    dir: PathBuf,
+    run_file: PathBuf,
+    first_start: String,
+    resumed: bool,
+    lock: FolderLock,
+}
+
+impl RunFolder {
+    /// Claim the folder: a fresh run needs a new or empty folder; `resume` needs a matching fingerprint.
+    fn open(spec: &Spec, dir: PathBuf, started: &str, resume: bool) -> Result<RunFolder> {
+        let fingerprint = spec_fingerprint(spec);
+        if dir.exists() && !is_empty_dir(&dir) && !resume {
+            return Err(Error::input(format!(
+                "results folder {} already exists: pass --resume to continue it, or --out DIR for another folder",
+                dir.display()
+            )));
+        }
+        let lock = FolderLock::acquire(&dir)?;
+        let run_file = dir.join("run.json");
+        let mut first_start = started.to_string();
+        let resumed = run_file.is_file();
+        if resumed {
+            let rf = read_run_file(&run_file)?;
+            check_fingerprint(&dir, &rf, &fingerprint)?;
+            first_start = rf.started;
+        } else {
+            let rf = RunFile {
+                fingerprint,
+                started: started.to_string(),
+                cells: cells_of(spec)
+                    .into_iter()
+                    .map(|c| RunFileCell {
+                        stages: spec.orders[c.order].tasks.len() + 1,
+                        id: c.id,
+                    })
+                    .collect(),
+            };
+            results::write_atomic(
+                &run_file,
+                serde_json::to_string_pretty(&rf)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )?;
+        }
+        Ok(RunFolder {
+            dir,
+            run_file,
+            first_start,
+            resumed,
+            lock,
+        })
+    }
+
+    /// Undo a fresh run's claim after a failure before the first cell (a resumed folder is left alone).
+    fn abandon(self) {
+        if !self.resumed {
+            let _ = std::fs::remove_file(&self.run_file);
+            drop(self.lock);
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+fn read_run_file(run_file: &Path) -> Result<RunFile> {
+    let text = std::fs::read_to_string(run_file).map_err(|e| Error::io(run_file, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::input(format!(
+            "{}: not an evosam run file: {e}",
+            run_file.display()
+        ))
+    })
+}
+
+fn check_fingerprint(dir: &Path, rf: &RunFile, fingerprint: &str) -> Result<()> {
+    if rf.fingerprint != fingerprint {
+        return Err(Error::input(format!(
+            "{}: the spec changed since this run started (tasks, orders, model, strategies or seeds differ); \
+             use another --out or restore the spec",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn run_dir(spec: &Spec, opts: &RunOptions) -> PathBuf {
+    opts.out
+        .clone()
+        .unwrap_or_else(|| spec.experiment.output.clone())
+        .join(&spec.experiment.name)
+}
+
+/// What every cell shares, before the first cell runs.
+struct Prepared {
+    device: Device,
+    model: LiteMedSam,
+    sha: String,
+    tasks: Vec<TaskData>,
+    store: EmbeddingStore,
+    embeddings_s: f64,
+}
+
+/// Device, model, data and embeddings of a run; `banner` is reported once the device is known.
+fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<Prepared> {
+    let device = device_of(spec)?;
+    reporter.info(banner);
+    let (model, sha) = load_model(spec, &device)?;
+    check_encoder_targets(spec, &model)?;
+    let size = model.input_size();
+    let augment = spec.strategies.iter().any(|s| s.train.augment);
+    let mut tasks = Vec::new();
+    for t in &spec.stream.tasks {
+        let td = data::load_task(spec, t, size, augment, &device)?;
+        reporter.info(&format!(
+            "task {}: {} train, {} test",
+            td.name,
+            td.train.len(),
+            td.test.len()
+        ));
+        tasks.push(td);
+    }
+    let t_emb = Instant::now();
+    let store = compute_embeddings(spec, &model, &sha, &tasks, reporter)?;
+    Ok(Prepared {
+        device,
+        model,
+        sha,
+        tasks,
+        store,
+        embeddings_s: t_emb.elapsed().as_secs_f64(),
+    })
+}
+
+fn banner(spec: &Spec, n_cells: usize, jobs: usize, threads: usize) -> String {
+    format!(
+        "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
+        spec.experiment.name,
+        spec.stream.tasks.len(),
+        spec.strategies.len(),
+        spec.experiment.seeds.len(),
+        spec.orders.len(),
+        n_cells,
+        jobs
+    )
+}
+
+fn shared_of(spec: Spec, prep: Prepared, dir: &Path, reporter: Reporter) -> Arc<Shared> {
+    Arc::new(Shared {
+        spec,
+        model: prep.model,
+        sha: prep.sha,
+        tasks: prep.tasks,
+        store: prep.store,
+        dir: dir.to_path_buf(),
+        device: prep.device,
+        reporter,
+    })
+}
+
 /// Run a spec end to end. Returns an error (after writing the tables of the cells that finished) when any cell
 /// failed.
 pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
     let started = chrono::Utc::now().to_rfc3339();
     let threads = configure_threads(&spec);
-    let root = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| spec.experiment.output.clone());
-    let dir = root.join(&spec.experiment.name);
-    let fingerprint = spec_fingerprint(&spec);
-
-    // Folder ownership: a fresh run needs a new or empty folder; --resume needs a matching spec.
-    if dir.exists() && !is_empty_dir(&dir) && !opts.resume {
-        return Err(Error::input(format!(
-            "results folder {} already exists: pass --resume to continue it, or --out DIR for another folder",
-            dir.display()
-        )));
-    }
-    let lock = FolderLock::acquire(&dir)?;
-    let run_file = dir.join("run.json");
-    let mut first_start = started.clone();
-    let resumed = run_file.is_file();
-    if resumed {
-        let text = std::fs::read_to_string(&run_file).map_err(|e| Error::io(&run_file, e))?;
-        let rf: RunFile = serde_json::from_str(&text).map_err(|e| {
-            Error::input(format!(
-                "{}: not an evosam run file: {e}",
-                run_file.display()
-            ))
-        })?;
-        if rf.fingerprint != fingerprint {
-            return Err(Error::input(format!(
-                "{}: the spec changed since this run started (tasks, orders, model, strategies or seeds differ); \
-                 use another --out or restore the spec",
-                dir.display()
-            )));
-        }
-        first_start = rf.started;
-    } else {
-        let rf = RunFile {
-            fingerprint: fingerprint.clone(),
-            started: started.clone(),
-        };
-        results::write_atomic(
-            &run_file,
-            serde_json::to_string_pretty(&rf)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
-    }
-
+    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, opts.resume)?;
     let cells = cells_of(&spec);
-    let reporter = Reporter::new(opts.quiet, cells.len());
+    let reporter = Reporter::new(opts.quiet, cells.len()).with_progress_files(&folder.dir);
+    let banner = banner(&spec, cells.len(), opts.jobs.max(1), threads);
     // Everything before the first cell; a fresh run that fails here leaves no folder behind.
-    let prep = (|| -> Result<_> {
-        let device = device_of(&spec)?;
-        reporter.info(&format!(
-            "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
-            spec.experiment.name,
-            spec.stream.tasks.len(),
-            spec.strategies.len(),
-            spec.experiment.seeds.len(),
-            spec.orders.len(),
-            cells.len(),
-            opts.jobs.max(1)
-        ));
-        let (model, sha) = load_model(&spec, &device)?;
-        check_encoder_targets(&spec, &model)?;
-        let size = model.input_size();
-        let augment = spec.strategies.iter().any(|s| s.train.augment);
-        let mut tasks = Vec::new();
-        for t in &spec.stream.tasks {
-            let td = data::load_task(&spec, t, size, augment, &device)?;
-            reporter.info(&format!(
-                "task {}: {} train, {} test",
-                td.name,
-                td.train.len(),
-                td.test.len()
-            ));
-            tasks.push(td);
-        }
-        let t_emb = Instant::now();
-        let store = compute_embeddings(&spec, &model, &sha, &tasks, &reporter)?;
-        let emb_s = t_emb.elapsed().as_secs_f64();
-        Ok((device, model, sha, tasks, store, emb_s))
-    })();
-    let (device, model, sha, tasks, store, emb_s) = match prep {
-        Ok(x) => x,
+    let prep = match prepare(&spec, &reporter, &banner) {
+        Ok(p) => p,
         Err(e) => {
-            if !resumed {
-                let _ = std::fs::remove_file(&run_file);
-                drop(lock);
-                let _ = std::fs::remove_dir(&dir);
-            }
+            folder.abandon();
             return Err(e);
         }
     };
-
-    let shared = Arc::new(Shared {
-        spec,
-        model,
-        sha,
-        tasks,
-        store,
-        dir: dir.clone(),
-        device,
-        reporter,
-    });
+    let emb_s = prep.embeddings_s;
+    let shared = shared_of(spec, prep, &folder.dir, reporter);
     let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
     shared.reporter.finish();
+    finish(&shared, folder, &cells, &outcomes, opts, threads, emb_s)
+}
 
+/// After the cells: tables, manifest, then the report, or an error naming the cells that failed.
+fn finish(
+    shared: &Shared,
+    folder: RunFolder,
+    cells: &[Cell],
+    outcomes: &[Outcome],
+    opts: &RunOptions,
+    threads: usize,
+    emb_s: f64,
+) -> Result<RunSummary> {
+    let dir = folder.dir.clone();
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
-    let (scores, extras) = collect(&shared, &cells)?;
+    let (scores, extras) = collect(shared, cells)?;
     let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
     if !opts.quiet {
         print_metrics(&metrics);
@@ -491,16 +609,16 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
         .filter_map(|(id, r, _)| r.as_ref().err().map(|e| (id.clone(), e.clone())))
         .collect();
     write_manifest(
-        &shared,
+        shared,
         &dir,
-        &first_start,
-        resumed,
+        &folder.first_start,
+        folder.resumed,
         opts,
         threads,
-        &outcomes,
+        outcomes,
         emb_s,
     )?;
-    drop(lock);
+    drop(folder);
     if !failed.is_empty() {
         let list: Vec<String> = failed
             .iter()
@@ -543,6 +661,124 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
         cells: cells.len(),
         failed,
     })
+}
+
+// ------------------------------------------------------------------ the parts of a run on a cluster
+
+/// The Slurm *prepare* job: claim (or resume) the folder, fetch the weights, load the data and compute every
+/// frozen embedding into the on-disk cache, so that the cell jobs only read it. Returns the run folder.
+pub fn prepare_run(spec: Spec, opts: &RunOptions) -> Result<PathBuf> {
+    let started = chrono::Utc::now().to_rfc3339();
+    let threads = configure_threads(&spec);
+    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, true)?;
+    let cells = cells_of(&spec);
+    let reporter = Reporter::new(opts.quiet, cells.len());
+    let banner = banner(&spec, cells.len(), 1, threads);
+    let prep = match prepare(&spec, &reporter, &banner) {
+        Ok(p) => p,
+        Err(e) => {
+            folder.abandon();
+            return Err(e);
+        }
+    };
+    reporter.info(&format!(
+        "prepared {}: {} embeddings in {:.1} s",
+        folder.dir.display(),
+        prep.store.len(),
+        prep.embeddings_s
+    ));
+    Ok(folder.dir.clone())
+}
+
+/// One cell (a Slurm array task, or by hand): resumes after its last complete stage. The folder must be this
+/// spec's run (made by the prepare job; made here when missing). Many of these run at once on one folder; each
+/// holds only its cell's lock.
+pub fn run_one_cell(spec: Spec, opts: &RunOptions, id: &str) -> Result<()> {
+    let started = chrono::Utc::now().to_rfc3339();
+    let threads = configure_threads(&spec);
+    let dir = run_dir(&spec, opts);
+    let run_file = dir.join("run.json");
+    if run_file.is_file() {
+        check_fingerprint(&dir, &read_run_file(&run_file)?, &spec_fingerprint(&spec))?;
+    } else {
+        drop(RunFolder::open(&spec, dir.clone(), &started, true)?);
+    }
+    let cells = cells_of(&spec);
+    let Some(cell) = cells.iter().find(|c| c.id == id).cloned() else {
+        let ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
+        return Err(Error::input(format!(
+            "--cell {id:?} is not a cell of this spec; its cells are: {}",
+            ids.join(", ")
+        )));
+    };
+    let reporter = Reporter::new(opts.quiet, 1).with_progress_files(&dir);
+    let prep = prepare(&spec, &reporter, &banner(&spec, cells.len(), 1, threads))?;
+    let shared = shared_of(spec, prep, &dir, reporter);
+    let outcomes = run_cells(&shared, std::slice::from_ref(&cell), 1)?;
+    match outcomes.into_iter().next() {
+        Some((_, Err(e), _)) => Err(Error::internal(format!("cell {id} failed: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+/// The Slurm *finalize* job: collect the cells into the tables, manifest and report exactly as [`run`] does.
+/// Cells that did not finish are failures named with their Slurm log (`slurm_array`: the cells array job id).
+/// Runs on the CPU whatever the spec's device (it trains nothing).
+pub fn finalize_run(
+    spec: Spec,
+    opts: &RunOptions,
+    slurm_array: Option<&str>,
+) -> Result<RunSummary> {
+    let started = chrono::Utc::now().to_rfc3339();
+    let threads = configure_threads(&spec);
+    let dir = run_dir(&spec, opts);
+    if !dir.join("run.json").is_file() {
+        return Err(Error::input(format!(
+            "{}: no run to finalize (the prepare job did not run or failed; see {})",
+            dir.display(),
+            dir.join("slurm/logs").display()
+        )));
+    }
+    let folder = RunFolder::open(&spec, dir.clone(), &started, true)?;
+    let cells = cells_of(&spec);
+    let reporter = Reporter::new(opts.quiet, cells.len());
+    let mut cpu = spec.clone();
+    cpu.experiment.device = "cpu".into();
+    let prep = prepare(&cpu, &reporter, &banner(&spec, cells.len(), 1, threads))?;
+    let emb_s = prep.embeddings_s;
+    let unfinished: Vec<(usize, String)> = cells
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            crate::cluster::status::stages_done(&dir.join("cells").join(&c.id))
+                < spec.orders[c.order].tasks.len() + 1
+        })
+        .map(|(i, c)| (i, c.id.clone()))
+        .collect();
+    let why = crate::cluster::unfinished_report(&dir, &unfinished, slurm_array);
+    let outcomes: Vec<Outcome> = cells
+        .iter()
+        .map(|c| {
+            let attempt: Option<crate::cluster::Attempt> = std::fs::read_to_string(
+                dir.join("cells")
+                    .join(&c.id)
+                    .join(crate::cluster::status::ATTEMPT_FILE),
+            )
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+            let wall = attempt.and_then(|a| a.wall_s).unwrap_or(0.0);
+            let r = match unfinished.iter().position(|(_, id)| id == &c.id) {
+                None => Ok(()),
+                Some(k) => Err(why[k]
+                    .strip_prefix(&format!("{}: ", c.id))
+                    .unwrap_or(&why[k])
+                    .to_string()),
+            };
+            (c.id.clone(), r, wall)
+        })
+        .collect();
+    let shared = shared_of(spec, prep, &dir, reporter);
+    finish(&shared, folder, &cells, &outcomes, opts, threads, emb_s)
 }
 
 /// LoRA targets in the image encoder need `freeze_encoder = false` (and then run the encoder at every step: the
@@ -677,8 +913,35 @@ fn cell_dir(shared: &Shared, cell: &Cell) -> PathBuf {
     shared.dir.join("cells").join(&cell.id)
 }
 
-/// Train and evaluate one cell, resuming after its last complete stage.
+/// One cell under its own lock (so that two processes, on any hosts, never run the same cell), with its attempt
+/// record (`attempt.json`: running, then ok or failed with the error) for `evosam status` and finalize.
 fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
+    let cdir = cell_dir(sh, cell);
+    let _lock = crate::lock::Lock::acquire(&cdir.join(".lock"), &format!("cell {}", cell.id))?;
+    let t0 = Instant::now();
+    let mut attempt = crate::cluster::Attempt {
+        host: crate::lock::hostname(),
+        pid: std::process::id(),
+        slurm_job: crate::lock::slurm_job(),
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        status: "running".into(),
+        finished: None,
+        wall_s: None,
+        error: None,
+    };
+    let path = cdir.join(crate::cluster::status::ATTEMPT_FILE);
+    write_json(&path, &attempt)?;
+    let r = run_cell_stages(sh, cell);
+    attempt.status = if r.is_ok() { "ok" } else { "failed" }.into();
+    attempt.finished = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    attempt.wall_s = Some(t0.elapsed().as_secs_f64());
+    attempt.error = r.as_ref().err().map(|e| e.to_string());
+    write_json(&path, &attempt)?;
+    r
+}
+
+/// Train and evaluate one cell, resuming after its last complete stage.
+fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
     let sspec = &sh.spec.strategies[cell.strategy];
     let order = &sh.spec.orders[cell.order];
     let n = order.tasks.len();

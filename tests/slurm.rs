@@ -48,7 +48,7 @@ size = 64
 weights = "random-tiny"
 
 [train]
-epochs = 12
+epochs = 6
 batch_size = 2
 lr = 0.01
 

@@ -1,4 +1,5 @@
-//! `evosam run SPEC [--out DIR] [--jobs N] [--resume] [--quiet]`
+//! `evosam run SPEC [--out DIR] [--jobs N] [--resume] [--quiet] [--no-report]`, and the parts of a run that
+//! `evosam submit`'s Slurm jobs run separately: `--prepare`, `--cell ID`, `--finalize`.
 
 use crate::runner::{self, RunOptions};
 use crate::spec::Spec;
@@ -23,6 +24,20 @@ pub struct Args {
     /// Do not write the report (plots/, tables/) at the end; `evosam report DIR` writes it later.
     #[arg(long)]
     pub no_report: bool,
+    /// Run only this cell (STRATEGY__seedS__ORDER), resuming after its last finished stage: what a Slurm array task
+    /// runs, and a way to debug one cell. The folder must be this spec's run (it is made if missing).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["prepare", "finalize", "resume"])]
+    pub cell: Option<String>,
+    /// Only prepare the run (folder, weights, data, embeddings into the cache): the Slurm prepare job.
+    #[arg(long, conflicts_with_all = ["finalize", "resume"])]
+    pub prepare: bool,
+    /// Only collect the finished cells into the tables, manifest and report (the Slurm finalize job); fails, naming
+    /// them, if any cell did not finish.
+    #[arg(long, conflicts_with = "resume")]
+    pub finalize: bool,
+    /// With --finalize: the job id of the cells array, so that unfinished cells are named with their Slurm logs.
+    #[arg(long, value_name = "JOBID", requires = "finalize")]
+    pub slurm_array: Option<String>,
 }
 
 pub fn run(args: Args) -> crate::Result<()> {
@@ -38,7 +53,22 @@ pub fn run(args: Args) -> crate::Result<()> {
         quiet: args.quiet,
         report: !args.no_report,
     };
-    let summary = runner::run(spec, &opts)?;
+    if let Some(id) = &args.cell {
+        return runner::run_one_cell(spec, &opts, id);
+    }
+    if args.prepare {
+        let dir = runner::prepare_run(spec, &opts)?;
+        if !args.quiet {
+            println!("{}", dir.display());
+        }
+        return Ok(());
+    }
+    let summary = if args.finalize {
+        let array = args.slurm_array.as_deref().filter(|a| !a.is_empty());
+        runner::finalize_run(spec, &opts, array)?
+    } else {
+        runner::run(spec, &opts)?
+    };
     if !args.quiet {
         println!("{}", summary.dir.display());
     }

@@ -25,7 +25,26 @@ pub struct QueuedJob {
     pub name: String,
 }
 
+/// Job states after which a job is gone for good (squeue keeps listing them for `MinJobAge` seconds).
+const TERMINAL: [&str; 10] = [
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+];
+
 impl QueuedJob {
+    /// Still queued or running (not in a final state).
+    pub fn is_active(&self) -> bool {
+        !self.state.split(',').any(|s| TERMINAL.contains(&s))
+    }
+
     /// Whether this record covers array task `index` of array job `array`.
     pub fn covers(&self, array: u64, index: usize) -> bool {
         if self.array_job_id != Some(array) {
@@ -111,13 +130,15 @@ pub fn parse_squeue_json(s: &str) -> Result<Vec<QueuedJob>> {
         .collect())
 }
 
-/// The jobs of the queue, or None when Slurm is not reachable here (no `squeue`, no controller).
+/// The queued and running jobs (finished ones, which `squeue` lists for a while, are left out), or None when
+/// Slurm is not reachable here (no `squeue`, no controller).
 pub fn squeue() -> Option<Vec<QueuedJob>> {
     let out = Command::new("squeue").arg("--json").output().ok()?;
     if !out.status.success() {
         return None;
     }
-    parse_squeue_json(&String::from_utf8_lossy(&out.stdout)).ok()
+    let jobs = parse_squeue_json(&String::from_utf8_lossy(&out.stdout)).ok()?;
+    Some(jobs.into_iter().filter(QueuedJob::is_active).collect())
 }
 
 /// Whether any job of `ids` (job or array job ids) is still queued or running. None when Slurm is not reachable.
@@ -198,6 +219,12 @@ mod tests {
         assert_eq!(pending.reason, "JobArrayTaskLimit");
         assert!(pending.covers(1, 2) && pending.covers(1, 3) && !pending.covers(1, 1));
         assert!(!pending.covers(2, 2));
+        assert!(q.iter().all(QueuedJob::is_active));
+        let done = QueuedJob {
+            state: "CANCELLED".into(),
+            ..pending.clone()
+        };
+        assert!(!done.is_active());
     }
 
     #[test]

@@ -34,6 +34,18 @@ pub const ATTEMPT_FILE: &str = "attempt.json";
 /// The file name of a cell's last progress line (plain text, replaced atomically).
 pub const PROGRESS_FILE: &str = "progress.txt";
 
+/// Replace a cell's progress line (best effort: a temporary file renamed into place, not synced; progress is
+/// not worth a disk flush per epoch).
+pub fn write_progress(cell_dir: &Path, line: &str) {
+    if std::fs::create_dir_all(cell_dir).is_err() {
+        return;
+    }
+    let tmp = cell_dir.join(format!(".progress.{}.tmp", std::process::id()));
+    if std::fs::write(&tmp, format!("{line}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, cell_dir.join(PROGRESS_FILE));
+    }
+}
+
 /// One cell as `status` sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CellStatus {
@@ -166,10 +178,10 @@ pub fn read_status(
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .or_else(|| log.as_deref().and_then(last_line));
-        let queued = submission
+        let array = submission
             .and_then(|s| s.cells.as_deref())
-            .and_then(|a| a.parse::<u64>().ok())
-            .and_then(|a| queue?.iter().find(|j| j.covers(a, index)));
+            .and_then(|a| a.parse::<u64>().ok());
+        let queued = array.and_then(|a| queue?.iter().find(|j| j.covers(a, index)));
         let lock = lock::inspect(&cdir.join(".lock"));
         let complete =
             total.is_some_and(|t| done >= t) || attempt.as_ref().is_some_and(|a| a.status == "ok");
@@ -184,7 +196,11 @@ pub fn read_status(
             if q.state == "PENDING" {
                 CellState::Waiting(format!("queued: {}", q.reason))
             } else {
-                CellState::Running(format!("Slurm {}", q.state.to_lowercase()))
+                CellState::Running(format!(
+                    "Slurm job {}_{index}, {}",
+                    array.unwrap_or_default(),
+                    q.state.to_lowercase()
+                ))
             }
         } else {
             match &attempt {

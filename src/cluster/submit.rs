@@ -280,7 +280,7 @@ pub fn submit(spec: &Spec, opts: &SubmitOptions) -> Result<Submitted> {
         }
     };
     let sub = Submission {
-        submitted: chrono::Utc::now().to_rfc3339(),
+        submitted: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         prepare,
         cells,
         finalize: Some(finalize),

@@ -272,7 +272,7 @@ fn resubmission_only_runs_unfinished_cells_and_refuses_a_changed_spec() {
         .contains(&format!("  {}  # 0\n", sh_quote(&cells[0].id))));
 
     let changed = Spec::from_str_at(
-        &format!("{SPEC}").replace("seeds = [0, 1]", "seeds = [0, 2]"),
+        &SPEC.replace("seeds = [0, 1]", "seeds = [0, 2]"),
         &spec.file,
         &spec.base_dir,
     )
