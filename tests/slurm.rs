@@ -290,7 +290,7 @@ fn cancelled_cell_is_reported_and_a_second_submit_completes() {
     let cell_log = run.join(format!("slurm/logs/cells_{}_{victim}.out", ids.cells));
     assert!(log.contains("finetune__seed0__given"), "{log}");
     assert!(log.contains(&cell_log.display().to_string()), "{log}");
-    assert!(log.contains("error: 1 of 6 cells did not finish"), "{log}");
+    assert!(log.contains("error: 1 of 6 cells failed"), "{log}");
     let s = status(&run);
     assert!(
         s.contains("6 cells: 5 done, 0 running, 0 waiting, 1 failed"),

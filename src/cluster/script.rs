@@ -22,6 +22,8 @@ pub struct JobPlan {
     pub experiment: String,
     /// Every cell id of the spec, in the canonical order (the array index of a cell is its position here).
     pub cells: Vec<String>,
+    /// The number of stages of each cell (tasks of its order + the zero-shot stage), parallel to `cells`.
+    pub stages: Vec<usize>,
     /// Indices (into `cells`) of the cells to run: all of them on a first submission, the unfinished ones on a
     /// resubmission.
     pub todo: Vec<usize>,

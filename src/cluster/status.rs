@@ -80,7 +80,8 @@ impl CellState {
     }
 }
 
-/// The cell list a run folder declares (`run.json` `cells`: id and number of stages), else the cell folders.
+/// The cell list a run folder declares (`run.json` `cells`: id and number of stages; before the prepare job has
+/// written it, `slurm/cells.json` from `evosam submit`), else the cell folders.
 pub fn declared_cells(dir: &Path) -> Result<Vec<(String, Option<usize>)>> {
     #[derive(Deserialize)]
     struct RunCells {
@@ -102,6 +103,11 @@ pub fn declared_cells(dir: &Path) -> Result<Vec<(String, Option<usize>)>> {
                     .map(|c| (c.id, Some(c.stages)))
                     .collect());
             }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("slurm").join("cells.json")) {
+        if let Ok(list) = serde_json::from_str::<Vec<DeclaredCell>>(&text) {
+            return Ok(list.into_iter().map(|c| (c.id, Some(c.stages))).collect());
         }
     }
     let cdir = dir.join("cells");

@@ -164,6 +164,10 @@ pub fn plan(spec: &Spec, opts: &SubmitOptions) -> Result<JobPlan> {
         spec: spec_path,
         out,
         experiment: spec.experiment.name.clone(),
+        stages: all
+            .iter()
+            .map(|c| spec.orders[c.order].tasks.len() + 1)
+            .collect(),
         cells: all.into_iter().map(|c| c.id).collect(),
         todo,
         settings,
@@ -239,6 +243,17 @@ pub fn submit(spec: &Spec, opts: &SubmitOptions) -> Result<Submitted> {
     ] {
         write_atomic(&plan.script_path(job), text.as_bytes())?;
     }
+    // the cell list, for `evosam status` before the prepare job has written run.json
+    let list: Vec<serde_json::Value> = plan
+        .cells
+        .iter()
+        .zip(&plan.stages)
+        .map(|(id, n)| serde_json::json!({"id": id, "stages": n}))
+        .collect();
+    write_atomic(
+        &plan.slurm_dir().join("cells.json"),
+        &serde_json::to_vec_pretty(&list).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
     let commands = commands(&plan);
     let mut sh = String::from(
         "#!/bin/bash\n# How `evosam submit` submitted the jobs (run it by hand to do the same).\nset -euo pipefail\n",

@@ -78,10 +78,22 @@ fn array_covers_every_cell_and_the_chain_is_afterok_then_afterany() {
     );
     // the scripts and the submission commands are on disk, nothing else
     let sdir = d.path().join("results dir/tiny run/slurm");
-    for f in ["prepare.sh", "cells.sh", "finalize.sh", "submit.sh"] {
+    for f in [
+        "prepare.sh",
+        "cells.sh",
+        "finalize.sh",
+        "submit.sh",
+        "cells.json",
+    ] {
         assert!(sdir.join(f).is_file(), "{f}");
     }
     assert!(!sdir.join("submissions.json").exists());
+    // status works before the prepare job has run: the cell list comes from the submission
+    let st = read_status(&d.path().join("results dir/tiny run"), None, None).unwrap();
+    assert_eq!(st.len(), 12);
+    assert!(st
+        .iter()
+        .all(|c| c.stages_total == Some(3) && c.state.word() == "waiting"));
     assert_eq!(
         std::fs::read_to_string(sdir.join("cells.sh")).unwrap(),
         s.scripts.cells
