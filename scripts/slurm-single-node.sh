@@ -10,6 +10,7 @@
 # $EVOSAM_SLURM_BASE (default /tmp/evosam-slurm); the system /etc is not touched. Needs root (the daemons run as
 # root and jobs run as the submitting user). The node is `localhost` with this machine's CPUs and memory, in one
 # partition `debug`. Ports: $EVOSAM_SLURM_PORT (slurmctld, default 6817) and the next one (slurmd).
+# $EVOSAM_SLURM_NICE (default 0): niceness of slurmd, inherited by the jobs (for a machine shared with others).
 # Facts behind the choices: ../shared/notes/slurm-single-node.md in the project workspace (munged wants a 0700
 # key folder and a 0755 socket folder; slurmctld wants a MailProg; sacct needs a database, so none is used).
 set -euo pipefail
@@ -116,7 +117,8 @@ up() {
         wait_for 30 slurmctld sh -c "scontrol ping | grep -q UP"
     fi
     if [ -z "$(pid_of "$BASE/run/slurmd.pid")" ]; then
-        setsid slurmd -D -f "$CONF" >>"$BASE/log/slurmd.out" 2>&1 </dev/null &
+        # jobs inherit slurmd's niceness: EVOSAM_SLURM_NICE=10 keeps them from crowding a shared machine
+        nice -n "${EVOSAM_SLURM_NICE:-0}" setsid slurmd -D -f "$CONF" >>"$BASE/log/slurmd.out" 2>&1 </dev/null &
     fi
     # a node left DOWN/DRAIN by an earlier unclean stop is brought back
     wait_for 30 "slurmd" sh -c "sinfo -h -o %T | grep -Eq 'idle|mix|alloc|down|drain'"
