@@ -6,7 +6,7 @@
 //! spaces and shell characters are safe. `#SBATCH` lines are not read by bash but by `sbatch`, which accepts a
 //! double-quoted value; paths with a double quote or a control character are refused there.
 
-use super::settings::SlurmSettings;
+use crate::spec::SlurmSettings;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 

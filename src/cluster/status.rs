@@ -6,45 +6,10 @@
 use super::slurm::QueuedJob;
 use super::submit::Submission;
 use crate::lock::{self, Liveness};
+pub use crate::runner::record::{stages_done, Attempt, ATTEMPT_FILE, PROGRESS_FILE};
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// Written by each process that runs a cell, at its start and end, as `cells/<id>/attempt.json` (atomically):
-/// the record of the latest attempt, so a failed or killed cell can be told apart from one never started.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Attempt {
-    pub host: String,
-    pub pid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slurm_job: Option<String>,
-    pub started: String,
-    /// "running", "ok" or "failed".
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wall_s: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The file name of a cell's latest attempt record.
-pub const ATTEMPT_FILE: &str = "attempt.json";
-/// The file name of a cell's last progress line (plain text, replaced atomically).
-pub const PROGRESS_FILE: &str = "progress.txt";
-
-/// Replace a cell's progress line (best effort: a temporary file renamed into place, not synced; progress is
-/// not worth a disk flush per epoch).
-pub fn write_progress(cell_dir: &Path, line: &str) {
-    if std::fs::create_dir_all(cell_dir).is_err() {
-        return;
-    }
-    let tmp = cell_dir.join(format!(".progress.{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, format!("{line}\n")).is_ok() {
-        let _ = std::fs::rename(&tmp, cell_dir.join(PROGRESS_FILE));
-    }
-}
 
 /// One cell as `status` sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,13 +95,6 @@ pub fn declared_cells(dir: &Path) -> Result<Vec<(String, Option<usize>)>> {
     Ok(ids)
 }
 
-/// Complete stages of a cell: stage_0, stage_1, ... each with its `done` marker, counted until the first gap.
-pub fn stages_done(cell_dir: &Path) -> usize {
-    (0..)
-        .take_while(|k| cell_dir.join(format!("stage_{k}")).join("done").is_file())
-        .count()
-}
-
 fn last_line(path: &Path) -> Option<String> {
     // the tail of a log is enough; logs of long runs can be large
     use std::io::{Read, Seek, SeekFrom};
@@ -172,9 +130,7 @@ pub fn read_status(
     for (index, (id, total)) in cells.into_iter().enumerate() {
         let cdir = dir.join("cells").join(&id);
         let done = stages_done(&cdir);
-        let attempt: Option<Attempt> = std::fs::read_to_string(cdir.join(ATTEMPT_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let attempt = Attempt::read(&cdir);
         let log = submission
             .and_then(|s| s.cells.as_deref().map(|a| (a, s)))
             .filter(|(_, s)| s.todo.contains(&index))
@@ -273,7 +229,7 @@ pub fn format_status(cells: &[CellStatus]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::write_atomic;
+    use crate::util::write_atomic;
 
     fn stage(dir: &Path, id: &str, k: usize) {
         write_atomic(

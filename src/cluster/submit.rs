@@ -6,12 +6,12 @@
 //! same cell). A spec whose results-relevant parts changed is refused, as `evosam run --resume` refuses it.
 
 use super::script::{self, Job, JobPlan, Scripts};
-use super::settings::SlurmSettings;
 use super::slurm;
 use super::status::stages_done;
 use crate::lock::{self, Liveness};
-use crate::results::write_atomic;
+use crate::spec::SlurmSettings;
 use crate::spec::Spec;
+use crate::util::write_atomic;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

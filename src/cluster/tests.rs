@@ -251,7 +251,7 @@ fn resubmission_only_runs_unfinished_cells_and_refuses_a_changed_spec() {
     let d = tempfile::tempdir().unwrap();
     let spec = spec_at(d.path(), "");
     let dir: PathBuf = d.path().join("results dir/tiny run");
-    crate::results::write_atomic(
+    crate::util::write_atomic(
         &dir.join("run.json"),
         format!(
             "{{\"fingerprint\": \"{}\", \"started\": \"t\"}}",
@@ -264,7 +264,7 @@ fn resubmission_only_runs_unfinished_cells_and_refuses_a_changed_spec() {
     // cell 0 complete (3 stages for 2 tasks), cell 1 has 2 of 3
     for (c, n) in [(0, 3), (1, 2)] {
         for k in 0..n {
-            crate::results::write_atomic(
+            crate::util::write_atomic(
                 &dir.join("cells")
                     .join(&cells[c].id)
                     .join(format!("stage_{k}/done")),
@@ -318,18 +318,5 @@ fn array_spec_ranges() {
         c[0].starts_with("sbatch --parsable ") && c[0].ends_with("finalize.sh'"),
         "{}",
         c[0]
-    );
-}
-
-#[test]
-fn unfinished_cells_are_named_with_their_logs() {
-    let d = tempfile::tempdir().unwrap();
-    let lines = unfinished_report(d.path(), &[(3, "ewc__seed0__given".into())], Some("77"));
-    assert_eq!(
-        lines,
-        [format!(
-            "ewc__seed0__given: never started; log: {}",
-            d.path().join("slurm/logs/cells_77_3.out").display()
-        )]
     );
 }

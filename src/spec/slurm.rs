@@ -1,6 +1,6 @@
-//! Slurm settings: the optional `[slurm]` table of a spec and the `evosam submit` flags, merged (flags win) and
-//! validated before anything is written, so that a typo fails here with the key's name rather than in `sbatch`
-//! minutes later.
+//! `[slurm]`: the optional Slurm settings of a spec, also the type of the `evosam submit` flags (merged, flags
+//! win). Validated when the spec is read, so that a typo fails with the key's name rather than in `sbatch`
+//! minutes later. Not part of the results: `crate::cluster` uses them, the runner does not.
 
 use serde::{Deserialize, Serialize};
 
