@@ -206,7 +206,7 @@ pub(super) fn parse(
                     &[key("slurm")],
                     span.start,
                     "[slurm]",
-                    &Diag::at(e.key, e.msg),
+                    &Diag::at(e.key, format!("`{}`: {}", e.key, e.msg)),
                 )
             })?;
             s
