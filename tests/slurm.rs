@@ -208,7 +208,7 @@ fn assert_same_tables(a: &Path, b: &Path) {
 
 #[test]
 #[ignore = "needs a running Slurm (scripts/slurm-single-node.sh up)"]
-fn submitted_run_equals_local_run() {
+fn slurm_submission_equals_local_run() {
     require_slurm();
     let (spec, local) = reference();
     let d = work_dir("submit");
@@ -253,7 +253,7 @@ fn submitted_run_equals_local_run() {
 
 #[test]
 #[ignore = "needs a running Slurm (scripts/slurm-single-node.sh up)"]
-fn cancelled_cell_is_reported_and_a_second_submit_completes() {
+fn slurm_cancelled_cell_is_reported_and_resubmit_completes() {
     require_slurm();
     let (spec, local) = reference();
     let d = work_dir("cancel");
