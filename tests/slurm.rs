@@ -260,6 +260,16 @@ fn slurm_cancelled_cell_is_reported_and_resubmit_completes() {
     // one cell at a time, so that the cancelled one is the only one running when it is cancelled
     let (ids, _) = submit(spec, &d.join("results"), &["--max-parallel", "1"]);
     let run = d.join("results/tiny-slurm");
+    // a second chain over the same cells while the first is queued would race it: refused
+    let o = bin()
+        .arg("submit")
+        .arg(spec)
+        .arg("--out")
+        .arg(d.join("results"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("still queued or running"), "{}", text(&o));
     let victim = 2; // finetune__seed0__given: trains
     let cell = run.join("cells/finetune__seed0__given");
     let t = Instant::now();

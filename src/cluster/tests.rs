@@ -283,6 +283,17 @@ fn resubmission_only_runs_unfinished_cells_and_refuses_a_changed_spec() {
         .cells
         .contains(&format!("  {}  # 0\n", sh_quote(&cells[0].id))));
 
+    // other Slurm settings are not a changed spec: the same run continues
+    let other_resources = spec_at(d.path(), "[slurm]\npartition = \"big\"\nmem = \"64G\"\n");
+    assert_eq!(
+        crate::runner::spec_fingerprint(&other_resources),
+        crate::runner::spec_fingerprint(&spec)
+    );
+    assert_eq!(
+        dry(d.path(), &other_resources, SlurmSettings::default()).finished,
+        1
+    );
+
     let changed = Spec::from_str_at(
         &SPEC.replace("seeds = [0, 1]", "seeds = [0, 2]"),
         &spec.file,
