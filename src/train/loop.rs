@@ -64,7 +64,9 @@ pub trait FitCtx {
 /// Summary of one fit.
 #[derive(Clone, Debug, Default)]
 pub struct FitStats {
+    /// Optimiser steps taken.
     pub steps: usize,
+    /// Mean loss of the last epoch.
     pub last_epoch_loss: f64,
 }
 
