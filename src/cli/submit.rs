@@ -27,8 +27,10 @@ pub struct Args {
     /// GPUs per cell (and for prepare).
     #[arg(long, value_name = "N")]
     pub gpus_per_task: Option<u32>,
+    /// Slurm account to charge.
     #[arg(long, value_name = "A")]
     pub account: Option<String>,
+    /// Slurm quality of service.
     #[arg(long, value_name = "Q")]
     pub qos: Option<String>,
     /// Run at most K cells at once.

@@ -126,6 +126,19 @@ pub fn read_status(
     queue: Option<&[QueuedJob]>,
 ) -> Result<Vec<CellStatus>> {
     let cells = declared_cells(dir)?;
+    // a finished run's manifest has each cell's outcome (older run folders say nothing else about it)
+    let manifest: Vec<(String, String, Option<String>)> =
+        std::fs::read_to_string(dir.join("manifest.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|m| m.get("cells").and_then(|c| c.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| {
+                let s = |k: &str| c.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                Some((s("id")?, s("status")?, s("error")))
+            })
+            .collect();
     let mut out = Vec::with_capacity(cells.len());
     for (index, (id, total)) in cells.into_iter().enumerate() {
         let cdir = dir.join("cells").join(&id);
@@ -145,8 +158,10 @@ pub fn read_status(
             .and_then(|a| a.parse::<u64>().ok());
         let queued = array.and_then(|a| queue?.iter().find(|j| j.covers(a, index)));
         let lock = lock::inspect(&cdir.join(".lock"));
-        let complete =
-            total.is_some_and(|t| done >= t) || attempt.as_ref().is_some_and(|a| a.status == "ok");
+        let in_manifest = manifest.iter().find(|(m, _, _)| m == &id);
+        let complete = total.is_some_and(|t| done >= t)
+            || attempt.as_ref().is_some_and(|a| a.status == "ok")
+            || (attempt.is_none() && in_manifest.is_some_and(|(_, s, _)| s == "ok"));
         let state = if complete {
             CellState::Done
         } else if let Some((h, Liveness::Alive)) = &lock {
@@ -173,7 +188,13 @@ pub fn read_status(
                     "stopped without finishing (killed, cancelled or out of time; started {} on {})",
                     a.started, a.host
                 )),
-                _ => CellState::Waiting("not started".into()),
+                _ => match in_manifest {
+                    Some((_, st, err)) if st == "failed" => {
+                        CellState::Failed(err.clone().unwrap_or_else(|| "failed".into()))
+                    }
+                    _ if done > 0 => CellState::Waiting("stopped; resume to continue".into()),
+                    _ => CellState::Waiting("not started".into()),
+                },
             }
         };
         out.push(CellStatus {
@@ -351,5 +372,19 @@ mod tests {
         assert_eq!((st[0].stages_done, st[0].stages_total), (2, None));
         assert!(format_status(&st)[0].contains("2/? stages"));
         assert!(read_status(&d.path().join("nope"), None, None).is_err());
+        assert_eq!(
+            st[0].state,
+            CellState::Waiting("stopped; resume to continue".into())
+        );
+        // an older finished run: its manifest says which cells finished
+        write_atomic(
+            &d.path().join("manifest.json"),
+            br#"{"cells": [{"id": "x__seed0__given", "status": "ok", "wall_s": 1.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            read_status(d.path(), None, None).unwrap()[0].state,
+            CellState::Done
+        );
     }
 }
