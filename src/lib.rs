@@ -11,17 +11,21 @@
 //!   [`Registry::register`] it. `examples/custom_strategy.rs` does all four end to end.
 //!
 //! Layers (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py` checks that arrows point one way):
-//! [`util`], [`error`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
-//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`runner`] < [`report`] < [`cli`].
+//! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
+//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`runner`] < [`report`], [`cluster`] < [`cli`].
 
 pub mod error;
 pub use error::{Error, Result};
 
 /// The `evosam` binary's subcommands.
 pub mod cli;
+/// Running a spec on Slurm: job scripts, submission, status (`evosam submit`, `evosam status`).
+pub mod cluster;
 pub mod data;
 /// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
+/// Locks that are correct on a shared file system (host, pid, heartbeat).
+pub mod lock;
 pub mod metrics;
 /// LiteMedSAM in candle, with LoRA adapters.
 pub mod model;

@@ -27,6 +27,8 @@ struct RawSpec {
     train: Option<Spanned<Table>>,
     #[serde(default)]
     strategy: Vec<Spanned<Table>>,
+    #[serde(default)]
+    slurm: Option<Spanned<super::SlurmSettings>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +196,23 @@ pub(super) fn parse(
         strategies.push(st);
     }
 
+    let slurm = match raw.slurm {
+        None => super::SlurmSettings::default(),
+        Some(s) => {
+            let span = s.span();
+            let s = s.into_inner();
+            s.validate().map_err(|e| {
+                src.err_diag(
+                    &[key("slurm")],
+                    span.start,
+                    "[slurm]",
+                    &Diag::at(e.key, format!("`{}`: {}", e.key, e.msg)),
+                )
+            })?;
+            s
+        }
+    };
+
     Ok(Spec {
         file: file.to_path_buf(),
         base_dir: base_dir.to_path_buf(),
@@ -202,6 +221,7 @@ pub(super) fn parse(
         orders,
         model,
         strategies,
+        slurm,
     })
 }
 
