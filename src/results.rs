@@ -24,6 +24,9 @@ pub struct ScoreRow {
     #[serde(with = "f64_bits")]
     pub dice: f64,
     pub routed_to: Option<String>,
+    /// Novelty score of the case under a routing strategy's novelty detector (EvoSAM), else None.
+    #[serde(default)]
+    pub novelty: Option<f64>,
 }
 
 /// One extra per-stage value (extras.csv).
@@ -108,6 +111,10 @@ pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
             rows.iter()
                 .map(|r| r.routed_to.clone())
                 .collect::<Vec<Option<String>>>(),
+        ),
+        col(
+            "novelty",
+            rows.iter().map(|r| r.novelty).collect::<Vec<Option<f64>>>(),
         ),
     ])?)
 }
@@ -430,6 +437,7 @@ mod tests {
             case: case.into(),
             dice,
             routed_to: None,
+            novelty: None,
         }
     }
 

@@ -33,6 +33,9 @@ use std::time::Instant;
 /// Test cases per prediction batch.
 pub const EVAL_BATCH: usize = 8;
 
+/// extras.csv key of the optimiser steps a stage took (counted by the runner, for every strategy).
+pub const STEPS_KEY: &str = "train_steps";
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Results root (default: the spec's `output`); results go to `<out>/<experiment name>/`.
@@ -498,6 +501,7 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
         opts,
         threads,
         &outcomes,
+        &extras,
         emb_s,
     )?;
     drop(lock);
@@ -695,8 +699,13 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
         return Ok(());
     }
     let id = cell.id.clone();
+    // The validation part is drawn per (seed, task): the same for every strategy and order of this seed.
+    let tasks = crate::train::budget::split_validation(&sh.tasks, cell.seed, sspec.train.val_fraction);
     let stage_now = std::sync::atomic::AtomicUsize::new(0);
+    // Every optimiser step reports progress once: counting them gives the steps each stage actually took.
+    let steps_taken = std::sync::atomic::AtomicUsize::new(0);
     let progress = |p: Progress| {
+        steps_taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sh.reporter.step(
             &id,
             stage_now.load(std::sync::atomic::Ordering::Relaxed),
@@ -711,7 +720,7 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
         spec: sspec,
         seed: cell.seed,
         order_label: &order.label,
-        tasks: &sh.tasks,
+        tasks: &tasks,
         order: &order.tasks,
         stage: k,
         rng: ChaCha8Rng::seed_from_u64(derive_seed(&[
@@ -732,8 +741,9 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
     for k in start..=n {
         stage_now.store(k, std::sync::atomic::Ordering::Relaxed);
         let mut ctx = make_ctx(k);
+        steps_taken.store(0, std::sync::atomic::Ordering::Relaxed);
         let trained = if k > 0 {
-            let task = &sh.tasks[order.tasks[k - 1]];
+            let task = &tasks[order.tasks[k - 1]];
             sh.reporter
                 .stage(&cell.id, k, n, &format!("training {}", task.name));
             strat.train_task(&mut ctx, k - 1, task)?;
@@ -743,8 +753,12 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
         };
         sh.reporter.stage(&cell.id, k, n, "evaluating");
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
-        let extras: Vec<ExtraRow> = strat
-            .extra_metrics()
+        let mut extra = strat.extra_metrics();
+        if k > 0 {
+            let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
+            extra.insert(STEPS_KEY.to_string(), n as f64);
+        }
+        let extras: Vec<ExtraRow> = extra
             .into_iter()
             .map(|(key, value)| ExtraRow {
                 strategy: sspec.label.clone(),
@@ -844,6 +858,7 @@ fn evaluate(
                     case: c.id.clone(),
                     dice: d,
                     routed_to: pred.routed_to.as_ref().and_then(|r| r.get(i).cloned()),
+                    novelty: pred.novelty.as_ref().and_then(|r| r.get(i).copied()),
                 });
             }
         }
@@ -933,6 +948,7 @@ fn git_commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_manifest(
     sh: &Shared,
     dir: &Path,
@@ -941,16 +957,35 @@ fn write_manifest(
     opts: &RunOptions,
     threads: usize,
     outcomes: &[Outcome],
+    extras: &[ExtraRow],
     embeddings_s: f64,
 ) -> Result<()> {
     let hostname = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    // Optimiser steps per stage of each cell (from the stages' extras, so resumed stages count too).
+    let steps_of = |id: &str| -> Vec<u64> {
+        let mut v: Vec<(i64, u64)> = extras
+            .iter()
+            .filter(|e| {
+                e.key == STEPS_KEY && format!("{}__seed{}__{}", e.strategy, e.seed, e.order) == id
+            })
+            .map(|e| (e.stage, e.value as u64))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, n)| n).collect()
+    };
     let cells: Vec<serde_json::Value> = outcomes
         .iter()
-        .map(|(id, r, secs)| match r {
-            Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs}),
-            Err(e) => serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs}),
+        .map(|(id, r, secs)| {
+            let steps = steps_of(id);
+            let total: u64 = steps.iter().sum();
+            match r {
+                Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs,
+                    "steps": total, "steps_per_stage": steps}),
+                Err(e) => serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs,
+                    "steps": total, "steps_per_stage": steps}),
+            }
         })
         .collect();
     let defs: serde_json::Map<String, serde_json::Value> = crate::metrics::DEFINITIONS

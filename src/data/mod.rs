@@ -76,7 +76,9 @@ pub enum ImageSource {
     File(std::path::PathBuf),
 }
 
-/// One image of a task in the model frame, with its ground truth at original resolution.
+/// One image of a task in the model frame, with its ground truth at original resolution. Cloning is cheap
+/// (tensors are reference-counted).
+#[derive(Clone)]
 pub struct Case {
     pub id: String,
     /// (3,S,S) model input in [0,1].
@@ -111,9 +113,14 @@ impl Case {
 }
 
 /// A task's train and test cases.
+#[derive(Clone)]
 pub struct TaskData {
     pub name: String,
     pub train: Vec<Case>,
+    /// Held-out part of the training data for model selection (`[train] val_fraction`; empty by default). The
+    /// runner moves these cases out of `train` per seed, identically for every strategy
+    /// ([`crate::train::budget::split_validation`]).
+    pub val: Vec<Case>,
     pub test: Vec<Case>,
     /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,
@@ -219,6 +226,7 @@ pub fn load_task(
     Ok(TaskData {
         name: t.name.clone(),
         train: conv(train, augment)?,
+        val: Vec::new(),
         test: conv(test, false)?,
         fov_eval,
     })

@@ -11,6 +11,7 @@ pub mod finetune;
 pub mod joint;
 pub mod lwf;
 pub mod matcher;
+pub mod novelty;
 pub mod replay;
 pub mod reservoir;
 pub mod single;
@@ -304,6 +305,8 @@ pub struct Batch<'a> {
 pub struct Prediction {
     pub logits: Tensor,
     pub routed_to: Option<Vec<String>>,
+    /// Per-image novelty score of a routing strategy's novelty detector (scores.csv `novelty`), else None.
+    pub novelty: Option<Vec<f64>>,
 }
 
 pub trait Strategy: Send {
@@ -377,6 +380,7 @@ mod tests {
             Ok(Prediction {
                 logits: out.logits,
                 routed_to: Some(vec!["base".into(); batch.cases.len()]),
+                novelty: None,
             })
         }
         fn save_state(&self, _dir: &Path) -> Result<()> {

@@ -7,6 +7,7 @@ use crate::model::{Adapter, LiteMedSam};
 use crate::spec::StrategySpec;
 use crate::train::optim::{AdamW, ParamsAdamW};
 use crate::train::r#loop::{ExtraLoss, FitStats};
+use crate::train::select::{FitReport, Selection};
 use crate::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +26,8 @@ pub struct SingleAdapter {
     pub adapter: Adapter,
     pub opt: Option<AdamW>,
     init_seed: u64,
+    /// What the last fit did (steps, chosen epoch, validation Dice), for extras.csv.
+    pub last_fit: Option<FitReport>,
 }
 
 pub const ADAPTER_FILE: &str = "adapter.safetensors";
@@ -36,6 +39,7 @@ impl SingleAdapter {
             adapter: Adapter::new(model, &spec.lora, init_seed)?,
             opt: None,
             init_seed,
+            last_fit: None,
         })
     }
 
@@ -47,7 +51,8 @@ impl SingleAdapter {
     }
 
     /// Train on `cases` (+ `per_batch` memory cases per step) with an optional extra loss. The optimiser is
-    /// created on first use and recreated when `reset_optimizer` is set.
+    /// created on first use and recreated when `reset_optimizer` is set. With a validation part, the epoch with
+    /// the best Dice on the current task's held-out cases is kept ([`crate::train::select`]).
     #[allow(clippy::too_many_arguments)]
     pub fn fit(
         &mut self,
@@ -63,7 +68,14 @@ impl SingleAdapter {
             self.opt = Some(AdamW::new(self.adapter.vars(), adamw_params(ctx.spec))?);
         }
         let opt = self.opt.as_mut().expect("optimiser");
-        crate::train::r#loop::fit_mixed(
+        let current = ctx.seen().last().copied();
+        let val: Vec<&Case> = current.map(|t| t.val.iter().collect()).unwrap_or_default();
+        let sel = Selection {
+            val: &val,
+            fov: current.is_some_and(|t| t.fov_eval),
+            keep_start: false,
+        };
+        let report = crate::train::select::fit_selected(
             ctx,
             task_name,
             &self.adapter,
@@ -72,7 +84,15 @@ impl SingleAdapter {
             extra,
             memory,
             per_batch,
-        )
+            &sel,
+        )?;
+        let stats = FitStats {
+            steps: report.steps,
+            epochs: report.epochs_run,
+            last_epoch_loss: report.last_epoch_loss,
+        };
+        self.last_fit = Some(report);
+        Ok(stats)
     }
 
     pub fn predict(&self, ctx: &StrategyCtx, batch: &Batch) -> Result<Prediction> {
@@ -80,6 +100,7 @@ impl SingleAdapter {
         Ok(Prediction {
             logits: out.logits,
             routed_to: None,
+            novelty: None,
         })
     }
 
@@ -104,13 +125,29 @@ impl SingleAdapter {
         Ok(())
     }
 
-    /// `trainable_params` and `params_per_expert` (one model).
+    /// `trainable_params` and `params_per_expert` (one model), and the last fit's selection
+    /// ([`fit_extras`]).
     pub fn extras(&self) -> BTreeMap<String, f64> {
         let n = self.adapter.num_params() as f64;
-        BTreeMap::from([
+        let mut m = BTreeMap::from([
             ("trainable_params".to_string(), n),
             ("params_per_expert".to_string(), n),
-        ])
+        ]);
+        if let Some(r) = &self.last_fit {
+            fit_extras(r, &mut m);
+        }
+        m
+    }
+}
+
+/// extras.csv keys of a fit: `chosen_epoch`, `epochs_run` and, with validation, `val_dice` (kept weights) and
+/// `val_dice_start`.
+pub fn fit_extras(r: &FitReport, m: &mut BTreeMap<String, f64>) {
+    m.insert("chosen_epoch".into(), r.chosen_epoch as f64);
+    m.insert("epochs_run".into(), r.epochs_run as f64);
+    if let Some(d) = r.chosen_val_dice() {
+        m.insert("val_dice".into(), d);
+        m.insert("val_dice_start".into(), r.val_dice[0]);
     }
 }
 
