@@ -52,9 +52,13 @@ pub struct Params {
     /// Where a new expert starts (see [`birth`]).
     #[serde(default)]
     pub init: Init,
-    /// With a validation part: keep the starting point when the trained expert does not beat it.
+    /// With a validation part: keep the starting point when the trained expert does not beat it, and use the base
+    /// model (B = 0) when neither the trained copy nor its parent beats the base.
     #[serde(default = "d_true")]
     pub keep_start: bool,
+    /// How much (mean validation Dice) a trained expert must beat its start, and a copied expert the base, by.
+    #[serde(default)]
+    pub keep_start_margin: f64,
     #[serde(default)]
     pub novelty: NoveltyConfig,
 }
@@ -67,6 +71,12 @@ impl Params {
     pub fn check(self) -> std::result::Result<Self, String> {
         self.matcher.check().map_err(|e| format!("[matcher] {e}"))?;
         self.novelty.check().map_err(|e| format!("[novelty] {e}"))?;
+        if !(self.keep_start_margin.is_finite() && self.keep_start_margin >= 0.0) {
+            return Err(format!(
+                "`keep_start_margin` = {} must be >= 0",
+                self.keep_start_margin
+            ));
+        }
         Ok(self)
     }
 }
@@ -428,6 +438,7 @@ impl Strategy for EvoSam {
             val: &val,
             fov: task.fov_eval,
             keep_start: self.params.keep_start,
+            start_margin: self.params.keep_start_margin,
         };
         let saved_rng = std::mem::replace(
             &mut ctx.rng,
@@ -437,7 +448,30 @@ impl Strategy for EvoSam {
             ctx, &task.name, &adapter, &mut opt, &cases, None, &[], 0, &sel,
         );
         ctx.rng = saved_rng;
-        birth.fit = Some(fitted?);
+        let fit = fitted?;
+        // Never worse than the base on validation: a copied expert (trained or its parent kept) must also beat the
+        // base model, else the expert is the base (a fresh adapter, B = 0).
+        let mut adapter = adapter;
+        if let (true, Some(_), Some(chosen)) = (
+            self.params.keep_start,
+            birth.parent,
+            fit.chosen_val_dice(),
+        ) {
+            let base = crate::train::select::validation_dice(
+                ctx.model,
+                ctx.embeddings,
+                ctx.device,
+                None,
+                &val,
+                task.fov_eval,
+            )?;
+            birth.base_val_dice = Some(base);
+            if chosen <= base + self.params.keep_start_margin {
+                adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
+                birth.kept_base = true;
+            }
+        }
+        birth.fit = Some(fit);
         self.set.push(&task.name, adapter, birth, &feats)
     }
 
@@ -530,6 +564,7 @@ impl Strategy for EvoSam {
                 super::single::fit_extras(f, &mut m);
                 m.insert("kept_start".into(), f64::from(u8::from(f.kept_start())));
             }
+            m.insert("kept_base".into(), f64::from(u8::from(b.kept_base)));
         }
         m
     }

@@ -32,6 +32,8 @@ pub struct SingleAdapter {
 
 pub const ADAPTER_FILE: &str = "adapter.safetensors";
 pub const ADAMW_FILE: &str = "adamw.safetensors";
+/// The last fit's report (chosen epoch, validation Dice), so a restored strategy reports the same extras.
+pub const FIT_FILE: &str = "fit.json";
 
 impl SingleAdapter {
     pub fn new(spec: &StrategySpec, model: &LiteMedSam, init_seed: u64) -> Result<Self> {
@@ -74,6 +76,7 @@ impl SingleAdapter {
             val: &val,
             fov: current.is_some_and(|t| t.fov_eval),
             keep_start: false,
+            start_margin: 0.0,
         };
         let report = crate::train::select::fit_selected(
             ctx,
@@ -109,6 +112,10 @@ impl SingleAdapter {
         if let Some(o) = &self.opt {
             o.save(&dir.join(ADAMW_FILE))?;
         }
+        if let Some(f) = &self.last_fit {
+            let js = serde_json::to_vec(f).map_err(|e| crate::Error::internal(e.to_string()))?;
+            crate::results::write_atomic(&dir.join(FIT_FILE), &js)?;
+        }
         Ok(())
     }
 
@@ -121,6 +128,15 @@ impl SingleAdapter {
             Some(o)
         } else {
             None
+        };
+        let f = dir.join(FIT_FILE);
+        self.last_fit = match std::fs::read(&f) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| crate::Error::input(format!("{}: {e}", f.display())))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(crate::Error::io(&f, e)),
         };
         Ok(())
     }

@@ -85,17 +85,27 @@ fn restore(adapter: &Adapter, snap: &[Tensor]) -> Result<()> {
 }
 
 /// The selection rule on a sequence of validation scores (index 0 = the start): the first index with the highest
-/// score among the eligible ones (the start only when `start_eligible`, so ties keep the start / the earlier
-/// epoch). Returns None for an empty sequence.
-pub fn best_epoch(val: &[f64], start_eligible: bool) -> Option<usize> {
-    let first = if start_eligible { 0 } else { 1 };
+/// score among the trained epochs (1..); when `start_eligible`, the start is kept unless that epoch beats it by more
+/// than `margin` (so ties keep the start). Returns None when nothing is eligible.
+pub fn select_epoch(val: &[f64], start_eligible: bool, margin: f64) -> Option<usize> {
     let mut best: Option<usize> = None;
-    for (i, &v) in val.iter().enumerate().skip(first) {
+    for (i, &v) in val.iter().enumerate().skip(1) {
         if best.is_none_or(|b| v > val[b]) {
             best = Some(i);
         }
     }
-    best
+    if !start_eligible || val.is_empty() {
+        return best;
+    }
+    match best {
+        Some(b) if val[b] > val[0] + margin => Some(b),
+        _ => Some(0),
+    }
+}
+
+/// [`select_epoch`] without a margin.
+pub fn best_epoch(val: &[f64], start_eligible: bool) -> Option<usize> {
+    select_epoch(val, start_eligible, 0.0)
 }
 
 /// Options of [`fit_selected`].
@@ -106,6 +116,8 @@ pub struct Selection<'v> {
     pub fov: bool,
     /// Keep the starting weights when no epoch beats them on validation (EvoSAM's rule).
     pub keep_start: bool,
+    /// With `keep_start`: how much (mean validation Dice) an epoch must beat the start by.
+    pub start_margin: f64,
 }
 
 /// Train as [`crate::train::r#loop::fit_mixed`] under the spec's budget, evaluating on `sel.val` after every
@@ -139,16 +151,18 @@ pub fn fit_selected(
     let patience = ctx.spec.train.patience;
     let start = validation_dice(model, store, device, Some(adapter), sel.val, sel.fov)?;
     let mut val_dice = vec![start];
-    let mut best_snap = if sel.keep_start {
+    let start_snap = if sel.keep_start {
         Some(snapshot(adapter)?)
     } else {
         None
     };
+    // The best trained epoch so far (the start is weighed against it at the end).
+    let mut best_snap: Option<Vec<Tensor>> = None;
     let mut since_best = 0usize;
     let mut hook = |epoch: usize, a: &Adapter| -> Result<bool> {
         let d = validation_dice(model, store, device, Some(a), sel.val, sel.fov)?;
         val_dice.push(d);
-        if best_epoch(&val_dice, sel.keep_start) == Some(epoch) {
+        if best_epoch(&val_dice, false) == Some(epoch) {
             best_snap = Some(snapshot(a)?);
             since_best = 0;
         } else {
@@ -167,9 +181,10 @@ pub fn fit_selected(
         per_batch,
         Some(&mut hook),
     )?;
-    let chosen = best_epoch(&val_dice, sel.keep_start).unwrap_or(0);
-    if let Some(s) = &best_snap {
-        if chosen != st.epochs {
+    let chosen = select_epoch(&val_dice, sel.keep_start, sel.start_margin).unwrap_or(0);
+    let keep = if chosen == 0 { &start_snap } else { &best_snap };
+    if chosen != st.epochs {
+        if let Some(s) = keep {
             restore(adapter, s)?;
         }
     }
@@ -195,5 +210,9 @@ mod tests {
         assert_eq!(best_epoch(&[0.2, 0.2], true), Some(0));
         assert_eq!(best_epoch(&[0.2], false), None);
         assert_eq!(best_epoch(&[], true), None);
+        // a margin: the start stays unless beaten by more than it
+        assert_eq!(select_epoch(&[0.5, 0.505, 0.4], true, 0.01), Some(0));
+        assert_eq!(select_epoch(&[0.5, 0.505, 0.52], true, 0.01), Some(2));
+        assert_eq!(select_epoch(&[0.5, 0.505, 0.4], false, 0.01), Some(1));
     }
 }

@@ -37,6 +37,13 @@ pub struct Birth {
     /// Steps, epochs and validation of its training (chosen epoch 0 = the starting point was kept).
     #[serde(default)]
     pub fit: Option<FitReport>,
+    /// Validation Dice of the base model, when it was weighed against a copied expert.
+    #[serde(default)]
+    pub base_val_dice: Option<f64>,
+    /// The expert was replaced by the base model (B = 0): neither the trained copy nor its parent beat the base
+    /// on validation.
+    #[serde(default)]
+    pub kept_base: bool,
 }
 
 /// Choose the parent of the expert for a new task. `votes[k]` is how many of the task's training images the
@@ -82,7 +89,7 @@ pub fn choose(init: Init, names: &[String], votes: &[usize]) -> Birth {
                     votes[best], best, names[best]
                 ),
                 vote_share: Some(share),
-                fit: None,
+                ..Default::default()
             }
         }
     }
