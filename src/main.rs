@@ -23,6 +23,12 @@ enum Command {
     Bench(cli::bench::Args),
 }
 
+/// The compute thread count of `evosam run`: candle's matmuls and rayon's global pool read
+/// `RAYON_NUM_THREADS` once, when they start, so the binary sets it before any work (the library never does).
+fn set_threads(n: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -33,7 +39,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Segment(a) => cli::segment::run(a),
-        Command::Run(a) => cli::run::run(a),
+        Command::Run(a) => cli::run::run(a, set_threads),
         Command::Validate(a) => cli::validate::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Bench(a) => cli::bench::run(a),

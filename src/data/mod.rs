@@ -3,12 +3,15 @@
 //! Every source yields [`RawCase`]s at their original resolution; [`make_case`] applies LiteMedSAM's input recipe
 //! (via [`crate::preprocess`]) and keeps the ground truth at original resolution for scoring.
 
+pub mod embeddings;
 pub mod folder;
 pub mod nifti;
+mod source;
 pub mod synthetic;
 
+pub use source::{load_task, plan_counts, SourceSpec, SOURCE_KINDS};
+
 use crate::preprocess::{self, PrepMeta};
-use crate::spec::{SourceSpec, Spec, TaskSpec};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -124,112 +127,6 @@ pub struct TaskData {
     pub test: Vec<Case>,
     /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,
-}
-
-/// Checks that need no files (mutually exclusive options, ranges). Returns a message naming the key.
-pub fn validate_source(t: &TaskSpec) -> std::result::Result<(), String> {
-    match &t.source {
-        SourceSpec::Synthetic(s) => s.validate(),
-        SourceSpec::Folder(s) => s.validate(),
-        SourceSpec::Nifti(s) => s.validate(),
-    }
-}
-
-/// Counts of train and test items (images, or volumes for NIfTI) a task will have, from file listings only.
-pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
-    let (tr, te) = match &t.source {
-        SourceSpec::Synthetic(s) => (s.train, s.test),
-        SourceSpec::Folder(s) => {
-            let p = s.plan(spec, &t.name)?;
-            (p.train.len(), p.test.len())
-        }
-        SourceSpec::Nifti(s) => {
-            let p = s.plan(spec, &t.name)?;
-            (p.train.len(), p.test.len())
-        }
-    };
-    if tr == 0 || te == 0 {
-        return Err(spec.err(format!(
-            "line {}: task {:?} has an empty {} split ({tr} train, {te} test)",
-            t.line,
-            t.name,
-            if tr == 0 { "train" } else { "test" }
-        )));
-    }
-    Ok((tr, te))
-}
-
-/// Load one task: decode, preprocess to the model frame, and check that neither split is empty.
-/// `augment`: also build each train case's mirrored twin ([`Case::flipped`]).
-pub fn load_task(
-    spec: &Spec,
-    t: &TaskSpec,
-    size: usize,
-    augment: bool,
-    device: &Device,
-) -> Result<TaskData> {
-    let (train, test, fov_eval) = match &t.source {
-        SourceSpec::Synthetic(s) => {
-            let (a, b) = s.generate()?;
-            (a, b, false)
-        }
-        SourceSpec::Folder(s) => {
-            let (a, b) = s.load(spec, &t.name)?;
-            (a, b, s.fov_eval)
-        }
-        SourceSpec::Nifti(s) => {
-            let (a, b) = s.load(spec, &t.name)?;
-            (a, b, false)
-        }
-    };
-    if train.is_empty() || test.is_empty() {
-        return Err(spec.err(format!(
-            "line {}: task {:?} has an empty {} split after loading ({} train, {} test)",
-            t.line,
-            t.name,
-            if train.is_empty() { "train" } else { "test" },
-            train.len(),
-            test.len()
-        )));
-    }
-    let conv = |v: Vec<RawCase>, aug: bool| -> Result<Vec<Case>> {
-        v.into_iter()
-            .map(|r| {
-                let img = decode(&r)?;
-                let twin = if aug {
-                    let fr = RawCase {
-                        id: format!("{}#hflip", r.id),
-                        image: ImageSource::Raw(RawImage {
-                            h: 0,
-                            w: 0,
-                            channels: 3,
-                            data: vec![],
-                        }),
-                        mask: flip_mask(&r.mask),
-                        fov: r.fov.as_ref().map(flip_mask),
-                    };
-                    Some(Box::new(make_case_from(
-                        fr,
-                        &flip_image(&img),
-                        size,
-                        device,
-                    )?))
-                } else {
-                    None
-                };
-                let mut c = make_case_from(r, &img, size, device)?;
-                c.flipped = twin;
-                Ok(c)
-            })
-            .collect()
-    };
-    Ok(TaskData {
-        name: t.name.clone(),
-        train: conv(train, augment)?,
-        val: Vec::new(),
-        test: conv(test, false)?,
-        fov_eval,
-    })
 }
 
 /// Turn a raw image into the model's image type.

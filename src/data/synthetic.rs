@@ -12,6 +12,7 @@
 //! depends on other tasks or on the experiment seed.
 
 use super::{ImageSource, Mask2D, RawCase, RawImage};
+use crate::spec::Diag;
 use crate::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,19 +56,30 @@ fn d_size() -> usize {
 pub const N_SITES: u32 = 4;
 
 impl SyntheticSpec {
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Ranges (no files involved). The error names the key at fault.
+    pub fn validate(&self) -> std::result::Result<(), Diag> {
         if self.site >= N_SITES {
-            return Err(format!(
-                "`site` = {} is out of range (0..={})",
-                self.site,
-                N_SITES - 1
+            return Err(Diag::at(
+                "site",
+                format!(
+                    "`site` = {} is out of range (0..={})",
+                    self.site,
+                    N_SITES - 1
+                ),
             ));
         }
         if self.train == 0 || self.test == 0 {
-            return Err("`train` and `test` must be >= 1 (the split would be empty)".into());
+            let k = if self.train == 0 { "train" } else { "test" };
+            return Err(Diag::at(
+                k,
+                "`train` and `test` must be >= 1 (the split would be empty)",
+            ));
         }
         if !(32..=2048).contains(&self.size) {
-            return Err(format!("`size` = {} must be in 32..=2048", self.size));
+            return Err(Diag::at(
+                "size",
+                format!("`size` = {} must be in 32..=2048", self.size),
+            ));
         }
         Ok(())
     }

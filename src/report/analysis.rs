@@ -10,18 +10,14 @@ use serde::Serialize;
 use super::load::ResultsSet;
 use super::stats::{mean_std, wilcoxon_signed_rank, Wilcoxon};
 
-/// Strategies whose position (and so colour and marker) is fixed; others follow in sorted order.
-pub const KNOWN_STRATEGIES: [&str; 9] = [
-    "evosam",
-    "evosam-oracle",
-    "zeroshot",
-    "finetune",
-    "ewc",
-    "online-ewc",
-    "replay",
-    "lwf",
-    "joint",
-];
+/// Strategies whose position (and so colour and marker) is fixed: the built-in presets, in the registry's
+/// order; others follow in sorted order.
+pub static KNOWN_STRATEGIES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        static BUILTIN: std::sync::LazyLock<crate::strategy::Registry> =
+            std::sync::LazyLock::new(crate::strategy::Registry::default);
+        BUILTIN.preset_names()
+    });
 
 /// The reference strategy of the significance tests.
 pub const REFERENCE_STRATEGY: &str = "evosam";

@@ -17,13 +17,13 @@ pub mod birth;
 
 use super::matcher::{MatcherConfig, RidgeMatcher};
 use super::novelty::{Calibration, NoveltyConfig};
-use birth::{Birth, Init};
 use super::{Batch, Prediction, Strategy, StrategyCtx};
 use crate::data::{Case, TaskData};
 use crate::model::{Adapter, LiteMedSam};
-use crate::spec::StrategySpec;
+use crate::spec::{Diag, StrategySpec};
 use crate::train::optim::AdamW;
 use crate::{Error, Result};
+use birth::{Birth, Init};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,13 +68,21 @@ fn d_true() -> bool {
 }
 
 impl Params {
-    pub fn check(self) -> std::result::Result<Self, String> {
-        self.matcher.check().map_err(|e| format!("[matcher] {e}"))?;
-        self.novelty.check().map_err(|e| format!("[novelty] {e}"))?;
+    /// Ranges of the matcher, novelty and keep-the-start settings.
+    pub fn check(self) -> std::result::Result<Self, Diag> {
+        self.matcher
+            .check()
+            .map_err(|e| Diag::at("matcher", format!("[matcher] {e}")))?;
+        self.novelty
+            .check()
+            .map_err(|e| Diag::at("novelty", format!("[novelty] {e}")))?;
         if !(self.keep_start_margin.is_finite() && self.keep_start_margin >= 0.0) {
-            return Err(format!(
-                "`keep_start_margin` = {} must be >= 0",
-                self.keep_start_margin
+            return Err(Diag::at(
+                "keep_start_margin",
+                format!(
+                    "`keep_start_margin` = {} must be >= 0",
+                    self.keep_start_margin
+                ),
             ));
         }
         Ok(self)
@@ -281,14 +289,14 @@ impl ExpertSet {
             experts,
         };
         let js = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
-        crate::results::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
+        crate::util::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
         let nov = NoveltyState {
             config: self.novelty.clone(),
             calibration: self.calibration.clone(),
         };
         let nj = serde_json::to_vec_pretty(&nov).map_err(|e| Error::internal(e.to_string()))?;
-        crate::results::write_atomic(&dir.join(NOVELTY), &nj)?;
-        crate::results::write_atomic(&dir.join(MANIFEST), &js)
+        crate::util::write_atomic(&dir.join(NOVELTY), &nj)?;
+        crate::util::write_atomic(&dir.join(MANIFEST), &js)
     }
 
     /// Load an expert set written by [`ExpertSet::save`] (a stage's `state/` folder of an EvoSAM cell).
@@ -426,7 +434,7 @@ impl Strategy for EvoSam {
         // only in routing.
         let (seed_s, k_s) = (ctx.seed.to_string(), task_index.to_string());
         let parts = ["evosam-expert", &seed_s, ctx.order_label, &k_s, &task.name];
-        let init = crate::runner::derive_seed(&parts);
+        let init = crate::util::derive_seed(&parts);
         let adapter = match birth.parent {
             Some(p) => self.set.adapters[p].deep_clone()?,
             None => Adapter::new(ctx.model, &ctx.spec.lora, init)?,
@@ -435,6 +443,10 @@ impl Strategy for EvoSam {
         let cases: Vec<&Case> = task.train.iter().collect();
         let val: Vec<&Case> = task.val.iter().collect();
         let sel = crate::train::select::Selection {
+            model: ctx.model,
+            embeddings: ctx.embeddings,
+            device: ctx.device,
+            patience: ctx.spec.train.patience,
             val: &val,
             fov: task.fov_eval,
             keep_start: self.params.keep_start,
@@ -445,18 +457,24 @@ impl Strategy for EvoSam {
             rand::SeedableRng::seed_from_u64(init.rotate_left(17) ^ 0x5eed),
         );
         let fitted = crate::train::select::fit_selected(
-            ctx, &task.name, &adapter, &mut opt, &cases, None, &[], 0, &sel,
+            ctx,
+            &task.name,
+            &adapter,
+            &mut opt,
+            &cases,
+            None,
+            &[],
+            0,
+            &sel,
         );
         ctx.rng = saved_rng;
         let fit = fitted?;
         // Never worse than the base on validation: a copied expert (trained or its parent kept) must also beat the
         // base model, else the expert is the base (a fresh adapter, B = 0).
         let mut adapter = adapter;
-        if let (true, Some(_), Some(chosen)) = (
-            self.params.keep_start,
-            birth.parent,
-            fit.chosen_val_dice(),
-        ) {
+        if let (true, Some(_), Some(chosen)) =
+            (self.params.keep_start, birth.parent, fit.chosen_val_dice())
+        {
             let base = crate::train::select::validation_dice(
                 ctx.model,
                 ctx.embeddings,

@@ -8,6 +8,7 @@
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Diag;
 use crate::Result;
 
 /// Diagonal Fisher of `loss(i)` for i in 0..n, w.r.t. `vars` (same order, same shapes).
@@ -208,18 +209,23 @@ fn default_lambda() -> f64 {
 }
 
 impl Params {
-    pub fn check(self) -> std::result::Result<Self, String> {
+    /// Ranges and the `gamma`/`online` pairing.
+    pub fn check(self) -> std::result::Result<Self, Diag> {
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
-            return Err(format!(
-                "`lambda` = {} must be a finite number >= 0",
-                self.lambda
+            return Err(Diag::at(
+                "lambda",
+                format!("`lambda` = {} must be a finite number >= 0", self.lambda),
             ));
         }
         match (self.online, self.gamma) {
-            (false, Some(_)) => Err("`gamma` is only used with `online = true`".into()),
-            (_, Some(g)) if !(0.0..=1.0).contains(&g) => {
-                Err(format!("`gamma` = {g} must be in [0, 1]"))
-            }
+            (false, Some(_)) => Err(Diag::at(
+                "gamma",
+                "`gamma` is only used with `online = true`",
+            )),
+            (_, Some(g)) if !(0.0..=1.0).contains(&g) => Err(Diag::at(
+                "gamma",
+                format!("`gamma` = {g} must be in [0, 1]"),
+            )),
             _ => Ok(self),
         }
     }

@@ -54,10 +54,7 @@ impl NoveltyConfig {
     /// Range checks; the message names the key.
     pub fn check(&self) -> std::result::Result<(), String> {
         if !(0.0..=1.0).contains(&self.quantile) {
-            return Err(format!(
-                "`quantile` = {} must be in [0, 1]",
-                self.quantile
-            ));
+            return Err(format!("`quantile` = {} must be in [0, 1]", self.quantile));
         }
         if !(0.0..=1.0).contains(&self.shrinkage) {
             return Err(format!(
@@ -246,7 +243,8 @@ mod tests {
                 (0..d)
                     .map(|j| {
                         let z: f64 = StandardNormal.sample(&mut rng);
-                        z * (1.0 + j as f64 * 0.1) + if j == seed as usize % d { shift } else { 0.0 }
+                        z * (1.0 + j as f64 * 0.1)
+                            + if j == seed as usize % d { shift } else { 0.0 }
                     })
                     .collect()
             })
@@ -259,9 +257,9 @@ mod tests {
         let means: Vec<DVector<f64>> = tasks
             .iter()
             .map(|t| {
-                t.iter()
-                    .fold(DVector::zeros(d), |acc, f| acc + DVector::from_column_slice(f))
-                    / t.len() as f64
+                t.iter().fold(DVector::zeros(d), |acc, f| {
+                    acc + DVector::from_column_slice(f)
+                }) / t.len() as f64
             })
             .collect();
         let mut sigma = DMatrix::<f64>::zeros(d, d);
@@ -289,7 +287,11 @@ mod tests {
     #[test]
     fn score_from_sums_equals_a_batch_computation() {
         let d = 6;
-        let tasks = vec![feats(1, 12, d, 4.0), feats(2, 7, d, -3.0), feats(3, 20, d, 2.0)];
+        let tasks = vec![
+            feats(1, 12, d, 4.0),
+            feats(2, 7, d, -3.0),
+            feats(3, 20, d, 2.0),
+        ];
         let sums: Vec<Sums> = tasks.iter().map(|t| Sums::of(t, d)).collect();
         for a in [0.0, 0.3, 1.0] {
             let refs: Vec<&Sums> = sums.iter().collect();

@@ -73,6 +73,10 @@ impl SingleAdapter {
         let current = ctx.seen().last().copied();
         let val: Vec<&Case> = current.map(|t| t.val.iter().collect()).unwrap_or_default();
         let sel = Selection {
+            model: ctx.model,
+            embeddings: ctx.embeddings,
+            device: ctx.device,
+            patience: ctx.spec.train.patience,
             val: &val,
             fov: current.is_some_and(|t| t.fov_eval),
             keep_start: false,

@@ -76,7 +76,7 @@ pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<Tas
             if n_val == 0 {
                 return t;
             }
-            let s = crate::runner::derive_seed(&["validation", &seed.to_string(), &t.name]);
+            let s = crate::util::derive_seed(&["validation", &seed.to_string(), &t.name]);
             let mut idx: Vec<usize> = (0..t.train.len()).collect();
             idx.shuffle(&mut ChaCha8Rng::seed_from_u64(s));
             let mut val_idx = idx[..n_val].to_vec();

@@ -1,8 +1,8 @@
 //! Training building blocks: segmentation losses and an AdamW whose state can be saved and restored.
 
+pub mod budget;
 /// The shared training loop of the strategies (runner).
 pub mod r#loop;
-pub mod budget;
 pub mod loss;
 pub mod optim;
 pub mod select;

@@ -7,11 +7,11 @@
 //! starting point (the base model or the expert it was copied from) on validation is not worth keeping as trained.
 //! Single-model baselines get the same best-epoch selection, but their epoch 0 is not eligible.
 
+use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::Case;
 use crate::model::{Adapter, LiteMedSam};
-use crate::strategy::{EmbeddingStore, StrategyCtx};
-use crate::train::r#loop::{ExtraLoss, FitStats};
 use crate::train::optim::AdamW;
+use crate::train::r#loop::{ExtraLoss, FitCtx, FitStats};
 use crate::Result;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,9 @@ impl FitReport {
     }
 }
 
+/// Validation cases per decoder batch.
+const VAL_BATCH: usize = 8;
+
 /// Mean Dice of `adapter` on validation cases (exact ground-truth box prompts, as at test time); each case is
 /// scored at its original resolution, inside its field of view when `fov` is set, like the test scores.
 pub fn validation_dice(
@@ -57,12 +60,12 @@ pub fn validation_dice(
         return Ok(f64::NAN);
     }
     let mut sum = 0.0;
-    for chunk in val.chunks(crate::runner::EVAL_BATCH) {
-        let emb = crate::strategy::embed_with(model, store, chunk, adapter)?;
+    for chunk in val.chunks(VAL_BATCH) {
+        let emb = embed_with(model, store, chunk, adapter)?;
         let prompts = crate::train::r#loop::eval_prompts(chunk, device)?;
         let out = model.decode(&emb, &prompts, adapter)?;
         for (i, c) in chunk.iter().enumerate() {
-            sum += crate::runner::case_dice(&out.logits.get(i)?, c, fov)?;
+            sum += crate::metrics::case_dice(&out.logits.get(i)?, c, fov)?;
         }
     }
     Ok(sum / val.len() as f64)
@@ -108,8 +111,13 @@ pub fn best_epoch(val: &[f64], start_eligible: bool) -> Option<usize> {
     select_epoch(val, start_eligible, 0.0)
 }
 
-/// Options of [`fit_selected`].
+/// Options of [`fit_selected`]: where to evaluate, on what, and the rules.
 pub struct Selection<'v> {
+    pub model: &'v LiteMedSam,
+    pub embeddings: &'v EmbeddingStore,
+    pub device: &'v Device,
+    /// Stop after this many epochs without a better validation Dice (0 = never; `[train] patience`).
+    pub patience: usize,
     /// Held-out cases (empty: plain training, the last epoch is kept).
     pub val: &'v [&'v Case],
     /// Score validation inside the field of view.
@@ -124,8 +132,8 @@ pub struct Selection<'v> {
 /// epoch; the adapter ends with the weights of the selected epoch (see [`best_epoch`]), and training stops after
 /// `[train] patience` epochs without a better validation Dice (0 = never).
 #[allow(clippy::too_many_arguments)]
-pub fn fit_selected(
-    ctx: &mut StrategyCtx,
+pub fn fit_selected<C: FitCtx + ?Sized>(
+    ctx: &mut C,
     task_name: &str,
     adapter: &Adapter,
     opt: &mut AdamW,
@@ -147,8 +155,7 @@ pub fn fit_selected(
             last_epoch_loss: st.last_epoch_loss,
         });
     }
-    let (model, store, device) = (ctx.model, ctx.embeddings, ctx.device);
-    let patience = ctx.spec.train.patience;
+    let (model, store, device, patience) = (sel.model, sel.embeddings, sel.device, sel.patience);
     let start = validation_dice(model, store, device, Some(adapter), sel.val, sel.fov)?;
     let mut val_dice = vec![start];
     let start_snap = if sel.keep_start {

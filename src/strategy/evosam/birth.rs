@@ -66,7 +66,10 @@ pub fn choose(init: Init, names: &[String], votes: &[usize]) -> Birth {
         },
         Init::Previous => Birth {
             parent: Some(n - 1),
-            reason: format!("init = previous: a copy of the last expert ({})", names[n - 1]),
+            reason: format!(
+                "init = previous: a copy of the last expert ({})",
+                names[n - 1]
+            ),
             ..Default::default()
         },
         Init::Nearest => {
@@ -108,7 +111,11 @@ mod tests {
         let b = choose(Init::Nearest, &names, &[5, 2, 1]);
         assert_eq!(b.parent, Some(0));
         assert_eq!(b.vote_share, Some(5.0 / 8.0));
-        assert!(b.reason.contains("5 of 8") && b.reason.contains("(a)"), "{}", b.reason);
+        assert!(
+            b.reason.contains("5 of 8") && b.reason.contains("(a)"),
+            "{}",
+            b.reason
+        );
         // ties go to the later expert
         assert_eq!(choose(Init::Nearest, &names, &[3, 3, 0]).parent, Some(1));
     }

@@ -3,7 +3,6 @@
 use super::*;
 use crate::strategy::kinds_tests::{noop, Kit};
 use crate::strategy::novelty::{Model, Sums};
-use crate::strategy::parse_params;
 use crate::train::budget::split_validation;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,7 +23,14 @@ fn evo_spec(kit: &Kit, params: &str, edit: impl Fn(&mut crate::spec::TrainSpec))
 }
 
 fn build(kit: &Kit, sp: &StrategySpec) -> EvoSam {
-    EvoSam::new(sp, parse_params(&sp.params).unwrap(), &kit.model, "kit", 3).unwrap()
+    EvoSam::new(
+        sp,
+        crate::spec::from_table(&sp.params).unwrap(),
+        &kit.model,
+        "kit",
+        3,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -39,11 +45,20 @@ fn a_copied_expert_is_bit_identical_at_birth_and_its_parent_after_the_child_trai
     let parent = values(&a.set.adapters[0]);
     assert_eq!(a.set.births[0].parent, None);
     // a trained expert (B != 0): "identical" is not trivially "all zero"
-    assert!(parent.iter().skip(1).step_by(2).flatten().any(|v| *v != 0.0));
+    assert!(parent
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .flatten()
+        .any(|v| *v != 0.0));
     a.train_task(&mut kit.ctx_with(&birth_only, 2, &noop), 1, &kit.tasks[1])
         .unwrap();
     assert_eq!(a.set.births[1].parent, Some(0));
-    assert!(a.set.births[1].reason.contains("site0"), "{}", a.set.births[1].reason);
+    assert!(
+        a.set.births[1].reason.contains("site0"),
+        "{}",
+        a.set.births[1].reason
+    );
     assert_eq!(values(&a.set.adapters[1]), parent, "child at birth");
     // Train a child for real: it moves, its parent does not.
     let mut b = build(&kit, &trained);
@@ -53,7 +68,11 @@ fn a_copied_expert_is_bit_identical_at_birth_and_its_parent_after_the_child_trai
     assert_eq!(before, parent, "training is deterministic");
     b.train_task(&mut kit.ctx_with(&trained, 2, &noop), 1, &kit.tasks[1])
         .unwrap();
-    assert_eq!(values(&b.set.adapters[0]), before, "parent after the child trained");
+    assert_eq!(
+        values(&b.set.adapters[0]),
+        before,
+        "parent after the child trained"
+    );
     assert_ne!(values(&b.set.adapters[1]), before, "the child trained");
     assert_eq!(b.extra_metrics()["init_parent"], 1.0);
     // Saved and loaded, the birth records survive.
@@ -172,14 +191,31 @@ fn novelty_scores_equal_a_batch_computation_from_the_same_features() {
     let nov = p.novelty.unwrap();
     for (i, p) in pooled_features(&b.embeddings).unwrap().iter().enumerate() {
         let want = model.score(&m.novelty_features(p).unwrap());
-        assert!((nov[i] - want).abs() < 1e-9 * want.max(1.0), "{} vs {want}", nov[i]);
+        assert!(
+            (nov[i] - want).abs() < 1e-9 * want.max(1.0),
+            "{} vs {want}",
+            nov[i]
+        );
     }
     // With the threshold at the largest leave-one-out score, an image above it goes to the base model.
     let th = evo.set.novelty_threshold().unwrap();
     for (i, r) in p.routed_to.unwrap().iter().enumerate() {
-        assert_eq!(r == "base", nov[i] > th, "case {i}: {r}, score {} vs {th}", nov[i]);
+        assert_eq!(
+            r == "base",
+            nov[i] > th,
+            "case {i}: {r}, score {} vs {th}",
+            nov[i]
+        );
     }
-    assert_eq!(evo.set.calibration.scores.iter().map(Vec::len).sum::<usize>(), 8);
+    assert_eq!(
+        evo.set
+            .calibration
+            .scores
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>(),
+        8
+    );
 }
 
 fn sp_shrinkage(e: &EvoSam) -> f64 {
@@ -196,7 +232,14 @@ fn a_steps_budget_counts_exactly_for_every_kind() {
         let progress = |_p: crate::strategy::Progress| {
             steps.fetch_add(1, Ordering::Relaxed);
         };
-        let mut s = crate::strategy::build(&sp, &kit.model, "kit", 7).unwrap();
+        let env = crate::strategy::BuildEnv {
+            model: &kit.model,
+            base_sha256: "kit",
+            init_seed: 7,
+        };
+        let mut s = crate::strategy::Registry::default()
+            .build(&sp, &env)
+            .unwrap();
         for k in 0..2 {
             let mut ctx = kit.ctx_with(&sp, k + 1, &progress);
             s.train_task(&mut ctx, k, &kit.tasks[k]).unwrap();
