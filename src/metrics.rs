@@ -24,11 +24,16 @@ pub const DEFINITIONS: &[(&str, &str)] = &[
     ("matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
 ];
 
+/// The continual-learning metrics of one run (see the module docs for the formulas).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClMetrics {
+    /// Average accuracy after the last task.
     pub acc: f64,
+    /// Backward transfer.
     pub bwt: f64,
+    /// Forward transfer (None with one task).
     pub fwt: Option<f64>,
+    /// Average forgetting.
     pub forgetting: f64,
 }
 

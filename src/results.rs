@@ -12,17 +12,26 @@ use std::path::{Path, PathBuf};
 /// One scored test case at one stage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScoreRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Task trained at this stage ("" at stage 0).
     pub trained_task: String,
+    /// Task evaluated.
     pub eval_task: String,
+    /// Position of the evaluated task in the order (1-based).
     pub eval_index: i64,
+    /// Test case id.
     pub case: String,
     /// Dice, stored as its bit pattern in checkpoints so that resumed runs reproduce it exactly.
     #[serde(with = "f64_bits")]
     pub dice: f64,
+    /// Expert the case was routed to (routing strategies).
     pub routed_to: Option<String>,
     /// Novelty score of the case under a routing strategy's novelty detector (EvoSAM), else None.
     #[serde(default)]
@@ -32,11 +41,17 @@ pub struct ScoreRow {
 /// One extra per-stage value (extras.csv).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ExtraRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Name of the value (e.g. "n_experts").
     pub key: String,
+    /// The value.
     #[serde(with = "f64_bits")]
     pub value: f64,
 }
@@ -105,14 +120,23 @@ pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
 /// One matrix entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatrixRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Task trained at this stage ("" at stage 0).
     pub trained_task: String,
+    /// Task evaluated.
     pub eval_task: String,
+    /// Position of the evaluated task in the order (1-based).
     pub eval_index: i64,
+    /// Mean Dice over the test cases.
     pub dice: f64,
+    /// Test cases averaged.
     pub n_cases: i64,
 }
 
@@ -121,8 +145,10 @@ type CellKey = (String, i64, String);
 /// Mean Dice per (cell, stage, eval task), in first-appearance order of the cells; sums run in row order so the
 /// result is bit-reproducible.
 pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
+    // (cell, stage, eval index) -> (trained task, eval task, Dice sum, cases)
+    type Entry = (String, String, f64, i64);
     let mut order: Vec<(CellKey, i64, i64)> = Vec::new();
-    let mut acc: BTreeMap<(CellKey, i64, i64), (String, String, f64, i64)> = BTreeMap::new();
+    let mut acc: BTreeMap<(CellKey, i64, i64), Entry> = BTreeMap::new();
     for r in rows {
         let k = (
             (r.strategy.clone(), r.seed, r.order.clone()),
@@ -164,6 +190,7 @@ pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
         .collect()
 }
 
+/// The matrix as a frame (matrix.csv columns).
 pub fn matrix_frame(m: &[MatrixRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         col(
@@ -298,6 +325,7 @@ pub fn metrics_frame(
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
+/// Extra values as a frame (extras.csv columns).
 pub fn extras_frame(e: &[ExtraRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         col(
@@ -356,6 +384,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 impl FolderLock {
+    /// Take the lock of a results folder (refused while a live process holds it; a stale lock is taken over).
     pub fn acquire(dir: &Path) -> Result<FolderLock> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(".lock");

@@ -12,6 +12,7 @@ pub struct Args {
     pub no_data: bool,
 }
 
+/// Check the spec and print what it describes.
 pub fn run(args: Args) -> crate::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
     println!(

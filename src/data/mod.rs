@@ -19,12 +19,16 @@ use sha2::{Digest, Sha256};
 /// A binary mask (0/1) at some resolution, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mask2D {
+    /// Height in pixels.
     pub h: usize,
+    /// Width in pixels.
     pub w: usize,
+    /// Row-major values, 0 or 1.
     pub data: Vec<u8>,
 }
 
 impl Mask2D {
+    /// An all-background mask.
     pub fn zeros(h: usize, w: usize) -> Self {
         Self {
             h,
@@ -33,6 +37,7 @@ impl Mask2D {
         }
     }
 
+    /// Foreground pixel count.
     pub fn count(&self) -> usize {
         self.data.iter().filter(|&&v| v != 0).count()
     }
@@ -60,20 +65,29 @@ pub type GroundTruth = Mask2D;
 /// An image at original resolution: `channels` (1 or 3) interleaved f32 values (any range).
 #[derive(Clone, Debug)]
 pub struct RawImage {
+    /// Height in pixels.
     pub h: usize,
+    /// Width in pixels.
     pub w: usize,
+    /// Channels (1 or 3), interleaved.
     pub channels: usize,
+    /// Row-major interleaved values.
     pub data: Vec<f32>,
 }
 
 /// What a data source yields: either a decoded image or a file to decode, plus masks at original resolution.
 pub struct RawCase {
+    /// Case id (unique within the task).
     pub id: String,
+    /// The image, decoded or still a file.
     pub image: ImageSource,
+    /// Ground truth at original resolution.
     pub mask: Mask2D,
+    /// Field-of-view mask, if the source has one.
     pub fov: Option<Mask2D>,
 }
 
+/// Where a raw case's image comes from.
 pub enum ImageSource {
     Raw(RawImage),
     File(std::path::PathBuf),
@@ -83,13 +97,17 @@ pub enum ImageSource {
 /// (tensors are reference-counted).
 #[derive(Clone)]
 pub struct Case {
+    /// Case id (unique within the task).
     pub id: String,
     /// (3,S,S) model input in [0,1].
     pub image: Tensor,
+    /// How the original image maps into the model frame.
     pub meta: PrepMeta,
     /// (1,S,S) {0,1} target in the model frame (nearest-neighbour resize of `gt`, zero padding).
     pub mask: Tensor,
+    /// Ground truth at original resolution (what Dice is scored on).
     pub gt: GroundTruth,
+    /// Field-of-view mask at original resolution, if any.
     pub fov: Option<Mask2D>,
     /// sha256 of the model input (f32 little-endian bytes): the embedding cache key.
     pub content_hash: String,
@@ -118,12 +136,15 @@ impl Case {
 /// A task's train and test cases.
 #[derive(Clone)]
 pub struct TaskData {
+    /// Task name.
     pub name: String,
+    /// Training cases.
     pub train: Vec<Case>,
     /// Held-out part of the training data for model selection (`[train] val_fraction`; empty by default). The
     /// runner moves these cases out of `train` per seed, identically for every strategy
     /// ([`crate::train::budget::split_validation`]).
     pub val: Vec<Case>,
+    /// Test cases.
     pub test: Vec<Case>,
     /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,

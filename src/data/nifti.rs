@@ -313,8 +313,9 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
     Ok(Volume { dims, data })
 }
 
-/// Write a minimal NIfTI-1 single file (float32 data, x fastest on disk). Used by tests and examples.
-pub fn write_nifti_f32(
+/// Write a minimal NIfTI-1 single file (float32 data, x fastest on disk), for the tests.
+#[cfg(test)]
+pub(crate) fn write_nifti_f32(
     path: &Path,
     dims: [usize; 3],
     data_xyz: impl Fn(usize, usize, usize) -> f32,

@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+/// Shape family of the synthetic objects.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
@@ -29,16 +30,21 @@ pub enum Family {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticSpec {
+    /// Which shapes to draw.
     pub family: Family,
     /// Site (domain) 0..=3.
     #[serde(default)]
     pub site: u32,
+    /// Training images.
     #[serde(default = "d_train")]
     pub train: usize,
+    /// Test images.
     #[serde(default = "d_test")]
     pub test: usize,
+    /// Generator seed.
     #[serde(default)]
     pub seed: u64,
+    /// Image side in pixels.
     #[serde(default = "d_size")]
     pub size: usize,
 }
@@ -53,6 +59,7 @@ fn d_size() -> usize {
     256
 }
 
+/// Number of distinct synthetic "sites" (appearance styles).
 pub const N_SITES: u32 = 4;
 
 impl SyntheticSpec {

@@ -1,14 +1,18 @@
 //! SAM prompt encoder (boxes and points; no mask input, which LiteMedSAM does not use).
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{Param, Visit};
 
+/// Hyper-parameters of SAM's prompt encoder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PromptEncoderConfig {
+    /// Width of the prompt (and image) embeddings.
     pub embed_dim: usize,
+    /// Side of the image embedding grid (64 for a 256-pixel input).
     pub image_embedding_size: usize,
+    /// Side of the model input in pixels; prompt coordinates are in this frame.
     pub input_image_size: usize,
 }
 
@@ -158,10 +162,6 @@ impl PromptEncoder {
             ));
         }
         Tensor::cat(&parts, 1)
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.pe_gauss.dtype()
     }
 }
 

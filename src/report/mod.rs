@@ -5,10 +5,14 @@
 //! Pipeline: [`load::load_results`] (Polars) -> [`analysis::ReportData::compute`] (plain structs: the
 //! numbers behind every figure and table) -> [`plots`] / [`tables`] (rendering).
 
+/// The numbers behind every figure and table.
 pub mod analysis;
+/// Reading and merging results folders.
 pub mod load;
 pub mod plots;
+/// Means, standard deviations and the Wilcoxon signed-rank test.
 pub mod stats;
+/// Summary tables as Markdown, LaTeX and CSV.
 pub mod tables;
 
 #[cfg(test)]
@@ -24,6 +28,7 @@ use crate::{Error, Result};
 /// What `write_report` wrote.
 #[derive(Clone, Debug, Default)]
 pub struct ReportSummary {
+    /// The folder holding `plots/` and `tables/`.
     pub out_dir: PathBuf,
     /// Every file written (plots, tables, data dump).
     pub files: Vec<PathBuf>,

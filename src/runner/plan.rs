@@ -13,9 +13,13 @@ use std::path::{Path, PathBuf};
 /// One unit of work.
 #[derive(Clone, Debug)]
 pub struct Cell {
+    /// Index into `Spec::strategies`.
     pub strategy: usize,
+    /// Experiment seed.
     pub seed: u64,
+    /// Index into `Spec::orders`.
     pub order: usize,
+    /// `<label>__seed<seed>__<order label>`: the folder name under `cells/`.
     pub id: String,
 }
 

@@ -25,6 +25,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// A reporter for `n_cells` cells: silent with `quiet`, bars on a terminal, lines otherwise.
     pub fn new(quiet: bool, n_cells: usize) -> Self {
         let mode = if quiet {
             Mode::Quiet
@@ -87,6 +88,7 @@ impl Reporter {
         )
     }
 
+    /// A cell entered a stage (training a task, evaluating, resumed).
     pub fn stage(&self, id: &str, stage: usize, n: usize, what: &str) {
         match &self.mode {
             Mode::Quiet => {}
@@ -99,6 +101,7 @@ impl Reporter {
         }
     }
 
+    /// One optimiser step inside a cell.
     pub fn step(&self, id: &str, stage: usize, n: usize, p: &Progress) {
         match &self.mode {
             Mode::Quiet => {}
@@ -133,6 +136,7 @@ impl Reporter {
         }
     }
 
+    /// A cell finished (`err`: why it failed).
     pub fn cell_done(&self, id: &str, err: Option<&str>) {
         match &self.mode {
             // the final error lists failed cells
@@ -154,6 +158,7 @@ impl Reporter {
         }
     }
 
+    /// The run is over: close the bars.
     pub fn finish(&self) {
         if let Mode::Bars { overall, .. } = &self.mode {
             overall.finish();

@@ -73,8 +73,6 @@ pub fn load_model(spec: &Spec, device: &Device) -> Result<(LiteMedSam, String)> 
     }
 }
 
-/// What `--resume` checks: everything that changes results.
-
 /// What every cell shares, before the first cell runs.
 pub(super) struct Prepared {
     pub device: Device,

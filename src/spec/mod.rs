@@ -98,6 +98,7 @@ pub struct Spec {
     pub strategies: Vec<StrategySpec>,
 }
 
+/// `[experiment]`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
@@ -170,6 +171,7 @@ pub struct Order {
     pub tasks: Vec<usize>,
 }
 
+/// `[model]` (without `lora`, which is merged into each strategy).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {

@@ -496,7 +496,12 @@ impl Strategy for EvoSam {
     fn predict(&self, ctx: &StrategyCtx, task_index: usize, batch: &Batch) -> Result<Prediction> {
         let b = batch.cases.len();
         let routed = self.set.route(&batch.embeddings)?;
-        let novelty: Option<Vec<f64>> = routed.iter().map(|c| c.novelty).collect();
+        // Reported to 1e-6: the matcher's sums reload from JSON with last-bit differences, and a resumed run must
+        // write the same scores as an uninterrupted one (the routing decision uses the unrounded score).
+        let novelty: Option<Vec<f64>> = routed
+            .iter()
+            .map(|c| c.novelty.map(|v| (v * 1e6).round() / 1e6))
+            .collect();
         if self.params.routing == Routing::Quality && !self.set.is_empty() {
             return self.predict_by_quality(ctx, batch, novelty);
         }

@@ -309,7 +309,6 @@ fn replay_batches_carry_memory_cases_and_the_memory_spans_past_tasks() {
     let adapter = Adapter::new(&kit.model, &ctx0.spec.lora, 1).unwrap();
     let mut opt =
         crate::train::optim::AdamW::new(adapter.vars(), single::adamw_params(ctx0.spec)).unwrap();
-    drop(ctx0);
     let seen = std::sync::Mutex::new(Vec::new());
     let record =
         |b: &[&Case], _: &Tensor, _: &crate::model::Prompts, _: &crate::model::DecoderOutput| {

@@ -65,13 +65,17 @@ pub fn decode_cases(
 
 /// Everything a strategy may use while training or predicting.
 pub struct StrategyCtx<'a> {
+    /// The frozen base model.
     pub model: &'a LiteMedSam,
+    /// Frozen-encoder embeddings of every case of the run.
     pub embeddings: &'a EmbeddingStore,
     /// sha256 of the base weights (adapters record it).
     pub base_sha256: &'a str,
+    /// This strategy's resolved spec entry (label, kind, train, lora, params).
     pub spec: &'a StrategySpec,
     /// Experiment seed of this cell.
     pub seed: u64,
+    /// Label of this cell's order ("given", "reverse", ...).
     pub order_label: &'a str,
     /// All tasks of the stream, in the spec's order.
     pub tasks: &'a [TaskData],
@@ -81,7 +85,9 @@ pub struct StrategyCtx<'a> {
     pub stage: usize,
     /// Seeded RNG for this stage, derived from (seed, label, order, stage): a resumed run gets the same stream.
     pub rng: ChaCha8Rng,
+    /// Progress callback (one call per optimiser step; `train::r#loop::fit` calls it).
     pub progress: &'a (dyn Fn(Progress) + Send + Sync),
+    /// Device of the model.
     pub device: &'a Device,
 }
 
@@ -124,21 +130,28 @@ impl<'a> StrategyCtx<'a> {
 
 /// A batch for prediction: cases, their embeddings and box prompts (exact GT boxes, model frame).
 pub struct Batch<'a> {
+    /// The cases, in order.
     pub cases: Vec<&'a Case>,
     /// (B,C,h,w) frozen-encoder embeddings.
     pub embeddings: Tensor,
+    /// Exact ground-truth boxes (B,4) in the model frame.
     pub prompts: Prompts,
 }
 
 /// Logits (B,1,S,S) and, for routing strategies, the chosen expert per image (task name or "base").
 pub struct Prediction {
+    /// Low-resolution mask logits (B,1,S,S).
     pub logits: Tensor,
+    /// Per image, the expert it was routed to (routing strategies only; recorded as `routed_to`).
     pub routed_to: Option<Vec<String>>,
     /// Per-image novelty score of a routing strategy's novelty detector (scores.csv `novelty`), else None.
     pub novelty: Option<Vec<f64>>,
 }
 
+/// A continual-learning strategy: trained task after task, evaluated after every stage, checkpointed so a
+/// killed run resumes to identical results. Built by the [`Registry`] from a [`StrategySpec`].
 pub trait Strategy: Send {
+    /// The strategy's label (the `strategy` column).
     fn name(&self) -> &str;
 
     /// Train on the task at position `task_index` of the order (`task` = `ctx.tasks[ctx.order[task_index]]`).

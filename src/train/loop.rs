@@ -64,9 +64,11 @@ pub trait FitCtx {
 /// Summary of one fit.
 #[derive(Clone, Debug, Default)]
 pub struct FitStats {
+    /// Optimiser steps taken.
     pub steps: usize,
     /// Epochs run (fewer than the budget when early stopping ended the fit).
     pub epochs: usize,
+    /// Mean loss of the last epoch.
     pub last_epoch_loss: f64,
 }
 
