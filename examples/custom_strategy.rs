@@ -112,6 +112,7 @@ impl Strategy for FreshLora {
         Ok(Prediction {
             logits: (out.logits * self.params.scale)?,
             routed_to: None,
+            novelty: None,
         })
     }
 

@@ -32,6 +32,9 @@ pub struct ScoreRow {
     pub dice: f64,
     /// Expert the case was routed to (routing strategies).
     pub routed_to: Option<String>,
+    /// Novelty score of the case under a routing strategy's novelty detector (EvoSAM), else None.
+    #[serde(default)]
+    pub novelty: Option<f64>,
 }
 
 /// One extra per-stage value (extras.csv).
@@ -105,6 +108,10 @@ pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
             rows.iter()
                 .map(|r| r.routed_to.clone())
                 .collect::<Vec<Option<String>>>(),
+        ),
+        col(
+            "novelty",
+            rows.iter().map(|r| r.novelty).collect::<Vec<Option<f64>>>(),
         ),
     ])?)
 }
@@ -390,6 +397,7 @@ mod tests {
             case: case.into(),
             dice,
             routed_to: None,
+            novelty: None,
         }
     }
 

@@ -144,7 +144,7 @@ fn segment_with_experts_routes_with_the_matcher() {
         lambda: 1e-3,
         ..Default::default()
     };
-    let mut set = ExpertSet::new(Routing::Matcher, 256, cfg).unwrap();
+    let mut set = ExpertSet::new(Routing::Matcher, 256, cfg, Default::default()).unwrap();
     let lora = LoraConfig {
         rank: 4,
         alpha: 4.0,

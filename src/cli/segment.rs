@@ -90,6 +90,15 @@ fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<us
     let pooled = crate::strategy::evosam::pooled_features(emb)?;
     let scores = set.matcher.scores(&pooled[0])?;
     let route = set.matcher.decide(&scores);
+    let choice = set.decide(&pooled[0])?;
+    if route.expert.is_some() && choice.expert.is_none() {
+        eprintln!(
+            "expert: base (novelty score {:.3} is above the threshold {:.3}: no expert has seen such images)",
+            choice.novelty.unwrap_or(f64::NAN),
+            set.novelty_threshold().unwrap_or(f64::NAN)
+        );
+        return Ok(None);
+    }
     let all: Vec<String> = set
         .names
         .iter()

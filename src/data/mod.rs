@@ -93,7 +93,9 @@ pub enum ImageSource {
     File(std::path::PathBuf),
 }
 
-/// One image of a task in the model frame, with its ground truth at original resolution.
+/// One image of a task in the model frame, with its ground truth at original resolution. Cloning is cheap
+/// (tensors are reference-counted).
+#[derive(Clone)]
 pub struct Case {
     /// Case id (unique within the task).
     pub id: String,
@@ -132,11 +134,16 @@ impl Case {
 }
 
 /// A task's train and test cases.
+#[derive(Clone)]
 pub struct TaskData {
     /// Task name.
     pub name: String,
     /// Training cases.
     pub train: Vec<Case>,
+    /// Held-out part of the training data for model selection (`[train] val_fraction`; empty by default). The
+    /// runner moves these cases out of `train` per seed, identically for every strategy
+    /// ([`crate::train::budget::split_validation`]).
+    pub val: Vec<Case>,
     /// Test cases.
     pub test: Vec<Case>,
     /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).

@@ -169,6 +169,7 @@ pub fn load_task(
     Ok(TaskData {
         name: t.name.clone(),
         train: conv(train, augment)?,
+        val: Vec::new(),
         test: conv(test, false)?,
         fov_eval,
     })

@@ -239,6 +239,12 @@ fn scores_rows(t: &Table) -> Result<Vec<ScoreRow>> {
     let case = req_strs(t, "case")?;
     let dice = t.f64s_required("dice")?;
     let routed = t.strs("routed_to", true)?;
+    // optional (results written before the column existed have none)
+    let novelty = if t.df.column("novelty").is_ok() {
+        t.f64s("novelty")?
+    } else {
+        vec![None; strategy.len()]
+    };
     let mut out = Vec::with_capacity(strategy.len());
     for i in 0..strategy.len() {
         out.push(ScoreRow {
@@ -252,6 +258,7 @@ fn scores_rows(t: &Table) -> Result<Vec<ScoreRow>> {
             case: case[i].clone(),
             dice: dice[i],
             routed_to: routed[i].clone().filter(|s| !s.is_empty()),
+            novelty: novelty[i],
         });
     }
     Ok(out)

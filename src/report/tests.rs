@@ -94,6 +94,7 @@ pub(crate) fn synthetic_with(
                                 case: case.into(),
                                 dice,
                                 routed_to,
+                                novelty: None,
                             });
                         }
                     }

@@ -116,8 +116,14 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
         return Ok(());
     }
     let id = cell.id.clone();
+    // The validation part is drawn per (seed, task): the same for every strategy and order of this seed.
+    let tasks =
+        crate::train::budget::split_validation(&sh.tasks, cell.seed, sspec.train.val_fraction);
     let stage_now = std::sync::atomic::AtomicUsize::new(0);
+    // Every optimiser step reports progress once: counting them gives the steps each stage actually took.
+    let steps_taken = std::sync::atomic::AtomicUsize::new(0);
     let progress = |p: Progress| {
+        steps_taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sh.reporter.step(
             &id,
             stage_now.load(std::sync::atomic::Ordering::Relaxed),
@@ -132,7 +138,7 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
         spec: sspec,
         seed: cell.seed,
         order_label: &order.label,
-        tasks: &sh.tasks,
+        tasks: &tasks,
         order: &order.tasks,
         stage: k,
         rng: ChaCha8Rng::seed_from_u64(derive_seed(&[
@@ -153,8 +159,9 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
     for k in start..=n {
         stage_now.store(k, std::sync::atomic::Ordering::Relaxed);
         let mut ctx = make_ctx(k);
+        steps_taken.store(0, std::sync::atomic::Ordering::Relaxed);
         let trained = if k > 0 {
-            let task = &sh.tasks[order.tasks[k - 1]];
+            let task = &tasks[order.tasks[k - 1]];
             sh.reporter
                 .stage(&cell.id, k, n, &format!("training {}", task.name));
             strat.train_task(&mut ctx, k - 1, task)?;
@@ -164,8 +171,12 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
         };
         sh.reporter.stage(&cell.id, k, n, "evaluating");
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
-        let extras: Vec<ExtraRow> = strat
-            .extra_metrics()
+        let mut extra = strat.extra_metrics();
+        if k > 0 {
+            let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
+            extra.insert(super::STEPS_KEY.to_string(), n as f64);
+        }
+        let extras: Vec<ExtraRow> = extra
             .into_iter()
             .map(|(key, value)| ExtraRow {
                 strategy: sspec.label.clone(),

@@ -46,6 +46,7 @@ pub(super) fn evaluate(
                     case: c.id.clone(),
                     dice: d,
                     routed_to: pred.routed_to.as_ref().and_then(|r| r.get(i).cloned()),
+                    novelty: pred.novelty.as_ref().and_then(|r| r.get(i).copied()),
                 });
             }
         }

@@ -4,6 +4,7 @@
 use super::cell::Outcome;
 use super::plan::{spec_fingerprint, stream_view};
 use super::shared::{RunOptions, Shared};
+use crate::results::ExtraRow;
 use crate::util::write_atomic;
 use crate::{Error, Result};
 use std::path::Path;
@@ -60,6 +61,7 @@ pub(super) fn write_manifest(
     opts: &RunOptions,
     threads: usize,
     outcomes: &[Outcome],
+    extras: &[ExtraRow],
     embeddings_s: f64,
 ) -> Result<()> {
     // The spec as recorded since the first release: each task's source in its typed form (defaults filled in).
@@ -70,11 +72,32 @@ pub(super) fn write_manifest(
     let hostname = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    // Optimiser steps per stage of each cell (from the stages' extras, so resumed stages count too).
+    let steps_of = |id: &str| -> Vec<u64> {
+        let mut v: Vec<(i64, u64)> = extras
+            .iter()
+            .filter(|e| {
+                e.key == super::STEPS_KEY
+                    && format!("{}__seed{}__{}", e.strategy, e.seed, e.order) == id
+            })
+            .map(|e| (e.stage, e.value as u64))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, n)| n).collect()
+    };
     let cells: Vec<serde_json::Value> = outcomes
         .iter()
-        .map(|(id, r, secs)| match r {
-            Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs}),
-            Err(e) => serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs}),
+        .map(|(id, r, secs)| {
+            let steps = steps_of(id);
+            let total: u64 = steps.iter().sum();
+            match r {
+                Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs,
+                    "steps": total, "steps_per_stage": steps}),
+                Err(e) => {
+                    serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs,
+                    "steps": total, "steps_per_stage": steps})
+                }
+            }
         })
         .collect();
     let defs: serde_json::Map<String, serde_json::Value> = crate::metrics::DEFINITIONS

@@ -30,6 +30,9 @@ mod shared;
 
 pub use eval::{case_dice, EVAL_BATCH};
 pub use jobs::{finalize_run, prepare_run, run_one_cell};
+
+/// extras.csv key of the optimiser steps a stage took (counted by the runner, for every strategy).
+pub const STEPS_KEY: &str = "train_steps";
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use progress::Reporter;
 pub use setup::{device_of, load_model, threads_for};
@@ -148,6 +151,7 @@ fn finish(
         opts,
         threads,
         outcomes,
+        &extras,
         emb_s,
     )?;
     drop(folder);

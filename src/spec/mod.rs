@@ -34,7 +34,8 @@
 //! seed = 0                   # initialisation seed of "random-tiny"
 //! [model.lora]               # rank, alpha, targets (module path substrings)
 //!
-//! [train]                    # epochs, batch_size, lr, weight_decay, max_grad_norm, augment, max_steps_per_epoch
+//! [train]                    # epochs | steps, batch_size, lr, weight_decay, max_grad_norm, augment,
+//!                            # max_steps_per_epoch, val_fraction, patience
 //! [train.loss]               # dice, bce, iou weights
 //! [train.prompt]             # jitter (pixels in the model frame), points (positive points per image)
 //!
@@ -237,6 +238,18 @@ pub struct TrainSpec {
     /// Stop an epoch after this many optimiser steps (0 = no limit).
     #[serde(default)]
     pub max_steps_per_epoch: usize,
+    /// Optimiser steps per task, counted exactly, instead of `epochs` (0 = use `epochs`). Gives every strategy
+    /// the same number of updates per task whatever it trains on (see [`crate::train::budget`]).
+    #[serde(default)]
+    pub steps: usize,
+    /// Seeded held-out fraction of each task's training images used for model selection (0 = none). The split
+    /// depends on (seed, task) only, so every strategy of a spec sees the same one.
+    #[serde(default)]
+    pub val_fraction: f64,
+    /// With validation: stop after this many epochs without a better validation Dice (0 = run the whole budget;
+    /// the best epoch is kept either way).
+    #[serde(default)]
+    pub patience: usize,
     /// Loss term weights.
     #[serde(default)]
     pub loss: LossSpec,

@@ -227,6 +227,15 @@ fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
             ));
         }
     }
+    if !(t.val_fraction.is_finite() && (0.0..0.9).contains(&t.val_fraction)) {
+        return Err(Diag::at(
+            "val_fraction",
+            format!(
+                "train: `val_fraction` must be in [0, 0.9), found {}",
+                t.val_fraction
+            ),
+        ));
+    }
     if !(t.prompt.jitter.is_finite() && t.prompt.jitter >= 0.0) {
         return Err(Diag::at_path(
             &["prompt", "jitter"],

@@ -1,21 +1,29 @@
 //! EvoSAM: one LoRA expert per task on the frozen base model, and a closed-form ridge-regression matcher on
 //! pooled frozen-encoder embeddings that picks the expert for each image.
 //!
-//! Parameter isolation: each task gets a new adapter, initialised from the frozen base (B = 0) and trained on that
-//! task only; earlier experts are never touched again. The matcher keeps running sums (see [`super::matcher`]), so
-//! no old image is stored. Variants: `routing = "oracle"` (the true task's expert; the matcher's upper bound) and
-//! `matcher.open_set_threshold` (an image whose best score is below it goes to the base model).
+//! Parameter isolation: each task gets a new adapter, trained on that task only; earlier experts are never touched
+//! again. A new adapter starts from the frozen base (B = 0) or as a copy of an earlier expert (`init`, see
+//! [`birth`]); with a validation part it keeps its best epoch, and the starting point when training does not beat
+//! it (`keep_start`, see [`crate::train::select`]). The matcher keeps running sums (see [`super::matcher`]), so
+//! no old image is stored. Routing variants: `routing = "oracle"` (the true task's expert; the matcher's upper
+//! bound), `routing = "quality"` (every candidate decodes and the one whose IoU head predicts the best mask wins),
+//! `matcher.open_set_threshold` (an image whose best score is below it goes to the base model) and `[novelty]`
+//! (an image far from every seen task goes to the base model, see [`super::novelty`]).
 //!
 //! Saved state (also what `evosam segment --experts DIR` reads): `evosam.json` (format, routing, experts in task
-//! order with their files), `matcher.json`, `experts/<k>.safetensors`.
+//! order with their files and births), `matcher.json`, `novelty.json`, `experts/<k>.safetensors`.
+
+pub mod birth;
 
 use super::matcher::{MatcherConfig, RidgeMatcher};
+use super::novelty::{Calibration, NoveltyConfig};
 use super::{Batch, Prediction, Strategy, StrategyCtx};
 use crate::data::{Case, TaskData};
 use crate::model::{Adapter, LiteMedSam};
 use crate::spec::{Diag, StrategySpec};
 use crate::train::optim::AdamW;
 use crate::{Error, Result};
+use birth::{Birth, Init};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +37,9 @@ pub enum Routing {
     Matcher,
     /// The true task's expert (upper bound of the matcher; needs the task id at test time).
     Oracle,
+    /// The candidate (base model or an expert) whose IoU head predicts the best mask for the image: "the expert
+    /// expected to segment it best", learned without stored images. Decodes every image with every candidate.
+    Quality,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -38,14 +49,42 @@ pub struct Params {
     pub routing: Routing,
     #[serde(default)]
     pub matcher: MatcherConfig,
+    /// Where a new expert starts (see [`birth`]).
+    #[serde(default)]
+    pub init: Init,
+    /// With a validation part: keep the starting point when the trained expert does not beat it, and use the base
+    /// model (B = 0) when neither the trained copy nor its parent beats the base.
+    #[serde(default = "d_true")]
+    pub keep_start: bool,
+    /// How much (mean validation Dice) a trained expert must beat its start, and a copied expert the base, by.
+    #[serde(default)]
+    pub keep_start_margin: f64,
+    #[serde(default)]
+    pub novelty: NoveltyConfig,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 impl Params {
-    /// Ranges of the matcher settings.
+    /// Ranges of the matcher, novelty and keep-the-start settings.
     pub fn check(self) -> std::result::Result<Self, Diag> {
         self.matcher
             .check()
             .map_err(|e| Diag::at("matcher", format!("[matcher] {e}")))?;
+        self.novelty
+            .check()
+            .map_err(|e| Diag::at("novelty", format!("[novelty] {e}")))?;
+        if !(self.keep_start_margin.is_finite() && self.keep_start_margin >= 0.0) {
+            return Err(Diag::at(
+                "keep_start_margin",
+                format!(
+                    "`keep_start_margin` = {} must be >= 0",
+                    self.keep_start_margin
+                ),
+            ));
+        }
         Ok(self)
     }
 }
@@ -72,10 +111,20 @@ struct ManifestExpert {
     task: String,
     file: String,
     params: usize,
+    #[serde(default)]
+    birth: Option<Birth>,
+}
+
+/// `novelty.json`: the detector's settings and calibration scores.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct NoveltyState {
+    config: NoveltyConfig,
+    calibration: Calibration,
 }
 
 const MANIFEST: &str = "evosam.json";
 const MATCHER: &str = "matcher.json";
+const NOVELTY: &str = "novelty.json";
 const FORMAT: &str = "evosam-experts-v1";
 
 /// Trained experts (in task order) and the matcher: what EvoSAM keeps after each task.
@@ -83,23 +132,103 @@ pub struct ExpertSet {
     pub routing: Routing,
     pub names: Vec<String>,
     pub adapters: Vec<Adapter>,
+    /// How each expert was born and trained (same order as `adapters`).
+    pub births: Vec<Birth>,
     pub matcher: RidgeMatcher,
+    pub novelty: NoveltyConfig,
+    pub calibration: Calibration,
+    /// Rebuilt from the matcher's sums after every task and at load (not saved).
+    novelty_model: Option<super::novelty::Model>,
 }
 
-/// The routing decision for one image: an expert index (None = base model) and the matcher score.
+/// The routing decision for one image: an expert index (None = base model), the matcher score and the novelty
+/// score.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     pub expert: Option<usize>,
     pub score: Option<f64>,
+    pub novelty: Option<f64>,
 }
 
 impl ExpertSet {
-    pub fn new(routing: Routing, embed_dim: usize, matcher: MatcherConfig) -> Result<Self> {
+    pub fn new(
+        routing: Routing,
+        embed_dim: usize,
+        matcher: MatcherConfig,
+        novelty: NoveltyConfig,
+    ) -> Result<Self> {
         Ok(Self {
             routing,
             names: Vec::new(),
             adapters: Vec::new(),
+            births: Vec::new(),
             matcher: RidgeMatcher::new(embed_dim, matcher)?,
+            novelty,
+            calibration: Calibration::default(),
+            novelty_model: None,
+        })
+    }
+
+    /// Add a trained expert and teach the matcher and the novelty detector its task (pooled training features).
+    pub fn push(
+        &mut self,
+        name: &str,
+        adapter: Adapter,
+        birth: Birth,
+        feats: &[Vec<f64>],
+    ) -> Result<()> {
+        self.matcher.add_task(name, feats)?;
+        let nf = feats
+            .iter()
+            .map(|p| self.matcher.novelty_features(p))
+            .collect::<Result<Vec<_>>>()?;
+        let sums = self.matcher.task_sums();
+        let refs: Vec<&super::novelty::Sums> = sums.iter().collect();
+        self.calibration
+            .add_task(&refs, &nf, self.novelty.shrinkage)?;
+        self.names.push(name.to_string());
+        self.adapters.push(adapter);
+        self.births.push(birth);
+        self.refit_novelty()
+    }
+
+    fn refit_novelty(&mut self) -> Result<()> {
+        let sums = self.matcher.task_sums();
+        let refs: Vec<&super::novelty::Sums> = sums.iter().collect();
+        self.novelty_model = if refs.is_empty() {
+            None
+        } else {
+            Some(super::novelty::Model::fit(&refs, self.novelty.shrinkage)?)
+        };
+        Ok(())
+    }
+
+    /// The novelty threshold (None before the first task or without calibration scores).
+    pub fn novelty_threshold(&self) -> Option<f64> {
+        self.calibration.threshold(self.novelty.quantile)
+    }
+
+    /// Novelty score of a pooled embedding (None before the first task).
+    pub fn novelty_score(&self, pooled: &[f64]) -> Result<Option<f64>> {
+        match &self.novelty_model {
+            Some(m) => Ok(Some(m.score(&self.matcher.novelty_features(pooled)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The routing decision for one pooled embedding: the matcher's expert, unless the novelty detector is on and
+    /// judges the image novel (then the base model).
+    pub fn decide(&self, pooled: &[f64]) -> Result<Choice> {
+        let r = self.matcher.route(pooled)?;
+        let nov = self.novelty_score(pooled)?;
+        let novel = match (self.novelty.enabled, nov, self.novelty_threshold()) {
+            (true, Some(s), Some(th)) => s > th,
+            _ => false,
+        };
+        Ok(Choice {
+            expert: if novel { None } else { r.expert },
+            score: Some(r.score),
+            novelty: nov,
         })
     }
 
@@ -118,20 +247,15 @@ impl ExpertSet {
             return Ok(vec![
                 Choice {
                     expert: None,
-                    score: None
+                    score: None,
+                    novelty: None,
                 };
                 b
             ]);
         }
         pooled_features(emb)?
             .iter()
-            .map(|p| {
-                let r = self.matcher.route(p)?;
-                Ok(Choice {
-                    expert: r.expert,
-                    score: Some(r.score),
-                })
-            })
+            .map(|p| self.decide(p))
             .collect()
     }
 
@@ -156,6 +280,7 @@ impl ExpertSet {
                 task: name.clone(),
                 file,
                 params: ad.num_params(),
+                birth: self.births.get(k).cloned(),
             });
         }
         let m = Manifest {
@@ -165,6 +290,12 @@ impl ExpertSet {
         };
         let js = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
         crate::util::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
+        let nov = NoveltyState {
+            config: self.novelty.clone(),
+            calibration: self.calibration.clone(),
+        };
+        let nj = serde_json::to_vec_pretty(&nov).map_err(|e| Error::internal(e.to_string()))?;
+        crate::util::write_atomic(&dir.join(NOVELTY), &nj)?;
         crate::util::write_atomic(&dir.join(MANIFEST), &js)
     }
 
@@ -195,11 +326,21 @@ impl ExpertSet {
         let mtext = std::fs::read_to_string(&xp).map_err(|e| Error::io(&xp, e))?;
         let matcher = RidgeMatcher::from_json(&mtext)
             .map_err(|e| Error::input(format!("{}: {e}", xp.display())))?;
+        // novelty.json is absent in folders written before the detector existed: it is then off.
+        let np = dir.join(NOVELTY);
+        let nov: NoveltyState = match std::fs::read(&np) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::input(format!("{}: {e}", np.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => NoveltyState::default(),
+            Err(e) => return Err(Error::io(&np, e)),
+        };
         let mut names = Vec::new();
         let mut adapters = Vec::new();
+        let mut births = Vec::new();
         for e in &m.experts {
             adapters.push(Adapter::load(&dir.join(&e.file), model, base_sha256)?);
             names.push(e.task.clone());
+            births.push(e.birth.clone().unwrap_or_default());
         }
         if matcher.num_tasks() != names.len() {
             return Err(Error::input(format!(
@@ -209,12 +350,18 @@ impl ExpertSet {
                 names.len()
             )));
         }
-        Ok(Self {
+        let mut set = Self {
             routing: m.routing,
             names,
             adapters,
+            births,
             matcher,
-        })
+            novelty: nov.config,
+            calibration: nov.calibration,
+            novelty_model: None,
+        };
+        set.refit_novelty()?;
+        Ok(set)
     }
 }
 
@@ -236,7 +383,12 @@ impl EvoSam {
         let embed_dim = model.cfg.prompt.embed_dim;
         Ok(Self {
             label: spec.label.clone(),
-            set: ExpertSet::new(params.routing, embed_dim, params.matcher.clone())?,
+            set: ExpertSet::new(
+                params.routing,
+                embed_dim,
+                params.matcher.clone(),
+                params.novelty.clone(),
+            )?,
             params,
             base_sha256: base_sha256.to_string(),
         })
@@ -261,47 +413,104 @@ impl Strategy for EvoSam {
                 self.set.len()
             )));
         }
-        // A new expert from the frozen base: fresh adapter (B = 0), fresh optimiser, this task's data only. Its
-        // initialisation and batch stream depend on (seed, order, task) but not on the strategy's label or routing,
-        // so `evosam` and `evosam-oracle` with the same settings train bit-identical experts and differ only in
-        // routing.
+        // The matcher's features of all the task's training images (fit and validation parts; running sums only).
+        let all: Vec<&Case> = task.train.iter().chain(task.val.iter()).collect();
+        let mut feats = Vec::with_capacity(all.len());
+        for chunk in all.chunks(16) {
+            feats.extend(pooled_features(&ctx.embeddings.batch(chunk)?)?);
+        }
+        // Where the expert starts: the base (fresh adapter, B = 0) or a copy of an earlier expert.
+        let mut votes = vec![0usize; self.set.len()];
+        if !self.set.is_empty() {
+            for p in &feats {
+                if let Some(k) = self.set.matcher.route(p)?.expert {
+                    votes[k] += 1;
+                }
+            }
+        }
+        let mut birth = birth::choose(self.params.init, &self.set.names, &votes);
+        // The initialisation and batch stream depend on (seed, order, task) but not on the strategy's label or
+        // routing, so `evosam` and `evosam-oracle` with the same settings train bit-identical experts and differ
+        // only in routing.
         let (seed_s, k_s) = (ctx.seed.to_string(), task_index.to_string());
         let parts = ["evosam-expert", &seed_s, ctx.order_label, &k_s, &task.name];
         let init = crate::util::derive_seed(&parts);
-        let adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
+        let adapter = match birth.parent {
+            Some(p) => self.set.adapters[p].deep_clone()?,
+            None => Adapter::new(ctx.model, &ctx.spec.lora, init)?,
+        };
         let mut opt = AdamW::new(adapter.vars(), super::single::adamw_params(ctx.spec))?;
         let cases: Vec<&Case> = task.train.iter().collect();
+        let val: Vec<&Case> = task.val.iter().collect();
+        let sel = crate::train::select::Selection {
+            model: ctx.model,
+            embeddings: ctx.embeddings,
+            device: ctx.device,
+            patience: ctx.spec.train.patience,
+            val: &val,
+            fov: task.fov_eval,
+            keep_start: self.params.keep_start,
+            start_margin: self.params.keep_start_margin,
+        };
         let saved_rng = std::mem::replace(
             &mut ctx.rng,
             rand::SeedableRng::seed_from_u64(init.rotate_left(17) ^ 0x5eed),
         );
-        let fitted = crate::train::r#loop::fit(ctx, &task.name, &adapter, &mut opt, &cases, None);
+        let fitted = crate::train::select::fit_selected(
+            ctx,
+            &task.name,
+            &adapter,
+            &mut opt,
+            &cases,
+            None,
+            &[],
+            0,
+            &sel,
+        );
         ctx.rng = saved_rng;
-        fitted?;
-        // The matcher learns the task from the frozen embeddings of its training images (running sums only).
-        let mut feats = Vec::with_capacity(cases.len());
-        for chunk in cases.chunks(16) {
-            feats.extend(pooled_features(&ctx.embeddings.batch(chunk)?)?);
+        let fit = fitted?;
+        // Never worse than the base on validation: a copied expert (trained or its parent kept) must also beat the
+        // base model, else the expert is the base (a fresh adapter, B = 0).
+        let mut adapter = adapter;
+        if let (true, Some(_), Some(chosen)) =
+            (self.params.keep_start, birth.parent, fit.chosen_val_dice())
+        {
+            let base = crate::train::select::validation_dice(
+                ctx.model,
+                ctx.embeddings,
+                ctx.device,
+                None,
+                &val,
+                task.fov_eval,
+            )?;
+            birth.base_val_dice = Some(base);
+            if chosen <= base + self.params.keep_start_margin {
+                adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
+                birth.kept_base = true;
+            }
         }
-        self.set.matcher.add_task(&task.name, &feats)?;
-        self.set.names.push(task.name.clone());
-        self.set.adapters.push(adapter);
-        Ok(())
+        birth.fit = Some(fit);
+        self.set.push(&task.name, adapter, birth, &feats)
     }
 
     fn predict(&self, ctx: &StrategyCtx, task_index: usize, batch: &Batch) -> Result<Prediction> {
         let b = batch.cases.len();
+        let routed = self.set.route(&batch.embeddings)?;
+        // Reported to 1e-6: the matcher's sums reload from JSON with last-bit differences, and a resumed run must
+        // write the same scores as an uninterrupted one (the routing decision uses the unrounded score).
+        let novelty: Option<Vec<f64>> = routed
+            .iter()
+            .map(|c| c.novelty.map(|v| (v * 1e6).round() / 1e6))
+            .collect();
+        if self.params.routing == Routing::Quality && !self.set.is_empty() {
+            return self.predict_by_quality(ctx, batch, novelty);
+        }
         let choices: Vec<Option<usize>> = match self.params.routing {
             Routing::Oracle => {
                 let e = (task_index < self.set.len()).then_some(task_index);
                 vec![e; b]
             }
-            Routing::Matcher => self
-                .set
-                .route(&batch.embeddings)?
-                .into_iter()
-                .map(|c| c.expert)
-                .collect(),
+            Routing::Matcher | Routing::Quality => routed.iter().map(|c| c.expert).collect(),
         };
         let routes: Vec<Option<&Adapter>> = choices
             .iter()
@@ -309,12 +518,15 @@ impl Strategy for EvoSam {
             .collect();
         let out = super::decode_cases(ctx, batch, &routes)?;
         let routed_to = match self.params.routing {
-            Routing::Matcher => Some(choices.iter().map(|&c| self.set.target_name(c)).collect()),
+            Routing::Matcher | Routing::Quality => {
+                Some(choices.iter().map(|&c| self.set.target_name(c)).collect())
+            }
             Routing::Oracle => None,
         };
         Ok(Prediction {
             logits: out.logits,
             routed_to,
+            novelty,
         })
     }
 
@@ -330,8 +542,15 @@ impl Strategy for EvoSam {
                 dir.display()
             )));
         }
+        if set.novelty.shrinkage != self.params.novelty.shrinkage && !set.is_empty() {
+            return Err(Error::internal(format!(
+                "{}: novelty shrinkage differs from the spec's",
+                dir.display()
+            )));
+        }
         self.set = ExpertSet {
             routing: self.params.routing,
+            novelty: self.params.novelty.clone(),
             ..set
         };
         Ok(())
@@ -352,6 +571,63 @@ impl Strategy for EvoSam {
         if !self.set.is_empty() {
             m.insert("matcher_lambda".into(), self.set.matcher.lambda);
         }
+        if let Some(th) = self.set.novelty_threshold() {
+            m.insert("novelty_threshold".into(), th);
+        }
+        // The newest expert's birth: parent position (1-based, 0 = base), vote share, and its selection.
+        if let Some(b) = self.set.births.last() {
+            m.insert(
+                "init_parent".into(),
+                b.parent.map(|p| p as f64 + 1.0).unwrap_or(0.0),
+            );
+            if let Some(v) = b.vote_share {
+                m.insert("init_vote_share".into(), v);
+            }
+            if let Some(f) = &b.fit {
+                super::single::fit_extras(f, &mut m);
+                m.insert("kept_start".into(), f64::from(u8::from(f.kept_start())));
+            }
+            m.insert("kept_base".into(), f64::from(u8::from(b.kept_base)));
+        }
         m
     }
 }
+
+impl EvoSam {
+    /// `routing = "quality"`: decode every image with the base model and every expert, keep the output whose
+    /// predicted IoU is highest.
+    fn predict_by_quality(
+        &self,
+        ctx: &StrategyCtx,
+        batch: &Batch,
+        novelty: Option<Vec<f64>>,
+    ) -> Result<Prediction> {
+        let b = batch.cases.len();
+        let mut best: Vec<(f32, Option<usize>)> = vec![(f32::NEG_INFINITY, None); b];
+        let mut outs = Vec::new();
+        for cand in std::iter::once(None).chain((0..self.set.len()).map(Some)) {
+            let a = cand.map(|k| &self.set.adapters[k]);
+            let out = super::decode_cases(ctx, batch, &vec![a; b])?;
+            let iou: Vec<f32> = out.iou.flatten_all()?.to_vec1()?;
+            for (i, &v) in iou.iter().enumerate() {
+                if v > best[i].0 {
+                    best[i] = (v, cand);
+                }
+            }
+            outs.push(out.logits);
+        }
+        let rows: Vec<Tensor> = best
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| outs[c.map(|k| k + 1).unwrap_or(0)].narrow(0, i, 1))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Prediction {
+            logits: Tensor::cat(&rows, 0)?,
+            routed_to: Some(best.iter().map(|(_, c)| self.set.target_name(*c)).collect()),
+            novelty,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

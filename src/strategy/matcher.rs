@@ -377,6 +377,30 @@ impl RidgeMatcher {
         Route { expert, score }
     }
 
+    /// Each task's running sums over the regression features without their bias coordinate (the novelty score's
+    /// input, see [`super::novelty`]).
+    pub fn task_sums(&self) -> Vec<super::novelty::Sums> {
+        let d = self.feature_dim();
+        let k = d - 1;
+        self.tasks
+            .iter()
+            .map(|t| super::novelty::Sums {
+                n: t.n,
+                g: (0..k)
+                    .flat_map(|i| t.g[i * d..i * d + k].iter().copied())
+                    .collect(),
+                s: t.s[..k].to_vec(),
+            })
+            .collect()
+    }
+
+    /// The regression features of a pooled embedding without the bias (the novelty score's space).
+    pub fn novelty_features(&self, pooled: &[f64]) -> Result<Vec<f64>> {
+        let mut h = self.features(pooled)?;
+        h.pop();
+        Ok(h)
+    }
+
     /// The solved weights (D x T, row-major), for inspection and tests.
     pub fn weights(&self) -> &[f64] {
         &self.w

@@ -12,6 +12,7 @@ pub mod finetune;
 pub mod joint;
 pub mod lwf;
 pub mod matcher;
+pub mod novelty;
 mod registry;
 pub mod replay;
 pub mod reservoir;
@@ -143,6 +144,8 @@ pub struct Prediction {
     pub logits: Tensor,
     /// Per image, the expert it was routed to (routing strategies only; recorded as `routed_to`).
     pub routed_to: Option<Vec<String>>,
+    /// Per-image novelty score of a routing strategy's novelty detector (scores.csv `novelty`), else None.
+    pub novelty: Option<Vec<f64>>,
 }
 
 /// A continual-learning strategy: trained task after task, evaluated after every stage, checkpointed so a
@@ -219,6 +222,7 @@ mod tests {
             Ok(Prediction {
                 logits: out.logits,
                 routed_to: Some(vec!["base".into(); batch.cases.len()]),
+                novelty: None,
             })
         }
         fn save_state(&self, _dir: &Path) -> Result<()> {

@@ -7,6 +7,7 @@ use crate::model::{Adapter, LiteMedSam};
 use crate::spec::StrategySpec;
 use crate::train::optim::{AdamW, ParamsAdamW};
 use crate::train::r#loop::{ExtraLoss, FitStats};
+use crate::train::select::{FitReport, Selection};
 use crate::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,10 +26,14 @@ pub struct SingleAdapter {
     pub adapter: Adapter,
     pub opt: Option<AdamW>,
     init_seed: u64,
+    /// What the last fit did (steps, chosen epoch, validation Dice), for extras.csv.
+    pub last_fit: Option<FitReport>,
 }
 
 pub const ADAPTER_FILE: &str = "adapter.safetensors";
 pub const ADAMW_FILE: &str = "adamw.safetensors";
+/// The last fit's report (chosen epoch, validation Dice), so a restored strategy reports the same extras.
+pub const FIT_FILE: &str = "fit.json";
 
 impl SingleAdapter {
     pub fn new(spec: &StrategySpec, model: &LiteMedSam, init_seed: u64) -> Result<Self> {
@@ -36,6 +41,7 @@ impl SingleAdapter {
             adapter: Adapter::new(model, &spec.lora, init_seed)?,
             opt: None,
             init_seed,
+            last_fit: None,
         })
     }
 
@@ -47,7 +53,8 @@ impl SingleAdapter {
     }
 
     /// Train on `cases` (+ `per_batch` memory cases per step) with an optional extra loss. The optimiser is
-    /// created on first use and recreated when `reset_optimizer` is set.
+    /// created on first use and recreated when `reset_optimizer` is set. With a validation part, the epoch with
+    /// the best Dice on the current task's held-out cases is kept ([`crate::train::select`]).
     #[allow(clippy::too_many_arguments)]
     pub fn fit(
         &mut self,
@@ -63,7 +70,19 @@ impl SingleAdapter {
             self.opt = Some(AdamW::new(self.adapter.vars(), adamw_params(ctx.spec))?);
         }
         let opt = self.opt.as_mut().expect("optimiser");
-        crate::train::r#loop::fit_mixed(
+        let current = ctx.seen().last().copied();
+        let val: Vec<&Case> = current.map(|t| t.val.iter().collect()).unwrap_or_default();
+        let sel = Selection {
+            model: ctx.model,
+            embeddings: ctx.embeddings,
+            device: ctx.device,
+            patience: ctx.spec.train.patience,
+            val: &val,
+            fov: current.is_some_and(|t| t.fov_eval),
+            keep_start: false,
+            start_margin: 0.0,
+        };
+        let report = crate::train::select::fit_selected(
             ctx,
             task_name,
             &self.adapter,
@@ -72,7 +91,15 @@ impl SingleAdapter {
             extra,
             memory,
             per_batch,
-        )
+            &sel,
+        )?;
+        let stats = FitStats {
+            steps: report.steps,
+            epochs: report.epochs_run,
+            last_epoch_loss: report.last_epoch_loss,
+        };
+        self.last_fit = Some(report);
+        Ok(stats)
     }
 
     pub fn predict(&self, ctx: &StrategyCtx, batch: &Batch) -> Result<Prediction> {
@@ -80,6 +107,7 @@ impl SingleAdapter {
         Ok(Prediction {
             logits: out.logits,
             routed_to: None,
+            novelty: None,
         })
     }
 
@@ -87,6 +115,10 @@ impl SingleAdapter {
         self.adapter.save(&dir.join(ADAPTER_FILE), base_sha256)?;
         if let Some(o) = &self.opt {
             o.save(&dir.join(ADAMW_FILE))?;
+        }
+        if let Some(f) = &self.last_fit {
+            let js = serde_json::to_vec(f).map_err(|e| crate::Error::internal(e.to_string()))?;
+            crate::results::write_atomic(&dir.join(FIT_FILE), &js)?;
         }
         Ok(())
     }
@@ -101,16 +133,41 @@ impl SingleAdapter {
         } else {
             None
         };
+        let f = dir.join(FIT_FILE);
+        self.last_fit = match std::fs::read(&f) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| crate::Error::input(format!("{}: {e}", f.display())))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(crate::Error::io(&f, e)),
+        };
         Ok(())
     }
 
-    /// `trainable_params` and `params_per_expert` (one model).
+    /// `trainable_params` and `params_per_expert` (one model), and the last fit's selection
+    /// ([`fit_extras`]).
     pub fn extras(&self) -> BTreeMap<String, f64> {
         let n = self.adapter.num_params() as f64;
-        BTreeMap::from([
+        let mut m = BTreeMap::from([
             ("trainable_params".to_string(), n),
             ("params_per_expert".to_string(), n),
-        ])
+        ]);
+        if let Some(r) = &self.last_fit {
+            fit_extras(r, &mut m);
+        }
+        m
+    }
+}
+
+/// extras.csv keys of a fit: `chosen_epoch`, `epochs_run` and, with validation, `val_dice` (kept weights) and
+/// `val_dice_start`.
+pub fn fit_extras(r: &FitReport, m: &mut BTreeMap<String, f64>) {
+    m.insert("chosen_epoch".into(), r.chosen_epoch as f64);
+    m.insert("epochs_run".into(), r.epochs_run as f64);
+    if let Some(d) = r.chosen_val_dice() {
+        m.insert("val_dice".into(), d);
+        m.insert("val_dice_start".into(), r.val_dice[0]);
     }
 }
 

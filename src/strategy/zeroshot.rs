@@ -44,6 +44,7 @@ impl Strategy for ZeroShot {
         Ok(Prediction {
             logits: out.logits,
             routed_to: None,
+            novelty: None,
         })
     }
 

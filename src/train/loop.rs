@@ -66,6 +66,8 @@ pub trait FitCtx {
 pub struct FitStats {
     /// Optimiser steps taken.
     pub steps: usize,
+    /// Epochs run (fewer than the budget when early stopping ended the fit).
+    pub epochs: usize,
     /// Mean loss of the last epoch.
     pub last_epoch_loss: f64,
 }
@@ -175,6 +177,29 @@ pub fn fit_mixed<C: FitCtx + ?Sized>(
     memory: &[&Case],
     per_batch: usize,
 ) -> Result<FitStats> {
+    fit_hooked(
+        ctx, task_name, adapter, opt, cases, extra, memory, per_batch, None,
+    )
+}
+
+/// Called after each epoch with (epoch number from 1, the adapter); returns false to stop training (early
+/// stopping). See [`crate::train::select`].
+pub type EpochHook<'a> = dyn FnMut(usize, &Adapter) -> Result<bool> + 'a;
+
+/// As [`fit_mixed`], with the budget of [`crate::train::budget::Schedule`] (`epochs` or exactly `steps`
+/// optimiser steps) and an optional hook after every epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_hooked<C: FitCtx + ?Sized>(
+    ctx: &mut C,
+    task_name: &str,
+    adapter: &Adapter,
+    opt: &mut AdamW,
+    cases: &[&Case],
+    extra: Option<&ExtraLoss>,
+    memory: &[&Case],
+    per_batch: usize,
+    mut on_epoch: Option<&mut EpochHook>,
+) -> Result<FitStats> {
     let ctx = ctx.fit_env();
     let per_batch = per_batch.min(memory.len());
     let train = ctx.train.clone();
@@ -184,13 +209,11 @@ pub fn fit_mixed<C: FitCtx + ?Sized>(
         iou: train.loss.iou,
     };
     let bs = train.batch_size.max(1);
-    let mut steps_per_epoch = cases.len().div_ceil(bs);
-    if train.max_steps_per_epoch > 0 {
-        steps_per_epoch = steps_per_epoch.min(train.max_steps_per_epoch);
-    }
+    let schedule = crate::train::budget::Schedule::new(&train, cases.len());
+    let n_epochs = schedule.epochs.len();
     let mut stats = FitStats::default();
     let mut idx: Vec<usize> = (0..cases.len()).collect();
-    for epoch in 0..train.epochs {
+    for (epoch, &steps_per_epoch) in schedule.epochs.iter().enumerate() {
         idx.shuffle(&mut *ctx.rng);
         let mut sum = 0.0;
         for (step, chunk) in idx.chunks(bs).take(steps_per_epoch).enumerate() {
@@ -240,7 +263,7 @@ pub fn fit_mixed<C: FitCtx + ?Sized>(
                     "strategy {:?}, task {task_name:?}, epoch {}/{}, step {}: loss = {lv}",
                     ctx.label,
                     epoch + 1,
-                    train.epochs,
+                    n_epochs,
                     step + 1
                 )));
             }
@@ -251,13 +274,19 @@ pub fn fit_mixed<C: FitCtx + ?Sized>(
             (ctx.progress)(Progress {
                 task: task_name.to_string(),
                 epoch: epoch + 1,
-                epochs: train.epochs,
+                epochs: n_epochs,
                 step: step + 1,
                 steps: steps_per_epoch,
                 loss: lv,
             });
         }
         stats.last_epoch_loss = sum / steps_per_epoch.max(1) as f64;
+        stats.epochs = epoch + 1;
+        if let Some(hook) = on_epoch.as_mut() {
+            if !hook(epoch + 1, adapter)? {
+                break;
+            }
+        }
     }
     Ok(stats)
 }

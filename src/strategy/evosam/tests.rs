@@ -1,0 +1,248 @@
+//! EvoSAM's expert births, selection on validation, novelty scores and step budgets, on the tiny random model.
+
+use super::*;
+use crate::strategy::kinds_tests::{noop, Kit};
+use crate::strategy::novelty::{Model, Sums};
+use crate::train::budget::split_validation;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn values(a: &Adapter) -> Vec<Vec<f32>> {
+    a.vars()
+        .iter()
+        .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+/// The kit's evosam entry with parameter and train overrides.
+fn evo_spec(kit: &Kit, params: &str, edit: impl Fn(&mut crate::spec::TrainSpec)) -> StrategySpec {
+    let mut sp = kit.strategy_spec("evosam").clone();
+    let over: toml::Table = toml::from_str(params).unwrap();
+    crate::spec::merge_tables(&mut sp.params, &over);
+    edit(&mut sp.train);
+    sp
+}
+
+fn build(kit: &Kit, sp: &StrategySpec) -> EvoSam {
+    EvoSam::new(
+        sp,
+        crate::spec::from_table(&sp.params).unwrap(),
+        &kit.model,
+        "kit",
+        3,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_copied_expert_is_bit_identical_at_birth_and_its_parent_after_the_child_trains() {
+    let kit = Kit::new(4, 2);
+    let trained = evo_spec(&kit, "init = \"previous\"", |_| {});
+    // A zero-epoch budget: the child is exactly its birth state.
+    let birth_only = evo_spec(&kit, "init = \"previous\"", |t| t.epochs = 0);
+    let mut a = build(&kit, &trained);
+    a.train_task(&mut kit.ctx_with(&trained, 1, &noop), 0, &kit.tasks[0])
+        .unwrap();
+    let parent = values(&a.set.adapters[0]);
+    assert_eq!(a.set.births[0].parent, None);
+    // a trained expert (B != 0): "identical" is not trivially "all zero"
+    assert!(parent
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .flatten()
+        .any(|v| *v != 0.0));
+    a.train_task(&mut kit.ctx_with(&birth_only, 2, &noop), 1, &kit.tasks[1])
+        .unwrap();
+    assert_eq!(a.set.births[1].parent, Some(0));
+    assert!(
+        a.set.births[1].reason.contains("site0"),
+        "{}",
+        a.set.births[1].reason
+    );
+    assert_eq!(values(&a.set.adapters[1]), parent, "child at birth");
+    // Train a child for real: it moves, its parent does not.
+    let mut b = build(&kit, &trained);
+    b.train_task(&mut kit.ctx_with(&trained, 1, &noop), 0, &kit.tasks[0])
+        .unwrap();
+    let before = values(&b.set.adapters[0]);
+    assert_eq!(before, parent, "training is deterministic");
+    b.train_task(&mut kit.ctx_with(&trained, 2, &noop), 1, &kit.tasks[1])
+        .unwrap();
+    assert_eq!(
+        values(&b.set.adapters[0]),
+        before,
+        "parent after the child trained"
+    );
+    assert_ne!(values(&b.set.adapters[1]), before, "the child trained");
+    assert_eq!(b.extra_metrics()["init_parent"], 1.0);
+    // Saved and loaded, the birth records survive.
+    let d = tempfile::tempdir().unwrap();
+    b.save_state(d.path()).unwrap();
+    let back = ExpertSet::load(d.path(), &kit.model, "kit").unwrap();
+    assert_eq!(back.births, b.set.births);
+}
+
+#[test]
+fn nearest_init_copies_the_expert_the_matcher_picks() {
+    let kit = Kit::new(4, 1);
+    let sp = evo_spec(&kit, "init = \"nearest\"", |_| {});
+    let mut evo = build(&kit, &sp);
+    for k in 0..2 {
+        let mut ctx = kit.ctx_with(&sp, k + 1, &noop);
+        evo.train_task(&mut ctx, k, &kit.tasks[k]).unwrap();
+    }
+    // Site 0 again, as a new task: the matcher routes its images to expert 0.
+    let mut again = kit.tasks[0].clone();
+    again.name = "site0-again".into();
+    let mut ctx = kit.ctx_with(&sp, 3, &noop);
+    evo.train_task(&mut ctx, 2, &again).unwrap();
+    let b = &evo.set.births[2];
+    assert_eq!(b.parent, Some(0), "{}", b.reason);
+    assert_eq!(b.vote_share, Some(1.0));
+    assert_eq!(evo.extra_metrics()["init_vote_share"], 1.0);
+}
+
+#[test]
+fn selection_keeps_the_best_epoch_and_the_start_on_a_toy_with_a_known_answer() {
+    let kit = Kit::new(6, 3);
+    let tasks = split_validation(&kit.tasks, 0, 0.34);
+    assert_eq!((tasks[0].train.len(), tasks[0].val.len()), (4, 2));
+    // Same split for any strategy: it depends on (seed, task) only.
+    let again = split_validation(&kit.tasks, 0, 0.34);
+    assert_eq!(
+        tasks[0].val.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        again[0].val.iter().map(|c| &c.id).collect::<Vec<_>>()
+    );
+    // (1) A learning rate so small that no epoch changes the validation Dice: every epoch ties with the start, so
+    // keep_start keeps the start (bit for bit), and without it the first epoch is chosen.
+    for keep in [true, false] {
+        let sp = evo_spec(&kit, &format!("keep_start = {keep}"), |t| t.lr = 1e-12);
+        let mut evo = build(&kit, &sp);
+        let mut ctx = kit.ctx_with(&sp, 1, &noop);
+        ctx.tasks = &tasks;
+        evo.train_task(&mut ctx, 0, &tasks[0]).unwrap();
+        let f = evo.set.births[0].fit.clone().unwrap();
+        assert_eq!(f.val_dice.len(), 4, "{f:?}");
+        assert!(f.val_dice.iter().all(|d| *d == f.val_dice[0]), "{f:?}");
+        if keep {
+            assert_eq!(f.chosen_epoch, 0);
+            assert!(f.kept_start());
+            // the start of a base-initialised expert: every B = 0 (vars are A, B per site), i.e. the base model
+            let v = values(&evo.set.adapters[0]);
+            assert!(v.iter().skip(1).step_by(2).flatten().all(|x| *x == 0.0));
+            assert_eq!(evo.extra_metrics()["kept_start"], 1.0);
+        } else {
+            assert_eq!(f.chosen_epoch, 1);
+        }
+    }
+    // (2) A real learning rate with patience 1: the kept weights score exactly the best recorded Dice, the chosen
+    // epoch is the first maximum, and training stopped one epoch after the last improvement (or ran out).
+    let sp = evo_spec(&kit, "keep_start = false", |t| {
+        t.lr = 3e-2;
+        t.epochs = 6;
+        t.patience = 1;
+    });
+    let mut evo = build(&kit, &sp);
+    let mut ctx = kit.ctx_with(&sp, 1, &noop);
+    ctx.tasks = &tasks;
+    evo.train_task(&mut ctx, 0, &tasks[0]).unwrap();
+    let f = evo.set.births[0].fit.clone().unwrap();
+    let best = crate::train::select::best_epoch(&f.val_dice, false).unwrap();
+    assert_eq!(f.chosen_epoch, best);
+    assert!(f.epochs_run == 6 || f.epochs_run == best + 1, "{f:?}");
+    assert_eq!(f.steps, f.epochs_run * 2);
+    let val: Vec<&Case> = tasks[0].val.iter().collect();
+    let d = crate::train::select::validation_dice(
+        &kit.model,
+        &kit.store,
+        &kit.dev,
+        Some(&evo.set.adapters[0]),
+        &val,
+        false,
+    )
+    .unwrap();
+    assert_eq!(d, f.val_dice[best], "{f:?}");
+}
+
+#[test]
+fn novelty_scores_equal_a_batch_computation_from_the_same_features() {
+    let kit = Kit::new(4, 1);
+    let sp = evo_spec(&kit, "novelty = { enabled = true, quantile = 1.0 }", |_| {});
+    let mut evo = build(&kit, &sp);
+    let mut per_task = Vec::new();
+    for k in 0..2 {
+        let mut ctx = kit.ctx_with(&sp, k + 1, &noop);
+        evo.train_task(&mut ctx, k, &kit.tasks[k]).unwrap();
+        let cases: Vec<&Case> = kit.tasks[k].train.iter().collect();
+        per_task.push(pooled_features(&kit.store.batch(&cases).unwrap()).unwrap());
+    }
+    let m = &evo.set.matcher;
+    let sums: Vec<Sums> = per_task
+        .iter()
+        .map(|t| {
+            let f: Vec<Vec<f64>> = t.iter().map(|p| m.novelty_features(p).unwrap()).collect();
+            Sums::of(&f, f[0].len())
+        })
+        .collect();
+    let refs: Vec<&Sums> = sums.iter().collect();
+    let model = Model::fit(&refs, sp_shrinkage(&evo)).unwrap();
+    let b = kit.test_batch(2);
+    let p = evo.predict(&kit.ctx_with(&sp, 2, &noop), 2, &b).unwrap();
+    let nov = p.novelty.unwrap();
+    for (i, p) in pooled_features(&b.embeddings).unwrap().iter().enumerate() {
+        let want = model.score(&m.novelty_features(p).unwrap());
+        let got = evo.set.novelty_score(p).unwrap().unwrap();
+        assert!((got - want).abs() < 1e-9 * want.max(1.0), "{got} vs {want}");
+        // the scores table gets it to 1e-6
+        assert!((nov[i] - want).abs() <= 5e-7, "{} vs {want}", nov[i]);
+    }
+    // With the threshold at the largest leave-one-out score, an image above it goes to the base model.
+    let th = evo.set.novelty_threshold().unwrap();
+    for (i, r) in p.routed_to.unwrap().iter().enumerate() {
+        assert_eq!(
+            r == "base",
+            nov[i] > th,
+            "case {i}: {r}, score {} vs {th}",
+            nov[i]
+        );
+    }
+    assert_eq!(
+        evo.set
+            .calibration
+            .scores
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>(),
+        8
+    );
+}
+
+fn sp_shrinkage(e: &EvoSam) -> f64 {
+    e.params.novelty.shrinkage
+}
+
+#[test]
+fn a_steps_budget_counts_exactly_for_every_kind() {
+    let kit = Kit::new(5, 2);
+    for label in ["evosam", "finetune", "replay", "joint", "ewc", "lwf"] {
+        let mut sp = kit.strategy_spec(label).clone();
+        sp.train.steps = 4; // 5 cases at batch 2 = 3 steps a pass: 3 + 1
+        let steps = AtomicUsize::new(0);
+        let progress = |_p: crate::strategy::Progress| {
+            steps.fetch_add(1, Ordering::Relaxed);
+        };
+        let env = crate::strategy::BuildEnv {
+            model: &kit.model,
+            base_sha256: "kit",
+            init_seed: 7,
+        };
+        let mut s = crate::strategy::Registry::default()
+            .build(&sp, &env)
+            .unwrap();
+        for k in 0..2 {
+            let mut ctx = kit.ctx_with(&sp, k + 1, &progress);
+            s.train_task(&mut ctx, k, &kit.tasks[k]).unwrap();
+            assert_eq!(steps.swap(0, Ordering::Relaxed), 4, "{label} task {k}");
+        }
+    }
+}

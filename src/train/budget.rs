@@ -1,0 +1,141 @@
+//! Training budgets that mean the same for every strategy, and the held-out validation split.
+//!
+//! A task's budget is either `epochs` passes over its training cases or, with `[train] steps = N`, exactly `N`
+//! optimiser steps (the last pass is cut short). Steps are counted over the task's own batches: replay's memory
+//! cases ride along in the same steps, and a joint learner with more data per task takes the same number of steps
+//! as a fine-tuner, so a spec can give every strategy the same number of updates per task.
+//!
+//! The validation part (`[train] val_fraction`) is drawn per (experiment seed, task name) only, not per strategy
+//! or order: every strategy of a cell row trains on the same images and selects its epoch on the same held-out
+//! ones, so the comparison stays fair.
+
+use crate::data::TaskData;
+use crate::spec::TrainSpec;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// How many steps each pass ("epoch") of one task's training takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Steps of a full pass (batches of `batch_size`, capped by `max_steps_per_epoch`).
+    pub steps_per_epoch: usize,
+    /// Steps of each pass in order; their sum is the task's budget.
+    pub epochs: Vec<usize>,
+}
+
+impl Schedule {
+    /// The schedule of a task with `n_cases` training cases.
+    pub fn new(train: &TrainSpec, n_cases: usize) -> Self {
+        let bs = train.batch_size.max(1);
+        let mut spe = n_cases.div_ceil(bs);
+        if train.max_steps_per_epoch > 0 {
+            spe = spe.min(train.max_steps_per_epoch);
+        }
+        let epochs = if spe == 0 {
+            Vec::new()
+        } else if train.steps > 0 {
+            let full = train.steps / spe;
+            let mut v = vec![spe; full];
+            if train.steps % spe > 0 {
+                v.push(train.steps % spe);
+            }
+            v
+        } else {
+            vec![spe; train.epochs]
+        };
+        Self {
+            steps_per_epoch: spe,
+            epochs,
+        }
+    }
+
+    /// Total optimiser steps of the task.
+    pub fn total_steps(&self) -> usize {
+        self.epochs.iter().sum()
+    }
+}
+
+/// Number of validation cases for a task with `n` training cases: round(n * fraction), at least 1 when the
+/// fraction is positive, and always leaving at least one case to train on.
+pub fn n_validation(n: usize, fraction: f64) -> usize {
+    if fraction <= 0.0 || n < 2 {
+        return 0;
+    }
+    ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
+}
+
+/// Move a seeded `fraction` of each task's training cases into its `val` part. The draw depends on the
+/// experiment seed and the task's name only (see the module docs).
+pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<TaskData> {
+    tasks
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            let n_val = n_validation(t.train.len(), fraction);
+            if n_val == 0 {
+                return t;
+            }
+            let s = crate::util::derive_seed(&["validation", &seed.to_string(), &t.name]);
+            let mut idx: Vec<usize> = (0..t.train.len()).collect();
+            idx.shuffle(&mut ChaCha8Rng::seed_from_u64(s));
+            let mut val_idx = idx[..n_val].to_vec();
+            val_idx.sort_unstable();
+            let all = std::mem::take(&mut t.train);
+            for (i, c) in all.into_iter().enumerate() {
+                if val_idx.binary_search(&i).is_ok() {
+                    t.val.push(c);
+                } else {
+                    t.train.push(c);
+                }
+            }
+            t
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(epochs: usize, steps: usize, bs: usize, cap: usize) -> TrainSpec {
+        TrainSpec {
+            epochs,
+            steps,
+            batch_size: bs,
+            max_steps_per_epoch: cap,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn steps_budget_counts_exactly() {
+        // 10 cases, batch 4 -> 3 steps per pass; 7 steps = 3 + 3 + 1
+        let s = Schedule::new(&spec(99, 7, 4, 0), 10);
+        assert_eq!(s.steps_per_epoch, 3);
+        assert_eq!(s.epochs, vec![3, 3, 1]);
+        assert_eq!(s.total_steps(), 7);
+        // a budget that is a multiple of the pass
+        assert_eq!(Schedule::new(&spec(1, 6, 4, 0), 10).epochs, vec![3, 3]);
+        // fewer steps than one pass
+        assert_eq!(Schedule::new(&spec(1, 2, 4, 0), 10).epochs, vec![2]);
+        // epochs when steps = 0, with the per-epoch cap
+        assert_eq!(Schedule::new(&spec(4, 0, 4, 2), 10).epochs, vec![2; 4]);
+        for steps in 1..40 {
+            for n in 1..12 {
+                assert_eq!(Schedule::new(&spec(3, steps, 4, 0), n).total_steps(), steps);
+            }
+        }
+        assert_eq!(Schedule::new(&spec(3, 5, 4, 0), 0).total_steps(), 0);
+    }
+
+    #[test]
+    fn validation_size() {
+        assert_eq!(n_validation(8, 0.2), 2);
+        assert_eq!(n_validation(10, 0.2), 2);
+        assert_eq!(n_validation(3, 0.01), 1);
+        assert_eq!(n_validation(2, 0.89), 1);
+        assert_eq!(n_validation(1, 0.5), 0);
+        assert_eq!(n_validation(10, 0.0), 0);
+    }
+}
