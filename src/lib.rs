@@ -7,6 +7,7 @@
 //! - [`spec`], [`data`], [`runner`], [`results`], [`metrics`]: the declarative experiment runner.
 //! - [`strategy`]: EvoSAM and the baselines.
 //! - [`report`]: plots and tables from a results folder.
+//! - [`interactive`]: the simulated-clinician prompt-efficiency study (clicks, NoC, Dice-vs-clicks).
 
 pub mod error;
 pub use error::{Error, Result};
@@ -14,6 +15,7 @@ pub use error::{Error, Result};
 pub mod cli;
 pub mod data;
 pub mod embed_cache;
+pub mod interactive;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

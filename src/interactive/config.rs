@@ -1,0 +1,199 @@
+//! The spec's optional `[eval.interactive]` table.
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::TimeModel;
+
+/// Which stages run the study: the last one only (default; the expensive part is one decoder pass per click per
+/// test image per strategy) or every stage including zero-shot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StudyStages {
+    #[default]
+    Final,
+    All,
+}
+
+/// `[eval.interactive]`: the simulated-clinician study (see the README's protocol section).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InteractiveSpec {
+    /// Clicks after the box (1..=100).
+    #[serde(default = "d_max_clicks")]
+    pub max_clicks: usize,
+    /// Dice targets τ of NoC@τ, each in (0, 1].
+    #[serde(default = "d_targets")]
+    pub targets: Vec<f64>,
+    /// Click counts k of Dice@k, each in 1..=max_clicks.
+    #[serde(default = "d_report_at")]
+    pub report_at: Vec<usize>,
+    /// Feed the previous low-resolution logits back as SAM's mask prompt. Off by default: on Kvasir polyps the
+    /// zero-shot LiteMedSAM refines better without it (README, "Interactive study").
+    #[serde(default)]
+    pub mask_prompt: bool,
+    /// "final" (default) or "all".
+    #[serde(default)]
+    pub stages: StudyStages,
+    /// At most this many test images per task (a seeded subset, the same for every strategy); all by default.
+    #[serde(default)]
+    pub max_cases: Option<usize>,
+    /// Time model `seconds = seconds_per_case + seconds_per_click * clicks`: both or neither.
+    #[serde(default)]
+    pub seconds_per_case: Option<f64>,
+    #[serde(default)]
+    pub seconds_per_click: Option<f64>,
+}
+
+fn d_max_clicks() -> usize {
+    10
+}
+fn d_targets() -> Vec<f64> {
+    vec![0.80, 0.85, 0.90]
+}
+fn d_report_at() -> Vec<usize> {
+    vec![1, 3, 5]
+}
+
+impl Default for InteractiveSpec {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect("defaults")
+    }
+}
+
+impl InteractiveSpec {
+    /// Range checks; the message names the key (`eval.interactive.<key>`).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let key = |k: &str| format!("eval.interactive.{k}");
+        if !(1..=100).contains(&self.max_clicks) {
+            return Err(format!(
+                "{}: {} is out of range 1..=100",
+                key("max_clicks"),
+                self.max_clicks
+            ));
+        }
+        if self.targets.is_empty() {
+            return Err(format!("{}: needs at least one target", key("targets")));
+        }
+        for (i, &t) in self.targets.iter().enumerate() {
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(format!("{}: {t} is not in (0, 1]", key("targets")));
+            }
+            if self.targets[..i].contains(&t) {
+                return Err(format!("{}: {t} is listed twice", key("targets")));
+            }
+        }
+        for (i, &k) in self.report_at.iter().enumerate() {
+            if k == 0 || k > self.max_clicks {
+                return Err(format!(
+                    "{}: {k} is not in 1..={} (max_clicks)",
+                    key("report_at"),
+                    self.max_clicks
+                ));
+            }
+            if self.report_at[..i].contains(&k) {
+                return Err(format!("{}: {k} is listed twice", key("report_at")));
+            }
+        }
+        if self.max_cases == Some(0) {
+            return Err(format!("{}: must be at least 1", key("max_cases")));
+        }
+        match (self.seconds_per_case, self.seconds_per_click) {
+            (None, None) => {}
+            (Some(a), Some(b)) => {
+                for (k, v) in [("seconds_per_case", a), ("seconds_per_click", b)] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(format!("{}: {v} must be a finite number >= 0", key(k)));
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{} and {} form the time model: give both or neither",
+                    key("seconds_per_case"),
+                    key("seconds_per_click")
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The time model, when the spec gives one.
+    pub fn time_model(&self) -> Option<TimeModel> {
+        Some(TimeModel {
+            seconds_per_case: self.seconds_per_case?,
+            seconds_per_click: self.seconds_per_click?,
+        })
+    }
+
+    /// Parse and validate a table (the value of `eval.interactive`).
+    pub fn from_table(t: toml::Table) -> std::result::Result<Self, String> {
+        let parse = |t: toml::Table| toml::Value::Table(t).try_into::<Self>();
+        let s = parse(t.clone()).map_err(|e| {
+            // Name the key at fault: the first one that fails on its own (unknown key or wrong type).
+            let bad = t.iter().find(|(k, v)| {
+                parse(toml::Table::from_iter([((*k).clone(), (*v).clone())])).is_err()
+            });
+            match bad {
+                Some((k, _)) => format!("eval.interactive.{k}: {}", e.message()),
+                None => format!("eval.interactive: {}", e.message()),
+            }
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> std::result::Result<InteractiveSpec, String> {
+        InteractiveSpec::from_table(toml::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn defaults_and_strict_validation() {
+        let d = parse("").unwrap();
+        assert_eq!(d, InteractiveSpec::default());
+        assert_eq!(d.max_clicks, 10);
+        assert_eq!(d.targets, vec![0.8, 0.85, 0.9]);
+        assert_eq!(d.report_at, vec![1, 3, 5]);
+        assert_eq!(d.stages, StudyStages::Final);
+        assert!(!d.mask_prompt);
+        assert!(d.time_model().is_none());
+        let s = parse(
+            "max_clicks = 5\ntargets = [0.9]\nreport_at = [1, 5]\nmask_prompt = true\nstages = \"all\"\n\
+             max_cases = 20\nseconds_per_case = 4.0\nseconds_per_click = 1.5",
+        )
+        .unwrap();
+        assert_eq!(s.stages, StudyStages::All);
+        assert_eq!(s.time_model().unwrap().seconds(2), 7.0);
+        for (text, want) in [
+            ("max_click = 3", "max_click"),
+            ("max_clicks = 0", "eval.interactive.max_clicks"),
+            ("targets = []", "eval.interactive.targets"),
+            ("targets = [0.8, 1.2]", "1.2"),
+            ("targets = [0.8, 0.8]", "twice"),
+            ("report_at = [11]", "eval.interactive.report_at"),
+            ("max_clicks = 3\nreport_at = [1, 5]", "max_clicks"),
+            ("report_at = [0]", "report_at"),
+            ("stages = \"some\"", "some"),
+            ("max_cases = 0", "max_cases"),
+            ("seconds_per_case = 3.0", "both or neither"),
+            (
+                "seconds_per_case = -1.0\nseconds_per_click = 1.0",
+                "seconds_per_case",
+            ),
+            (
+                "mask_prompt = 1",
+                "eval.interactive.mask_prompt: invalid type",
+            ),
+            ("max_click = 3", "eval.interactive.max_click"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+}
