@@ -233,9 +233,22 @@ pub fn run(args: Args) -> Result<()> {
         .ok_or_else(|| Error::internal("mask buffer size"))?;
     png.save(&args.out)
         .map_err(|e| Error::input(format!("{}: cannot write mask: {e}", args.out.display())))?;
+    let mut used = Vec::new();
+    if args.bbox.is_some() {
+        used.push("box".to_string());
+    }
+    match args.points.len() {
+        0 => {}
+        1 => used.push("1 click".into()),
+        n => used.push(format!("{n} clicks")),
+    }
+    if args.mask_in.is_some() {
+        used.push("mask prompt".into());
+    }
     eprintln!(
-        "{}: {}x{} mask, {} foreground pixels ({:.1}%), predicted IoU {:.3} -> {}",
+        "{} ({}): {}x{} mask, {} foreground pixels ({:.1}%), predicted IoU {:.3} -> {}",
         args.image.display(),
+        used.join(" + "),
         meta.orig_w,
         meta.orig_h,
         fg,
