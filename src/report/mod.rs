@@ -6,6 +6,7 @@
 //! numbers behind every figure and table) -> [`plots`] / [`tables`] (rendering).
 
 pub mod analysis;
+pub mod interactive;
 pub mod load;
 pub mod plots;
 pub mod stats;
