@@ -27,9 +27,10 @@ pub struct InteractiveSpec {
     /// Click counts k of Dice@k, each in 1..=max_clicks.
     #[serde(default = "d_report_at")]
     pub report_at: Vec<usize>,
-    /// Feed the previous low-resolution logits back as SAM's mask prompt. Off by default: on Kvasir polyps the
-    /// zero-shot LiteMedSAM refines better without it (README, "Interactive study").
-    #[serde(default)]
+    /// Feed the previous low-resolution logits back as SAM's mask prompt (SAM's own protocol). On by default: on
+    /// Kvasir polyps it gives the zero-shot LiteMedSAM a higher Dice after 1 to 5 clicks and a higher AUC
+    /// (README, "Interactive study").
+    #[serde(default = "d_true")]
     pub mask_prompt: bool,
     /// "final" (default) or "all".
     #[serde(default)]
@@ -44,6 +45,9 @@ pub struct InteractiveSpec {
     pub seconds_per_click: Option<f64>,
 }
 
+fn d_true() -> bool {
+    true
+}
 fn d_max_clicks() -> usize {
     10
 }
@@ -161,10 +165,10 @@ mod tests {
         assert_eq!(d.targets, vec![0.8, 0.85, 0.9]);
         assert_eq!(d.report_at, vec![1, 3, 5]);
         assert_eq!(d.stages, StudyStages::Final);
-        assert!(!d.mask_prompt);
+        assert!(d.mask_prompt);
         assert!(d.time_model().is_none());
         let s = parse(
-            "max_clicks = 5\ntargets = [0.9]\nreport_at = [1, 5]\nmask_prompt = true\nstages = \"all\"\n\
+            "max_clicks = 5\ntargets = [0.9]\nreport_at = [1, 5]\nmask_prompt = false\nstages = \"all\"\n\
              max_cases = 20\nseconds_per_case = 4.0\nseconds_per_click = 1.5",
         )
         .unwrap();
