@@ -13,6 +13,9 @@
 //! RNG from (seed, label, order, stage), so a resumed cell replays exactly what an uninterrupted one does.
 
 use crate::data::{self, Case, TaskData};
+use crate::interactive::rows::{ClickRow, RunStage};
+use crate::interactive::study::study_task;
+use crate::interactive::StudyStages;
 use crate::model::{LiteMedSam, LiteMedSamConfig};
 use crate::results::{self, ExtraRow, FolderLock, ScoreRow};
 use crate::spec::Spec;
@@ -483,6 +486,10 @@ pub fn run(spec: Spec, opts: &RunOptions) -> Result<RunSummary> {
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
     let (scores, extras) = collect(&shared, &cells)?;
     let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
+    if let Some(ispec) = &shared.spec.interactive {
+        let clicks = collect_clicks(&shared, &cells)?;
+        crate::interactive::rows::write_tables(&dir, &clicks, ispec)?;
+    }
     if !opts.quiet {
         print_metrics(&metrics);
     }
@@ -743,6 +750,7 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
         };
         sh.reporter.stage(&cell.id, k, n, "evaluating");
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
+        let clicks = study_stage(sh, strat.as_ref(), &ctx, cell, k)?;
         let extras: Vec<ExtraRow> = strat
             .extra_metrics()
             .into_iter()
@@ -763,6 +771,9 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
             }
             write_json(&tmp.join("scores.json"), &rows)?;
             write_json(&tmp.join("extras.json"), &extras)?;
+            if let Some(c) = &clicks {
+                write_json(&tmp.join(CLICKS_FILE), c)?;
+            }
             Ok(())
         })?;
         // only the latest state is needed to resume
@@ -807,6 +818,68 @@ fn commit_stage(cdir: &Path, k: usize, write: impl FnOnce(&Path) -> Result<()>) 
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Checkpoint file of a stage's interactive-study rows.
+const CLICKS_FILE: &str = "clicks.json";
+
+/// The interactive study at stage `k` (None when the spec has none or does not study this stage).
+fn study_stage(
+    sh: &Shared,
+    strat: &dyn Strategy,
+    ctx: &StrategyCtx,
+    cell: &Cell,
+    k: usize,
+) -> Result<Option<Vec<ClickRow>>> {
+    let Some(spec) = &sh.spec.interactive else {
+        return Ok(None);
+    };
+    let order = &sh.spec.orders[cell.order];
+    let n = order.tasks.len();
+    if spec.stages == StudyStages::Final && k != n {
+        return Ok(None);
+    }
+    sh.reporter.stage(&cell.id, k, n, "interactive study");
+    let at = RunStage {
+        strategy: sh.spec.strategies[cell.strategy].label.clone(),
+        seed: cell.seed as i64,
+        order: order.label.clone(),
+        stage: k as i64,
+    };
+    let mut rows = Vec::new();
+    for (j, &ti) in order.tasks.iter().enumerate() {
+        rows.extend(study_task(
+            strat,
+            ctx,
+            &sh.store,
+            j,
+            &sh.tasks[ti],
+            spec,
+            &at,
+            &sh.device,
+        )?);
+    }
+    Ok(Some(rows))
+}
+
+/// Every stage's interactive rows, in canonical cell order.
+fn collect_clicks(sh: &Shared, cells: &[Cell]) -> Result<Vec<ClickRow>> {
+    let mut rows = Vec::new();
+    for cell in cells {
+        let cdir = cell_dir(sh, cell);
+        let n = sh.spec.orders[cell.order].tasks.len();
+        for k in 0..=n {
+            let sd = stage_dir(&cdir, k);
+            if !sd.join("done").is_file() {
+                break;
+            }
+            let f = sd.join(CLICKS_FILE);
+            if f.is_file() {
+                rows.extend(read_json::<Vec<ClickRow>>(&f)?);
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// Score every test case of every task of the order at stage `k`.

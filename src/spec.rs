@@ -37,6 +37,7 @@
 //! Data paths are relative to the spec file's folder. Precedence for `train`/`lora` settings:
 //! built-in defaults < preset < the spec's `[train]`/`[model.lora]` < the `[[strategy]]` entry.
 
+use crate::interactive::InteractiveSpec;
 use crate::model::LoraConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,8 @@ pub struct Spec {
     pub orders: Vec<Order>,
     pub model: ModelSpec,
     pub strategies: Vec<StrategySpec>,
+    /// `[eval.interactive]`: the simulated-clinician study (None: not run).
+    pub interactive: Option<InteractiveSpec>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -273,6 +276,8 @@ struct RawSpec {
     train: Option<Spanned<Table>>,
     #[serde(default)]
     strategy: Vec<Spanned<Table>>,
+    #[serde(default)]
+    eval: Option<Spanned<Table>>,
 }
 
 #[derive(Deserialize)]
@@ -558,6 +563,37 @@ impl Spec {
                     src.err_in_table(train_span.clone(), "[train]", e.message())
                 })?;
 
+        // [eval]
+        let interactive = match raw.eval {
+            None => None,
+            Some(e) => {
+                let span = e.span();
+                let mut t = e.into_inner();
+                let it = t.remove("interactive");
+                if let Some(k) = t.keys().next() {
+                    return Err(src.err_in_table(
+                        span,
+                        "[eval]",
+                        format!("unknown key `{k}` (known: interactive)"),
+                    ));
+                }
+                match it {
+                    None => None,
+                    Some(Value::Table(it)) => Some(
+                        InteractiveSpec::from_table(it)
+                            .map_err(|m| src.err_in_table(span, "[eval.interactive]", m))?,
+                    ),
+                    Some(v) => {
+                        return Err(src.err_in_table(
+                            span,
+                            "[eval]",
+                            format!("`interactive` must be a table, found {}", v.type_str()),
+                        ))
+                    }
+                }
+            }
+        };
+
         // [[strategy]]
         if raw.strategy.is_empty() {
             return Err(src.err("no [[strategy]] entries: add at least one, e.g. [[strategy]] preset = \"zeroshot\""));
@@ -594,6 +630,7 @@ impl Spec {
             orders,
             model,
             strategies,
+            interactive,
         })
     }
 

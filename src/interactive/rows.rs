@@ -9,7 +9,12 @@ use serde::{Deserialize, Serialize};
 use super::config::InteractiveSpec;
 use super::metrics::summarise;
 use super::simulate::Trace;
-use crate::Result;
+use crate::results::{write_atomic, write_csv, write_parquet};
+use crate::{Error, Result};
+
+/// The settings file next to the tables: what the report needs to recompute the summary (targets, report
+/// points, time model) and the metric definitions.
+pub const SETTINGS_FILE: &str = "interactive.json";
 
 /// `eval_task` of the row that pools every evaluated task of a run.
 pub const ALL_TASKS: &str = "all";
@@ -259,6 +264,43 @@ pub fn interactive_frame(rows: &[InteractiveRow], spec: &InteractiveSpec) -> Res
         ));
     }
     Ok(DataFrame::new_infer_height(cols)?)
+}
+
+/// Write `clicks.parquet`, `clicks.csv`, `interactive.csv` and `interactive.json` into `dir`.
+pub fn write_tables(
+    dir: &std::path::Path,
+    rows: &[ClickRow],
+    spec: &InteractiveSpec,
+) -> Result<()> {
+    let mut c = clicks_frame(rows)?;
+    write_parquet(&dir.join("clicks.parquet"), &mut c)?;
+    write_csv(&dir.join("clicks.csv"), &mut c)?;
+    let s = interactive_rows(rows, spec);
+    write_csv(
+        &dir.join("interactive.csv"),
+        &mut interactive_frame(&s, spec)?,
+    )?;
+    let defs: BTreeMap<&str, &str> = super::metrics::DEFINITIONS.iter().copied().collect();
+    let json = serde_json::json!({ "settings": spec, "definitions": defs });
+    let bytes = serde_json::to_vec_pretty(&json)
+        .map_err(|e| Error::internal(format!("{SETTINGS_FILE}: {e}")))?;
+    write_atomic(&dir.join(SETTINGS_FILE), &bytes)
+}
+
+/// Read the settings written by [`write_tables`] (None when the folder has none).
+pub fn read_settings(dir: &std::path::Path) -> Result<Option<InteractiveSpec>> {
+    let path = dir.join(SETTINGS_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    let s: InteractiveSpec = serde_json::from_value(v["settings"].clone())
+        .map_err(|e| Error::input(format!("{}: settings: {e}", path.display())))?;
+    s.validate()
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    Ok(Some(s))
 }
 
 #[cfg(test)]

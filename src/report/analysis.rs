@@ -158,6 +158,9 @@ pub struct ReportData {
     pub growth: Vec<GrowthSeries>,
     pub table: SummaryTable,
     pub notes: Vec<String>,
+    /// The interactive study (curves, NoC bars, table), when the results have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<super::interactive::InteractiveData>,
 }
 
 type RunKey = (String, i64, String); // strategy, seed, order
@@ -501,7 +504,12 @@ impl ReportData {
                 ));
             }
         }
+        let interactive = rs
+            .interactive
+            .as_ref()
+            .and_then(|s| super::interactive::compute(&rs.clicks, s, &strategies));
         ReportData {
+            interactive,
             strategies,
             tasks: tasks.clone(),
             curves,

@@ -124,6 +124,16 @@ pub fn write_report_data(data: &ReportData, out_dir: &Path) -> Result<ReportSumm
         &tables_dir.join("wilcoxon.csv"),
         &tables::wilcoxon_csv(&data.table),
     )?);
+    if let Some(it) = &data.interactive {
+        files.push(write_file(
+            &tables_dir.join("interactive.md"),
+            &interactive::to_markdown(&it.table),
+        )?);
+        files.push(write_file(
+            &tables_dir.join("interactive.tex"),
+            &interactive::to_latex(&it.table),
+        )?);
+    }
     Ok(ReportSummary {
         out_dir: out_dir.to_path_buf(),
         files,
