@@ -103,6 +103,9 @@ where
         }
         let prompts = build_prompts(cases, &traces, &active, &low, opts.mask_prompt, device)?;
         let (logits, routed) = predict(&active, &prompts)?;
+        // A strategy whose adapter holds trainable variables returns logits with their backward graph; kept as the
+        // next mask prompt, each step's graph would chain onto the last (gigabytes after ten clicks).
+        let logits = logits.detach();
         if logits.dim(0)? != active.len() {
             return Err(Error::internal(format!(
                 "interactive step {step}: {} predictions for {} images",
