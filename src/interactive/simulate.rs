@@ -235,15 +235,18 @@ mod tests {
                     .collect(),
             };
             assert_eq!(p.masks.is_some(), p.points.is_some());
+            // The previous logits come back without their backward graph.
+            assert!(!p.masks.as_ref().is_some_and(|m| m.track_op()));
             calls.push(idx.to_vec());
             let v: Vec<f32> = npos
                 .iter()
                 .flat_map(|&k| disc(2.0 + 3.0 * k as f64))
                 .collect();
-            Ok((
-                Tensor::from_vec(v, (b, 1, s, s), &dev)?,
-                Some(vec!["e".into(); b]),
-            ))
+            // Logits through a trainable variable, as a LoRA strategy's are.
+            let w = candle_core::Var::new(1f32, &dev)?;
+            let l = Tensor::from_vec(v, (b, 1, s, s), &dev)?.broadcast_mul(w.as_tensor())?;
+            assert!(l.track_op());
+            Ok((l, Some(vec!["e".into(); b])))
         })
         .unwrap();
         // Image b is perfect after the box: no click, the loop drops it; image a grows 2 -> 5 -> 8 (perfect).
