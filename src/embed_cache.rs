@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::model::LiteMedSam;
 use crate::{Error, Result};
 
+/// The cache of one model's embeddings (see the module documentation); shareable between threads.
 pub struct EmbeddingCache {
     dir: PathBuf,
     weights_sha256: String,
@@ -52,6 +53,7 @@ impl EmbeddingCache {
         })
     }
 
+    /// The folder of this model's entries.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

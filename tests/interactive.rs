@@ -33,7 +33,7 @@ fn fmt(v: &[f64]) -> String {
 }
 
 #[test]
-#[ignore = "needs ../shared/data (Kvasir-SEG) and the LiteMedSAM weights; the lead's CI runs it with --ignored"]
+#[ignore = "needs ../shared/data and the LiteMedSAM weights (run with --ignored)"]
 fn zero_shot_kvasir_clicks_are_simulated_and_scored() {
     let kv = kvasir().expect("../shared/data/polyp/Kvasir-SEG next to the repository");
     let n: usize = std::env::var("EVOSAM_KVASIR_CASES")

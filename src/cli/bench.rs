@@ -13,24 +13,30 @@ use crate::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
 use crate::weights::resolve_weights;
 use crate::{Error, Result};
 
+/// `evosam bench`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// What to measure.
     #[command(subcommand)]
     pub what: What,
 }
 
+/// The benchmarks.
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
     /// LiteMedSAM speed and memory on this machine.
     Model(ModelArgs),
 }
 
+/// `evosam bench model`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// Repetitions per measurement (medians are reported), after one warm-up.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    /// Threads for candle and PyTorch (sets RAYON_NUM_THREADS; 0: all cores).
+    /// Threads for candle and PyTorch (0: all cores). The `evosam` binary sets RAYON_NUM_THREADS to this before
+    /// anything runs, because candle's matmul reads that variable; the measurements also run on a rayon pool of
+    /// this size.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Also run scripts/bench_reference.py (PyTorch) and print ratios.
@@ -42,6 +48,19 @@ pub struct ModelArgs {
     /// LiteMedSAM weights (default: the cache).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The thread count to measure with: `--threads`, or all cores when it is 0.
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -68,12 +87,18 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The measurements, medians over repetitions.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Figures {
+    /// Encoder forward, seconds per image (batch 1).
     pub encoder_s: f64,
+    /// Encoder + prompt encoder + decoder forward, seconds per image (batch 1).
     pub full_s: f64,
+    /// Decoder training step on cached embeddings, seconds (batch 4, AdamW on the whole decoder).
     pub decoder_step_s: f64,
+    /// LoRA (q/v projections, rank 4) decoder training step, seconds (batch 4).
     pub lora_step_s: f64,
+    /// Peak resident set size of the process, MiB.
     pub peak_rss_mb: f64,
 }
 
@@ -199,17 +224,10 @@ fn run_reference(a: &ModelArgs, threads: usize) -> Result<serde_json::Value> {
     })
 }
 
+/// Run `evosam bench`: measure and print a table (with `--reference`, next to PyTorch's figures).
 pub fn run(args: Args) -> Result<()> {
     let What::Model(a) = args.what;
-    let threads = if a.threads > 0 {
-        a.threads
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    };
-    // candle's CPU matmul reads RAYON_NUM_THREADS when its pool starts (nothing has run yet here).
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let threads = a.thread_count();
     let weights = resolve_weights(a.weights.as_deref())?;
     let dev = Device::Cpu;
     let mut model = LiteMedSam::from_pth(&weights, &dev)?;
@@ -218,7 +236,13 @@ pub fn run(args: Args) -> Result<()> {
         "evosam bench model: {} threads, {} reps (medians)",
         threads, a.reps
     );
-    let f = measure(&mut model, a.reps)?;
+    // The kernels and candle's gemm run on the pool they are called from: measure on one of `threads` threads
+    // (candle's gemm also splits its work by RAYON_NUM_THREADS, which the binary sets to the same number).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start {threads} threads: {e}")))?;
+    let f = pool.install(|| measure(&mut model, a.reps))?;
     let reference = if a.reference {
         Some(run_reference(&a, threads)?)
     } else {

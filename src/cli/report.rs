@@ -15,6 +15,7 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
+/// Write the report and list the files written.
 pub fn run(args: Args) -> crate::Result<()> {
     let out =
         match (&args.out, args.run_dirs.as_slice()) {

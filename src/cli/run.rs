@@ -2,6 +2,7 @@
 
 use crate::runner::{self, RunOptions};
 use crate::spec::Spec;
+use crate::strategy::Registry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -25,11 +26,16 @@ pub struct Args {
     pub no_report: bool,
 }
 
-pub fn run(args: Args) -> crate::Result<()> {
+/// Run the spec with the built-in strategies. `set_threads` receives the run's compute thread count
+/// ([`runner::threads_for`]) before any work starts: the binary sets `RAYON_NUM_THREADS` with it (the library
+/// itself never changes process-wide state).
+pub fn run(args: Args, set_threads: fn(usize)) -> crate::Result<()> {
     if args.jobs == 0 {
         return Err(crate::Error::input("--jobs must be at least 1"));
     }
-    let spec = Spec::from_file(&args.spec)?;
+    let registry = Registry::default();
+    let spec = Spec::load(&args.spec, &registry)?;
+    set_threads(runner::threads_for(&spec));
     spec.check_data()?;
     let opts = RunOptions {
         out: args.out,
@@ -38,7 +44,7 @@ pub fn run(args: Args) -> crate::Result<()> {
         quiet: args.quiet,
         report: !args.no_report,
     };
-    let summary = runner::run(spec, &opts)?;
+    let summary = runner::run(spec, &registry, &opts)?;
     if !args.quiet {
         println!("{}", summary.dir.display());
     }

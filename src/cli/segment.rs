@@ -47,6 +47,7 @@ pub struct Args {
     pub expert: Option<String>,
 }
 
+/// Parse `X0,Y0,X1,Y1`.
 pub fn parse_box(s: &str) -> Result<[f64; 4]> {
     let v: Vec<&str> = s.split(',').map(str::trim).collect();
     if v.len() != 4 {
@@ -202,6 +203,7 @@ fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<us
     Ok(route.expert)
 }
 
+/// Segment one image and write the mask.
 pub fn run(args: Args) -> Result<()> {
     let img = load_image(&args.image)?;
     let dev = Device::Cpu;

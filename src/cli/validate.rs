@@ -1,6 +1,6 @@
 //! `evosam validate SPEC`: check a spec (keys, types, presets, data files, split sizes) without running it.
 
-use crate::spec::{source_kind, Spec};
+use crate::spec::Spec;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -12,6 +12,7 @@ pub struct Args {
     pub no_data: bool,
 }
 
+/// Check the spec and print what it describes.
 pub fn run(args: Args) -> crate::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
     println!(
@@ -31,7 +32,7 @@ pub fn run(args: Args) -> crate::Result<()> {
     );
     if args.no_data {
         for t in &spec.stream.tasks {
-            println!("  task {} ({})", t.name, source_kind(&t.source));
+            println!("  task {} ({})", t.name, t.source.kind);
         }
     } else {
         for line in spec.check_data()? {

@@ -19,7 +19,7 @@
 //! ```
 
 use super::{glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase};
-use crate::spec::Spec;
+use crate::spec::{Diag, Spec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -82,7 +82,7 @@ pub fn validate_split(
     test_ids: Option<&Vec<String>>,
     test_fraction: Option<f64>,
     allow_glob: bool,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Diag> {
     let n = test_glob.is_some() as usize
         + test_ids.is_some() as usize
         + test_fraction.is_some() as usize;
@@ -92,23 +92,29 @@ pub fn validate_split(
         "`test_ids` or `test_fraction`"
     };
     if n != 1 {
-        return Err(format!("give exactly one train/test split rule: {opts}"));
+        return Err(Diag::table(format!(
+            "give exactly one train/test split rule: {opts}"
+        )));
     }
     if let Some(f) = test_fraction {
         if !(f > 0.0 && f < 1.0) {
-            return Err(format!("`test_fraction` = {f} must be in (0, 1)"));
+            return Err(Diag::at(
+                "test_fraction",
+                format!("`test_fraction` = {f} must be in (0, 1)"),
+            ));
         }
     }
     if let Some(ids) = test_ids {
         if ids.is_empty() {
-            return Err("`test_ids` is empty".into());
+            return Err(Diag::at("test_ids", "`test_ids` is empty"));
         }
     }
     Ok(())
 }
 
 impl FolderSpec {
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Split rule, limits and glob syntax (no files involved). The error names the key at fault.
+    pub fn validate(&self) -> std::result::Result<(), Diag> {
         validate_split(
             self.test_glob.as_ref(),
             self.test_ids.as_ref(),
@@ -116,13 +122,19 @@ impl FolderSpec {
             true,
         )?;
         if matches!(self.max_train, Some(0)) || matches!(self.max_test, Some(0)) {
-            return Err("`max_train`/`max_test` must be >= 1".into());
+            let k = if matches!(self.max_train, Some(0)) {
+                "max_train"
+            } else {
+                "max_test"
+            };
+            return Err(Diag::at(k, "`max_train`/`max_test` must be >= 1"));
         }
         if self.fov_eval && self.fov.is_none() {
-            return Err("`fov_eval = true` needs `fov` masks".into());
+            return Err(Diag::at("fov_eval", "`fov_eval = true` needs `fov` masks"));
         }
         for (k, g) in [("images", &self.images), ("masks", &self.masks)] {
-            glob::Pattern::new(g).map_err(|e| format!("`{k}` = {g:?} is not a valid glob: {e}"))?;
+            glob::Pattern::new(g)
+                .map_err(|e| Diag::at(k, format!("`{k}` = {g:?} is not a valid glob: {e}")))?;
         }
         Ok(())
     }

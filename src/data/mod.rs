@@ -3,12 +3,15 @@
 //! Every source yields [`RawCase`]s at their original resolution; [`make_case`] applies LiteMedSAM's input recipe
 //! (via [`crate::preprocess`]) and keeps the ground truth at original resolution for scoring.
 
+pub mod embeddings;
 pub mod folder;
 pub mod nifti;
+mod source;
 pub mod synthetic;
 
+pub use source::{load_task, plan_counts, SourceSpec, SOURCE_KINDS};
+
 use crate::preprocess::{self, PrepMeta};
-use crate::spec::{SourceSpec, Spec, TaskSpec};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -16,12 +19,16 @@ use sha2::{Digest, Sha256};
 /// A binary mask (0/1) at some resolution, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mask2D {
+    /// Height in pixels.
     pub h: usize,
+    /// Width in pixels.
     pub w: usize,
+    /// Row-major values, 0 or 1.
     pub data: Vec<u8>,
 }
 
 impl Mask2D {
+    /// An all-background mask.
     pub fn zeros(h: usize, w: usize) -> Self {
         Self {
             h,
@@ -30,6 +37,7 @@ impl Mask2D {
         }
     }
 
+    /// Foreground pixel count.
     pub fn count(&self) -> usize {
         self.data.iter().filter(|&&v| v != 0).count()
     }
@@ -57,20 +65,29 @@ pub type GroundTruth = Mask2D;
 /// An image at original resolution: `channels` (1 or 3) interleaved f32 values (any range).
 #[derive(Clone, Debug)]
 pub struct RawImage {
+    /// Height in pixels.
     pub h: usize,
+    /// Width in pixels.
     pub w: usize,
+    /// Channels (1 or 3), interleaved.
     pub channels: usize,
+    /// Row-major interleaved values.
     pub data: Vec<f32>,
 }
 
 /// What a data source yields: either a decoded image or a file to decode, plus masks at original resolution.
 pub struct RawCase {
+    /// Case id (unique within the task).
     pub id: String,
+    /// The image, decoded or still a file.
     pub image: ImageSource,
+    /// Ground truth at original resolution.
     pub mask: Mask2D,
+    /// Field-of-view mask, if the source has one.
     pub fov: Option<Mask2D>,
 }
 
+/// Where a raw case's image comes from.
 pub enum ImageSource {
     Raw(RawImage),
     File(std::path::PathBuf),
@@ -78,13 +95,17 @@ pub enum ImageSource {
 
 /// One image of a task in the model frame, with its ground truth at original resolution.
 pub struct Case {
+    /// Case id (unique within the task).
     pub id: String,
     /// (3,S,S) model input in [0,1].
     pub image: Tensor,
+    /// How the original image maps into the model frame.
     pub meta: PrepMeta,
     /// (1,S,S) {0,1} target in the model frame (nearest-neighbour resize of `gt`, zero padding).
     pub mask: Tensor,
+    /// Ground truth at original resolution (what Dice is scored on).
     pub gt: GroundTruth,
+    /// Field-of-view mask at original resolution, if any.
     pub fov: Option<Mask2D>,
     /// sha256 of the model input (f32 little-endian bytes): the embedding cache key.
     pub content_hash: String,
@@ -112,116 +133,14 @@ impl Case {
 
 /// A task's train and test cases.
 pub struct TaskData {
+    /// Task name.
     pub name: String,
+    /// Training cases.
     pub train: Vec<Case>,
+    /// Test cases.
     pub test: Vec<Case>,
     /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,
-}
-
-/// Checks that need no files (mutually exclusive options, ranges). Returns a message naming the key.
-pub fn validate_source(t: &TaskSpec) -> std::result::Result<(), String> {
-    match &t.source {
-        SourceSpec::Synthetic(s) => s.validate(),
-        SourceSpec::Folder(s) => s.validate(),
-        SourceSpec::Nifti(s) => s.validate(),
-    }
-}
-
-/// Counts of train and test items (images, or volumes for NIfTI) a task will have, from file listings only.
-pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
-    let (tr, te) = match &t.source {
-        SourceSpec::Synthetic(s) => (s.train, s.test),
-        SourceSpec::Folder(s) => {
-            let p = s.plan(spec, &t.name)?;
-            (p.train.len(), p.test.len())
-        }
-        SourceSpec::Nifti(s) => {
-            let p = s.plan(spec, &t.name)?;
-            (p.train.len(), p.test.len())
-        }
-    };
-    if tr == 0 || te == 0 {
-        return Err(spec.err(format!(
-            "line {}: task {:?} has an empty {} split ({tr} train, {te} test)",
-            t.line,
-            t.name,
-            if tr == 0 { "train" } else { "test" }
-        )));
-    }
-    Ok((tr, te))
-}
-
-/// Load one task: decode, preprocess to the model frame, and check that neither split is empty.
-/// `augment`: also build each train case's mirrored twin ([`Case::flipped`]).
-pub fn load_task(
-    spec: &Spec,
-    t: &TaskSpec,
-    size: usize,
-    augment: bool,
-    device: &Device,
-) -> Result<TaskData> {
-    let (train, test, fov_eval) = match &t.source {
-        SourceSpec::Synthetic(s) => {
-            let (a, b) = s.generate()?;
-            (a, b, false)
-        }
-        SourceSpec::Folder(s) => {
-            let (a, b) = s.load(spec, &t.name)?;
-            (a, b, s.fov_eval)
-        }
-        SourceSpec::Nifti(s) => {
-            let (a, b) = s.load(spec, &t.name)?;
-            (a, b, false)
-        }
-    };
-    if train.is_empty() || test.is_empty() {
-        return Err(spec.err(format!(
-            "line {}: task {:?} has an empty {} split after loading ({} train, {} test)",
-            t.line,
-            t.name,
-            if train.is_empty() { "train" } else { "test" },
-            train.len(),
-            test.len()
-        )));
-    }
-    let conv = |v: Vec<RawCase>, aug: bool| -> Result<Vec<Case>> {
-        v.into_iter()
-            .map(|r| {
-                let img = decode(&r)?;
-                let twin = if aug {
-                    let fr = RawCase {
-                        id: format!("{}#hflip", r.id),
-                        image: ImageSource::Raw(RawImage {
-                            h: 0,
-                            w: 0,
-                            channels: 3,
-                            data: vec![],
-                        }),
-                        mask: flip_mask(&r.mask),
-                        fov: r.fov.as_ref().map(flip_mask),
-                    };
-                    Some(Box::new(make_case_from(
-                        fr,
-                        &flip_image(&img),
-                        size,
-                        device,
-                    )?))
-                } else {
-                    None
-                };
-                let mut c = make_case_from(r, &img, size, device)?;
-                c.flipped = twin;
-                Ok(c)
-            })
-            .collect()
-    };
-    Ok(TaskData {
-        name: t.name.clone(),
-        train: conv(train, augment)?,
-        test: conv(test, false)?,
-        fov_eval,
-    })
 }
 
 /// Turn a raw image into the model's image type.

@@ -22,7 +22,7 @@ use super::folder::validate_split;
 use super::{
     glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase, RawImage,
 };
-use crate::spec::Spec;
+use crate::spec::{Diag, Spec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -88,13 +88,22 @@ pub struct Volume {
 }
 
 impl NiftiSpec {
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Split rule, axis and limits (no files involved). The error names the key at fault.
+    pub fn validate(&self) -> std::result::Result<(), Diag> {
         validate_split(None, self.test_ids.as_ref(), self.test_fraction, false)?;
         if self.axis > 2 {
-            return Err(format!("`axis` = {} must be 0, 1 or 2", self.axis));
+            return Err(Diag::at(
+                "axis",
+                format!("`axis` = {} must be 0, 1 or 2", self.axis),
+            ));
         }
         if matches!(self.max_train, Some(0)) || matches!(self.max_test, Some(0)) {
-            return Err("`max_train`/`max_test` must be >= 1".into());
+            let k = if matches!(self.max_train, Some(0)) {
+                "max_train"
+            } else {
+                "max_test"
+            };
+            return Err(Diag::at(k, "`max_train`/`max_test` must be >= 1"));
         }
         Ok(())
     }
@@ -304,8 +313,9 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
     Ok(Volume { dims, data })
 }
 
-/// Write a minimal NIfTI-1 single file (float32 data, x fastest on disk). Used by tests and examples.
-pub fn write_nifti_f32(
+/// Write a minimal NIfTI-1 single file (float32 data, x fastest on disk), for the tests.
+#[cfg(test)]
+pub(crate) fn write_nifti_f32(
     path: &Path,
     dims: [usize; 3],
     data_xyz: impl Fn(usize, usize, usize) -> f32,

@@ -12,11 +12,13 @@
 //! depends on other tasks or on the experiment seed.
 
 use super::{ImageSource, Mask2D, RawCase, RawImage};
+use crate::spec::Diag;
 use crate::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+/// Shape family of the synthetic objects.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
@@ -28,16 +30,21 @@ pub enum Family {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticSpec {
+    /// Which shapes to draw.
     pub family: Family,
     /// Site (domain) 0..=3.
     #[serde(default)]
     pub site: u32,
+    /// Training images.
     #[serde(default = "d_train")]
     pub train: usize,
+    /// Test images.
     #[serde(default = "d_test")]
     pub test: usize,
+    /// Generator seed.
     #[serde(default)]
     pub seed: u64,
+    /// Image side in pixels.
     #[serde(default = "d_size")]
     pub size: usize,
 }
@@ -52,22 +59,34 @@ fn d_size() -> usize {
     256
 }
 
+/// Number of distinct synthetic "sites" (appearance styles).
 pub const N_SITES: u32 = 4;
 
 impl SyntheticSpec {
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Ranges (no files involved). The error names the key at fault.
+    pub fn validate(&self) -> std::result::Result<(), Diag> {
         if self.site >= N_SITES {
-            return Err(format!(
-                "`site` = {} is out of range (0..={})",
-                self.site,
-                N_SITES - 1
+            return Err(Diag::at(
+                "site",
+                format!(
+                    "`site` = {} is out of range (0..={})",
+                    self.site,
+                    N_SITES - 1
+                ),
             ));
         }
         if self.train == 0 || self.test == 0 {
-            return Err("`train` and `test` must be >= 1 (the split would be empty)".into());
+            let k = if self.train == 0 { "train" } else { "test" };
+            return Err(Diag::at(
+                k,
+                "`train` and `test` must be >= 1 (the split would be empty)",
+            ));
         }
         if !(32..=2048).contains(&self.size) {
-            return Err(format!("`size` = {} must be in 32..=2048", self.size));
+            return Err(Diag::at(
+                "size",
+                format!("`size` = {} must be in 32..=2048", self.size),
+            ));
         }
         Ok(())
     }

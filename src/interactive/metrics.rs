@@ -33,18 +33,7 @@ pub fn auc(dice: &[f64]) -> f64 {
     }
 }
 
-/// The spec's interaction-cost model: seconds for one image given its number of clicks.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TimeModel {
-    pub seconds_per_case: f64,
-    pub seconds_per_click: f64,
-}
-
-impl TimeModel {
-    pub fn seconds(&self, clicks: usize) -> f64 {
-        self.seconds_per_case + self.seconds_per_click * clicks as f64
-    }
-}
+pub use crate::spec::TimeModel;
 
 /// The per-case summary of a curve: NoC@τ for each target, Dice@k for each report point, AUC and (with a time
 /// model) seconds@τ for each target.

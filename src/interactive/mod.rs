@@ -5,7 +5,7 @@
 //! - [`distance`]: the exact Euclidean distance transform it needs.
 //! - [`simulate`]: the loop (box, then clicks, one decoder pass per click on the frozen embedding).
 //! - [`metrics`]: NoC@τ, Dice@k, AUC and the time model, per case.
-//! - [`config`]: the spec's `[eval.interactive]` table.
+//! - the settings: the spec's `[eval.interactive]` table, [`InteractiveSpec`] (in [`crate::spec`]).
 //! - [`rows`]: the results rows (clicks.csv, interactive.csv).
 //!
 //! - [`study`]: one strategy at one stage, through the strategy's own `predict`.
@@ -14,14 +14,13 @@
 //! runner calls it after each stage it studies.
 
 pub mod clicks;
-pub mod config;
 pub mod distance;
 pub mod metrics;
 pub mod rows;
 pub mod simulate;
 pub mod study;
 
+pub use crate::spec::{InteractiveSpec, StudyStages, TimeModel};
 pub use clicks::{next_click, Click};
-pub use config::{InteractiveSpec, StudyStages};
-pub use metrics::{auc, noc, summarise, CurveSummary, TimeModel};
+pub use metrics::{auc, noc, summarise, CurveSummary};
 pub use simulate::{simulate, SimCase, SimOptions, Trace};

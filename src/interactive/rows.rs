@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::config::InteractiveSpec;
 use super::metrics::summarise;
 use super::simulate::Trace;
 use crate::results::{write_atomic, write_csv, write_parquet};
+use crate::spec::InteractiveSpec;
 use crate::{Error, Result};
 
 /// The settings file next to the tables: what the report needs to recompute the summary (targets, report
@@ -299,7 +299,7 @@ pub fn read_settings(dir: &std::path::Path) -> Result<Option<InteractiveSpec>> {
     let s: InteractiveSpec = serde_json::from_value(v["settings"].clone())
         .map_err(|e| Error::input(format!("{}: settings: {e}", path.display())))?;
     s.validate()
-        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        .map_err(|d| Error::input(format!("{}: settings: {}", path.display(), d.msg)))?;
     Ok(Some(s))
 }
 
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn rows_summaries_and_frames() {
         let spec = InteractiveSpec::from_table(
-            toml::from_str(
+            &toml::from_str(
                 "max_clicks = 3\ntargets = [0.8, 0.9]\nreport_at = [1, 3]\n\
                  seconds_per_case = 10.0\nseconds_per_click = 2.0",
             )

@@ -5,10 +5,10 @@
 
 use candle_core::{Device, Tensor};
 
-use super::config::InteractiveSpec;
 use super::rows::{click_rows, ClickRow, RunStage};
 use super::simulate::{simulate, SimCase, SimOptions};
 use crate::data::{Case, TaskData};
+use crate::spec::InteractiveSpec;
 use crate::strategy::{Batch, EmbeddingStore, Strategy, StrategyCtx};
 use crate::Result;
 

@@ -8,6 +8,10 @@
 //! exact size and alignment, bounded in bytes (default 2 GiB, `EVOSAM_ALLOC_CACHE_MB` overrides it,
 //! `0` disables the cache); the least recently cached block is released first. Everything else
 //! goes straight to the system allocator.
+//!
+//! The library never installs it: a program opts in with
+//! `#[global_allocator] static GLOBAL: evosam::model::alloc::BlockCache = evosam::model::alloc::BlockCache;`
+//! (the `evosam` binary does).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,6 +145,11 @@ impl BlockCache {
     }
 }
 
+// SAFETY: every pointer this allocator hands out comes from `System` with the caller's exact layout: either
+// straight from `System.alloc`/`alloc_zeroed`, or a cached block that `System` allocated earlier with the same
+// size and alignment (the cache key) and that nobody else holds (it was removed from the cache under the lock
+// before being returned). Every pointer it frees goes back to `System` with the layout it was allocated with, or
+// into the cache with that layout. So `System`'s guarantees carry over unchanged.
 unsafe impl GlobalAlloc for BlockCache {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() >= MIN_BLOCK {
@@ -148,58 +157,68 @@ unsafe impl GlobalAlloc for BlockCache {
                 return p;
             }
         }
-        System.alloc(layout)
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract (non-zero size), which is `System`'s.
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.size() >= MIN_BLOCK {
             if let Some(p) = self.take(layout) {
-                std::ptr::write_bytes(p, 0, layout.size());
+                // SAFETY: `p` is a live, unaliased block of exactly `layout.size()` bytes (taken from the cache).
+                unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
                 return p;
             }
         }
-        System.alloc_zeroed(layout)
+        // SAFETY: as in `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if layout.size() < MIN_BLOCK {
-            return System.dealloc(ptr, layout);
+            // SAFETY: small blocks are never cached, so `ptr` came from `System` with this layout.
+            return unsafe { System.dealloc(ptr, layout) };
         }
         let mut ev = [(0usize, layout); 8];
         let n = self.put(ptr, layout, &mut ev);
         for &(p, l) in &ev[..n] {
-            System.dealloc(p as *mut u8, l);
+            // SAFETY: each evicted entry is a block `System` allocated with layout `l`, now owned by nobody.
+            unsafe { System.dealloc(p as *mut u8, l) };
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Every live block is a `System` block with exactly this layout.
-        System.realloc(ptr, layout, new_size)
+        // SAFETY: every live block is a `System` block with exactly this layout, and the caller upholds
+        // `realloc`'s contract for it.
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
-#[global_allocator]
-static GLOBAL: BlockCache = BlockCache;
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn large_blocks_are_reused_and_zeroed() {
-        let n = (super::MIN_BLOCK / 4) * 3 + 17;
-        let mut a = vec![1f32; n];
-        a[5] = 2.0;
-        let p = a.as_ptr() as usize;
-        drop(a);
-        let b = vec![0f32; n];
-        assert!(b.iter().all(|&v| v == 0.0));
-        // Another thread may have taken the block in between: only check when it came back.
-        if b.as_ptr() as usize == p {
-            assert_eq!(b[5], 0.0);
+        let a = BlockCache;
+        let layout = Layout::from_size_align(MIN_BLOCK * 3 + 17, 64).expect("layout");
+        // SAFETY: non-zero size; every block is freed once, with the layout it was allocated with.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            p.add(5).write(7);
+            a.dealloc(p, layout);
+            // The block just freed is in the cache (unless another test thread took it first): zeroed on reuse.
+            let q = a.alloc_zeroed(layout);
+            assert!(!q.is_null());
+            assert!(std::slice::from_raw_parts(q, layout.size())
+                .iter()
+                .all(|&b| b == 0));
+            let r = a.realloc(q, layout, layout.size() + 1);
+            assert!(!r.is_null());
+            a.dealloc(
+                r,
+                Layout::from_size_align(layout.size() + 1, 64).expect("layout"),
+            );
         }
-        let mut c: Vec<u8> = Vec::with_capacity(super::MIN_BLOCK);
-        c.extend(std::iter::repeat_n(3u8, super::MIN_BLOCK));
-        c.push(4);
-        assert_eq!(c.len(), super::MIN_BLOCK + 1);
-        assert_eq!(c[super::MIN_BLOCK], 4);
     }
 }

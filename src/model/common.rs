@@ -5,6 +5,7 @@
 use candle_core::{DType, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
+use super::kernels;
 use super::lora::Adapter;
 
 /// One named parameter reached by [`Visit::visit`].
@@ -66,9 +67,9 @@ impl Linear {
         let site = ad.and_then(|a| a.site(&self.path));
         match site {
             Some((a, bm, scale)) => {
-                super::fused_nn::lora_linear(x, &self.weight, self.bias.as_ref(), a, bm, scale, act)
+                kernels::lora_linear(x, &self.weight, self.bias.as_ref(), a, bm, scale, act)
             }
-            None => super::fused_nn::linear(x, &self.weight, self.bias.as_ref(), act),
+            None => kernels::linear(x, &self.weight, self.bias.as_ref(), act),
         }
     }
 
@@ -134,16 +135,7 @@ impl Visit for LayerNorm {
 
 /// Differentiable layer norm over the last dimension (fused kernel on the CPU).
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    super::fused_nn::ln_act(x, w, b, eps, false)
-}
-
-/// Layer norm from candle's basic (differentiable) ops: the reference for the fused kernel.
-pub fn layer_norm_ops(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
-    xn.broadcast_mul(w)?.broadcast_add(b)
+    kernels::ln_act(x, w, b, eps, false)
 }
 
 /// Softmax over the last dimension, differentiable (candle's `softmax_last_dim` has no backward):
@@ -158,7 +150,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// Exact (erf) GELU, as PyTorch's `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    super::fused::gelu(x)
+    kernels::gelu(x)
 }
 
 /// A Conv2d followed by BatchNorm2d (`path.c.weight`, `path.bn.*`), folded: returns the conv weight

@@ -16,7 +16,9 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
+    /// Rank r of the update `B A` (at least 1).
     pub rank: usize,
+    /// Scale numerator: the update is multiplied by `alpha / rank`.
     pub alpha: f64,
     /// Substrings of module paths (`q_proj`, `attn.qkv`), or globs when they contain `*`, `?` or `[`
     /// (`mask_decoder.transformer.layers.*.self_attn.q_proj`).
@@ -37,6 +39,7 @@ impl LoraConfig {
         })
     }
 
+    /// The factor `alpha / rank` applied to the low-rank update.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
@@ -47,6 +50,7 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// One expert: module path -> (A: (r, in), B: (out, r)).
 #[derive(Debug)]
 pub struct Adapter {
+    /// The configuration the adapter was built from.
     pub config: LoraConfig,
     sites: BTreeMap<String, (Var, Var)>,
     scale: f64,
@@ -137,6 +141,7 @@ impl Adapter {
             .collect()
     }
 
+    /// Trainable values in the adapter (all A and B matrices).
     pub fn num_params(&self) -> usize {
         self.sites
             .values()

@@ -8,12 +8,18 @@ use super::common::{Linear, Param, Visit};
 use super::lora::Adapter;
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
+/// Hyper-parameters of SAM's mask decoder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaskDecoderConfig {
+    /// Width of the tokens and of the image embedding.
     pub transformer_dim: usize,
+    /// The two-way transformer between prompt tokens and image tokens.
     pub transformer: TwoWayTransformerConfig,
+    /// Masks of the multimask output (LiteMedSAM uses the single-mask output only).
     pub num_multimask_outputs: usize,
+    /// Layers of the IoU-prediction MLP.
     pub iou_head_depth: usize,
+    /// Hidden width of the IoU-prediction MLP.
     pub iou_head_hidden_dim: usize,
 }
 
@@ -77,13 +83,12 @@ impl ConvT2x2 {
     /// sub-pixel layout (no spatial interleave). With `act`, erf-GELU is applied.
     fn forward_subpixel(&self, x: &Tensor, act: bool) -> Result<Tensor> {
         let b4 = Tensor::cat(&[&self.b, &self.b, &self.b, &self.b], 0)?;
-        super::fused_nn::linear(x, &self.w, Some(&b4), act)
+        super::kernels::linear(x, &self.w, Some(&b4), act)
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct MaskDecoder {
-    pub cfg: MaskDecoderConfig,
     path: String,
     iou_token: Tensor,   // (1, C)
     mask_tokens: Tensor, // (n_masks, C)
@@ -101,7 +106,6 @@ impl MaskDecoder {
         let nm = cfg.num_multimask_outputs + 1;
         let up = vb.pp("output_upscaling");
         Ok(Self {
-            cfg: cfg.clone(),
             path: vb.prefix(),
             iou_token: vb.pp("iou_token").get((1, d), "weight")?,
             mask_tokens: vb.pp("mask_tokens").get((nm, d), "weight")?,
@@ -150,10 +154,10 @@ impl MaskDecoder {
         // needed; only the final one-channel mask is interleaved.
         let x = self.up0.forward_subpixel(&keys, false)?; // (B*s*s, 4 * C/4)
                                                           // Layer norm over each sub-pixel's C/4 channels, then GELU.
-        let x = super::fused_nn::ln_act(&x, &self.ln1.0, &self.ln1.1, 1e-6, true)?;
+        let x = super::kernels::ln_act(&x, &self.ln1.0, &self.ln1.1, 1e-6, true)?;
         let x = self.up3.forward_subpixel(&x, true)?; // (B*s*s*4, 4 * C/8)
         let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
-        let masks = super::fused_nn::hyper_dot(&x, &hyper)?; // (B, s*s*16)
+        let masks = super::kernels::hyper_dot(&x, &hyper)?; // (B, s*s*16)
         let masks = masks
             .reshape((b * s, s, 2, 2, 2, 2))?
             .permute((0, 2, 4, 1, 3, 5))?

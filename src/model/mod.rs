@@ -3,15 +3,13 @@
 //! (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`); BatchNorm is folded at load time.
 
 pub mod alloc;
-pub mod common;
-pub mod dwconv;
-pub mod fused;
-pub mod fused_nn;
-pub mod lora;
-pub mod mask_decoder;
-pub mod prompt_encoder;
-pub mod tiny_vit;
-pub mod transformer;
+mod common;
+pub(crate) mod kernels;
+mod lora;
+mod mask_decoder;
+mod prompt_encoder;
+mod tiny_vit;
+mod transformer;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,20 +19,26 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 
-pub use common::{Param, Visit};
+pub(crate) use common::{Param, Visit};
 pub use lora::{Adapter, LoraConfig};
-use mask_decoder::{MaskDecoder, MaskDecoderConfig};
-use prompt_encoder::{PromptEncoder, PromptEncoderConfig};
-use tiny_vit::{TinyViT, TinyVitConfig};
-use transformer::TwoWayTransformerConfig;
+use mask_decoder::MaskDecoder;
+pub use mask_decoder::MaskDecoderConfig;
+use prompt_encoder::PromptEncoder;
+pub use prompt_encoder::PromptEncoderConfig;
+use tiny_vit::TinyViT;
+pub use tiny_vit::TinyVitConfig;
+pub use transformer::TwoWayTransformerConfig;
 
 use crate::{Error, Result};
 
 /// Architecture hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LiteMedSamConfig {
+    /// The TinyViT image encoder.
     pub encoder: TinyVitConfig,
+    /// The prompt encoder.
     pub prompt: PromptEncoderConfig,
+    /// The mask decoder.
     pub decoder: MaskDecoderConfig,
 }
 
@@ -136,6 +140,7 @@ impl Prompts {
         )?))
     }
 
+    /// The batch size B the prompts are for; an input error when there is neither a box nor points.
     pub fn batch_size(&self) -> Result<usize> {
         if let Some(b) = &self.boxes {
             return Ok(b.dim(0)?);
@@ -179,10 +184,11 @@ pub struct DecoderOutput {
 /// LiteMedSAM: image encoder, prompt encoder, mask decoder.
 #[derive(Clone, Debug)]
 pub struct LiteMedSam {
+    /// The architecture this model was built with.
     pub cfg: LiteMedSamConfig,
-    pub image_encoder: TinyViT,
-    pub prompt_encoder: PromptEncoder,
-    pub mask_decoder: MaskDecoder,
+    pub(crate) image_encoder: TinyViT,
+    pub(crate) prompt_encoder: PromptEncoder,
+    pub(crate) mask_decoder: MaskDecoder,
     sites: Vec<(String, usize, usize)>,
     device: Device,
     dtype: DType,
@@ -251,12 +257,15 @@ impl LiteMedSam {
         Self::new(cfg, vb)
     }
 
+    /// Side S of the square model input in pixels.
     pub fn input_size(&self) -> usize {
         self.cfg.prompt.input_image_size
     }
+    /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.device.clone()
     }
+    /// The dtype of the weights (and of the computation).
     pub fn dtype(&self) -> DType {
         self.dtype
     }

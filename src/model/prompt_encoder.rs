@@ -6,15 +6,19 @@
 //! (`prompt_encoder.mask_downscaling.{0,1,3,4,6}.*`), although it is not known whether it was trained with mask
 //! prompts: the interactive study makes it optional.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{self, Param, Visit};
 
+/// Hyper-parameters of SAM's prompt encoder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PromptEncoderConfig {
+    /// Width of the prompt (and image) embeddings.
     pub embed_dim: usize,
+    /// Side of the image embedding grid (64 for a 256-pixel input).
     pub image_embedding_size: usize,
+    /// Side of the model input in pixels; prompt coordinates are in this frame.
     pub input_image_size: usize,
     /// Hidden channels of the mask downscaling (16 in SAM and LiteMedSAM; the first conv has a quarter).
     pub mask_in_chans: usize,
@@ -261,10 +265,6 @@ impl PromptEncoder {
             ));
         }
         Tensor::cat(&parts, 1)
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.pe_gauss.dtype()
     }
 }
 

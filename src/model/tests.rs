@@ -254,7 +254,7 @@ fn micro_bench_ops() {
     t("gelu tanh 16.7M", &|| x.gelu().unwrap());
     t("add 16.7M", &|| (&x + &x).unwrap());
     t("dwconv 256ch 256x256", &|| {
-        dwconv::dwconv3x3(&x, &w, 1).unwrap()
+        kernels::dwconv3x3(&x, &w, 1).unwrap()
     });
     t("matmul 65536x256 @ 256x64", &|| {
         x.reshape((65536, 256)).unwrap().matmul(&lin).unwrap()
@@ -448,11 +448,11 @@ fn micro_bench_fused() {
     let w9 = Tensor::randn(0f32, 1.0, (9, 256), &dev).unwrap();
     for _ in 0..2 {
         let t0 = std::time::Instant::now();
-        fused::bias_gelu(&x, &b).unwrap();
+        kernels::bias_gelu(&x, &b).unwrap();
         let t1 = std::time::Instant::now();
         x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
         let t2 = std::time::Instant::now();
-        dwconv::dwconv3x3(&x, &w9, 1).unwrap();
+        kernels::dwconv3x3(&x, &w9, 1).unwrap();
         let t3 = std::time::Instant::now();
         eprintln!(
             "bias_gelu fused {:.1} ms, candle {:.1} ms; dwconv {:.1} ms",

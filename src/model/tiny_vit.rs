@@ -8,19 +8,28 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{fold_conv_bn, gelu, layer_norm, softmax_last, Linear, Param, Visit};
-use super::dwconv::dwconv3x3;
-use super::fused::bias_gelu;
+use super::kernels::{bias_gelu, dwconv3x3};
 use super::lora::Adapter;
 
+/// Hyper-parameters of the TinyViT image encoder (four stages: one of MBConv blocks, three of windowed
+/// attention blocks).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TinyVitConfig {
+    /// Input image side in pixels (square input).
     pub img_size: usize,
+    /// Input channels (3: RGB).
     pub in_chans: usize,
+    /// Channel width of each stage.
     pub embed_dims: [usize; 4],
+    /// Blocks per stage.
     pub depths: [usize; 4],
+    /// Attention heads per stage (stage 0 has none: MBConv).
     pub num_heads: [usize; 4],
+    /// Attention window side per stage.
     pub window_sizes: [usize; 4],
+    /// Hidden width of the MLPs, as a multiple of the stage width.
     pub mlp_ratio: usize,
+    /// Expansion of the MBConv blocks' hidden width.
     pub mbconv_expand_ratio: usize,
     /// Stride of the depthwise conv in each PatchMerging (LiteMedSAM: 2, 2, 1; PyTorch hard-codes 1
     /// when the output width is 320).
@@ -30,6 +39,7 @@ pub struct TinyVitConfig {
 }
 
 impl TinyVitConfig {
+    /// LiteMedSAM's encoder (5.73 M parameters).
     pub fn lite_medsam() -> Self {
         Self {
             img_size: 256,
@@ -472,7 +482,6 @@ impl Visit for Neck {
 
 #[derive(Clone, Debug)]
 pub struct TinyViT {
-    pub cfg: TinyVitConfig,
     patch_embed: PatchEmbed,
     mbconvs: Vec<MbConv>,
     blocks: Vec<Vec<TinyVitBlock>>, // stages 1..3
@@ -521,7 +530,6 @@ impl TinyViT {
         }
         let neck = Neck::new(d[3], cfg.out_chans, vb.pp("neck"))?;
         Ok(Self {
-            cfg: cfg.clone(),
             patch_embed,
             mbconvs,
             blocks,
@@ -532,10 +540,9 @@ impl TinyViT {
 
     /// images (B, 3, S, S) -> embedding (B, out_chans, S', S') (channels-first, as PyTorch).
     pub fn forward(&self, images: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        Ok(self
-            .forward_nhwc(images, ad)?
+        self.forward_nhwc(images, ad)?
             .permute((0, 3, 1, 2))?
-            .contiguous()?)
+            .contiguous()
     }
 
     /// images (B, 3, S, S) -> embedding channels-last (B, S', S', out_chans).
@@ -581,6 +588,7 @@ impl Visit for TinyViT {
     }
 }
 
+#[cfg(test)]
 impl TinyViT {
     /// As `forward_nhwc` without adapter, printing the time of each stage to stderr (benchmarks).
     pub fn forward_profiled(&self, images: &Tensor) -> Result<Tensor> {

@@ -7,12 +7,18 @@ use super::common::{LayerNorm, Linear, Param, Visit};
 use super::lora::Adapter;
 use candle_core::Module;
 
+/// Hyper-parameters of SAM's two-way transformer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TwoWayTransformerConfig {
+    /// Two-way attention blocks.
     pub depth: usize,
+    /// Token width.
     pub embedding_dim: usize,
+    /// Attention heads.
     pub num_heads: usize,
+    /// Hidden width of the token MLPs.
     pub mlp_dim: usize,
+    /// Internal width divisor of the cross-attention layers.
     pub attention_downsample_rate: usize,
 }
 
@@ -48,7 +54,7 @@ impl Attention {
         let q = self.q_proj.forward(q, ad)?;
         let k = self.k_proj.forward(k, ad)?;
         let v = self.v_proj.forward(v, ad)?;
-        let out = super::fused_nn::attention(&q, &k, &v, self.num_heads)?;
+        let out = super::kernels::attention(&q, &k, &v, self.num_heads)?;
         self.out_proj.forward(&out, ad)
     }
 }

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::analysis::Stat;
 use super::stats::{wilcoxon_signed_rank, Wilcoxon};
 use super::tables::{self, ColumnSpec};
-use crate::interactive::config::InteractiveSpec;
 use crate::interactive::rows::{case_values, curves, read_settings, value_columns, ClickRow};
+use crate::spec::InteractiveSpec;
 use crate::{Error, Result};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
@@ -557,7 +557,7 @@ mod tests {
     #[test]
     fn curves_bars_and_table() {
         let settings = InteractiveSpec::from_table(
-            toml::from_str(
+            &toml::from_str(
                 "max_clicks = 2\ntargets = [0.8]\nreport_at = [1]\n\
                  seconds_per_case = 5.0\nseconds_per_click = 2.0",
             )

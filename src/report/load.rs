@@ -18,23 +18,36 @@ pub use crate::results::{ExtraRow, MatrixRow, ScoreRow};
 /// One row of `metrics.csv`; `extra` holds the optional strategy columns (e.g. matcher_acc).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricsRow {
+    /// Strategy name.
     pub strategy: String,
+    /// Seed of the run.
     pub seed: i64,
+    /// Task-order label of the run.
     pub order: String,
+    /// Average accuracy.
     pub acc: f64,
+    /// Backward transfer.
     pub bwt: f64,
+    /// Forward transfer, when defined.
     pub fwt: Option<f64>,
+    /// Average forgetting.
     pub forgetting: f64,
+    /// Optional strategy columns by name (null where a folder lacks one).
     pub extra: BTreeMap<String, Option<f64>>,
 }
 
 /// The merged contents of one or more results folders.
 #[derive(Clone, Debug, Default)]
 pub struct ResultsSet {
+    /// The folders read.
     pub run_dirs: Vec<PathBuf>,
+    /// Per-case scores.
     pub scores: Vec<ScoreRow>,
+    /// Accuracy-matrix rows.
     pub matrix: Vec<MatrixRow>,
+    /// Per-run metrics.
     pub metrics: Vec<MetricsRow>,
+    /// Per-stage extra values (parameter counts, experts).
     pub extras: Vec<ExtraRow>,
     /// Exact duplicate rows dropped while merging, per table.
     pub duplicates_dropped: BTreeMap<String, usize>,
@@ -427,17 +440,21 @@ fn check_same_cols(
     Ok(())
 }
 
-/// Merge rows keyed by `key`, dropping exact duplicates and rejecting conflicting rows.
-fn merge_rows<R: PartialEq + Clone, K: std::hash::Hash + Eq + std::fmt::Debug>(
+/// Merge one table's rows (`rows` of each folder) keyed by `key`, dropping exact duplicates (counted in
+/// `dropped[table]`) and rejecting conflicting rows.
+fn merge_rows<R: PartialEq, K: std::hash::Hash + Eq + std::fmt::Debug>(
     table: &str,
-    parts: Vec<(&Path, Vec<R>)>,
+    folders: &[FolderTables],
+    rows: impl Fn(&FolderTables) -> Vec<R>,
     key: impl Fn(&R) -> K,
-) -> Result<(Vec<R>, usize)> {
+    dropped_by_table: &mut BTreeMap<String, usize>,
+) -> Result<Vec<R>> {
     let mut out: Vec<R> = Vec::new();
     let mut seen: HashMap<K, (usize, PathBuf)> = HashMap::new();
     let mut dropped = 0;
-    for (dir, rows) in parts {
-        for r in rows {
+    for f in folders {
+        let dir = f.dir.as_path();
+        for r in rows(f) {
             let k = key(&r);
             match seen.get(&k) {
                 Some((idx, first_dir)) => {
@@ -458,7 +475,8 @@ fn merge_rows<R: PartialEq + Clone, K: std::hash::Hash + Eq + std::fmt::Debug>(
             }
         }
     }
-    Ok((out, dropped))
+    dropped_by_table.insert(table.to_string(), dropped);
+    Ok(out)
 }
 
 /// Read and merge results folders.
@@ -479,12 +497,10 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
         }
     }
     let mut dup = BTreeMap::new();
-    let (scores, d) = merge_rows(
+    let scores = merge_rows(
         "scores",
-        folders
-            .iter()
-            .map(|f| (f.dir.as_path(), f.scores.clone()))
-            .collect(),
+        &folders,
+        |f| f.scores.clone(),
         |r: &ScoreRow| {
             (
                 r.strategy.clone(),
@@ -495,14 +511,12 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
                 r.case.clone(),
             )
         },
+        &mut dup,
     )?;
-    dup.insert("scores".to_string(), d);
-    let (matrix, d) = merge_rows(
+    let matrix = merge_rows(
         "matrix.csv",
-        folders
-            .iter()
-            .map(|f| (f.dir.as_path(), f.matrix.clone()))
-            .collect(),
+        &folders,
+        |f| f.matrix.clone(),
         |r: &MatrixRow| {
             (
                 r.strategy.clone(),
@@ -512,8 +526,8 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
                 r.eval_task.clone(),
             )
         },
+        &mut dup,
     )?;
-    dup.insert("matrix.csv".to_string(), d);
     // metrics.csv: optional strategy columns may differ between folders (e.g. one part ran only the
     // baselines); a column absent in one folder reads as null there.
     let all_extra: Vec<String> = {
@@ -525,8 +539,9 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
         s.dedup();
         s
     };
-    let norm_metrics = |rows: &[MetricsRow]| -> Vec<MetricsRow> {
-        rows.iter()
+    let norm_metrics = |f: &FolderTables| -> Vec<MetricsRow> {
+        f.metrics
+            .iter()
             .map(|m| {
                 let mut m = m.clone();
                 for k in &all_extra {
@@ -536,21 +551,17 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
             })
             .collect()
     };
-    let (metrics, d) = merge_rows(
+    let metrics = merge_rows(
         "metrics.csv",
-        folders
-            .iter()
-            .map(|f| (f.dir.as_path(), norm_metrics(&f.metrics)))
-            .collect(),
+        &folders,
+        norm_metrics,
         |r: &MetricsRow| (r.strategy.clone(), r.seed, r.order.clone()),
+        &mut dup,
     )?;
-    dup.insert("metrics.csv".to_string(), d);
-    let (extras, d) = merge_rows(
+    let extras = merge_rows(
         "extras.csv",
-        folders
-            .iter()
-            .map(|f| (f.dir.as_path(), f.extras.clone()))
-            .collect(),
+        &folders,
+        |f| f.extras.clone(),
         |r: &ExtraRow| {
             (
                 r.strategy.clone(),
@@ -560,8 +571,8 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
                 r.key.clone(),
             )
         },
+        &mut dup,
     )?;
-    dup.insert("extras.csv".to_string(), d);
     if scores.is_empty() && matrix.is_empty() {
         return Err(Error::input(format!(
             "{}: the results tables are empty",

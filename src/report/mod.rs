@@ -5,11 +5,16 @@
 //! Pipeline: [`load::load_results`] (Polars) -> [`analysis::ReportData::compute`] (plain structs: the
 //! numbers behind every figure and table) -> [`plots`] / [`tables`] (rendering).
 
+/// The numbers behind every figure and table.
 pub mod analysis;
+/// The interactive study: Dice-vs-clicks curves, NoC bars and the interactive table.
 pub mod interactive;
+/// Reading and merging results folders.
 pub mod load;
 pub mod plots;
+/// Means, standard deviations and the Wilcoxon signed-rank test.
 pub mod stats;
+/// Summary tables as Markdown, LaTeX and CSV.
 pub mod tables;
 
 #[cfg(test)]
@@ -25,6 +30,7 @@ use crate::{Error, Result};
 /// What `write_report` wrote.
 #[derive(Clone, Debug, Default)]
 pub struct ReportSummary {
+    /// The folder holding `plots/` and `tables/`.
     pub out_dir: PathBuf,
     /// Every file written (plots, tables, data dump).
     pub files: Vec<PathBuf>,

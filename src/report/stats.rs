@@ -40,6 +40,7 @@ pub struct Wilcoxon {
     pub statistic: f64,
     /// Two-sided p-value.
     pub p_value: f64,
+    /// Exact distribution or normal approximation.
     pub method: WilcoxonMethod,
 }
 

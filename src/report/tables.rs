@@ -11,27 +11,37 @@ pub const DECIMALS: usize = 3;
 /// A column of the summary table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ColumnSpec {
+    /// Column header.
     pub header: String,
+    /// Direction of "better", for the bold best value and the header arrow.
     pub higher_is_better: bool,
 }
 
 /// One rendered cell (format independent).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cell {
+    /// The value (mean ± std), None when missing.
     pub stat: Option<Stat>,
+    /// Best in its column.
     pub bold: bool,
+    /// Significantly different from the reference (p < 0.05).
     pub dagger: bool,
 }
 
 /// The table as cells: `cells[row][col]` for the statistic columns of `columns()`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableCells {
+    /// The statistic columns.
     pub columns: Vec<ColumnSpec>,
+    /// Row labels.
     pub strategies: Vec<String>,
+    /// Runs per row.
     pub n_runs: Vec<usize>,
+    /// `cells[row][col]`.
     pub cells: Vec<Vec<Cell>>,
     /// Pooled test against the reference (None for the reference itself or when skipped).
     pub p_all: Vec<Option<Wilcoxon>>,
+    /// The reference strategy of the tests, if any.
     pub reference: Option<String>,
 }
 
@@ -46,6 +56,7 @@ fn row_stats(r: &TableRow) -> Vec<Option<Stat>> {
     v
 }
 
+/// The statistic columns of a summary table: the metrics, then final Dice per task.
 pub fn columns(t: &SummaryTable) -> Vec<ColumnSpec> {
     let mut c = vec![
         ColumnSpec {
@@ -144,6 +155,7 @@ fn fmt_p(p: f64) -> String {
     }
 }
 
+/// The footnote lines under a table (what ± and † mean, the test used), in Markdown or LaTeX.
 pub fn footnote(tc: &TableCells, tex: bool) -> Vec<String> {
     let (pm, dag, le) = if tex {
         ("$\\pm$", "$^\\dagger$", "$\\le$")
@@ -192,6 +204,7 @@ pub(super) fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
+/// `s` with LaTeX's special characters escaped.
 pub fn tex_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -256,6 +269,7 @@ fn p_header(tc: &TableCells) -> String {
     )
 }
 
+/// The table as Markdown, with its footnote.
 pub fn to_markdown(tc: &TableCells) -> String {
     let mut s = String::new();
     let mut head = vec!["Strategy".to_string(), "n".to_string()];
@@ -290,6 +304,7 @@ pub fn to_markdown(tc: &TableCells) -> String {
     s
 }
 
+/// The table as a LaTeX `tabular` (booktabs), with its footnote.
 pub fn to_latex(tc: &TableCells) -> String {
     let ncols = 3 + tc.columns.len();
     let mut s = String::new();

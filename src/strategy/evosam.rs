@@ -13,7 +13,7 @@ use super::matcher::{MatcherConfig, RidgeMatcher};
 use super::{Batch, Prediction, Strategy, StrategyCtx};
 use crate::data::{Case, TaskData};
 use crate::model::{Adapter, LiteMedSam};
-use crate::spec::StrategySpec;
+use crate::spec::{Diag, StrategySpec};
 use crate::train::optim::AdamW;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -41,8 +41,11 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn check(self) -> std::result::Result<Self, String> {
-        self.matcher.check().map_err(|e| format!("[matcher] {e}"))?;
+    /// Ranges of the matcher settings.
+    pub fn check(self) -> std::result::Result<Self, Diag> {
+        self.matcher
+            .check()
+            .map_err(|e| Diag::at("matcher", format!("[matcher] {e}")))?;
         Ok(self)
     }
 }
@@ -161,8 +164,8 @@ impl ExpertSet {
             experts,
         };
         let js = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
-        crate::results::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
-        crate::results::write_atomic(&dir.join(MANIFEST), &js)
+        crate::util::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
+        crate::util::write_atomic(&dir.join(MANIFEST), &js)
     }
 
     /// Load an expert set written by [`ExpertSet::save`] (a stage's `state/` folder of an EvoSAM cell).
@@ -264,7 +267,7 @@ impl Strategy for EvoSam {
         // routing.
         let (seed_s, k_s) = (ctx.seed.to_string(), task_index.to_string());
         let parts = ["evosam-expert", &seed_s, ctx.order_label, &k_s, &task.name];
-        let init = crate::runner::derive_seed(&parts);
+        let init = crate::util::derive_seed(&parts);
         let adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
         let mut opt = AdamW::new(adapter.vars(), super::single::adamw_params(ctx.spec))?;
         let cases: Vec<&Case> = task.train.iter().collect();

@@ -8,6 +8,7 @@
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::spec::Diag;
 use crate::Result;
 
 /// Diagonal Fisher of `loss(i)` for i in 0..n, w.r.t. `vars` (same order, same shapes).
@@ -208,18 +209,23 @@ fn default_lambda() -> f64 {
 }
 
 impl Params {
-    pub fn check(self) -> std::result::Result<Self, String> {
+    /// Ranges and the `gamma`/`online` pairing.
+    pub fn check(self) -> std::result::Result<Self, Diag> {
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
-            return Err(format!(
-                "`lambda` = {} must be a finite number >= 0",
-                self.lambda
+            return Err(Diag::at(
+                "lambda",
+                format!("`lambda` = {} must be a finite number >= 0", self.lambda),
             ));
         }
         match (self.online, self.gamma) {
-            (false, Some(_)) => Err("`gamma` is only used with `online = true`".into()),
-            (_, Some(g)) if !(0.0..=1.0).contains(&g) => {
-                Err(format!("`gamma` = {g} must be in [0, 1]"))
-            }
+            (false, Some(_)) => Err(Diag::at(
+                "gamma",
+                "`gamma` is only used with `online = true`",
+            )),
+            (_, Some(g)) if !(0.0..=1.0).contains(&g) => Err(Diag::at(
+                "gamma",
+                format!("`gamma` = {g} must be in [0, 1]"),
+            )),
             _ => Ok(self),
         }
     }
@@ -382,7 +388,7 @@ mod tests {
         let anchor = vec![Tensor::new(&[0.5f64, 2.0, 1.0], &dev).unwrap()];
         let fisher = vec![Tensor::new(&[2.0f64, 10.0, 0.25], &dev).unwrap()];
         let lambda = 3.0;
-        let p = ewc_penalty(&[theta.clone()], &fisher, &anchor, lambda).unwrap();
+        let p = ewc_penalty(std::slice::from_ref(&theta), &fisher, &anchor, lambda).unwrap();
         // (3/2) * (2*0.25 + 10*0 + 0.25*4) = 1.5 * 1.5 = 2.25
         assert!((p.to_scalar::<f64>().unwrap() - 2.25).abs() < 1e-12);
         let g = p.backward().unwrap();
@@ -398,9 +404,13 @@ mod tests {
         let f1 = vec![Tensor::new(&[1.0f64, 2.0], &dev).unwrap()];
         let f2 = vec![Tensor::new(&[4.0f64, 0.0], &dev).unwrap()];
         let mut online = EwcMemory::new(Some(0.5));
-        online.consolidate(f1.clone(), &[v.clone()]).unwrap();
+        online
+            .consolidate(f1.clone(), std::slice::from_ref(&v))
+            .unwrap();
         v.set(&Tensor::new(&[1.0f64, 1.0], &dev).unwrap()).unwrap();
-        online.consolidate(f2.clone(), &[v.clone()]).unwrap();
+        online
+            .consolidate(f2.clone(), std::slice::from_ref(&v))
+            .unwrap();
         assert_eq!(online.pairs.len(), 1);
         assert_eq!(
             online.pairs[0].fisher[0].to_vec1::<f64>().unwrap(),
@@ -418,11 +428,14 @@ mod tests {
         );
 
         let mut plain = EwcMemory::new(None);
-        plain.consolidate(f1, &[v.clone()]).unwrap();
-        plain.consolidate(f2, &[v.clone()]).unwrap();
+        plain.consolidate(f1, std::slice::from_ref(&v)).unwrap();
+        plain.consolidate(f2, std::slice::from_ref(&v)).unwrap();
         assert_eq!(plain.pairs.len(), 2);
         // theta == both anchors -> zero penalty
-        let p = plain.penalty(&[v.clone()], 1.0).unwrap().unwrap();
+        let p = plain
+            .penalty(std::slice::from_ref(&v), 1.0)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.to_scalar::<f64>().unwrap(), 0.0);
         let named = plain.to_named();
         let back = EwcMemory::from_named(None, 1, |k| {

@@ -4,6 +4,7 @@ use super::*;
 use crate::model::{Adapter, LiteMedSamConfig};
 use crate::spec::Spec;
 use rand::SeedableRng;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A tiny model, a three-site synthetic vessel stream and its embeddings; one strategy entry per preset.
@@ -31,7 +32,7 @@ impl Kit {
                  site = {site}\ntrain = {train}\ntest = 2\nsize = 48\n"
             );
         }
-        for (name, _) in BUILTIN_PRESETS {
+        for name in Registry::default().preset_names() {
             text += &format!("[[strategy]]\npreset = \"{name}\"\n");
         }
         let spec = Spec::from_str_at(&text, Path::new("kit.toml"), Path::new(".")).unwrap();
@@ -99,7 +100,14 @@ impl Kit {
     }
 
     pub fn build(&self, label: &str) -> Box<dyn Strategy> {
-        build(self.strategy_spec(label), &self.model, "kit", 7).unwrap()
+        let env = BuildEnv {
+            model: &self.model,
+            base_sha256: "kit",
+            init_seed: 7,
+        };
+        Registry::default()
+            .build(self.strategy_spec(label), &env)
+            .unwrap()
     }
 
     /// Train `s` on the first `n` tasks of the order.
@@ -150,7 +158,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn every_preset_trains_saves_and_restores_to_identical_predictions() {
     let kit = Kit::new(3, 1);
-    for (label, _) in BUILTIN_PRESETS {
+    for label in Registry::default().preset_names() {
         let mut s = kit.build(label);
         kit.train(s.as_mut(), label, 2);
         let dir = tempfile::tempdir().unwrap();
@@ -183,7 +191,7 @@ fn every_preset_trains_saves_and_restores_to_identical_predictions() {
             .logits;
         let p = s.predict(&ctx, 0, &kit.test_batch(0)).unwrap().logits;
         let d = max_abs_diff(&base, &p);
-        if *label == "zeroshot" {
+        if label == "zeroshot" {
             assert_eq!(d, 0.0);
         } else {
             assert!(
@@ -199,7 +207,7 @@ fn evosam_earlier_experts_are_bit_identical_after_later_tasks() {
     let kit = Kit::new(4, 2);
     let mut evo = evosam::EvoSam::new(
         kit.strategy_spec("evosam"),
-        parse_params(&kit.strategy_spec("evosam").params).unwrap(),
+        crate::spec::from_table(&kit.strategy_spec("evosam").params).unwrap(),
         &kit.model,
         "kit",
         3,
@@ -301,7 +309,6 @@ fn replay_batches_carry_memory_cases_and_the_memory_spans_past_tasks() {
     let adapter = Adapter::new(&kit.model, &ctx0.spec.lora, 1).unwrap();
     let mut opt =
         crate::train::optim::AdamW::new(adapter.vars(), single::adamw_params(ctx0.spec)).unwrap();
-    drop(ctx0);
     let seen = std::sync::Mutex::new(Vec::new());
     let record =
         |b: &[&Case], _: &Tensor, _: &crate::model::Prompts, _: &crate::model::DecoderOutput| {
@@ -335,7 +342,7 @@ fn replay_batches_carry_memory_cases_and_the_memory_spans_past_tasks() {
         assert_ne!(from_mem[0], from_mem[1], "memory drawn without replacement");
     }
     // The strategy's reservoir holds cases of both finished tasks.
-    let p: replay::Params = parse_params(&kit.strategy_spec("replay").params).unwrap();
+    let p: replay::Params = crate::spec::from_table(&kit.strategy_spec("replay").params).unwrap();
     let mut r = single::SingleModel::new(
         kit.strategy_spec("replay"),
         &kit.model,
@@ -435,7 +442,7 @@ fn evosam_experts_can_target_the_encoder_attention() {
     spec.lora.targets = vec!["attn.qkv".into()];
     let mut evo = evosam::EvoSam::new(
         &spec,
-        parse_params(&spec.params).unwrap(),
+        crate::spec::from_table(&spec.params).unwrap(),
         &kit.model,
         "kit",
         3,

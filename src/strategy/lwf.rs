@@ -6,6 +6,7 @@
 
 use candle_core::Tensor;
 
+use crate::spec::Diag;
 use crate::Result;
 
 pub fn distillation_loss(
@@ -50,12 +51,19 @@ fn default_weight() -> f64 {
 }
 
 impl Params {
-    pub fn check(self) -> std::result::Result<Self, String> {
+    /// Ranges of the distillation settings.
+    pub fn check(self) -> std::result::Result<Self, Diag> {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(format!("`temperature` = {} must be > 0", self.temperature));
+            return Err(Diag::at(
+                "temperature",
+                format!("`temperature` = {} must be > 0", self.temperature),
+            ));
         }
         if !(self.weight >= 0.0 && self.weight.is_finite()) {
-            return Err(format!("`weight` = {} must be >= 0", self.weight));
+            return Err(Diag::at(
+                "weight",
+                format!("`weight` = {} must be >= 0", self.weight),
+            ));
         }
         Ok(self)
     }

@@ -8,7 +8,9 @@
 //! Cholesky. Prediction: `argmax_t (h W)_t`. Because only sums are kept, the fit after T tasks equals a batch fit on
 //! all T tasks' features.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
+#[cfg(test)]
+use nalgebra::DVector;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -54,7 +56,9 @@ fn default_holdout() -> f64 {
 impl MatcherConfig {
     /// Range checks; the message names the key.
     pub fn check(&self) -> std::result::Result<(), String> {
-        if !(self.lambda > 0.0) || self.lambda_candidates.iter().any(|l| !(*l > 0.0)) {
+        // written so that NaN fails too
+        let positive = |x: f64| x > 0.0;
+        if !positive(self.lambda) || self.lambda_candidates.iter().any(|&l| !positive(l)) {
             return Err("`lambda` and `lambda_candidates` must be > 0".into());
         }
         if !(0.0..1.0).contains(&self.holdout_fraction) {
@@ -123,7 +127,7 @@ impl RidgeMatcher {
             .check()
             .map_err(|e| Error::input(format!("matcher: {e}")))?;
         let projection = if config.projection_dim > 0 {
-            let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0f_9a77e5);
+            let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0f9a_77e5);
             let scale = 1.0 / (in_dim as f64).sqrt();
             (0..in_dim * config.projection_dim)
                 .map(|_| {
@@ -400,7 +404,7 @@ impl RidgeMatcher {
 
 /// Global average pooling of a (C, H, W) embedding stored row-major: C values.
 pub fn global_average_pool(emb: &[f32], c: usize) -> Result<Vec<f64>> {
-    if c == 0 || emb.len() % c != 0 {
+    if c == 0 || !emb.len().is_multiple_of(c) {
         return Err(Error::internal(format!(
             "pool: {} values do not split into {c} channels",
             emb.len()
@@ -428,9 +432,10 @@ fn argmax(s: &[f64]) -> usize {
     best
 }
 
-/// Solve the ridge problem directly on a full feature matrix (tests and reference): rows of `h` are features
-/// (already mapped by `features`), `y` are task indices.
-pub fn batch_ridge(
+/// Solve the ridge problem directly on a full feature matrix (the reference the tests compare the running sums
+/// with): rows of `h` are features (already mapped by `features`), `y` are task indices.
+#[cfg(test)]
+pub(crate) fn batch_ridge(
     h: &[Vec<f64>],
     y: &[usize],
     n_tasks: usize,

@@ -1,9 +1,10 @@
-//! Continual-learning strategies: the [`Strategy`] trait, the context the runner hands them, and the registry
-//! that builds one from a resolved [`StrategySpec`].
+//! Continual-learning strategies: the [`Strategy`] trait, the context the runner hands them, and the
+//! [`Registry`] that builds one from a resolved [`StrategySpec`].
 //!
 //! Adding a kind: write `strategy/<kind>.rs` with a `Params` struct (`#[serde(deny_unknown_fields)]`, parsed from
-//! the preset table minus `kind`/`label`/`train`/`lora`) and a type implementing [`Strategy`], then add one arm to
-//! [`validate_params`] and [`build`] (and a built-in preset to [`BUILTIN_PRESETS`]).
+//! the preset table minus `kind`/`label`/`train`/`lora`, implementing [`StrategyParams`]) and a type implementing
+//! [`Strategy`], then add one [`StrategyKind`] (name, params type, builder, presets) to `Registry::default()` in
+//! `registry.rs`. A kind defined in another crate is registered on the registry it passes to `runner::run`.
 
 pub mod evosam;
 pub mod ewc;
@@ -11,199 +12,24 @@ pub mod finetune;
 pub mod joint;
 pub mod lwf;
 pub mod matcher;
+mod registry;
 pub mod replay;
 pub mod reservoir;
 pub mod single;
 pub mod zeroshot;
 
+pub use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::{Case, TaskData};
 use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
 use crate::spec::StrategySpec;
-use crate::{Error, Result};
+pub use crate::train::r#loop::Progress;
+use crate::train::r#loop::{FitCtx, FitEnv};
+use crate::Result;
 use candle_core::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
-use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashMap};
+pub use registry::{BuildEnv, Registry, StrategyKind, StrategyParams};
+use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Built-in presets (copies of `baselines/*.toml`), used when no `baselines/<name>.toml` sits next to the spec.
-pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
-    ("zeroshot", include_str!("../../baselines/zeroshot.toml")),
-    ("finetune", include_str!("../../baselines/finetune.toml")),
-    ("evosam", include_str!("../../baselines/evosam.toml")),
-    (
-        "evosam-oracle",
-        include_str!("../../baselines/evosam-oracle.toml"),
-    ),
-    ("ewc", include_str!("../../baselines/ewc.toml")),
-    (
-        "online-ewc",
-        include_str!("../../baselines/online-ewc.toml"),
-    ),
-    ("replay", include_str!("../../baselines/replay.toml")),
-    ("lwf", include_str!("../../baselines/lwf.toml")),
-    ("joint", include_str!("../../baselines/joint.toml")),
-];
-
-/// Kinds the registry knows.
-pub const KINDS: &[&str] = &[
-    "zeroshot", "finetune", "evosam", "ewc", "replay", "lwf", "joint",
-];
-
-pub fn builtin_preset(name: &str) -> Option<&'static str> {
-    BUILTIN_PRESETS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-}
-
-/// Parse kind-specific parameters (unknown keys and wrong types are errors naming the key).
-pub fn parse_params<T: DeserializeOwned>(params: &toml::Table) -> std::result::Result<T, String> {
-    toml::Value::Table(params.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().trim_end().to_string())
-}
-
-/// Check a kind's parameters without building anything. Messages name the key in backticks.
-pub fn validate_params(kind: &str, params: &toml::Table) -> std::result::Result<(), String> {
-    match kind {
-        "zeroshot" => parse_params::<zeroshot::Params>(params).map(|_| ()),
-        "finetune" => parse_params::<finetune::Params>(params).map(|_| ()),
-        "evosam" => parse_params::<evosam::Params>(params)?.check().map(|_| ()),
-        "ewc" => parse_params::<ewc::Params>(params)?.check().map(|_| ()),
-        "replay" => parse_params::<replay::Params>(params)?.check().map(|_| ()),
-        "lwf" => parse_params::<lwf::Params>(params)?.check().map(|_| ()),
-        "joint" => parse_params::<joint::Params>(params).map(|_| ()),
-        other => Err(format!(
-            "`kind` = {other:?} is unknown (known kinds: {})",
-            KINDS.join(", ")
-        )),
-    }
-}
-
-/// Build a strategy for one cell. `init_seed` is derived from (experiment seed, label, order).
-pub fn build(
-    spec: &StrategySpec,
-    model: &LiteMedSam,
-    base_sha256: &str,
-    init_seed: u64,
-) -> Result<Box<dyn Strategy>> {
-    let bad = |m: String| Error::Spec {
-        file: format!("strategy {:?}", spec.label),
-        msg: m,
-    };
-    let (sha, seed) = (base_sha256, init_seed);
-    Ok(match spec.kind.as_str() {
-        "zeroshot" => {
-            let p = parse_params::<zeroshot::Params>(&spec.params).map_err(bad)?;
-            Box::new(zeroshot::ZeroShot::new(spec, p))
-        }
-        "finetune" => {
-            let p = parse_params::<finetune::Params>(&spec.params).map_err(bad)?;
-            single(spec, model, sha, seed, finetune::FineTune { params: p })?
-        }
-        "evosam" => {
-            let p = parse_params::<evosam::Params>(&spec.params)
-                .and_then(|p| p.check())
-                .map_err(bad)?;
-            Box::new(evosam::EvoSam::new(spec, p, model, sha, seed)?)
-        }
-        "ewc" => {
-            let p = parse_params::<ewc::Params>(&spec.params)
-                .and_then(|p| p.check())
-                .map_err(bad)?;
-            single(spec, model, sha, seed, ewc::Ewc::new(p))?
-        }
-        "replay" => {
-            let p = parse_params::<replay::Params>(&spec.params)
-                .and_then(|p| p.check())
-                .map_err(bad)?;
-            single(spec, model, sha, seed, replay::Replay::new(p))?
-        }
-        "lwf" => {
-            let p = parse_params::<lwf::Params>(&spec.params)
-                .and_then(|p| p.check())
-                .map_err(bad)?;
-            single(spec, model, sha, seed, lwf::Lwf { params: p })?
-        }
-        "joint" => {
-            let p = parse_params::<joint::Params>(&spec.params).map_err(bad)?;
-            single(spec, model, sha, seed, joint::Joint { params: p })?
-        }
-        other => {
-            return Err(bad(format!(
-                "`kind` = {other:?} is unknown (known kinds: {})",
-                KINDS.join(", ")
-            )))
-        }
-    })
-}
-
-fn single<K: single::SingleKind + 'static>(
-    spec: &StrategySpec,
-    model: &LiteMedSam,
-    sha: &str,
-    seed: u64,
-    kind: K,
-) -> Result<Box<dyn Strategy>> {
-    Ok(Box::new(single::SingleModel::new(
-        spec, model, sha, seed, kind,
-    )?))
-}
-
-/// Frozen-encoder embeddings of every case of the run, keyed by the case's content hash.
-pub struct EmbeddingStore {
-    map: HashMap<String, Tensor>,
-}
-
-impl EmbeddingStore {
-    pub fn new(map: HashMap<String, Tensor>) -> Self {
-        Self { map }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.map.contains_key(key)
-    }
-
-    /// One case's embedding (C,h,w).
-    pub fn get(&self, case: &Case) -> Result<Tensor> {
-        self.map
-            .get(&case.content_hash)
-            .cloned()
-            .ok_or_else(|| Error::internal(format!("no embedding for case {}", case.id)))
-    }
-
-    /// Stacked embeddings (B,C,h,w).
-    pub fn batch(&self, cases: &[&Case]) -> Result<Tensor> {
-        let v: Vec<Tensor> = cases.iter().map(|c| self.get(c)).collect::<Result<_>>()?;
-        Ok(Tensor::stack(&v, 0)?)
-    }
-}
-
-/// Image embeddings of `cases` as seen through `adapter`: the cached frozen-encoder ones, unless the adapter has
-/// encoder sites (e.g. `attn.qkv`, the GPU setting); then the encoder runs on the images, differentiably.
-pub fn embed_with(
-    model: &LiteMedSam,
-    store: &EmbeddingStore,
-    cases: &[&Case],
-    adapter: Option<&Adapter>,
-) -> Result<Tensor> {
-    match adapter {
-        Some(a) if a.targets_encoder() => {
-            let imgs: Vec<Tensor> = cases.iter().map(|c| c.image.clone()).collect();
-            model.encode_with(&Tensor::stack(&imgs, 0)?, Some(a))
-        }
-        _ => store.batch(cases),
-    }
-}
 
 /// Decode a batch with one adapter per image (None = the base model). Adapters with encoder sites re-encode
 /// their images; otherwise the batch's cached embeddings are used.
@@ -236,26 +62,19 @@ pub fn decode_cases(
     })
 }
 
-/// A progress event from inside a cell.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    pub task: String,
-    pub epoch: usize,
-    pub epochs: usize,
-    pub step: usize,
-    pub steps: usize,
-    pub loss: f64,
-}
-
 /// Everything a strategy may use while training or predicting.
 pub struct StrategyCtx<'a> {
+    /// The frozen base model.
     pub model: &'a LiteMedSam,
+    /// Frozen-encoder embeddings of every case of the run.
     pub embeddings: &'a EmbeddingStore,
     /// sha256 of the base weights (adapters record it).
     pub base_sha256: &'a str,
+    /// This strategy's resolved spec entry (label, kind, train, lora, params).
     pub spec: &'a StrategySpec,
     /// Experiment seed of this cell.
     pub seed: u64,
+    /// Label of this cell's order ("given", "reverse", ...).
     pub order_label: &'a str,
     /// All tasks of the stream, in the spec's order.
     pub tasks: &'a [TaskData],
@@ -265,8 +84,24 @@ pub struct StrategyCtx<'a> {
     pub stage: usize,
     /// Seeded RNG for this stage, derived from (seed, label, order, stage): a resumed run gets the same stream.
     pub rng: ChaCha8Rng,
+    /// Progress callback (one call per optimiser step; `train::r#loop::fit` calls it).
     pub progress: &'a (dyn Fn(Progress) + Send + Sync),
+    /// Device of the model.
     pub device: &'a Device,
+}
+
+impl FitCtx for StrategyCtx<'_> {
+    fn fit_env(&mut self) -> FitEnv<'_> {
+        FitEnv {
+            model: self.model,
+            embeddings: self.embeddings,
+            train: &self.spec.train,
+            label: &self.spec.label,
+            rng: &mut self.rng,
+            progress: self.progress,
+            device: self.device,
+        }
+    }
 }
 
 impl<'a> StrategyCtx<'a> {
@@ -294,19 +129,26 @@ impl<'a> StrategyCtx<'a> {
 
 /// A batch for prediction: cases, their embeddings and box prompts (exact GT boxes, model frame).
 pub struct Batch<'a> {
+    /// The cases, in order.
     pub cases: Vec<&'a Case>,
     /// (B,C,h,w) frozen-encoder embeddings.
     pub embeddings: Tensor,
+    /// Exact ground-truth boxes (B,4) in the model frame.
     pub prompts: Prompts,
 }
 
 /// Logits (B,1,S,S) and, for routing strategies, the chosen expert per image (task name or "base").
 pub struct Prediction {
+    /// Low-resolution mask logits (B,1,S,S).
     pub logits: Tensor,
+    /// Per image, the expert it was routed to (routing strategies only; recorded as `routed_to`).
     pub routed_to: Option<Vec<String>>,
 }
 
+/// A continual-learning strategy: trained task after task, evaluated after every stage, checkpointed so a
+/// killed run resumes to identical results. Built by the [`Registry`] from a [`StrategySpec`].
 pub trait Strategy: Send {
+    /// The strategy's label (the `strategy` column).
     fn name(&self) -> &str;
 
     /// Train on the task at position `task_index` of the order (`task` = `ctx.tasks[ctx.order[task_index]]`).
@@ -408,27 +250,8 @@ mod tests {
         let batch = kit.test_batch(0);
         let p = toy.predict(&ctx, 0, &batch).unwrap();
         assert_eq!(p.logits.dim(0).unwrap(), 2);
-        let d = crate::runner::case_dice(&p.logits.get(0).unwrap(), batch.cases[0], false).unwrap();
+        let d =
+            crate::metrics::case_dice(&p.logits.get(0).unwrap(), batch.cases[0], false).unwrap();
         assert!((0.0..=1.0).contains(&d));
-    }
-
-    #[test]
-    fn presets_and_params() {
-        for (name, text) in BUILTIN_PRESETS {
-            let mut t: toml::Table = toml::from_str(text).unwrap();
-            let kind = t.remove("kind").unwrap().as_str().unwrap().to_string();
-            t.remove("label");
-            t.remove("train");
-            t.remove("lora");
-            validate_params(&kind, &t).unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-        let e = validate_params("magic", &toml::Table::new()).unwrap_err();
-        assert!(e.contains("magic") && e.contains("finetune"), "{e}");
-        let mut t = toml::Table::new();
-        t.insert("nope".into(), toml::Value::Integer(1));
-        let e = validate_params("finetune", &t).unwrap_err();
-        assert!(e.contains("nope"), "{e}");
-        let e = validate_params("zeroshot", &t).unwrap_err();
-        assert!(e.contains("nope"), "{e}");
     }
 }

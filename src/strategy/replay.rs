@@ -5,6 +5,7 @@ use super::reservoir::Reservoir;
 use super::single::{SingleAdapter, SingleKind};
 use super::StrategyCtx;
 use crate::data::{Case, TaskData};
+use crate::spec::Diag;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -31,9 +32,13 @@ fn default_memory_batch() -> usize {
 }
 
 impl Params {
-    pub fn check(self) -> std::result::Result<Self, String> {
+    /// `memory_batch` needs a memory.
+    pub fn check(self) -> std::result::Result<Self, Diag> {
         if self.memory_batch > 0 && self.memory_size == 0 {
-            return Err("`memory_batch` > 0 needs `memory_size` > 0".into());
+            return Err(Diag::at(
+                "memory_batch",
+                "`memory_batch` > 0 needs `memory_size` > 0",
+            ));
         }
         Ok(self)
     }
@@ -107,7 +112,7 @@ impl SingleKind for Replay {
 
     fn save(&self, dir: &Path) -> Result<()> {
         let s = serde_json::to_vec(&self.memory).map_err(|e| Error::internal(e.to_string()))?;
-        crate::results::write_atomic(&dir.join(MEMORY_FILE), &s)
+        crate::util::write_atomic(&dir.join(MEMORY_FILE), &s)
     }
 
     fn load(&mut self, _ctx: &StrategyCtx, dir: &Path) -> Result<()> {

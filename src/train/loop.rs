@@ -2,9 +2,10 @@
 //! embeddings, box prompts from the ground truth with seeded jitter (plus optional positive points), the
 //! segmentation loss (plus an optional extra term), an AdamW step on the adapter's variables, and progress.
 
+use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::Case;
-use crate::model::{Adapter, DecoderOutput, Prompts};
-use crate::strategy::{Progress, StrategyCtx};
+use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
+use crate::spec::TrainSpec;
 use crate::train::loss::{seg_loss, LossWeights};
 use crate::train::optim::AdamW;
 use crate::{Error, Result};
@@ -18,10 +19,54 @@ use rand_chacha::ChaCha8Rng;
 pub type ExtraLoss<'a> =
     dyn Fn(&[&Case], &Tensor, &Prompts, &DecoderOutput) -> Result<Option<Tensor>> + 'a;
 
+/// A progress event from inside a cell: one optimiser step.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Task being trained.
+    pub task: String,
+    /// Epoch (1-based) and number of epochs.
+    pub epoch: usize,
+    /// Number of epochs of this fit.
+    pub epochs: usize,
+    /// Step within the epoch (1-based).
+    pub step: usize,
+    /// Steps per epoch.
+    pub steps: usize,
+    /// This step's loss.
+    pub loss: f64,
+}
+
+/// What the loop needs from its caller, borrowed for one fit. The loop knows no strategy: a strategy context
+/// (or a test harness) hands these parts over through [`FitCtx`].
+pub struct FitEnv<'a> {
+    /// The frozen base model.
+    pub model: &'a LiteMedSam,
+    /// Cached frozen-encoder embeddings.
+    pub embeddings: &'a EmbeddingStore,
+    /// Epochs, batch size, loss weights, prompt settings.
+    pub train: &'a TrainSpec,
+    /// Strategy label (for messages).
+    pub label: &'a str,
+    /// Seeded RNG for shuffling, jitter, points and mirroring.
+    pub rng: &'a mut ChaCha8Rng,
+    /// Called after every optimiser step.
+    pub progress: &'a (dyn Fn(Progress) + Send + Sync),
+    /// Device of the model.
+    pub device: &'a Device,
+}
+
+/// Anything that can lend a [`FitEnv`]: implemented by `strategy::StrategyCtx`.
+pub trait FitCtx {
+    /// Borrow the parts the loop needs.
+    fn fit_env(&mut self) -> FitEnv<'_>;
+}
+
 /// Summary of one fit.
 #[derive(Clone, Debug, Default)]
 pub struct FitStats {
+    /// Optimiser steps taken.
     pub steps: usize,
+    /// Mean loss of the last epoch.
     pub last_epoch_loss: f64,
 }
 
@@ -107,8 +152,8 @@ pub fn eval_prompts(cases: &[&Case], device: &Device) -> Result<Prompts> {
 
 /// Train `adapter` on `cases` with the context's train settings. Non-finite loss stops with
 /// [`Error::NonFinite`] naming the strategy, task, epoch and step.
-pub fn fit(
-    ctx: &mut StrategyCtx,
+pub fn fit<C: FitCtx + ?Sized>(
+    ctx: &mut C,
     task_name: &str,
     adapter: &Adapter,
     opt: &mut AdamW,
@@ -121,8 +166,8 @@ pub fn fit(
 /// As [`fit`], appending to every batch `per_batch` cases drawn uniformly without replacement from `memory`
 /// (experience replay). Epochs and steps are counted over `cases` only.
 #[allow(clippy::too_many_arguments)]
-pub fn fit_mixed(
-    ctx: &mut StrategyCtx,
+pub fn fit_mixed<C: FitCtx + ?Sized>(
+    ctx: &mut C,
     task_name: &str,
     adapter: &Adapter,
     opt: &mut AdamW,
@@ -131,8 +176,9 @@ pub fn fit_mixed(
     memory: &[&Case],
     per_batch: usize,
 ) -> Result<FitStats> {
+    let ctx = ctx.fit_env();
     let per_batch = per_batch.min(memory.len());
-    let train = ctx.spec.train.clone();
+    let train = ctx.train.clone();
     let w = LossWeights {
         dice: train.loss.dice,
         bce: train.loss.bce,
@@ -146,13 +192,13 @@ pub fn fit_mixed(
     let mut stats = FitStats::default();
     let mut idx: Vec<usize> = (0..cases.len()).collect();
     for epoch in 0..train.epochs {
-        idx.shuffle(&mut ctx.rng);
+        idx.shuffle(&mut *ctx.rng);
         let mut sum = 0.0;
         for (step, chunk) in idx.chunks(bs).take(steps_per_epoch).enumerate() {
             let mut picked: Vec<&Case> = chunk.iter().map(|&i| cases[i]).collect();
             if per_batch > 0 {
                 picked.extend(
-                    rand::seq::index::sample(&mut ctx.rng, memory.len(), per_batch)
+                    rand::seq::index::sample(&mut *ctx.rng, memory.len(), per_batch)
                         .into_iter()
                         .map(|i| memory[i]),
                 );
@@ -164,17 +210,16 @@ pub fn fit_mixed(
                     _ => c,
                 })
                 .collect();
-            let emb =
-                crate::strategy::embed_with(ctx.model, ctx.embeddings, &batch, Some(adapter))?;
+            let emb = embed_with(ctx.model, ctx.embeddings, &batch, Some(adapter))?;
             let boxes: Vec<[f32; 4]> = batch
                 .iter()
-                .map(|c| jittered_box(c, train.prompt.jitter, &mut ctx.rng))
+                .map(|c| jittered_box(c, train.prompt.jitter, &mut *ctx.rng))
                 .collect();
             let pts: Option<Vec<Vec<[f32; 2]>>> = if train.prompt.points > 0 {
                 Some(
                     batch
                         .iter()
-                        .map(|c| sample_points(c, train.prompt.points, &mut ctx.rng))
+                        .map(|c| sample_points(c, train.prompt.points, &mut *ctx.rng))
                         .collect::<Result<_>>()?,
                 )
             } else {
@@ -194,7 +239,7 @@ pub fn fit_mixed(
             if !lv.is_finite() {
                 return Err(Error::NonFinite(format!(
                     "strategy {:?}, task {task_name:?}, epoch {}/{}, step {}: loss = {lv}",
-                    ctx.spec.label,
+                    ctx.label,
                     epoch + 1,
                     train.epochs,
                     step + 1

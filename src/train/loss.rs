@@ -11,8 +11,11 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LossWeights {
+    /// Weight of the soft Dice loss.
     pub dice: f64,
+    /// Weight of the binary cross-entropy on the logits.
     pub bce: f64,
+    /// Weight of the IoU-prediction MSE.
     pub iou: f64,
 }
 
@@ -71,7 +74,7 @@ pub fn seg_loss(out: &DecoderOutput, target: &Tensor, w: &LossWeights) -> Result
             out.logits.dims()
         )));
     }
-    let mut total = match crate::model::fused_nn::dice_bce(&out.logits, target, w.dice, w.bce)? {
+    let mut total = match super::fused_loss::dice_bce(&out.logits, target, w.dice, w.bce)? {
         Some(t) => t,
         None => {
             let mut t = (soft_dice_loss(&out.logits, target)? * w.dice)?;

@@ -10,12 +10,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// AdamW's hyper-parameters (PyTorch's names and defaults, except the learning rate).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamsAdamW {
+    /// Learning rate.
     pub lr: f64,
+    /// Decay of the first-moment estimate.
     pub beta1: f64,
+    /// Decay of the second-moment estimate.
     pub beta2: f64,
+    /// Added to the square root of the second moment.
     pub eps: f64,
+    /// Decoupled weight decay (multiplied by the learning rate).
     pub weight_decay: f64,
     /// Clip the global gradient L2 norm to this value (None: no clipping).
     pub max_grad_norm: Option<f64>,
@@ -40,13 +46,16 @@ struct Slot {
     v: Tensor,
 }
 
+/// The optimiser over a fixed list of variables.
 pub struct AdamW {
     slots: Vec<Slot>,
+    /// Its hyper-parameters (the learning rate may change between steps).
     pub params: ParamsAdamW,
     step: usize,
 }
 
 impl AdamW {
+    /// An optimiser for `vars` with zero moments and step 0.
     pub fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
         let slots = vars
             .into_iter()
@@ -63,15 +72,19 @@ impl AdamW {
         })
     }
 
+    /// Steps taken so far (restored by a load).
     pub fn step_count(&self) -> usize {
         self.step
     }
+    /// The current learning rate.
     pub fn learning_rate(&self) -> f64 {
         self.params.lr
     }
+    /// Change the learning rate for the following steps (schedules).
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.params.lr = lr;
     }
+    /// The variables this optimiser updates, in order.
     pub fn vars(&self) -> Vec<Var> {
         self.slots.iter().map(|s| s.var.clone()).collect()
     }

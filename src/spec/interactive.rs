@@ -1,16 +1,35 @@
-//! The spec's optional `[eval.interactive]` table.
+//! The spec's optional `[eval.interactive]` table: settings of the simulated-clinician study that
+//! [`crate::interactive`] runs (README, "Interactive study").
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::TimeModel;
+use super::diag::{from_table, Diag};
+
+/// The interaction-cost model: seconds for one image given its number of clicks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeModel {
+    /// Seconds per image (looking at it, placing the box).
+    pub seconds_per_case: f64,
+    /// Seconds per click.
+    pub seconds_per_click: f64,
+}
+
+impl TimeModel {
+    /// `seconds_per_case + seconds_per_click * clicks`.
+    pub fn seconds(&self, clicks: usize) -> f64 {
+        self.seconds_per_case + self.seconds_per_click * clicks as f64
+    }
+}
 
 /// Which stages run the study: the last one only (default; the expensive part is one decoder pass per click per
 /// test image per strategy) or every stage including zero-shot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StudyStages {
+    /// After the last stage only.
     #[default]
     Final,
+    /// After every stage, zero-shot included.
     All,
 }
 
@@ -41,6 +60,7 @@ pub struct InteractiveSpec {
     /// Time model `seconds = seconds_per_case + seconds_per_click * clicks`: both or neither.
     #[serde(default)]
     pub seconds_per_case: Option<f64>,
+    /// See `seconds_per_case`.
     #[serde(default)]
     pub seconds_per_click: Option<f64>,
 }
@@ -67,56 +87,73 @@ impl Default for InteractiveSpec {
 }
 
 impl InteractiveSpec {
-    /// Range checks; the message names the key (`eval.interactive.<key>`).
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let key = |k: &str| format!("eval.interactive.{k}");
+    /// Range checks; each problem names its key.
+    pub fn validate(&self) -> Result<(), Diag> {
         if !(1..=100).contains(&self.max_clicks) {
-            return Err(format!(
-                "{}: {} is out of range 1..=100",
-                key("max_clicks"),
-                self.max_clicks
+            return Err(Diag::at(
+                "max_clicks",
+                format!("`max_clicks` = {} is out of range 1..=100", self.max_clicks),
             ));
         }
         if self.targets.is_empty() {
-            return Err(format!("{}: needs at least one target", key("targets")));
+            return Err(Diag::at(
+                "targets",
+                "`targets` needs at least one Dice target",
+            ));
         }
         for (i, &t) in self.targets.iter().enumerate() {
             if !(t > 0.0 && t <= 1.0) {
-                return Err(format!("{}: {t} is not in (0, 1]", key("targets")));
+                return Err(Diag::at(
+                    "targets",
+                    format!("`targets`: {t} is not in (0, 1]"),
+                ));
             }
             if self.targets[..i].contains(&t) {
-                return Err(format!("{}: {t} is listed twice", key("targets")));
+                return Err(Diag::at(
+                    "targets",
+                    format!("`targets`: {t} is listed twice"),
+                ));
             }
         }
         for (i, &k) in self.report_at.iter().enumerate() {
             if k == 0 || k > self.max_clicks {
-                return Err(format!(
-                    "{}: {k} is not in 1..={} (max_clicks)",
-                    key("report_at"),
-                    self.max_clicks
+                return Err(Diag::at(
+                    "report_at",
+                    format!(
+                        "`report_at`: {k} is not in 1..={} (`max_clicks`)",
+                        self.max_clicks
+                    ),
                 ));
             }
             if self.report_at[..i].contains(&k) {
-                return Err(format!("{}: {k} is listed twice", key("report_at")));
+                return Err(Diag::at(
+                    "report_at",
+                    format!("`report_at`: {k} is listed twice"),
+                ));
             }
         }
         if self.max_cases == Some(0) {
-            return Err(format!("{}: must be at least 1", key("max_cases")));
+            return Err(Diag::at("max_cases", "`max_cases` must be at least 1"));
         }
         match (self.seconds_per_case, self.seconds_per_click) {
             (None, None) => {}
             (Some(a), Some(b)) => {
                 for (k, v) in [("seconds_per_case", a), ("seconds_per_click", b)] {
                     if !(v.is_finite() && v >= 0.0) {
-                        return Err(format!("{}: {v} must be a finite number >= 0", key(k)));
+                        return Err(Diag::at(k, format!("`{k}` = {v} must be a finite number >= 0")));
                     }
                 }
             }
-            _ => {
-                return Err(format!(
-                    "{} and {} form the time model: give both or neither",
-                    key("seconds_per_case"),
-                    key("seconds_per_click")
+            (Some(_), None) => {
+                return Err(Diag::at(
+                    "seconds_per_case",
+                    "`seconds_per_case` and `seconds_per_click` form the time model: give both or neither",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Diag::at(
+                    "seconds_per_click",
+                    "`seconds_per_case` and `seconds_per_click` form the time model: give both or neither",
                 ))
             }
         }
@@ -131,19 +168,9 @@ impl InteractiveSpec {
         })
     }
 
-    /// Parse and validate a table (the value of `eval.interactive`).
-    pub fn from_table(t: toml::Table) -> std::result::Result<Self, String> {
-        let parse = |t: toml::Table| toml::Value::Table(t).try_into::<Self>();
-        let s = parse(t.clone()).map_err(|e| {
-            // Name the key at fault: the first one that fails on its own (unknown key or wrong type).
-            let bad = t.iter().find(|(k, v)| {
-                parse(toml::Table::from_iter([((*k).clone(), (*v).clone())])).is_err()
-            });
-            match bad {
-                Some((k, _)) => format!("eval.interactive.{k}: {}", e.message()),
-                None => format!("eval.interactive: {}", e.message()),
-            }
-        })?;
+    /// Parse and validate a table (the value of `eval.interactive`); the problem names its key path.
+    pub fn from_table(t: &toml::Table) -> Result<Self, Diag> {
+        let s: Self = from_table(t)?;
         s.validate()?;
         Ok(s)
     }
@@ -153,8 +180,9 @@ impl InteractiveSpec {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> std::result::Result<InteractiveSpec, String> {
-        InteractiveSpec::from_table(toml::from_str(s).unwrap())
+    fn parse(s: &str) -> Result<InteractiveSpec, String> {
+        InteractiveSpec::from_table(&toml::from_str(s).unwrap())
+            .map_err(|d| format!("{} @ {}", d.msg, d.path))
     }
 
     #[test]
@@ -176,11 +204,14 @@ mod tests {
         assert_eq!(s.time_model().unwrap().seconds(2), 7.0);
         for (text, want) in [
             ("max_click = 3", "max_click"),
-            ("max_clicks = 0", "eval.interactive.max_clicks"),
-            ("targets = []", "eval.interactive.targets"),
+            (
+                "max_clicks = 0",
+                "`max_clicks` = 0 is out of range 1..=100 @ max_clicks",
+            ),
+            ("targets = []", "@ targets"),
             ("targets = [0.8, 1.2]", "1.2"),
             ("targets = [0.8, 0.8]", "twice"),
-            ("report_at = [11]", "eval.interactive.report_at"),
+            ("report_at = [11]", "@ report_at"),
             ("max_clicks = 3\nreport_at = [1, 5]", "max_clicks"),
             ("report_at = [0]", "report_at"),
             ("stages = \"some\"", "some"),
@@ -192,9 +223,12 @@ mod tests {
             ),
             (
                 "mask_prompt = 1",
-                "eval.interactive.mask_prompt: invalid type",
+                "invalid type: integer `1`, expected a boolean @ mask_prompt",
             ),
-            ("max_click = 3", "eval.interactive.max_click"),
+            (
+                "seconds_per_click = 3.0",
+                "both or neither @ seconds_per_click",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

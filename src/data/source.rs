@@ -1,0 +1,175 @@
+//! Data sources behind one dispatch: a task's [`SourceTable`] is read into [`SourceSpec`] (each source's own
+//! params type and range checks), then planned (file listings only) or loaded into model-frame cases.
+
+use super::{
+    decode, flip_image, flip_mask, folder, make_case_from, nifti, synthetic, Case, ImageSource,
+    RawCase, RawImage, TaskData,
+};
+#[cfg(doc)]
+use crate::spec::SourceTable;
+use crate::spec::{from_table, Diag, Spec, TaskSpec};
+use crate::Result;
+use candle_core::Device;
+use serde::Serialize;
+use toml::Table;
+
+/// A task's data source, read from its [`SourceTable`] into the source's own params type. Serialises as the
+/// spec wrote it plus defaults (`{"source": "synthetic", "family": ..}`): the run fingerprint and manifest
+/// record this form.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum SourceSpec {
+    /// Generated vessel/organ images (`source = "synthetic"`).
+    Synthetic(synthetic::SyntheticSpec),
+    /// Image + mask files (`source = "folder"`).
+    Folder(folder::FolderSpec),
+    /// NIfTI volumes sliced to 2D (`source = "nifti"`).
+    Nifti(nifti::NiftiSpec),
+}
+
+/// The data-source kinds this crate reads.
+pub const SOURCE_KINDS: &[&str] = &["synthetic", "folder", "nifti"];
+
+impl SourceSpec {
+    /// Read a source table of kind `kind` and check its ranges (no files are touched).
+    pub fn parse(kind: &str, params: &Table) -> std::result::Result<SourceSpec, Diag> {
+        let s = match kind {
+            "synthetic" => SourceSpec::Synthetic(from_table(params)?),
+            "folder" => SourceSpec::Folder(from_table(params)?),
+            "nifti" => SourceSpec::Nifti(from_table(params)?),
+            other => {
+                return Err(Diag::at(
+                    "source",
+                    format!(
+                        "`source` = {other:?} is unknown: use {}",
+                        SOURCE_KINDS.join(", ")
+                    ),
+                ))
+            }
+        };
+        match &s {
+            SourceSpec::Synthetic(x) => x.validate()?,
+            SourceSpec::Folder(x) => x.validate()?,
+            SourceSpec::Nifti(x) => x.validate()?,
+        }
+        Ok(s)
+    }
+
+    /// The typed source of a task of a parsed spec (the spec checked it already; an error here is a bug).
+    pub fn of(spec: &Spec, t: &TaskSpec) -> Result<SourceSpec> {
+        Self::parse(&t.source.kind, &t.source.params)
+            .map_err(|d| spec.err(format!("line {}: task {:?}: {}", t.line, t.name, d.msg)))
+    }
+}
+
+impl Spec {
+    /// Check every data source (files exist, pairs match, splits non-empty) without decoding images.
+    /// Returns one line per task describing what was found.
+    pub fn check_data(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for t in &self.stream.tasks {
+            let (ntr, nte) = plan_counts(self, t)?;
+            out.push(format!(
+                "{}: {} train, {} test ({})",
+                t.name, ntr, nte, t.source.kind
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Counts of train and test items (images, or volumes for NIfTI) a task will have, from file listings only.
+pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
+    let (tr, te) = match &SourceSpec::of(spec, t)? {
+        SourceSpec::Synthetic(s) => (s.train, s.test),
+        SourceSpec::Folder(s) => {
+            let p = s.plan(spec, &t.name)?;
+            (p.train.len(), p.test.len())
+        }
+        SourceSpec::Nifti(s) => {
+            let p = s.plan(spec, &t.name)?;
+            (p.train.len(), p.test.len())
+        }
+    };
+    if tr == 0 || te == 0 {
+        return Err(spec.err(format!(
+            "line {}: task {:?} has an empty {} split ({tr} train, {te} test)",
+            t.line,
+            t.name,
+            if tr == 0 { "train" } else { "test" }
+        )));
+    }
+    Ok((tr, te))
+}
+
+/// Load one task: decode, preprocess to the model frame, and check that neither split is empty.
+/// `augment`: also build each train case's mirrored twin ([`Case::flipped`]).
+pub fn load_task(
+    spec: &Spec,
+    t: &TaskSpec,
+    size: usize,
+    augment: bool,
+    device: &Device,
+) -> Result<TaskData> {
+    let (train, test, fov_eval) = match &SourceSpec::of(spec, t)? {
+        SourceSpec::Synthetic(s) => {
+            let (a, b) = s.generate()?;
+            (a, b, false)
+        }
+        SourceSpec::Folder(s) => {
+            let (a, b) = s.load(spec, &t.name)?;
+            (a, b, s.fov_eval)
+        }
+        SourceSpec::Nifti(s) => {
+            let (a, b) = s.load(spec, &t.name)?;
+            (a, b, false)
+        }
+    };
+    if train.is_empty() || test.is_empty() {
+        return Err(spec.err(format!(
+            "line {}: task {:?} has an empty {} split after loading ({} train, {} test)",
+            t.line,
+            t.name,
+            if train.is_empty() { "train" } else { "test" },
+            train.len(),
+            test.len()
+        )));
+    }
+    let conv = |v: Vec<RawCase>, aug: bool| -> Result<Vec<Case>> {
+        v.into_iter()
+            .map(|r| {
+                let img = decode(&r)?;
+                let twin = if aug {
+                    let fr = RawCase {
+                        id: format!("{}#hflip", r.id),
+                        image: ImageSource::Raw(RawImage {
+                            h: 0,
+                            w: 0,
+                            channels: 3,
+                            data: vec![],
+                        }),
+                        mask: flip_mask(&r.mask),
+                        fov: r.fov.as_ref().map(flip_mask),
+                    };
+                    Some(Box::new(make_case_from(
+                        fr,
+                        &flip_image(&img),
+                        size,
+                        device,
+                    )?))
+                } else {
+                    None
+                };
+                let mut c = make_case_from(r, &img, size, device)?;
+                c.flipped = twin;
+                Ok(c)
+            })
+            .collect()
+    };
+    Ok(TaskData {
+        name: t.name.clone(),
+        train: conv(train, augment)?,
+        test: conv(test, false)?,
+        fov_eval,
+    })
+}

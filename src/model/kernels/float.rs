@@ -1,0 +1,173 @@
+//! The one float trait of the kernels ([`Float`], for f32 and f64) and the scalar functions behind it.
+//!
+//! f32 uses a branch-free erf (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7) built on a polynomial exp, which the
+//! compiler vectorises; f64 uses libm's exact erf, so that the finite-difference gradient tests (run in f64) see
+//! one consistent function.
+
+use candle_core::{bail, CpuStorage, Result, WithDType};
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// The float operations the kernels need: f32 with the fast vectorisable GELU and exp, f64 exact.
+pub(crate) trait Float: WithDType {
+    /// Erf GELU, `0.5 x (1 + erf(x / sqrt 2))`.
+    fn gelu(self) -> Self;
+    /// Derivative of [`Float::gelu`].
+    fn gelu_grad(self) -> Self;
+    /// `e^x` (f32: polynomial, vectorises).
+    fn exp_(self) -> Self;
+    /// Square root.
+    fn sqrt_(self) -> Self;
+    /// Absolute value.
+    fn abs_(self) -> Self;
+    /// Natural logarithm.
+    fn ln_(self) -> Self;
+    /// The values of a storage of this type, by value.
+    fn take(s: CpuStorage) -> Result<Vec<Self>>;
+    /// Zero.
+    #[inline(always)]
+    fn z() -> Self {
+        Self::from_f64(0.0)
+    }
+}
+
+/// `Float` for one float type: its storage variant and its GELU, GELU' and exp kernels.
+macro_rules! impl_float {
+    ($t:ty, $variant:ident, $gelu:path, $gelu_grad:path, $exp:expr) => {
+        impl Float for $t {
+            fn take(s: CpuStorage) -> Result<Vec<Self>> {
+                match s {
+                    CpuStorage::$variant(v) => Ok(v),
+                    _ => bail!(concat!("fused op: expected ", stringify!($t))),
+                }
+            }
+            #[inline(always)]
+            fn gelu(self) -> Self {
+                $gelu(self)
+            }
+            #[inline(always)]
+            fn gelu_grad(self) -> Self {
+                $gelu_grad(self)
+            }
+            #[inline(always)]
+            fn exp_(self) -> Self {
+                ($exp)(self)
+            }
+            #[inline(always)]
+            fn sqrt_(self) -> Self {
+                self.sqrt()
+            }
+            #[inline(always)]
+            fn abs_(self) -> Self {
+                self.abs()
+            }
+            #[inline(always)]
+            fn ln_(self) -> Self {
+                self.ln()
+            }
+        }
+    };
+}
+
+impl_float!(f32, F32, gelu_f32, gelu_grad_f32, exp_f32);
+impl_float!(f64, F64, gelu_f64, gelu_grad_f64, f64::exp);
+
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    // exp(x) = 2^n * exp(r), |r| <= ln2/2; degree-6 Taylor/minimax polynomial.
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `f32::round`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let s = x.signum();
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_8) * t - 0.284_496_72) * t
+            + 0.254_829_6)
+            * t
+            * exp_f32(-a * a);
+    s * y
+}
+
+#[inline(always)]
+fn gelu_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn gelu_grad_f32(x: f32) -> f32 {
+    0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
+}
+
+fn gelu_f64(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
+}
+
+fn gelu_grad_f64(x: f64) -> f64 {
+    0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
+        + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+}
+
+/// Dot product with eight independent accumulators (vectorises); the summation order is fixed.
+#[inline(always)]
+pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::z(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = T::z();
+    for v in acc {
+        s += v;
+    }
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += a x`.
+#[inline(always)]
+pub(crate) fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_gelu_matches_exact() {
+        let xs: Vec<f32> = (-2000..2000)
+            .map(|i| i as f32 * 0.005)
+            .chain([-30.0, -90.0, 50.0, 100.0])
+            .collect();
+        let mut worst: f32 = 0.0;
+        for &x in &xs {
+            let exact = gelu_f64(x as f64) as f32;
+            worst = worst.max((gelu_f32(x) - exact).abs());
+            let ge = gelu_grad_f64(x as f64) as f32;
+            assert!((gelu_grad_f32(x) - ge).abs() < 1e-6, "grad at {x}");
+        }
+        eprintln!("max f32 gelu error {worst:.2e}");
+        assert!(worst < 1e-6, "max gelu error {worst}");
+    }
+}

@@ -1,0 +1,46 @@
+//! CPU kernels with hand-written backward passes, for the ops that dominate LiteMedSAM's forward pass and the
+//! training steps that run thousands of times (the mask decoder on cached embeddings).
+//!
+//! Why: candle's autograd costs, for every node of the graph, a zero-filled gradient buffer plus an add on top of
+//! the op's own backward work, and its matmul backward always computes both operand gradients (even for frozen
+//! weights or constant inputs). On the decoder's 4 x 4096 x 256 image tokens that overhead dominated the step.
+//! Each op here is one graph node and computes only the gradients that some variable needs (`track_op`):
+//! - [`linear()`]: `act(x W^T + b)` (act: identity or erf-GELU), any leading dims or explicit rows;
+//! - [`lora_linear()`]: the same plus `scale (x A^T) B^T` with W and b frozen constants (A, B train);
+//! - [`attention()`]: multi-head scaled-dot-product attention on token-major (B, n, C) tensors;
+//! - [`ln_act`]: layer norm over rows of `w.len()` values, optionally followed by GELU;
+//! - [`hyper_dot`]: per-image dot products of rows with a (B, c) matrix (the mask read-out);
+//! - [`bias_gelu`] / [`gelu()`]: erf-GELU with an optional bias;
+//! - [`dwconv3x3`]: the encoder's depthwise 3x3 convolution, channels-last.
+//!
+//! All work on contiguous CPU f32/f64 tensors; anything else falls back to candle's ops (same numbers). Generic
+//! code is written once over [`float::Float`]; parallel work goes through [`par`] on rayon's pool. The module is
+//! crate-private: the model's layers (`super::common`) are the interface.
+//!
+//! Dependencies point one way: `float`, `par` and `cpu` at the bottom, the ops above them, `lora_linear` on
+//! `linear`; nothing here imports the model's layers.
+
+pub(crate) mod attention;
+pub(crate) mod cpu;
+pub(crate) mod dwconv;
+pub(crate) mod float;
+pub(crate) mod gelu;
+pub(crate) mod layer_norm;
+pub(crate) mod linear;
+pub(crate) mod lora_linear;
+pub(crate) mod par;
+pub(crate) mod readout;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use attention::attention;
+pub(crate) use dwconv::dwconv3x3;
+pub(crate) use gelu::{bias_gelu, gelu};
+pub(crate) use layer_norm::ln_act;
+pub(crate) use linear::linear;
+pub(crate) use lora_linear::lora_linear;
+pub(crate) use readout::hyper_dot;
+
+/// Below this many output elements a fused op runs on the calling thread (thread hand-off costs more).
+pub(crate) const PAR_MIN: usize = 1 << 15;

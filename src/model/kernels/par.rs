@@ -1,0 +1,129 @@
+//! Row splitting on rayon's pool, for every kernel: [`par_rows`] for outputs written row by row and
+//! [`par_sum_rows`] for column reductions.
+//!
+//! Work runs on the rayon pool the caller is in (the global pool, sized by `RAYON_NUM_THREADS`, unless a caller
+//! installs its own), the same pool candle's matmuls use, so kernels and gemm never oversubscribe the cores.
+//!
+//! Determinism: the number of parts is fixed before any work starts (1 below a size threshold, else the pool's
+//! thread count, at most one part per row), parts are contiguous row ranges, and per-part results come back in
+//! range order and are added in that order. A reduction therefore gives the same bits on every run with the same
+//! thread count, whatever the scheduling; element-wise outputs do not depend on the split at all.
+
+use candle_core::WithDType;
+use rayon::prelude::*;
+
+/// How many contiguous parts `rows` rows (of `len` elements in all) are split into: 1 below `min_len` elements,
+/// else the pool's thread count, never more than one part per row.
+pub(crate) fn parts(len: usize, rows: usize, min_len: usize) -> usize {
+    if len < min_len {
+        1
+    } else {
+        rayon::current_num_threads().min(rows).max(1)
+    }
+}
+
+/// Run `f(first_row, chunk)` over chunks of whole rows (`row` elements each) of `out`, in parallel when `out` has
+/// at least `min_len` elements; returns the per-chunk results in row order. `f` runs inside [`simd`].
+pub(crate) fn par_rows<T: Send, R: Send>(
+    out: &mut [T],
+    row: usize,
+    min_len: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    let row = row.max(1);
+    let rows = out.len() / row;
+    let nt = parts(out.len(), rows, min_len);
+    // `f` is called from exactly one place, so it is inlined into the AVX2 region.
+    let run = |i: usize, c: &mut [T]| simd(|| f(i, c));
+    if nt <= 1 {
+        return vec![run(0, out)];
+    }
+    let per = rows.div_ceil(nt) * row;
+    out.par_chunks_mut(per)
+        .enumerate()
+        .map(|(i, c)| run(i * per / row, c))
+        .collect()
+}
+
+/// Sum of per-range partial results: rows `0..rows` split into `nt` contiguous ranges (the last ones may be
+/// empty), `part(r0, r1)` returns `len` partial sums for its range; the parts are added in range order. `part`
+/// runs inside [`simd`].
+pub(crate) fn par_sum_rows<T: WithDType>(
+    rows: usize,
+    nt: usize,
+    len: usize,
+    part: impl Fn(usize, usize) -> Vec<T> + Sync,
+) -> Vec<T> {
+    let nt = nt.max(1);
+    let per = rows.div_ceil(nt).max(1);
+    let range = |i: usize| ((i * per).min(rows), ((i + 1) * per).min(rows));
+    let run = |i: usize| {
+        let (r0, r1) = range(i);
+        simd(|| part(r0, r1))
+    };
+    let partials: Vec<Vec<T>> = if nt == 1 {
+        vec![run(0)]
+    } else {
+        (0..nt).into_par_iter().map(run).collect()
+    };
+    let mut out = vec![T::zero(); len];
+    for p in partials {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Run `f` compiled for AVX2+FMA when the CPU has them (the kernels it calls are inlined into it). Rust never
+/// contracts `a * b + c` into an FMA on its own, so the results are the same bits with or without it.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: `simd_avx2` only requires the CPU to support AVX2 and FMA, which was detected just above.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+/// `f()` compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_every_row_once_in_order() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let mut out = vec![0usize; 7 * 5000];
+            let firsts = par_rows(&mut out, 5000, 0, |r0, ch| {
+                for (i, row) in ch.chunks_mut(5000).enumerate() {
+                    row.fill(r0 + i);
+                }
+                r0
+            });
+            assert_eq!(firsts, vec![0, 3, 6]);
+            for (r, row) in out.chunks(5000).enumerate() {
+                assert!(row.iter().all(|&v| v == r));
+            }
+            // 5 rows in 3 parts of 2: ranges [0,2), [2,4), [4,5).
+            let s = par_sum_rows(5, 3, 2, |r0, r1| vec![(r1 - r0) as f64, r0 as f64]);
+            assert_eq!(s, vec![5.0, 6.0]);
+        });
+    }
+}

@@ -1,0 +1,216 @@
+//! Each fused op against the same computation from candle's own ops: forward values and the gradients of
+//! `sum(y * r)` for a random `r`, in f64.
+
+use candle_core::{Device, Tensor, Var, D};
+
+use super::attention::attention;
+use super::layer_norm::{layer_norm_ops, ln_act};
+use super::linear::linear;
+use super::lora_linear::lora_linear;
+use super::readout::hyper_dot;
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// Forward values and the gradients of sum(y * r) agree between the fused op and candle's ops.
+fn check(vars: &[&Var], fused: &dyn Fn() -> Tensor, reference: &dyn Fn() -> Tensor) {
+    let (y1, y2) = (fused(), reference());
+    assert_eq!(y1.dims(), y2.dims());
+    let d = (&y1 - &y2).unwrap().abs().unwrap().max_all().unwrap();
+    eprintln!("forward max abs diff {:.2e}", d.to_scalar::<f64>().unwrap());
+    assert!(d.to_scalar::<f64>().unwrap() < 1e-10, "forward {d}");
+    let r = Tensor::randn(0f64, 1.0, y1.shape(), &Device::Cpu).unwrap();
+    let g1 = (&y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let a = g1.get(v.as_tensor()).expect("fused gradient");
+        let b = g2.get(v.as_tensor()).expect("reference gradient");
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        eprintln!(
+            "var {i}: gradient max abs diff {:.2e}",
+            d.to_scalar::<f64>().unwrap()
+        );
+        // candle's GeluErf backward uses 0.398942 for 1/sqrt(2 pi).
+        assert!(d.to_scalar::<f64>().unwrap() < 1e-5, "var {i}: {d}");
+    }
+}
+
+fn candle_linear(x: &Tensor, w: &Tensor, b: &Tensor, act: bool) -> Tensor {
+    let (o, i) = w.dims2().unwrap();
+    let y = x
+        .reshape(((), i))
+        .unwrap()
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap();
+    let y = if act { y.gelu_erf().unwrap() } else { y };
+    if x.dims().last() == Some(&i) {
+        let mut d = x.dims().to_vec();
+        *d.last_mut().unwrap() = o;
+        y.reshape(d).unwrap()
+    } else {
+        y
+    }
+}
+
+#[test]
+fn linear_matches_candle() {
+    let (x, w, b) = (var(&[2, 5, 6], 1), var(&[4, 6], 2), var(&[4], 3));
+    for act in [false, true] {
+        check(
+            &[&x, &w, &b],
+            &|| linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap(),
+            &|| candle_linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), act),
+        );
+    }
+    // x read as rows of 3 values.
+    let w3 = var(&[4, 3], 4);
+    check(
+        &[&x, &w3, &b],
+        &|| linear(x.as_tensor(), w3.as_tensor(), Some(b.as_tensor()), true).unwrap(),
+        &|| candle_linear(x.as_tensor(), w3.as_tensor(), b.as_tensor(), true),
+    );
+}
+
+#[test]
+fn lora_linear_matches_candle() {
+    let (x, a, bm) = (var(&[2, 5, 6], 5), var(&[2, 6], 6), var(&[4, 2], 7));
+    let (w, b) = (var(&[4, 6], 8), var(&[4], 9));
+    let (w, b) = (w.as_tensor().detach(), b.as_tensor().detach());
+    for act in [false, true] {
+        check(
+            &[&x, &a, &bm],
+            &|| {
+                lora_linear(
+                    x.as_tensor(),
+                    &w,
+                    Some(&b),
+                    a.as_tensor(),
+                    bm.as_tensor(),
+                    1.5,
+                    act,
+                )
+                .unwrap()
+            },
+            &|| {
+                let low = x
+                    .as_tensor()
+                    .matmul(
+                        &a.as_tensor()
+                            .t()
+                            .unwrap()
+                            .unsqueeze(0)
+                            .unwrap()
+                            .repeat((2, 1, 1))
+                            .unwrap(),
+                    )
+                    .unwrap()
+                    .matmul(
+                        &bm.as_tensor()
+                            .t()
+                            .unwrap()
+                            .unsqueeze(0)
+                            .unwrap()
+                            .repeat((2, 1, 1))
+                            .unwrap(),
+                    )
+                    .unwrap();
+                let y =
+                    (candle_linear(x.as_tensor(), &w, &b, false) + (low * 1.5).unwrap()).unwrap();
+                if act {
+                    y.gelu_erf().unwrap()
+                } else {
+                    y
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn attention_matches_candle() {
+    for (nq, nk) in [(3, 9), (9, 3)] {
+        let (q, k, v) = (
+            var(&[2, nq, 8], 10),
+            var(&[2, nk, 8], 11),
+            var(&[2, nk, 8], 12),
+        );
+        check(
+            &[&q, &k, &v],
+            &|| attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 2).unwrap(),
+            &|| {
+                let split = |x: &Tensor| {
+                    let (b, n, _) = x.dims3().unwrap();
+                    x.reshape((b, n, 2, 4))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                let (qh, kh, vh) = (
+                    split(q.as_tensor()),
+                    split(k.as_tensor()),
+                    split(v.as_tensor()),
+                );
+                let s = (qh.matmul(&kh.t().unwrap()).unwrap() * 0.5).unwrap();
+                let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+                p.matmul(&vh)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((2, nq, 8))
+                    .unwrap()
+            },
+        );
+    }
+    // The same tensor as query, key and value (self-attention).
+    let x = var(&[2, 5, 8], 13);
+    let y1 = attention(x.as_tensor(), x.as_tensor(), x.as_tensor(), 2).unwrap();
+    let g = y1.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(x.as_tensor()).is_some());
+}
+
+#[test]
+fn ln_act_matches_candle() {
+    let (x, w, b) = (var(&[3, 2, 8], 14), var(&[4], 15), var(&[4], 16));
+    for act in [false, true] {
+        check(
+            &[&x, &w, &b],
+            &|| ln_act(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6, act).unwrap(),
+            &|| {
+                let y = layer_norm_ops(
+                    &x.as_tensor().reshape(((), 4)).unwrap(),
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    1e-6,
+                )
+                .unwrap();
+                let y = if act { y.gelu_erf().unwrap() } else { y };
+                y.reshape((3, 2, 8)).unwrap()
+            },
+        );
+    }
+}
+
+#[test]
+fn hyper_dot_matches_candle() {
+    let (x, h) = (var(&[2, 6, 4], 17), var(&[2, 4], 18));
+    check(
+        &[&x, &h],
+        &|| hyper_dot(x.as_tensor(), h.as_tensor()).unwrap(),
+        &|| {
+            x.as_tensor()
+                .matmul(&h.as_tensor().unsqueeze(2).unwrap())
+                .unwrap()
+                .squeeze(2)
+                .unwrap()
+        },
+    );
+}

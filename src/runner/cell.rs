@@ -1,0 +1,260 @@
+//! One cell's life: build the strategy, resume after the last complete stage, then for every stage train,
+//! evaluate and commit a checkpoint folder atomically. Also the pool that runs cells concurrently and the
+//! collection of the committed stages.
+
+use super::eval::evaluate;
+use super::plan::Cell;
+use super::shared::Shared;
+use super::study::{study_stage, CLICKS_FILE};
+use crate::interactive::rows::ClickRow;
+use crate::results::{ExtraRow, ScoreRow};
+use crate::strategy::{BuildEnv, Progress, Strategy, StrategyCtx};
+use crate::util::{derive_seed, write_atomic};
+use crate::{Error, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// (cell id, result, wall seconds of this invocation).
+pub(super) type Outcome = (String, std::result::Result<(), String>, f64);
+
+pub(super) fn run_cells(shared: &Arc<Shared>, cells: &[Cell], jobs: usize) -> Result<Vec<Outcome>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(jobs)
+        .build()
+        .map_err(|e| Error::internal(format!("tokio runtime: {e}")))?;
+    rt.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(jobs));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let sh = shared.clone();
+            let cell = cell.clone();
+            set.spawn_blocking(move || {
+                let _permit = permit;
+                let t0 = Instant::now();
+                // a panic is that cell's failure, not the run's
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(&sh, &cell)))
+                        .unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            Err(Error::internal(format!("panicked: {msg}")))
+                        })
+                        .map_err(|e| e.to_string());
+                sh.reporter
+                    .cell_done(&cell.id, r.as_ref().err().map(|s| s.as_str()));
+                (i, cell.id.clone(), r, t0.elapsed().as_secs_f64())
+            });
+        }
+        let mut out: Vec<Option<Outcome>> = vec![None; cells.len()];
+        while let Some(j) = set.join_next().await {
+            match j {
+                Ok((i, id, r, secs)) => out[i] = Some((id, r, secs)),
+                Err(e) => return Err(Error::internal(format!("a cell panicked: {e}"))),
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    })
+}
+
+pub(super) fn stage_dir(cdir: &Path, k: usize) -> PathBuf {
+    cdir.join(format!("stage_{k}"))
+}
+
+fn cell_dir(shared: &Shared, cell: &Cell) -> PathBuf {
+    shared.dir.join("cells").join(&cell.id)
+}
+
+/// Train and evaluate one cell, resuming after its last complete stage.
+fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
+    let sspec = &sh.spec.strategies[cell.strategy];
+    let order = &sh.spec.orders[cell.order];
+    let n = order.tasks.len();
+    let cdir = cell_dir(sh, cell);
+    std::fs::create_dir_all(&cdir).map_err(|e| Error::io(&cdir, e))?;
+    let seed_s = cell.seed.to_string();
+    let init_seed = derive_seed(&["init", &seed_s, &sspec.label, &order.label]);
+    let env = BuildEnv {
+        model: &sh.model,
+        base_sha256: &sh.sha,
+        init_seed,
+    };
+    let mut strat: Box<dyn Strategy> = sh.registry.build(sspec, &env)?;
+    let done = (0..=n)
+        .rev()
+        .find(|&k| stage_dir(&cdir, k).join("done").is_file());
+    let start = done.map(|k| k + 1).unwrap_or(0);
+    if start > n {
+        return Ok(());
+    }
+    let id = cell.id.clone();
+    let stage_now = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |p: Progress| {
+        sh.reporter.step(
+            &id,
+            stage_now.load(std::sync::atomic::Ordering::Relaxed),
+            n,
+            &p,
+        )
+    };
+    let make_ctx = |k: usize| StrategyCtx {
+        model: &sh.model,
+        embeddings: &sh.store,
+        base_sha256: &sh.sha,
+        spec: sspec,
+        seed: cell.seed,
+        order_label: &order.label,
+        tasks: &sh.tasks,
+        order: &order.tasks,
+        stage: k,
+        rng: ChaCha8Rng::seed_from_u64(derive_seed(&[
+            "stage",
+            &seed_s,
+            &sspec.label,
+            &order.label,
+            &k.to_string(),
+        ])),
+        progress: &progress,
+        device: &sh.device,
+    };
+    if let Some(k) = done.filter(|&k| k >= 1) {
+        let ctx = make_ctx(k);
+        strat.load_state(&ctx, &stage_dir(&cdir, k).join("state"))?;
+        sh.reporter.stage(&cell.id, k, n, "resumed from checkpoint");
+    }
+    for k in start..=n {
+        stage_now.store(k, std::sync::atomic::Ordering::Relaxed);
+        let mut ctx = make_ctx(k);
+        let trained = if k > 0 {
+            let task = &sh.tasks[order.tasks[k - 1]];
+            sh.reporter
+                .stage(&cell.id, k, n, &format!("training {}", task.name));
+            strat.train_task(&mut ctx, k - 1, task)?;
+            task.name.clone()
+        } else {
+            String::new()
+        };
+        sh.reporter.stage(&cell.id, k, n, "evaluating");
+        let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
+        let clicks = study_stage(sh, strat.as_ref(), &ctx, cell, k)?;
+        let extras: Vec<ExtraRow> = strat
+            .extra_metrics()
+            .into_iter()
+            .map(|(key, value)| ExtraRow {
+                strategy: sspec.label.clone(),
+                seed: cell.seed as i64,
+                order: order.label.clone(),
+                stage: k as i64,
+                key,
+                value,
+            })
+            .collect();
+        commit_stage(&cdir, k, |tmp| {
+            if k > 0 {
+                let sdir = tmp.join("state");
+                std::fs::create_dir_all(&sdir).map_err(|e| Error::io(&sdir, e))?;
+                strat.save_state(&sdir)?;
+            }
+            write_json(&tmp.join("scores.json"), &rows)?;
+            write_json(&tmp.join("extras.json"), &extras)?;
+            if let Some(c) = &clicks {
+                write_json(&tmp.join(CLICKS_FILE), c)?;
+            }
+            Ok(())
+        })?;
+        // only the latest state is needed to resume
+        if k >= 2 {
+            let old = stage_dir(&cdir, k - 1).join("state");
+            if old.exists() {
+                let _ = std::fs::remove_dir_all(&old);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s =
+        serde_json::to_vec(v).map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+    write_atomic(path, &s)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let s = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&s)
+        .map_err(|e| Error::internal(format!("{}: corrupt checkpoint: {e}", path.display())))
+}
+
+/// Write a stage folder under a temporary name, mark it done, then rename it into place.
+pub(super) fn commit_stage(
+    cdir: &Path,
+    k: usize,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let fin = stage_dir(cdir, k);
+    let tmp = cdir.join(format!(".stage_{k}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    write(&tmp)?;
+    write_atomic(&tmp.join("done"), b"ok\n")?;
+    if fin.exists() {
+        std::fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;
+    }
+    std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+    // make the rename durable
+    if let Ok(d) = std::fs::File::open(cdir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+pub(super) fn collect(sh: &Shared, cells: &[Cell]) -> Result<(Vec<ScoreRow>, Vec<ExtraRow>)> {
+    let (mut scores, mut extras) = (Vec::new(), Vec::new());
+    for cell in cells {
+        let cdir = cell_dir(sh, cell);
+        let n = sh.spec.orders[cell.order].tasks.len();
+        for k in 0..=n {
+            let sd = stage_dir(&cdir, k);
+            if !sd.join("done").is_file() {
+                break;
+            }
+            scores.extend(read_json::<Vec<ScoreRow>>(&sd.join("scores.json"))?);
+            extras.extend(read_json::<Vec<ExtraRow>>(&sd.join("extras.json"))?);
+        }
+    }
+    Ok((scores, extras))
+}
+
+/// Every committed stage's interactive-study rows, in canonical cell order.
+pub(super) fn collect_clicks(sh: &Shared, cells: &[Cell]) -> Result<Vec<ClickRow>> {
+    let mut rows = Vec::new();
+    for cell in cells {
+        let cdir = cell_dir(sh, cell);
+        let n = sh.spec.orders[cell.order].tasks.len();
+        for k in 0..=n {
+            let sd = stage_dir(&cdir, k);
+            if !sd.join("done").is_file() {
+                break;
+            }
+            let f = sd.join(CLICKS_FILE);
+            if f.is_file() {
+                rows.extend(read_json::<Vec<ClickRow>>(&f)?);
+            }
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,111 @@
+//! The run's record: `manifest.json` (spec, versions, machine, cells, timings) and the metrics summary printed
+//! at the end.
+
+use super::cell::Outcome;
+use super::plan::{spec_fingerprint, stream_view};
+use super::shared::{RunOptions, Shared};
+use crate::util::write_atomic;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// One line per cell: ACC, BWT, FWT, forgetting.
+pub(super) fn print_metrics(df: &polars::prelude::DataFrame) {
+    let get_s = |c: &str, i: usize| {
+        df.column(c)
+            .ok()
+            .and_then(|c| c.get(i).ok())
+            .map(|v| v.to_string())
+    };
+    let get_f = |c: &str, i: usize| {
+        df.column(c)
+            .ok()
+            .and_then(|c| c.f64().ok().and_then(|x| x.get(i)))
+            .map(|v| format!("{v:+.4}"))
+            .unwrap_or_else(|| "    -  ".into())
+    };
+    for i in 0..df.height() {
+        println!(
+            "{} seed {} order {}: ACC {:.4} BWT {} FWT {} forgetting {}",
+            get_s("strategy", i).unwrap_or_default().trim_matches('"'),
+            get_s("seed", i).unwrap_or_default(),
+            get_s("order", i).unwrap_or_default().trim_matches('"'),
+            df.column("acc")
+                .ok()
+                .and_then(|c| c.f64().ok().and_then(|x| x.get(i)))
+                .unwrap_or(f64::NAN),
+            get_f("bwt", i),
+            get_f("fwt", i),
+            get_f("forgetting", i)
+        );
+    }
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_manifest(
+    sh: &Shared,
+    dir: &Path,
+    started: &str,
+    resumed: bool,
+    opts: &RunOptions,
+    threads: usize,
+    outcomes: &[Outcome],
+    embeddings_s: f64,
+) -> Result<()> {
+    // The spec as recorded since the first release: each task's source in its typed form (defaults filled in).
+    let mut spec_json =
+        serde_json::to_value(&sh.spec).map_err(|e| Error::internal(e.to_string()))?;
+    spec_json["stream"] =
+        serde_json::to_value(stream_view(&sh.spec)?).map_err(|e| Error::internal(e.to_string()))?;
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cells: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|(id, r, secs)| match r {
+            Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs}),
+            Err(e) => serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs}),
+        })
+        .collect();
+    let defs: serde_json::Map<String, serde_json::Value> = crate::metrics::DEFINITIONS
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let m = serde_json::json!({
+        "experiment": sh.spec.experiment.name,
+        "spec_file": sh.spec.file.display().to_string(),
+        "spec": spec_json,
+        "spec_fingerprint": spec_fingerprint(&sh.spec),
+        "crate_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": git_commit(),
+        "weights": {"name": sh.spec.model.weights, "sha256": sh.sha},
+        "machine": {
+            "hostname": hostname,
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "threads": threads,
+            "device": sh.spec.experiment.device,
+        },
+        "jobs": opts.jobs.max(1),
+        "started": started,
+        "finished": chrono::Utc::now().to_rfc3339(),
+        "resumed": resumed,
+        "tasks": sh.tasks.iter().map(|t| serde_json::json!({"name": t.name, "train": t.train.len(), "test": t.test.len()})).collect::<Vec<_>>(),
+        "cells": cells,
+        "embeddings": {"count": sh.store.len(), "wall_s": embeddings_s},
+        "metrics": defs,
+    });
+    let s = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
+    write_atomic(&dir.join("manifest.json"), &s)
+}

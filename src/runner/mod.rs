@@ -1,0 +1,233 @@
+//! The experiment runner: loads the model and data, computes each image's frozen-encoder embedding once, runs
+//! every cell (strategy x seed x order) through the stream with per-stage checkpoints, and writes the results
+//! tables.
+//!
+//! Results folder layout (`OUT/<experiment name>/`):
+//! - `scores.parquet`, `scores.csv`, `matrix.csv`, `metrics.csv`, `extras.csv`, `manifest.json` (the contract);
+//! - `run.json`: the spec fingerprint, checked by `--resume`;
+//! - `cells/<label>__seed<seed>__<order>/stage_<k>/`: `scores.json`, `extras.json`, `state/` (the strategy's
+//!   `save_state`, only the latest stage keeps it) and `done`. A stage folder is written under a temporary name
+//!   and renamed when complete, so a kill at any moment leaves either a whole stage or none.
+//!
+//! Reproducibility: a cell's strategy is initialised from a seed derived from (seed, label, order) and each stage's
+//! RNG from (seed, label, order, stage), so a resumed cell replays exactly what an uninterrupted one does.
+//!
+//! Files, one job each: `plan.rs` (cells, fingerprint, folder ownership), `setup.rs` (device, model, data,
+//! embeddings, thread count), `cell.rs` (one cell's stages and checkpoints, the cell pool), `eval.rs` (scoring a
+//! stage), `progress.rs` (bars or lines), `manifest.rs` (manifest.json and the printed summary). Nothing else in
+//! the crate imports the runner.
+
+mod cell;
+mod eval;
+mod manifest;
+mod plan;
+mod progress;
+mod setup;
+mod shared;
+mod study;
+
+pub use eval::{case_dice, EVAL_BATCH};
+pub use plan::{cells_of, spec_fingerprint, Cell};
+pub use progress::Reporter;
+pub use setup::{device_of, load_model, threads_for};
+pub use shared::RunOptions;
+
+use crate::results;
+use crate::spec::Spec;
+use crate::strategy::Registry;
+use crate::{Error, Result};
+use cell::{collect, collect_clicks, run_cells, Outcome};
+use plan::RunFolder;
+use shared::Shared;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// The results folder (`<out>/<experiment name>/`).
+    pub dir: PathBuf,
+    /// Number of cells of the spec.
+    pub cells: usize,
+    /// (cell id, error) of the cells that failed.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Run a spec end to end, building strategies from `registry`. Returns an error (after writing the tables of
+/// the cells that finished) when any cell failed. The compute thread count is the caller's to set (see
+/// [`threads_for`]); this function changes no process-wide state.
+pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSummary> {
+    let started = chrono::Utc::now().to_rfc3339();
+    let threads = threads_for(&spec);
+    let root = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| spec.experiment.output.clone());
+    let folder = RunFolder::open(
+        root.join(&spec.experiment.name),
+        &spec_fingerprint(&spec),
+        &started,
+        opts.resume,
+    )?;
+    let cells = cells_of(&spec);
+    let reporter = Reporter::new(opts.quiet, cells.len());
+    let banner = format!(
+        "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
+        spec.experiment.name,
+        spec.stream.tasks.len(),
+        spec.strategies.len(),
+        spec.experiment.seeds.len(),
+        spec.orders.len(),
+        cells.len(),
+        opts.jobs.max(1)
+    );
+    // Everything before the first cell; a fresh run that fails here leaves no folder behind.
+    let prep = match setup::prepare(&spec, &reporter, &banner) {
+        Ok(p) => p,
+        Err(e) => {
+            folder.abandon();
+            return Err(e);
+        }
+    };
+    let dir = folder.dir.clone();
+    let shared = Arc::new(Shared {
+        spec,
+        registry: registry.clone(),
+        model: prep.model,
+        sha: prep.sha,
+        tasks: prep.tasks,
+        store: prep.store,
+        dir: dir.clone(),
+        device: prep.device,
+        reporter,
+    });
+    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
+    shared.reporter.finish();
+
+    // Collect every stage written (also the completed stages of failed cells), in canonical order.
+    let (scores, extras) = collect(&shared, &cells)?;
+    let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
+    if let Some(ispec) = &shared.spec.interactive {
+        let clicks = collect_clicks(&shared, &cells)?;
+        crate::interactive::rows::write_tables(&dir, &clicks, ispec)?;
+    }
+    if !opts.quiet {
+        manifest::print_metrics(&metrics);
+    }
+    manifest::write_manifest(
+        &shared,
+        &dir,
+        &folder.first_start,
+        folder.resumed,
+        opts,
+        threads,
+        &outcomes,
+        prep.embeddings_s,
+    )?;
+    drop(folder);
+    let failed = failures(&outcomes);
+    if !failed.is_empty() {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|(id, e)| format!("  {id}: {e}"))
+            .collect();
+        return Err(Error::internal(format!(
+            "{} of {} cells failed (tables hold the others, in {}):\n{}",
+            failed.len(),
+            cells.len(),
+            dir.display(),
+            list.join("\n")
+        )));
+    }
+    if opts.report {
+        write_report(&dir, &shared.reporter);
+    }
+    shared
+        .reporter
+        .info(&format!("results in {}", dir.display()));
+    Ok(RunSummary {
+        dir,
+        cells: cells.len(),
+        failed,
+    })
+}
+
+fn failures(outcomes: &[Outcome]) -> Vec<(String, String)> {
+    outcomes
+        .iter()
+        .filter_map(|(id, r, _)| r.as_ref().err().map(|e| (id.clone(), e.clone())))
+        .collect()
+}
+
+/// The report of a complete run. A failure here is a warning: the results are complete and safe, only the
+/// derived figures are missing.
+fn write_report(dir: &std::path::Path, reporter: &Reporter) {
+    match crate::report::write_report(std::slice::from_ref(&dir.to_path_buf()), dir) {
+        Ok(r) => {
+            reporter.info(&format!(
+                "report: {} files in {} and {}",
+                r.files.len(),
+                dir.join("plots").display(),
+                dir.join("tables").display()
+            ));
+            for n in &r.notes {
+                reporter.info(&format!("report: {n}"));
+            }
+        }
+        Err(e) => eprintln!(
+            "warning: the report could not be written ({e}); the results are complete, retry with \
+             `evosam report {}`",
+            dir.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell::{commit_stage, stage_dir};
+    use super::*;
+    use crate::util::derive_seed;
+    use std::path::Path;
+
+    #[test]
+    fn seeds_and_cells_are_stable() {
+        assert_eq!(derive_seed(&["a", "b"]), derive_seed(&["a", "b"]));
+        assert_ne!(derive_seed(&["a", "b"]), derive_seed(&["ab", ""]));
+        let text = "[experiment]\nname = \"x\"\nseeds = [1, 2]\n[stream]\norders = [\"given\", \"reverse\"]\n\
+                    [[stream.task]]\nname = \"a\"\nsource = \"synthetic\"\nfamily = \"vessels\"\n\
+                    [[stream.task]]\nname = \"b\"\nsource = \"synthetic\"\nfamily = \"organs\"\n\
+                    [[strategy]]\npreset = \"zeroshot\"\n[[strategy]]\npreset = \"finetune\"\n";
+        let spec = Spec::from_str_at(text, Path::new("s.toml"), Path::new(".")).unwrap();
+        let c = cells_of(&spec);
+        assert_eq!(c.len(), 8);
+        assert_eq!(c[0].id, "zeroshot__seed1__given");
+        assert_eq!(c[3].id, "zeroshot__seed2__reverse");
+        assert_eq!(c[7].id, "finetune__seed2__reverse");
+        let fp = spec_fingerprint(&spec);
+        let spec2 = Spec::from_str_at(
+            &text.replace("seeds = [1, 2]", "seeds = [1, 3]"),
+            Path::new("s.toml"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_ne!(fp, spec_fingerprint(&spec2));
+    }
+
+    #[test]
+    fn stage_commit_is_all_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        // a failing writer leaves no stage folder
+        let r = commit_stage(d.path(), 1, |tmp| {
+            std::fs::write(tmp.join("scores.json"), "[]").unwrap();
+            Err(Error::internal("boom"))
+        });
+        assert!(r.is_err());
+        assert!(!stage_dir(d.path(), 1).exists());
+        commit_stage(d.path(), 1, |tmp| {
+            std::fs::write(tmp.join("scores.json"), "[]").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        assert!(stage_dir(d.path(), 1).join("done").is_file());
+        assert!(stage_dir(d.path(), 1).join("scores.json").is_file());
+    }
+}

@@ -1,0 +1,188 @@
+//! Everything before the first cell: the device, the base model, the tasks' data, every case's embedding, and
+//! the compute thread count (read here, applied by the binary).
+
+use super::progress::Reporter;
+use crate::data::{self, Case, TaskData};
+use crate::model::{LiteMedSam, LiteMedSamConfig};
+use crate::spec::Spec;
+use crate::strategy::EmbeddingStore;
+use crate::{Error, Result};
+use candle_core::{DType, Device};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// The compute thread count of a run: the spec's `threads`, else `RAYON_NUM_THREADS`, else all cores. The
+/// library only reads it; the `evosam` binary sets `RAYON_NUM_THREADS` to it before anything runs, because
+/// candle's matmuls and rayon's global pool read that variable once, when they start. All cells share that
+/// one pool, so `--jobs N` interleaves work on the same threads instead of multiplying them.
+pub fn threads_for(spec: &Spec) -> usize {
+    if spec.experiment.threads > 0 {
+        spec.experiment.threads
+    } else if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        n
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+/// Resolve "cpu" / "cuda:N".
+pub fn device_of(spec: &Spec) -> Result<Device> {
+    match crate::spec::parse_device(&spec.experiment.device).map_err(|m| spec.err(m))? {
+        None => Ok(Device::Cpu),
+        Some(n) => Device::new_cuda(n).map_err(|e| {
+            Error::input(format!(
+                "device {:?} is not available ({e}); build with `--features cuda` on a machine with a GPU",
+                spec.experiment.device
+            ))
+        }),
+    }
+}
+
+/// Load the base model named by `[model] weights`; returns it with the weights' sha256 (or a tag for random ones).
+pub fn load_model(spec: &Spec, device: &Device) -> Result<(LiteMedSam, String)> {
+    let w = spec.model.weights.as_str();
+    match w {
+        "random-tiny" => {
+            let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), spec.model.seed, device)?;
+            Ok((m, format!("random-tiny-seed{}", spec.model.seed)))
+        }
+        "lite_medsam" => {
+            let p = crate::weights::resolve_weights(None)?;
+            let m = LiteMedSam::from_pth(&p, device)?;
+            Ok((m, crate::weights::LITE_MEDSAM_SHA256.to_string()))
+        }
+        path => {
+            let p = spec.resolve_path(Path::new(path));
+            if !p.is_file() {
+                return Err(spec.err(format!(
+                    "[model] weights = {path:?}: {} does not exist (use \"lite_medsam\", \"random-tiny\" or a file)",
+                    p.display()
+                )));
+            }
+            let sha = crate::weights::sha256_file(&p)?;
+            let m = LiteMedSam::from_pth(&p, device)?;
+            Ok((m, sha))
+        }
+    }
+}
+
+/// What every cell shares, before the first cell runs.
+pub(super) struct Prepared {
+    pub device: Device,
+    pub model: LiteMedSam,
+    pub sha: String,
+    pub tasks: Vec<TaskData>,
+    pub store: EmbeddingStore,
+    pub embeddings_s: f64,
+}
+
+/// Device, model, data and embeddings of a run; `banner` is reported once the device is known.
+pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<Prepared> {
+    let device = device_of(spec)?;
+    reporter.info(banner);
+    let (model, sha) = load_model(spec, &device)?;
+    check_encoder_targets(spec, &model)?;
+    let size = model.input_size();
+    let augment = spec.strategies.iter().any(|s| s.train.augment);
+    let mut tasks = Vec::new();
+    for t in &spec.stream.tasks {
+        let td = data::load_task(spec, t, size, augment, &device)?;
+        reporter.info(&format!(
+            "task {}: {} train, {} test",
+            td.name,
+            td.train.len(),
+            td.test.len()
+        ));
+        tasks.push(td);
+    }
+    let t_emb = Instant::now();
+    let store = compute_embeddings(spec, &model, &sha, &tasks, reporter)?;
+    Ok(Prepared {
+        device,
+        model,
+        sha,
+        tasks,
+        store,
+        embeddings_s: t_emb.elapsed().as_secs_f64(),
+    })
+}
+
+/// LoRA targets in the image encoder need `freeze_encoder = false` (and then run the encoder at every step: the
+/// GPU setting); with a frozen encoder they would be silently useless, so they are refused.
+fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<()> {
+    for s in &spec.strategies {
+        let enc: Vec<String> = model
+            .linear_sites()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .filter(|p| p.starts_with("image_encoder.") && s.lora.matches(p))
+            .collect();
+        if spec.model.freeze_encoder && !enc.is_empty() {
+            return Err(spec.err(format!(
+                "strategy {:?}: lora targets {:?} match {} image-encoder layers (e.g. {}), but [model] \
+                 freeze_encoder = true; set freeze_encoder = false to train encoder LoRA (slow on a CPU: the \
+                 encoder runs at every step) or target the mask decoder",
+                s.label,
+                s.lora.targets,
+                enc.len(),
+                enc[0]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Compute (or read from the on-disk cache) every case's embedding once. Values are rounded through f16 so a
+/// freshly computed embedding equals a cached one bit for bit.
+fn compute_embeddings(
+    spec: &Spec,
+    model: &LiteMedSam,
+    sha: &str,
+    tasks: &[TaskData],
+    reporter: &Reporter,
+) -> Result<EmbeddingStore> {
+    let cache = if spec.model.weights == "random-tiny" {
+        None
+    } else {
+        let dir = spec
+            .experiment
+            .cache
+            .clone()
+            .unwrap_or_else(|| crate::weights::evosam_home().join("embeddings"));
+        Some(crate::embed_cache::EmbeddingCache::new(&dir, sha)?)
+    };
+    let all: Vec<&Case> = tasks
+        .iter()
+        .flat_map(|t| t.train.iter().chain(t.test.iter()))
+        .flat_map(|c| std::iter::once(c).chain(c.flipped.as_deref()))
+        .collect();
+    let mut map = HashMap::new();
+    let t0 = Instant::now();
+    let n = all.len();
+    for (i, c) in all.into_iter().enumerate() {
+        if map.contains_key(&c.content_hash) {
+            continue;
+        }
+        let e = match &cache {
+            Some(cache) => cache.get_or_compute(model, &c.content_hash, &c.image)?,
+            None => model.encode(&c.image.unsqueeze(0)?)?.squeeze(0)?,
+        };
+        let e = e.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+        map.insert(c.content_hash.clone(), e);
+        if (i + 1) % 16 == 0 || i + 1 == n {
+            reporter.info(&format!(
+                "embeddings {}/{n} ({:.1} s)",
+                i + 1,
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    Ok(EmbeddingStore::new(map))
+}

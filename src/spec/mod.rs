@@ -1,0 +1,428 @@
+//! Experiment specs (TOML): plain serde types, parsing, preset resolution and strict validation.
+//!
+//! This module is the bottom layer of the runner: it knows no data source and no strategy. A task's source and
+//! a strategy's kind-specific keys are stored as TOML tables and checked through a [`Catalog`] (implemented by
+//! `strategy::Registry`, which asks the data layer about sources), so the arrows point one way:
+//! spec <- data, strategy <- runner.
+//!
+//! Files: `mod.rs` the types, `parse.rs` the document walk, `presets.rs` presets and the strategy merge,
+//! `streams.rs` task orders, `diag.rs` key-path diagnostics.
+//!
+//! A spec has five parts (every key is optional unless marked *required*):
+//!
+//! ```toml
+//! [experiment]
+//! name = "quickstart"        # required; results go to OUT/<name>/
+//! seeds = [0, 1]             # default [0]
+//! output = "results"         # default "results" (relative to the working directory)
+//! device = "cpu"             # "cpu" or "cuda:N"
+//! threads = 0                # compute threads in all (0 = all cores)
+//! cache = "path"             # embedding cache folder (default $EVOSAM_HOME/embeddings)
+//!
+//! [stream]
+//! orders = ["given"]         # "given", "reverse" and/or explicit permutations (lists of task names)
+//! random_orders = 0          # n extra random permutations ("random1", ...)
+//! order_seed = 0
+//! [[stream.task]]            # one per task, in the given order; see `SourceSpec` for the sources
+//! name = "vessels-a"
+//! source = "synthetic"       # synthetic | folder | nifti
+//! ...
+//!
+//! [model]
+//! weights = "lite_medsam"    # "lite_medsam" (verified cache/download), "random-tiny" (tests) or a file path
+//! freeze_encoder = true
+//! seed = 0                   # initialisation seed of "random-tiny"
+//! [model.lora]               # rank, alpha, targets (module path substrings)
+//!
+//! [train]                    # epochs, batch_size, lr, weight_decay, max_grad_norm, augment, max_steps_per_epoch
+//! [train.loss]               # dice, bce, iou weights
+//! [train.prompt]             # jitter (pixels in the model frame), points (positive points per image)
+//!
+//! [[strategy]]               # preset = "finetune" (baselines/<preset>.toml) + overrides
+//! preset = "finetune"
+//! label = "finetune"         # default: the preset's label, else the preset name
+//! ```
+//! Data paths are relative to the spec file's folder. Precedence for `train`/`lora` settings:
+//! built-in defaults < preset < the spec's `[train]`/`[model.lora]` < the `[[strategy]]` entry.
+
+mod diag;
+mod interactive;
+mod parse;
+mod presets;
+mod streams;
+#[cfg(test)]
+mod tests;
+
+pub use diag::{from_table, from_value, Diag, KeyPath, Seg};
+pub use interactive::{InteractiveSpec, StudyStages, TimeModel};
+pub use presets::find_preset;
+
+use crate::model::LoraConfig;
+use crate::Error;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+/// What the spec parser asks about the parts it does not know: data sources and strategy kinds. Implemented by
+/// `strategy::Registry` (built-ins plus whatever a user registered); the spec layer only sees this trait.
+pub trait Catalog {
+    /// Data-source kinds, for messages ("synthetic", "folder", "nifti").
+    fn source_kinds(&self) -> Vec<String>;
+    /// Check a task's source table (without `name` and `source`): keys, types, ranges. Files are not touched.
+    /// Called only with a kind from [`Catalog::source_kinds`].
+    fn check_source(&self, kind: &str, params: &Table) -> Result<(), Diag>;
+    /// The text of a built-in preset (`baselines/<name>.toml`), if there is one.
+    fn builtin_preset(&self, name: &str) -> Option<String>;
+    /// Names of the built-in presets, for messages.
+    fn preset_names(&self) -> Vec<String>;
+    /// Check a strategy's kind-specific keys (the merged preset table without kind/label/train/lora). An
+    /// unknown kind is a [`Diag`] at `kind`.
+    fn check_strategy(&self, kind: &str, params: &Table) -> Result<(), Diag>;
+}
+
+/// A resolved, validated experiment spec.
+#[derive(Clone, Debug, Serialize)]
+pub struct Spec {
+    /// The spec file (as given).
+    pub file: PathBuf,
+    /// Folder that relative data paths are resolved against.
+    pub base_dir: PathBuf,
+    /// `[experiment]`: name, seeds, output, device, threads, cache.
+    pub experiment: ExperimentSpec,
+    /// `[stream]`: the tasks in the given order.
+    pub stream: StreamSpec,
+    /// The task orders to run (resolved from `[stream] orders` and `random_orders`).
+    pub orders: Vec<Order>,
+    /// `[model]`: base weights and encoder freezing.
+    pub model: ModelSpec,
+    /// `[[strategy]]` entries, presets resolved and merged.
+    pub strategies: Vec<StrategySpec>,
+    /// `[eval.interactive]`: the simulated-clinician study (None: not run).
+    pub interactive: Option<InteractiveSpec>,
+}
+
+/// `[experiment]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Results go to `<output>/<name>/`.
+    pub name: String,
+    /// Experiment seeds (one cell per strategy x seed x order).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Results root.
+    #[serde(default = "default_output")]
+    pub output: PathBuf,
+    /// "cpu" or "cuda:N".
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Compute threads in all (0 = all cores). The library only reads it: the `evosam` binary applies it
+    /// before anything runs (see `cli::run`).
+    #[serde(default)]
+    pub threads: usize,
+    /// Embedding cache folder (default `$EVOSAM_HOME/embeddings`).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_output() -> PathBuf {
+    PathBuf::from("results")
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// `[stream]`: the tasks, in the spec's order.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamSpec {
+    /// One entry per `[[stream.task]]`.
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task of the stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskSpec {
+    /// Task name (unique in the spec).
+    pub name: String,
+    /// The data source's kind (`source = "synthetic"`) and its other keys, already checked by the data layer
+    /// through [`Catalog::check_source`]; `data::SourceSpec::of` reads them into the source's own type.
+    pub source: SourceTable,
+    /// Line of the `[[stream.task]]` table in the spec (for messages).
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// A task's data source as written: the kind and the remaining keys. The spec layer does not know the sources;
+/// it stores their tables and lets the [`Catalog`] check them.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SourceTable {
+    /// The `source` key: "synthetic", "folder", "nifti".
+    pub kind: String,
+    /// The task table without `name` and `source`.
+    pub params: Table,
+}
+
+/// One task order: a label ("given", "reverse", "perm1", "random1", ...) and task indices.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Order {
+    /// "given", "reverse", "perm<k>" or "random<k>".
+    pub label: String,
+    /// Indices into [`StreamSpec::tasks`], in training order.
+    pub tasks: Vec<usize>,
+}
+
+/// `[model]` (without `lora`, which is merged into each strategy).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// "lite_medsam" (verified cache/download), "random-tiny" (tests) or a file path.
+    #[serde(default = "default_weights")]
+    pub weights: String,
+    /// Keep the image encoder frozen (embeddings computed once and cached).
+    #[serde(default = "default_true")]
+    pub freeze_encoder: bool,
+    /// Initialisation seed of "random-tiny".
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_weights() -> String {
+    "lite_medsam".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            weights: default_weights(),
+            freeze_encoder: true,
+            seed: 0,
+        }
+    }
+}
+
+/// Training settings shared by the strategies (each strategy may override them).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Passes over the task's training cases.
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Images per optimiser step.
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Random left-right mirroring of training images (p = 0.5 per image and step). The mirrored images'
+    /// embeddings are computed once up front, so this doubles the embedding cost of the train split.
+    #[serde(default)]
+    pub augment: bool,
+    /// Clip the global gradient L2 norm (None = no clipping).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    /// Stop an epoch after this many optimiser steps (0 = no limit).
+    #[serde(default)]
+    pub max_steps_per_epoch: usize,
+    /// Loss term weights.
+    #[serde(default)]
+    pub loss: LossSpec,
+    /// Training prompts.
+    #[serde(default)]
+    pub prompt: PromptSpec,
+}
+
+fn d_epochs() -> usize {
+    3
+}
+fn d_batch() -> usize {
+    4
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_wd() -> f64 {
+    1e-2
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        toml::Value::Table(Table::new())
+            .try_into()
+            .expect("defaults")
+    }
+}
+
+/// Weights of the segmentation loss terms.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LossSpec {
+    /// Soft Dice loss weight.
+    #[serde(default = "d_one")]
+    pub dice: f64,
+    /// Binary cross-entropy weight.
+    #[serde(default = "d_one")]
+    pub bce: f64,
+    /// IoU-prediction MSE weight.
+    #[serde(default = "d_one")]
+    pub iou: f64,
+}
+fn d_one() -> f64 {
+    1.0
+}
+impl Default for LossSpec {
+    fn default() -> Self {
+        Self {
+            dice: 1.0,
+            bce: 1.0,
+            iou: 1.0,
+        }
+    }
+}
+
+/// Training prompts: a box from the ground-truth mask, each side moved by a seeded uniform offset in
+/// [-jitter, jitter] pixels of the model frame, plus `points` positive points sampled inside the mask.
+/// Evaluation always uses the exact box (no jitter, no points).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// Box jitter in pixels of the model frame.
+    #[serde(default = "d_jitter")]
+    pub jitter: f64,
+    /// Positive points per image.
+    #[serde(default)]
+    pub points: usize,
+}
+fn d_jitter() -> f64 {
+    5.0
+}
+impl Default for PromptSpec {
+    fn default() -> Self {
+        Self {
+            jitter: 5.0,
+            points: 0,
+        }
+    }
+}
+
+/// A resolved strategy entry: preset merged with the spec's settings and the entry's overrides.
+#[derive(Clone, Debug, Serialize)]
+pub struct StrategySpec {
+    /// Unique label: the `strategy` column of every table.
+    pub label: String,
+    /// Strategy kind (a name in the strategy registry).
+    pub kind: String,
+    /// Preset it was resolved from.
+    pub preset: String,
+    /// Training settings after merging.
+    pub train: TrainSpec,
+    /// LoRA settings after merging.
+    pub lora: LoraConfig,
+    /// Kind-specific fields (checked by the registry through [`Catalog::check_strategy`]).
+    pub params: Table,
+}
+
+/// Default LoRA settings: rank 4 on the mask decoder's attention and MLP layers.
+pub fn default_lora() -> Table {
+    let mut t = Table::new();
+    t.insert("rank".into(), Value::Integer(4));
+    t.insert("alpha".into(), Value::Float(4.0));
+    t.insert(
+        "targets".into(),
+        Value::Array(vec![Value::String("mask_decoder".into())]),
+    );
+    t
+}
+
+impl Spec {
+    /// Resolve a data path from the spec against the spec's folder.
+    /// `${NAME}` and `${NAME:-default}` expand from the environment (e.g. `${EVOSAM_SHARED_DATA:-../../shared/data}`).
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        let p = PathBuf::from(expand_env(&p.to_string_lossy()));
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Task names in the spec's order.
+    pub fn task_names(&self) -> Vec<String> {
+        self.stream.tasks.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// An error about this spec's file.
+    pub fn err(&self, msg: impl Into<String>) -> Error {
+        Error::Spec {
+            file: self.file.display().to_string(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Expand `${NAME}` and `${NAME:-default}` (an unset or empty variable takes the default, or "").
+pub fn expand_env(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            Some(j) => {
+                let inner = &after[..j];
+                let (name, default) = match inner.find(":-") {
+                    Some(k) => (&inner[..k], &inner[k + 2..]),
+                    None => (inner, ""),
+                };
+                match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => out.push_str(&v),
+                    _ => out.push_str(default),
+                }
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Parse "cpu" or "cuda:N" (returns the CUDA ordinal).
+pub fn parse_device(d: &str) -> std::result::Result<Option<usize>, String> {
+    if d == "cpu" {
+        return Ok(None);
+    }
+    if let Some(n) = d.strip_prefix("cuda:") {
+        return n
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| format!("{d:?} is not cpu or cuda:N"));
+    }
+    if d == "cuda" {
+        return Ok(Some(0));
+    }
+    Err(format!("{d:?} is not \"cpu\" or \"cuda:N\""))
+}
+
+/// Deep-merge `over` into `base` (tables merge key by key; other values replace).
+pub fn merge_tables(base: &mut Table, over: &Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge_tables(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}

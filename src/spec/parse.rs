@@ -1,0 +1,340 @@
+//! The document walk: raw TOML -> [`Spec`]. Every error names the file and points at the line of the key at
+//! fault (through [`SpecSource::err_diag`]); data sources and strategy kinds are checked through the
+//! [`Catalog`].
+
+use super::diag::{from_table, from_value, Diag, Seg, SpecSource};
+use super::presets::resolve_strategy;
+use super::streams::{resolve_orders, RawOrder};
+use super::{
+    default_lora, merge_tables, parse_device, Catalog, ExperimentSpec, InteractiveSpec, ModelSpec,
+    SourceTable, Spec, StrategySpec, StreamSpec, TaskSpec, TrainSpec,
+};
+use crate::model::LoraConfig;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+use std::path::PathBuf;
+use toml::{Spanned, Table, Value};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    experiment: Spanned<ExperimentSpec>,
+    stream: Spanned<RawStream>,
+    #[serde(default)]
+    model: Option<Spanned<Table>>,
+    #[serde(default)]
+    train: Option<Spanned<Table>>,
+    #[serde(default)]
+    strategy: Vec<Spanned<Table>>,
+    #[serde(default)]
+    eval: Option<Spanned<Table>>,
+}
+
+/// `[eval]`: evaluation extras beyond the per-stage Dice (today the interactive study).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEval {
+    #[serde(default)]
+    interactive: Option<Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    #[serde(default)]
+    task: Vec<Spanned<Table>>,
+    #[serde(default)]
+    orders: Option<Vec<Spanned<RawOrder>>>,
+    #[serde(default)]
+    random_orders: usize,
+    #[serde(default)]
+    order_seed: u64,
+}
+
+impl Spec {
+    /// Read and validate a spec file against a catalog (does not touch data files; see `Spec::check_data`).
+    pub fn load(path: &Path, catalog: &dyn Catalog) -> crate::Result<Spec> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+        Self::parse(&text, path, &base_dir, catalog)
+    }
+
+    /// Parse spec text; `file` names it in messages, `base_dir` resolves relative paths and presets.
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        base_dir: &Path,
+        catalog: &dyn Catalog,
+    ) -> crate::Result<Spec> {
+        parse(text, file, base_dir, catalog)
+    }
+}
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+pub(super) fn parse(
+    text: &str,
+    file: &Path,
+    base_dir: &Path,
+    catalog: &dyn Catalog,
+) -> Result<Spec> {
+    let src = SpecSource {
+        file: file.display().to_string(),
+        text,
+    };
+    let raw: RawSpec = toml::from_str(text).map_err(|e| src.toml_err(&e))?;
+
+    let experiment = parse_experiment(&src, raw.experiment)?;
+
+    // [stream]
+    let stream_span = raw.stream.span();
+    let rs = raw.stream.into_inner();
+    if rs.task.is_empty() {
+        return Err(src.err_at(stream_span.start, "[stream] has no [[stream.task]] entries"));
+    }
+    let mut tasks = Vec::new();
+    for (i, t) in rs.task.into_iter().enumerate() {
+        let span = t.span();
+        tasks.push(parse_task(&src, catalog, i, span, t.into_inner())?);
+    }
+    for i in 0..tasks.len() {
+        for j in 0..i {
+            if tasks[i].name == tasks[j].name {
+                return Err(src.err(format!(
+                    "line {}: [[stream.task]] name {:?} is used twice (first on line {})",
+                    tasks[i].line, tasks[i].name, tasks[j].line
+                )));
+            }
+        }
+    }
+    let orders = resolve_orders(
+        &src,
+        &tasks,
+        rs.orders,
+        rs.random_orders,
+        rs.order_seed,
+        stream_span,
+    )?;
+
+    // [model]
+    let (mut model_tbl, model_start) = match raw.model {
+        Some(m) => {
+            let start = m.span().start;
+            (m.into_inner(), start)
+        }
+        None => (Table::new(), 0),
+    };
+    let here = [key("model")];
+    let spec_lora = match model_tbl.remove("lora") {
+        None => Table::new(),
+        Some(Value::Table(x)) => x,
+        Some(v) => {
+            let d = Diag::at(
+                "lora",
+                format!("`lora` must be a table, found {}", v.type_str()),
+            );
+            return Err(src.err_diag(&here, model_start, "[model]", &d));
+        }
+    };
+    let model: ModelSpec =
+        from_table(&model_tbl).map_err(|d| src.err_diag(&here, model_start, "[model]", &d))?;
+    if model.weights.trim().is_empty() {
+        let d = Diag::at("weights", "`weights` is empty");
+        return Err(src.err_diag(&here, model_start, "[model]", &d));
+    }
+    // check the spec-level lora alone, so its errors point at [model.lora]
+    let mut l = default_lora();
+    merge_tables(&mut l, &spec_lora);
+    let _: LoraConfig = from_value(Value::Table(l)).map_err(|d| {
+        src.err_diag(
+            &[key("model"), key("lora")],
+            model_start,
+            "[model.lora]",
+            &d,
+        )
+    })?;
+
+    // [train]
+    let (spec_train, train_start) = match raw.train {
+        Some(t) => {
+            let start = t.span().start;
+            (t.into_inner(), start)
+        }
+        None => (Table::new(), 0),
+    };
+    let _: TrainSpec = from_table(&spec_train)
+        .map_err(|d| src.err_diag(&[key("train")], train_start, "[train]", &d))?;
+
+    let interactive = parse_eval(&src, raw.eval)?;
+
+    // [[strategy]]
+    if raw.strategy.is_empty() {
+        return Err(src.err(
+            "no [[strategy]] entries: add at least one, e.g. [[strategy]] preset = \"zeroshot\"",
+        ));
+    }
+    let mut strategies: Vec<StrategySpec> = Vec::new();
+    for (i, s) in raw.strategy.into_iter().enumerate() {
+        let span = s.span();
+        let st = resolve_strategy(
+            &src,
+            catalog,
+            base_dir,
+            i,
+            span.clone(),
+            s.into_inner(),
+            &spec_train,
+            &spec_lora,
+        )?;
+        if let Some(prev) = strategies.iter().find(|p| p.label == st.label) {
+            return Err(src.err_at(
+                span.start,
+                format!(
+                    "[[strategy]] label {:?} is used twice (preset {:?}); give one a `label`",
+                    st.label, prev.preset
+                ),
+            ));
+        }
+        strategies.push(st);
+    }
+
+    Ok(Spec {
+        file: file.to_path_buf(),
+        base_dir: base_dir.to_path_buf(),
+        experiment,
+        stream: StreamSpec { tasks },
+        orders,
+        model,
+        strategies,
+        interactive,
+    })
+}
+
+/// `[eval]` and its `[eval.interactive]` table, checked strictly (unknown keys, types, ranges).
+fn parse_eval(src: &SpecSource, e: Option<Spanned<Table>>) -> Result<Option<InteractiveSpec>> {
+    let Some(e) = e else {
+        return Ok(None);
+    };
+    let start = e.span().start;
+    let raw: RawEval =
+        from_table(e.get_ref()).map_err(|d| src.err_diag(&[key("eval")], start, "[eval]", &d))?;
+    raw.interactive
+        .map(|t| {
+            InteractiveSpec::from_table(&t).map_err(|d| {
+                src.err_diag(
+                    &[key("eval"), key("interactive")],
+                    start,
+                    "[eval.interactive]",
+                    &d,
+                )
+            })
+        })
+        .transpose()
+}
+
+fn parse_experiment(src: &SpecSource, e: Spanned<ExperimentSpec>) -> Result<ExperimentSpec> {
+    let start = e.span().start;
+    let experiment = e.into_inner();
+    let here = [key("experiment")];
+    let fail = |d: Diag| src.err_diag(&here, start, "[experiment]", &d);
+    if experiment.name.trim().is_empty()
+        || experiment.name.contains(['/', '\\'])
+        || experiment.name.starts_with('.')
+    {
+        return Err(fail(Diag::at(
+            "name",
+            format!(
+                "`name` = {:?} must be a non-empty folder name",
+                experiment.name
+            ),
+        )));
+    }
+    if experiment.seeds.is_empty() {
+        return Err(fail(Diag::at("seeds", "`seeds` is empty")));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &experiment.seeds {
+        if !seen.insert(*s) {
+            return Err(fail(Diag::at("seeds", format!("`seeds` repeats {s}"))));
+        }
+    }
+    parse_device(&experiment.device)
+        .map_err(|m| fail(Diag::at("device", format!("`device`: {m}"))))?;
+    Ok(experiment)
+}
+
+fn parse_task(
+    src: &SpecSource,
+    catalog: &dyn Catalog,
+    i: usize,
+    span: std::ops::Range<usize>,
+    mut t: Table,
+) -> Result<TaskSpec> {
+    let line = src.line_of(span.start);
+    let here = [key("stream"), key("task"), Seg::Index(i)];
+    let what = format!("[[stream.task]] #{}", i + 1);
+    let name = match t.remove("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(v) => {
+            let d = Diag::at(
+                "name",
+                format!("`name` must be a non-empty string, found {}", v.type_str()),
+            );
+            return Err(src.err_diag(&here, span.start, &what, &d));
+        }
+        None => return Err(src.err_at(span.start, format!("{what}: missing key `name`"))),
+    };
+    if name.contains([',', '"', '\n']) {
+        let d = Diag::at(
+            "name",
+            format!("`name` {name:?} may not contain commas, quotes or newlines"),
+        );
+        return Err(src.err_diag(&here, span.start, &what, &d));
+    }
+    let what = format!("{what} ({name})");
+    let kinds = catalog.source_kinds();
+    let quoted = kinds
+        .iter()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kind = match t.remove("source") {
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            let d = Diag::at(
+                "source",
+                format!("`source` must be a string, found {}", v.type_str()),
+            );
+            return Err(src.err_diag(&here, span.start, &what, &d));
+        }
+        None => {
+            return Err(src.err_at(
+                span.start,
+                format!("{what}: missing key `source` (one of {quoted})"),
+            ))
+        }
+    };
+    if !kinds.contains(&kind) {
+        let d = Diag::at(
+            "source",
+            format!("`source` = {kind:?} is unknown: use {quoted}"),
+        );
+        return Err(src.err_diag(&here, span.start, &what, &d));
+    }
+    catalog
+        .check_source(&kind, &t)
+        .map_err(|d| src.err_diag(&here, span.start, &what, &d))?;
+    Ok(TaskSpec {
+        name,
+        source: SourceTable { kind, params: t },
+        line,
+    })
+}

@@ -1,0 +1,249 @@
+//! Presets and the strategy merge: a `[[strategy]]` entry names a preset (`baselines/<name>.toml` next to the
+//! spec, or the registry's built-in copy), and its settings are merged as
+//! built-in defaults < preset < the spec's `[train]`/`[model.lora]` < the entry's overrides.
+
+use super::diag::{from_value, Diag, Seg, SpecSource};
+use super::{default_lora, merge_tables, Catalog, StrategySpec, TrainSpec};
+use crate::model::LoraConfig;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+/// Find a preset's TOML: a path (ending in .toml), else `baselines/<name>.toml` next to the spec or in its parent
+/// folder, else the built-in copy.
+pub fn find_preset(
+    base_dir: &Path,
+    name: &str,
+    catalog: &dyn Catalog,
+) -> std::result::Result<(String, String), String> {
+    if name.ends_with(".toml") {
+        let p = if Path::new(name).is_absolute() {
+            PathBuf::from(name)
+        } else {
+            base_dir.join(name)
+        };
+        return std::fs::read_to_string(&p)
+            .map(|t| (p.display().to_string(), t))
+            .map_err(|e| format!("preset file {}: {e}", p.display()));
+    }
+    if name.is_empty() || name.contains(['/', '\\', '.']) {
+        return Err(format!(
+            "preset {name:?} is not a preset name or a .toml path"
+        ));
+    }
+    for dir in [
+        base_dir.join("baselines"),
+        base_dir.join("..").join("baselines"),
+    ] {
+        let p = dir.join(format!("{name}.toml"));
+        if p.is_file() {
+            return std::fs::read_to_string(&p)
+                .map(|t| (p.display().to_string(), t))
+                .map_err(|e| format!("preset file {}: {e}", p.display()));
+        }
+    }
+    if let Some(text) = catalog.builtin_preset(name) {
+        return Ok((format!("<built-in baselines/{name}.toml>"), text));
+    }
+    Err(format!(
+        "unknown preset {name:?}: no baselines/{name}.toml next to the spec and no built-in preset (built in: {})",
+        catalog.preset_names().join(", ")
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn resolve_strategy(
+    src: &SpecSource,
+    catalog: &dyn Catalog,
+    base_dir: &Path,
+    i: usize,
+    span: std::ops::Range<usize>,
+    mut entry: Table,
+    spec_train: &Table,
+    spec_lora: &Table,
+) -> Result<StrategySpec> {
+    let what = format!("[[strategy]] #{}", i + 1);
+    let here = [Seg::Key("strategy".into()), Seg::Index(i)];
+    let preset = match entry.remove("preset") {
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            let d = Diag::at(
+                "preset",
+                format!("`preset` must be a string, found {}", v.type_str()),
+            );
+            return Err(src.err_diag(&here, span.start, &what, &d));
+        }
+        None => {
+            return Err(src.err_at(
+                span.start,
+                format!("{what}: missing key `preset` (e.g. \"finetune\")"),
+            ))
+        }
+    };
+    let what = format!("{what} (preset {preset:?})");
+    let (pfile, ptext) = find_preset(base_dir, &preset, catalog)
+        .map_err(|m| src.err_at(span.start, format!("{what}: {m}")))?;
+    let psrc = SpecSource {
+        file: pfile.clone(),
+        text: &ptext,
+    };
+    let mut ptable: Table = toml::from_str(&ptext).map_err(|e| psrc.toml_err(&e))?;
+    // Remember which keys came from the entry, so errors point at the spec rather than the preset.
+    let entry_keys: Vec<String> = entry.keys().cloned().collect();
+    merge_tables(&mut ptable, &entry);
+
+    // A problem is reported where its key was written: the spec's entry when it set the key, else the preset.
+    let perr_diag = |d: Diag| -> Error {
+        let in_entry = d
+            .path
+            .first_key()
+            .is_some_and(|k| entry_keys.iter().any(|e| e == k));
+        if in_entry {
+            src.err_diag(&here, span.start, &what, &d)
+        } else {
+            psrc.err_diag(&[], 0, &what, &d)
+        }
+    };
+    let perr = |key: &str, msg: String| perr_diag(Diag::at(key, msg));
+    let kind = match ptable.remove("kind") {
+        Some(Value::String(s)) => s,
+        Some(v) => {
+            return Err(perr(
+                "kind",
+                format!("`kind` must be a string, found {}", v.type_str()),
+            ))
+        }
+        None => return Err(perr("kind", "missing key `kind`".into())),
+    };
+    let label = match ptable.remove("label") {
+        Some(Value::String(s)) if !s.trim().is_empty() && !s.contains([',', '"', '\n', '/']) => s,
+        Some(v) => {
+            return Err(perr(
+                "label",
+                format!(
+                    "`label` must be a plain non-empty string (no , \" / or newline), found {v}"
+                ),
+            ))
+        }
+        None => preset
+            .trim_end_matches(".toml")
+            .rsplit('/')
+            .next()
+            .unwrap_or(&preset)
+            .to_string(),
+    };
+    // train: defaults < preset < spec [train] < entry
+    let preset_train = match ptable.remove("train") {
+        None => Table::new(),
+        Some(Value::Table(t)) => t,
+        Some(v) => {
+            return Err(perr(
+                "train",
+                format!("`train` must be a table, found {}", v.type_str()),
+            ))
+        }
+    };
+    let preset_lora = match ptable.remove("lora") {
+        None => Table::new(),
+        Some(Value::Table(t)) => t,
+        Some(v) => {
+            return Err(perr(
+                "lora",
+                format!("`lora` must be a table, found {}", v.type_str()),
+            ))
+        }
+    };
+    let entry_train = match entry.get("train") {
+        Some(Value::Table(t)) => t.clone(),
+        _ => Table::new(),
+    };
+    let entry_lora = match entry.get("lora") {
+        Some(Value::Table(t)) => t.clone(),
+        _ => Table::new(),
+    };
+    // The merged preset table already holds the entry's train/lora on top of the preset's; rebuild in order.
+    let mut train_t = Table::new();
+    // preset_train already includes the entry's keys (merged above); strip them and reapply last
+    let mut pt = preset_train.clone();
+    for k in entry_train.keys() {
+        pt.remove(k);
+    }
+    merge_tables(&mut train_t, &pt);
+    merge_tables(&mut train_t, spec_train);
+    merge_tables(&mut train_t, &entry_train);
+    let train: TrainSpec = from_value(Value::Table(train_t))
+        .map_err(|d| perr_diag(d.under("train").prefixed("train: ")))?;
+    let mut lora_t = default_lora();
+    let mut pl = preset_lora.clone();
+    for k in entry_lora.keys() {
+        pl.remove(k);
+    }
+    merge_tables(&mut lora_t, &pl);
+    merge_tables(&mut lora_t, spec_lora);
+    merge_tables(&mut lora_t, &entry_lora);
+    let lora: LoraConfig = from_value(Value::Table(lora_t))
+        .map_err(|d| perr_diag(d.under("lora").prefixed("lora: ")))?;
+    validate_train(&train).map_err(|d| perr_diag(d.under("train")))?;
+    if lora.rank == 0 || !(lora.alpha.is_finite()) || lora.targets.is_empty() {
+        return Err(perr(
+            "lora",
+            "lora: rank must be >= 1, alpha finite and targets non-empty".into(),
+        ));
+    }
+    let params = ptable;
+    catalog.check_strategy(&kind, &params).map_err(perr_diag)?;
+    Ok(StrategySpec {
+        label,
+        kind,
+        preset,
+        train,
+        lora,
+        params,
+    })
+}
+
+/// Ranges of the merged training settings; the path is relative to the `train` table.
+fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
+    if t.batch_size == 0 {
+        return Err(Diag::at("batch_size", "train: `batch_size` must be >= 1"));
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        return Err(Diag::at(
+            "lr",
+            format!("train: `lr` must be a positive number, found {}", t.lr),
+        ));
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        return Err(Diag::at(
+            "weight_decay",
+            "train: `weight_decay` must be >= 0",
+        ));
+    }
+    if let Some(g) = t.max_grad_norm {
+        if !(g.is_finite() && g > 0.0) {
+            return Err(Diag::at(
+                "max_grad_norm",
+                format!("train: `max_grad_norm` must be a positive number, found {g}"),
+            ));
+        }
+    }
+    if !(t.prompt.jitter.is_finite() && t.prompt.jitter >= 0.0) {
+        return Err(Diag::at_path(
+            &["prompt", "jitter"],
+            "train: `prompt.jitter` must be >= 0",
+        ));
+    }
+    for (k, v) in [
+        ("dice", t.loss.dice),
+        ("bce", t.loss.bce),
+        ("iou", t.loss.iou),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Diag::at_path(
+                &["loss", k],
+                format!("train: `loss.{k}` must be >= 0"),
+            ));
+        }
+    }
+    Ok(())
+}
