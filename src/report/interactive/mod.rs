@@ -1,23 +1,26 @@
 //! The interactive study in the report: Dice-vs-clicks curves per task, NoC@τ bars and the interactive table
-//! (Markdown + LaTeX), from `clicks.*` and `interactive.json` of a results folder.
+//! (Markdown + LaTeX), from `clicks.parquet` and `interactive.json` of the results folder(s).
 //!
 //! Every statistic is taken at each run's last studied stage. Units: a run is (strategy, seed, order); its value
 //! of a column is the mean over its cases (all evaluated tasks pooled); the table shows mean ± sample std over runs,
 //! and the dagger is a paired Wilcoxon signed-rank test against EvoSAM over (seed, order, task, case) pairs, as
-//! in the summary table.
+//! in the summary table. [`load`] reads the folders, this file computes, [`table`] renders.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::analysis::Stat;
-use super::stats::{wilcoxon_signed_rank, Wilcoxon};
-use super::tables::{self, ColumnSpec};
-use crate::interactive::rows::{case_values, curves, read_settings, value_columns, ClickRow};
+use super::stats::{wilcoxon_signed_rank, Stat, Wilcoxon};
+use crate::interactive::rows::{case_values, curves, value_columns, ClickRow};
 use crate::spec::InteractiveSpec;
-use crate::{Error, Result};
-use polars::prelude::*;
-use std::path::{Path, PathBuf};
+
+/// Reading `clicks.parquet` and `interactive.json`.
+pub mod load;
+/// The interactive table as Markdown and LaTeX.
+pub mod table;
+
+pub use load::load;
+pub use table::{to_latex, to_markdown};
 
 /// Reference strategy of the tests (as in the summary table).
 pub const REFERENCE: &str = "evosam";
@@ -25,164 +28,66 @@ pub const REFERENCE: &str = "evosam";
 /// Mean Dice after each click for one strategy on one task: mean ± std over runs of the run's mean over cases.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClickCurve {
+    /// Strategy label.
     pub strategy: String,
+    /// Evaluated task.
     pub task: String,
+    /// Mean Dice after k clicks (k = 0: the box).
     pub mean: Vec<f64>,
+    /// Standard deviation over runs.
     pub std: Vec<f64>,
+    /// Runs averaged.
     pub n_runs: usize,
 }
 
 /// NoC@τ of one strategy (all tasks pooled), over runs.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NocBar {
+    /// Strategy label.
     pub strategy: String,
+    /// τ.
     pub target: f64,
+    /// Mean ± std over runs of the run's mean NoC@τ.
     pub stat: Stat,
 }
 
-/// One statistic cell of the interactive table.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ICell {
-    pub stat: Option<Stat>,
-    pub bold: bool,
-    pub dagger: bool,
-}
-
+/// The numbers of the interactive table (bold and daggers are decided when it is rendered).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InteractiveTable {
     /// (header, higher is better, column of interactive.csv).
     pub columns: Vec<(String, bool, String)>,
+    /// Rows, in report order.
     pub strategies: Vec<String>,
+    /// Runs per strategy.
     pub n_runs: Vec<usize>,
-    pub cells: Vec<Vec<ICell>>,
+    /// `stats[row][col]`: mean ± std over runs.
+    pub stats: Vec<Vec<Option<Stat>>>,
+    /// `tests[row][col]`: paired test of the per-case values against the reference.
+    pub tests: Vec<Vec<Option<Wilcoxon>>>,
     /// Test of the per-case AUC against the reference (None for the reference or without one).
     pub p_auc: Vec<Option<Wilcoxon>>,
+    /// The reference strategy, when present.
     pub reference: Option<String>,
+    /// Clicks after the box.
     pub max_clicks: usize,
+    /// The study's settings (targets, report points, time model).
     pub settings: InteractiveSpec,
 }
 
+/// Everything the report shows of the study.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InteractiveData {
+    /// Tasks in panel order.
     pub tasks: Vec<String>,
+    /// Dice-vs-clicks curves per (task, strategy).
     pub curves: Vec<ClickCurve>,
+    /// NoC@τ per (strategy, τ).
     pub noc: Vec<NocBar>,
+    /// The table.
     pub table: InteractiveTable,
 }
 
 type Run = (String, i64, String);
-
-/// Read `clicks.parquet` of a folder into rows.
-fn read_clicks(dir: &Path) -> Result<Vec<ClickRow>> {
-    let path = dir.join("clicks.parquet");
-    let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let df = ParquetReader::new(f)
-        .finish()
-        .map_err(|e| Error::input(format!("{}: cannot read Parquet: {e}", path.display())))?;
-    let bad = |c: &str, e: &dyn std::fmt::Display| {
-        Error::input(format!("{}: column `{c}`: {e}", path.display()))
-    };
-    let strs = |c: &str| -> Result<Vec<Option<String>>> {
-        let col = df.column(c).map_err(|e| bad(c, &e))?;
-        let ca = col.str().map_err(|e| bad(c, &e))?;
-        Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
-    };
-    let ints = |c: &str| -> Result<Vec<Option<i64>>> {
-        let col = df.column(c).map_err(|e| bad(c, &e))?;
-        Ok(col.i64().map_err(|e| bad(c, &e))?.iter().collect())
-    };
-    let need = |v: Vec<Option<String>>, c: &str| -> Result<Vec<String>> {
-        v.into_iter()
-            .map(|x| x.ok_or_else(|| bad(c, &"null value")))
-            .collect()
-    };
-    let needi = |v: Vec<Option<i64>>, c: &str| -> Result<Vec<i64>> {
-        v.into_iter()
-            .map(|x| x.ok_or_else(|| bad(c, &"null value")))
-            .collect()
-    };
-    let strategy = need(strs("strategy")?, "strategy")?;
-    let seed = needi(ints("seed")?, "seed")?;
-    let order = need(strs("order")?, "order")?;
-    let stage = needi(ints("stage")?, "stage")?;
-    let task = need(strs("eval_task")?, "eval_task")?;
-    let case = need(strs("case")?, "case")?;
-    let click = needi(ints("click")?, "click")?;
-    let dcol = df.column("dice").map_err(|e| bad("dice", &e))?;
-    let dice: Vec<f64> = dcol
-        .f64()
-        .map_err(|e| bad("dice", &e))?
-        .iter()
-        .map(|v| v.unwrap_or(f64::NAN))
-        .collect();
-    let routed = strs("routed_to")?;
-    let (x, y, l) = (ints("click_x")?, ints("click_y")?, ints("click_label")?);
-    Ok((0..df.height())
-        .map(|i| ClickRow {
-            strategy: strategy[i].clone(),
-            seed: seed[i],
-            order: order[i].clone(),
-            stage: stage[i],
-            eval_task: task[i].clone(),
-            case: case[i].clone(),
-            click: click[i],
-            dice: dice[i],
-            routed_to: routed[i].clone(),
-            click_x: x[i],
-            click_y: y[i],
-            click_label: l[i],
-        })
-        .collect())
-}
-
-/// The study's rows and settings from one or more results folders (empty / None when no folder has them).
-/// Folders must agree on the settings; rows that appear in several folders must be equal (and are kept once).
-pub fn load(run_dirs: &[PathBuf]) -> Result<(Vec<ClickRow>, Option<InteractiveSpec>)> {
-    let mut settings: Option<(InteractiveSpec, &PathBuf)> = None;
-    let mut rows: Vec<ClickRow> = Vec::new();
-    let mut seen: BTreeMap<(Run, i64, String, String, i64), (f64, PathBuf)> = BTreeMap::new();
-    for dir in run_dirs {
-        let Some(s) = read_settings(dir)? else {
-            continue;
-        };
-        match &settings {
-            Some((first, fdir)) if *first != s => {
-                return Err(Error::input(format!(
-                    "{} and {}: the interactive studies have different settings (interactive.json)",
-                    fdir.display(),
-                    dir.display()
-                )))
-            }
-            Some(_) => {}
-            None => settings = Some((s, dir)),
-        }
-        for r in read_clicks(dir)? {
-            let key = (
-                (r.strategy.clone(), r.seed, r.order.clone()),
-                r.stage,
-                r.eval_task.clone(),
-                r.case.clone(),
-                r.click,
-            );
-            match seen.get(&key) {
-                Some((d, prev)) if d.to_bits() != r.dice.to_bits() => {
-                    return Err(Error::input(format!(
-                        "{} and {}: click row {key:?} differs (Dice {d} vs {})",
-                        prev.display(),
-                        dir.display(),
-                        r.dice
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    seen.insert(key, (r.dice, dir.clone()));
-                    rows.push(r);
-                }
-            }
-        }
-    }
-    Ok((rows, settings.map(|s| s.0)))
-}
 
 /// Everything the report shows of the study; None when the folder has no click rows.
 pub fn compute(
@@ -295,45 +200,20 @@ pub fn compute(
         }
         wilcoxon_signed_rank(&x, &y)
     };
-    let mut cells: Vec<Vec<ICell>> = strategies
+    let col_idx: Vec<usize> = columns.iter().map(|(_, _, name)| col_index(name)).collect();
+    let stats: Vec<Vec<Option<Stat>>> = strategies
         .iter()
         .map(|s| {
-            columns
+            col_idx
                 .iter()
-                .map(|(_, _, name)| {
-                    let j = col_index(name);
-                    ICell {
-                        stat: Stat::of(&run_means(s, j)),
-                        bold: false,
-                        dagger: paired(s, j).is_some_and(|w| w.p_value < tables::ALPHA),
-                    }
-                })
+                .map(|&j| Stat::of(&run_means(s, j)))
                 .collect()
         })
         .collect();
-    let round = |v: f64| {
-        let f = 10f64.powi(tables::DECIMALS as i32);
-        (v * f).round() / f
-    };
-    for (c, (_, higher, _)) in columns.iter().enumerate() {
-        let means: Vec<f64> = cells
-            .iter()
-            .filter_map(|r| r[c].stat.map(|s| round(s.mean)))
-            .collect();
-        if means.len() < 2 {
-            continue;
-        }
-        let best = if *higher {
-            means.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
-        } else {
-            means.iter().cloned().fold(f64::INFINITY, f64::min)
-        };
-        for row in cells.iter_mut() {
-            if let Some(s) = row[c].stat {
-                row[c].bold = round(s.mean) == best;
-            }
-        }
-    }
+    let tests: Vec<Vec<Option<Wilcoxon>>> = strategies
+        .iter()
+        .map(|s| col_idx.iter().map(|&j| paired(s, j)).collect())
+        .collect();
     let n_runs = strategies
         .iter()
         .map(|s| run_sums.keys().filter(|r| &r.0 == s).count())
@@ -350,7 +230,8 @@ pub fn compute(
             columns,
             strategies,
             n_runs,
-            cells,
+            stats,
+            tests,
             p_auc,
             reference,
             max_clicks,
@@ -398,139 +279,6 @@ fn click_curves(
         }
     }
     out
-}
-
-fn legend(t: &InteractiveTable, tex: bool) -> Vec<String> {
-    let (pm, dag, ge, tau) = if tex {
-        ("$\\pm$", "$^\\dagger$", "$\\ge$", "$\\tau$")
-    } else {
-        ("±", "†", "≥", "τ")
-    };
-    let s = &t.settings;
-    let mut v = vec![format!(
-        "Simulated clinician (README, \"Interactive study\"): click 0 = the box prompt, then up to {} clicks at the \
-         centre of the larger error region{}. Values: mean {pm} sample standard deviation over runs (seeds x orders) \
-         of the mean over all test cases studied, at each run's last studied stage; n = runs. NoC@{tau}: clicks to \
-         first reach Dice {ge} {tau}; {} (max_clicks + 1) when never reached. Dice@k: Dice after k clicks. AUC: area \
-         under Dice vs clicks (0..{}), divided by {}. Bold: best per column at the shown precision.",
-        t.max_clicks,
-        if s.mask_prompt {
-            ", previous logits as the mask prompt"
-        } else {
-            ""
-        },
-        t.max_clicks + 1,
-        t.max_clicks,
-        t.max_clicks
-    )];
-    if let Some(tm) = s.time_model() {
-        v.push(format!(
-            "Time@{tau}: {} s per image + {} s per click x NoC@{tau} (the spec's time model).",
-            tm.seconds_per_case, tm.seconds_per_click
-        ));
-    }
-    match &t.reference {
-        Some(r) => v.push(format!(
-            "{dag} p < {} against {r}: two-sided paired Wilcoxon signed-rank test over (seed, order, task, case) pairs \
-             of the per-case values (p column: AUC; n = non-zero pairs used).",
-            tables::ALPHA
-        )),
-        None => v.push(
-            "No strategy named \"evosam\" in these results: significance tests skipped.".into(),
-        ),
-    }
-    v
-}
-
-fn as_cells(t: &InteractiveTable) -> (Vec<ColumnSpec>, Vec<Vec<tables::Cell>>) {
-    let cols = t
-        .columns
-        .iter()
-        .map(|(h, hi, _)| ColumnSpec {
-            header: h.clone(),
-            higher_is_better: *hi,
-        })
-        .collect();
-    let cells = t
-        .cells
-        .iter()
-        .map(|r| {
-            r.iter()
-                .map(|c| tables::Cell {
-                    stat: c.stat,
-                    bold: c.bold,
-                    dagger: c.dagger,
-                })
-                .collect()
-        })
-        .collect();
-    (cols, cells)
-}
-
-/// The interactive table in Markdown, legend below.
-pub fn to_markdown(t: &InteractiveTable) -> String {
-    let (cols, cells) = as_cells(t);
-    let mut head = vec!["Strategy".to_string(), "n".to_string()];
-    head.extend(
-        cols.iter()
-            .map(|c| tables::md_escape(&tables::header_arrow(c, false))),
-    );
-    head.push(format!(
-        "p vs {} (AUC)",
-        t.reference.as_deref().unwrap_or(REFERENCE)
-    ));
-    let mut s = format!("| {} |\n", head.join(" | "));
-    let align: Vec<&str> = (0..head.len())
-        .map(|i| if i == 0 { ":---" } else { "---:" })
-        .collect();
-    s.push_str(&format!("| {} |\n", align.join(" | ")));
-    for (i, strat) in t.strategies.iter().enumerate() {
-        let mut row = vec![tables::md_escape(strat), t.n_runs[i].to_string()];
-        row.extend(cells[i].iter().map(tables::cell_md));
-        let is_ref = t.reference.as_deref() == Some(strat.as_str());
-        row.push(tables::p_text(&t.p_auc[i], is_ref, false));
-        s.push_str(&format!("| {} |\n", row.join(" | ")));
-    }
-    s.push('\n');
-    for line in legend(t, false) {
-        s.push_str(&line);
-        s.push_str("\n\n");
-    }
-    s
-}
-
-/// The interactive table in LaTeX (booktabs), legend in the caption.
-pub fn to_latex(t: &InteractiveTable) -> String {
-    let (cols, cells) = as_cells(t);
-    let mut s = String::new();
-    s.push_str("% Requires \\usepackage{booktabs} and \\usepackage{graphicx}. Generated by `evosam report`.\n");
-    s.push_str("\\begin{table}[t]\n\\centering\n\\small\n");
-    s.push_str(&format!(
-        "\\caption{{Interaction cost (simulated clicks). {}}}\n\\label{{tab:evosam-interactive}}\n",
-        legend(t, true).join(" ")
-    ));
-    s.push_str("\\resizebox{\\linewidth}{!}{%\n");
-    s.push_str(&format!(
-        "\\begin{{tabular}}{{l{}}}\n",
-        "r".repeat(cols.len() + 2)
-    ));
-    s.push_str("\\toprule\n");
-    let mut head = vec!["Strategy".to_string(), "$n$".to_string()];
-    head.extend(cols.iter().map(|c| tables::header_arrow(c, true)));
-    head.push(tables::tex_escape(&format!(
-        "p vs {} (AUC)",
-        t.reference.as_deref().unwrap_or(REFERENCE)
-    )));
-    s.push_str(&format!("{} \\\\\n\\midrule\n", head.join(" & ")));
-    for (i, strat) in t.strategies.iter().enumerate() {
-        let mut row = vec![tables::tex_escape(strat), t.n_runs[i].to_string()];
-        row.extend(cells[i].iter().map(tables::cell_tex));
-        let is_ref = t.reference.as_deref() == Some(strat.as_str());
-        row.push(tables::p_text(&t.p_auc[i], is_ref, true));
-        s.push_str(&format!("{} \\\\\n", row.join(" & ")));
-    }
-    s.push_str("\\bottomrule\n\\end{tabular}%\n}\n\\end{table}\n");
-    s
 }
 
 #[cfg(test)]
@@ -605,8 +353,10 @@ mod tests {
         assert_eq!(headers, vec!["NoC@0.8", "Dice@1", "AUC", "Time@0.8 (s)"]);
         // Time = 5 + 2 * NoC: evosam 7, finetune 10; lower is better -> evosam bold.
         let t = &d.table;
-        assert_eq!(t.cells[1][3].stat.unwrap().mean, 7.0);
-        assert!(t.cells[1][3].bold && !t.cells[0][3].bold);
+        assert_eq!(t.stats[1][3].unwrap().mean, 7.0);
+        let cells = table::cells(t);
+        assert!(cells[1][3].bold && !cells[0][3].bold);
+        assert!(t.tests[0][0].is_some() && t.tests[1][0].is_none());
         assert!(t.p_auc[1].is_none() && t.p_auc[0].is_some());
         let md = to_markdown(t);
         assert!(md.contains("| finetune | 2 |"), "{md}");
