@@ -131,6 +131,19 @@ pub fn write_report_data(data: &ReportData, out_dir: &Path) -> Result<ReportSumm
         &tables::wilcoxon_csv(&data.table),
     )?);
     if let Some(it) = &data.interactive {
+        let fig = plots::ClicksFigure {
+            curves: &it.curves,
+            tasks: &it.tasks,
+            strategies: &data.strategies,
+        };
+        files.extend(plots::save(&fig, &plots_dir, "interactive_dice_vs_clicks")?);
+        let fig = plots::NocFigure {
+            bars: &it.noc,
+            targets: &it.table.settings.targets,
+            never: it.table.max_clicks + 1,
+            strategies: &data.strategies,
+        };
+        files.extend(plots::save(&fig, &plots_dir, "interactive_noc")?);
         files.push(write_file(
             &tables_dir.join("interactive.md"),
             &interactive::to_markdown(&it.table),
