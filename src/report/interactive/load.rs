@@ -78,7 +78,9 @@ fn read_clicks(dir: &Path) -> Result<Vec<ClickRow>> {
 pub fn load(run_dirs: &[PathBuf]) -> Result<(Vec<ClickRow>, Option<InteractiveSpec>)> {
     let mut settings: Option<(InteractiveSpec, &PathBuf)> = None;
     let mut rows: Vec<ClickRow> = Vec::new();
-    let mut seen: BTreeMap<(Run, i64, String, String, i64), (f64, PathBuf)> = BTreeMap::new();
+    // (run, stage, task, case, click) -> (Dice, first folder)
+    type Key = (Run, i64, String, String, i64);
+    let mut seen: BTreeMap<Key, (f64, PathBuf)> = BTreeMap::new();
     for dir in run_dirs {
         let Some(s) = read_settings(dir)? else {
             continue;

@@ -88,6 +88,8 @@ pub struct InteractiveData {
 }
 
 type Run = (String, i64, String);
+/// (run, task, case) and that case's Dice curve.
+type CaseCurve = ((Run, String, String), Vec<f64>);
 
 /// Everything the report shows of the study; None when the folder has no click rows.
 pub fn compute(
@@ -103,7 +105,7 @@ pub fn compute(
             .or_insert(r.stage);
         *e = (*e).max(r.stage);
     }
-    let per_case: Vec<((Run, String, String), Vec<f64>)> = curves(rows)
+    let per_case: Vec<CaseCurve> = curves(rows)
         .into_iter()
         .filter(|((s, seed, o, st, _, _), _)| last.get(&(s.clone(), *seed, o.clone())) == Some(st))
         .map(|((s, seed, o, _, t, c), d)| (((s, seed, o), t, c), d))
@@ -241,7 +243,7 @@ pub fn compute(
 }
 
 fn click_curves(
-    per_case: &[((Run, String, String), Vec<f64>)],
+    per_case: &[CaseCurve],
     strategies: &[String],
     tasks: &[String],
 ) -> Vec<ClickCurve> {
