@@ -79,19 +79,15 @@ impl EmbeddingCache {
         let p = self.path(key);
         if p.is_file() {
             let loaded = candle_core::safetensors::load(&p, &Device::Cpu);
-            match loaded.ok().and_then(|mut m| m.remove("emb")) {
-                Some(t) => {
-                    self.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    self.mem
-                        .lock()
-                        .expect("cache lock")
-                        .insert(key.to_string(), t.clone());
-                    return Ok(Some(t));
-                }
-                None => {
-                    // A truncated or foreign file: recompute and overwrite.
-                    let _ = std::fs::remove_file(&p);
-                }
+            // A foreign or damaged file is recomputed and overwritten by rename (not removed here: on a shared
+            // cache another process may have just renamed a good one into place).
+            if let Some(t) = loaded.ok().and_then(|mut m| m.remove("emb")) {
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                self.mem
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key.to_string(), t.clone());
+                return Ok(Some(t));
             }
         }
         Ok(None)
@@ -103,13 +99,30 @@ impl EmbeddingCache {
             .to_dtype(DType::F16)?
             .contiguous()?;
         let p = self.path(key);
-        let tmp = p.with_extension("tmp");
+        // A unique temporary name per writer, renamed into place: on a shared cache, processes on several hosts may
+        // compute the same entry at once; each rename replaces the file whole, and readers see an old or a new
+        // complete file, never a partial one (the two are equal: same image, same weights).
+        let tmp = self.dir.join(format!(
+            ".{}.{}-{}-{:016x}.tmp",
+            file_key(key),
+            crate::lock::hostname(),
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let mut meta = HashMap::new();
         meta.insert("weights_sha256".to_string(), self.weights_sha256.clone());
         meta.insert("key".to_string(), key.to_string());
-        safetensors::serialize_to_file([("emb", &h)], Some(meta), &tmp)
-            .map_err(|e| Error::internal(format!("{}: writing embedding: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+        if let Err(e) = safetensors::serialize_to_file([("emb", &h)], Some(meta), &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::internal(format!(
+                "{}: writing embedding: {e}",
+                tmp.display()
+            )));
+        }
+        std::fs::rename(&tmp, &p).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(&p, e)
+        })?;
         self.mem
             .lock()
             .expect("cache lock")
@@ -167,6 +180,43 @@ impl EmbeddingCache {
 mod tests {
     use super::*;
     use crate::model::LiteMedSamConfig;
+
+    /// Several "processes" (separate cache objects on one folder) computing and reading the same entries at once
+    /// end with complete, equal entries and no temporary files.
+    #[test]
+    fn concurrent_writers_and_readers_agree() {
+        let dev = Device::Cpu;
+        let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), 4, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let imgs = Tensor::rand(0f32, 1.0, (2, 3, 256, 256), &dev).unwrap();
+        let outs: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let c = EmbeddingCache::new(dir.path(), "tiny-seed4").unwrap();
+                        let mut last = Vec::new();
+                        for _ in 0..3 {
+                            let c2 = EmbeddingCache::new(dir.path(), "tiny-seed4").unwrap();
+                            let e = c2.get_or_compute_batch(&m, &["x", "y"], &imgs).unwrap();
+                            last = e.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        }
+                        let e = c.get_or_compute_batch(&m, &["x", "y"], &imgs).unwrap();
+                        assert_eq!(e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), last);
+                        last
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(outs.windows(2).all(|w| w[0] == w[1]));
+        let sub = EmbeddingCache::new(dir.path(), "tiny-seed4").unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(sub.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x.safetensors", "y.safetensors"]);
+    }
 
     #[test]
     fn computes_once_and_persists() {

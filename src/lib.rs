@@ -11,19 +11,24 @@
 //!   [`Registry::register`] it. `examples/custom_strategy.rs` does all four end to end.
 //!
 //! Layers (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py` checks that arrows point one way):
-//! [`util`], [`error`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
-//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`] < [`cli`].
+//! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
+//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`], [`cluster`] <
+//! [`cli`].
 
 pub mod error;
 pub use error::{Error, Result};
 
 /// The `evosam` binary's subcommands.
 pub mod cli;
+/// Running a spec on Slurm: job scripts, submission, status (`evosam submit`, `evosam status`).
+pub mod cluster;
 pub mod data;
 /// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
 /// The simulated-clinician prompt-efficiency study: clicks, NoC@τ, Dice-vs-clicks.
 pub mod interactive;
+/// Locks that are correct on a shared file system (host, pid, heartbeat).
+pub mod lock;
 pub mod metrics;
 /// LiteMedSAM in candle, with LoRA adapters.
 pub mod model;

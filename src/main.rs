@@ -20,6 +20,10 @@ enum Command {
     Segment(cli::segment::Args),
     /// Run an experiment spec: train every strategy through the task stream and record scores.
     Run(cli::run::Args),
+    /// Run an experiment spec on a Slurm cluster: prepare job, one array task per cell, finalize job.
+    Submit(cli::submit::Args),
+    /// Show each cell of a run folder: stages done, running / waiting / failed, last progress line.
+    Status(cli::status::Args),
     /// Check an experiment spec without running it.
     Validate(cli::validate::Args),
     /// Write plots and tables for one or more results folders.
@@ -45,6 +49,8 @@ fn main() {
     let result = match cli.command {
         Command::Segment(a) => cli::segment::run(a),
         Command::Run(a) => cli::run::run(a, set_threads),
+        Command::Submit(a) => cli::submit::run(a),
+        Command::Status(a) => cli::status::run(a),
         Command::Validate(a) => cli::validate::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Bench(a) => {

@@ -6,8 +6,7 @@ use crate::{Error, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One scored test case at one stage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -355,71 +354,20 @@ pub fn write_tables(
     Ok(met)
 }
 
-/// A lock on a results folder: `.lock` holds the owner's pid. A lock whose process is gone (killed) is stale and
-/// may be taken over; a live one is refused.
+/// A lock on a results folder (`DIR/.lock`), held by the process that writes the folder's tables. It records
+/// host, pid and start time and is kept fresh by a heartbeat ([`crate::lock`]), so it is correct on a shared file
+/// system: a dead owner on this host is taken over at once, one on another host when its heartbeat stops.
 pub struct FolderLock {
-    path: PathBuf,
-}
-
-fn pid_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
+    _lock: crate::lock::Lock,
 }
 
 impl FolderLock {
     /// Take the lock of a results folder (refused while a live process holds it; a stale lock is taken over).
     pub fn acquire(dir: &Path) -> Result<FolderLock> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let path = dir.join(".lock");
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
-                    return Ok(FolderLock { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
-                    match owner.trim().parse::<u32>() {
-                        Ok(pid) if pid_alive(pid) => {
-                            return Err(Error::input(format!(
-                                "{} is in use by another evosam run (pid {pid}); wait for it or use another --out",
-                                dir.display()
-                            )))
-                        }
-                        _ => {
-                            // stale lock from a killed run
-                            let _ = std::fs::remove_file(&path);
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::io(&path, e)),
-            }
-        }
-        Err(Error::input(format!(
-            "{}: could not take the folder lock",
-            path.display()
-        )))
-    }
-}
-
-impl Drop for FolderLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        Ok(FolderLock {
+            _lock: crate::lock::Lock::acquire(&dir.join(".lock"), "an evosam run")?,
+        })
     }
 }
 

@@ -5,4 +5,6 @@ pub mod bench;
 pub mod report;
 pub mod run;
 pub mod segment;
+pub mod status;
+pub mod submit;
 pub mod validate;

@@ -1,4 +1,5 @@
-//! `evosam run SPEC [--out DIR] [--jobs N] [--resume] [--quiet]`
+//! `evosam run SPEC [--out DIR] [--jobs N] [--resume] [--quiet] [--no-report]`, and the parts of a run that
+//! `evosam submit`'s Slurm jobs run as separate processes: `--prepare`, `--cell ID`, `--finalize`.
 
 use crate::runner::{self, RunOptions};
 use crate::spec::Spec;
@@ -24,6 +25,20 @@ pub struct Args {
     /// Do not write the report (plots/, tables/) at the end; `evosam report DIR` writes it later.
     #[arg(long)]
     pub no_report: bool,
+    /// Run only this cell (STRATEGY__seedS__ORDER), resuming after its last finished stage: what a Slurm array
+    /// task runs, and a way to debug one cell. The folder must be this spec's run (it is made if missing).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["prepare", "finalize", "resume"])]
+    pub cell: Option<String>,
+    /// Only prepare the run (folder, weights, data, embeddings into the cache): the Slurm prepare job.
+    #[arg(long, conflicts_with_all = ["finalize", "resume"])]
+    pub prepare: bool,
+    /// Only collect the finished cells into the tables, manifest and report (the Slurm finalize job); fails,
+    /// naming them, if any cell did not finish.
+    #[arg(long, conflicts_with = "resume")]
+    pub finalize: bool,
+    /// With --finalize: the job id of the cells array, so that unfinished cells are named with their Slurm logs.
+    #[arg(long, value_name = "JOBID", requires = "finalize")]
+    pub slurm_array: Option<String>,
 }
 
 /// Run the spec with the built-in strategies. `set_threads` receives the run's compute thread count
@@ -44,7 +59,31 @@ pub fn run(args: Args, set_threads: fn(usize)) -> crate::Result<()> {
         quiet: args.quiet,
         report: !args.no_report,
     };
-    let summary = runner::run(spec, &registry, &opts)?;
+    if let Some(id) = &args.cell {
+        return runner::run_one_cell(spec, &registry, &opts, id);
+    }
+    if args.prepare {
+        let dir = runner::prepare_run(spec, &opts)?;
+        if !args.quiet {
+            println!("{}", dir.display());
+        }
+        return Ok(());
+    }
+    let summary = if args.finalize {
+        let dir = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| spec.experiment.output.clone())
+            .join(&spec.experiment.name);
+        let array = args.slurm_array.filter(|a| !a.is_empty());
+        let log_of = |i: usize| {
+            crate::cluster::status::cell_log(&dir, array.as_deref().unwrap_or_default(), i)
+        };
+        let log_of: Option<&dyn Fn(usize) -> PathBuf> = array.is_some().then_some(&log_of as _);
+        runner::finalize_run(spec, &registry, &opts, log_of)?
+    } else {
+        runner::run(spec, &registry, &opts)?
+    };
     if !args.quiet {
         println!("{}", summary.dir.display());
     }

@@ -233,7 +233,7 @@ fn tiny_pipeline_shapes_and_routing() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "micro-benchmark: prints timings, asserts nothing; run by hand with --ignored --nocapture"]
 fn micro_bench_ops() {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev).unwrap();
@@ -275,7 +275,7 @@ fn micro_bench_ops() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "micro-benchmark: prints timings, asserts nothing; run by hand with --ignored --nocapture"]
 fn micro_bench_encoder_stages() {
     let dev = Device::Cpu;
     let w = crate::weights::resolve_weights(None).unwrap();
@@ -301,7 +301,7 @@ fn micro_bench_encoder_stages() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "micro-benchmark: prints timings, asserts nothing; run by hand with --ignored --nocapture"]
 fn micro_bench_decoder_step() {
     use crate::train::{seg_loss, LossWeights};
     let dev = Device::Cpu;
@@ -440,7 +440,7 @@ fn adapter_save_load_roundtrip_and_refusals() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "micro-benchmark: prints timings, asserts nothing; run by hand with --ignored --nocapture"]
 fn micro_bench_fused() {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev).unwrap();

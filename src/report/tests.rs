@@ -1072,7 +1072,7 @@ fn non_finite_values_are_left_out_with_a_note() {
 /// Timing on a full-size results set (not run by default):
 /// `cargo test --release --lib report::tests::large_results_timing -- --ignored --nocapture`
 #[test]
-#[ignore]
+#[ignore = "micro-benchmark: prints timings, asserts nothing; run by hand with --ignored --nocapture"]
 fn large_results_timing() {
     let strategies = [
         "evosam",

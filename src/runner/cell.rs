@@ -4,6 +4,7 @@
 
 use super::eval::evaluate;
 use super::plan::Cell;
+use super::record::Attempt;
 use super::shared::Shared;
 use super::study::{study_stage, CLICKS_FILE};
 use crate::interactive::rows::ClickRow;
@@ -77,8 +78,25 @@ fn cell_dir(shared: &Shared, cell: &Cell) -> PathBuf {
     shared.dir.join("cells").join(&cell.id)
 }
 
-/// Train and evaluate one cell, resuming after its last complete stage.
+/// One cell under its own lock (so that two processes, on any hosts, never run the same cell), with its attempt
+/// record (`attempt.json`: running, then ok or failed with the error) for `evosam status` and finalize.
 fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
+    let cdir = cell_dir(sh, cell);
+    let _lock = crate::lock::Lock::acquire(&cdir.join(".lock"), &format!("cell {}", cell.id))?;
+    let t0 = Instant::now();
+    let mut attempt = Attempt::start();
+    attempt.write(&cdir)?;
+    let r = run_cell_stages(sh, cell);
+    attempt.status = if r.is_ok() { "ok" } else { "failed" }.into();
+    attempt.finished = Some(super::record::now());
+    attempt.wall_s = Some(t0.elapsed().as_secs_f64());
+    attempt.error = r.as_ref().err().map(|e| e.to_string());
+    attempt.write(&cdir)?;
+    r
+}
+
+/// Train and evaluate one cell, resuming after its last complete stage.
+fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
     let sspec = &sh.spec.strategies[cell.strategy];
     let order = &sh.spec.orders[cell.order];
     let n = order.tasks.len();

@@ -13,20 +13,24 @@
 //! RNG from (seed, label, order, stage), so a resumed cell replays exactly what an uninterrupted one does.
 //!
 //! Files, one job each: `plan.rs` (cells, fingerprint, folder ownership), `setup.rs` (device, model, data,
-//! embeddings, thread count), `cell.rs` (one cell's stages and checkpoints, the cell pool), `eval.rs` (scoring a
-//! stage), `progress.rs` (bars or lines), `manifest.rs` (manifest.json and the printed summary). Nothing else in
-//! the crate imports the runner.
+//! embeddings, thread count), `cell.rs` (one cell's stages and checkpoints under the cell's lock, the cell pool),
+//! `record.rs` (a cell's attempt record and progress line), `jobs.rs` (prepare / one cell / finalize as separate
+//! processes, for `evosam submit`), `eval.rs` (scoring a stage), `progress.rs` (bars or lines), `manifest.rs`
+//! (manifest.json and the printed summary). Only `cluster` (Slurm) and the CLI import the runner.
 
 mod cell;
 mod eval;
+mod jobs;
 mod manifest;
 mod plan;
 mod progress;
+pub mod record;
 mod setup;
 mod shared;
 mod study;
 
 pub use eval::{case_dice, EVAL_BATCH};
+pub use jobs::{finalize_run, prepare_run, run_one_cell};
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use progress::Reporter;
 pub use setup::{device_of, load_model, threads_for};
@@ -39,7 +43,7 @@ use crate::{Error, Result};
 use cell::{collect, collect_clicks, run_cells, Outcome};
 use plan::RunFolder;
 use shared::Shared;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What a finished run reports.
@@ -59,28 +63,10 @@ pub struct RunSummary {
 pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSummary> {
     let started = chrono::Utc::now().to_rfc3339();
     let threads = threads_for(&spec);
-    let root = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| spec.experiment.output.clone());
-    let folder = RunFolder::open(
-        root.join(&spec.experiment.name),
-        &spec_fingerprint(&spec),
-        &started,
-        opts.resume,
-    )?;
+    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, opts.resume)?;
     let cells = cells_of(&spec);
-    let reporter = Reporter::new(opts.quiet, cells.len());
-    let banner = format!(
-        "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
-        spec.experiment.name,
-        spec.stream.tasks.len(),
-        spec.strategies.len(),
-        spec.experiment.seeds.len(),
-        spec.orders.len(),
-        cells.len(),
-        opts.jobs.max(1)
-    );
+    let reporter = Reporter::new(opts.quiet, cells.len()).with_progress_files(&folder.dir);
+    let banner = banner(&spec, cells.len(), opts.jobs.max(1), threads);
     // Everything before the first cell; a fresh run that fails here leaves no folder behind.
     let prep = match setup::prepare(&spec, &reporter, &banner) {
         Ok(p) => p,
@@ -89,43 +75,88 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
             return Err(e);
         }
     };
-    let dir = folder.dir.clone();
-    let shared = Arc::new(Shared {
+    let emb_s = prep.embeddings_s;
+    let shared = shared_of(spec, registry, prep, &folder.dir, reporter);
+    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
+    shared.reporter.finish();
+    finish(&shared, folder, &cells, &outcomes, opts, threads, emb_s)
+}
+
+/// `<out>/<experiment name>/`.
+fn run_dir(spec: &Spec, opts: &RunOptions) -> PathBuf {
+    opts.out
+        .clone()
+        .unwrap_or_else(|| spec.experiment.output.clone())
+        .join(&spec.experiment.name)
+}
+
+fn banner(spec: &Spec, n_cells: usize, jobs: usize, threads: usize) -> String {
+    format!(
+        "{}: {} tasks, {} strategies x {} seeds x {} orders = {} cells, {} jobs, {threads} threads",
+        spec.experiment.name,
+        spec.stream.tasks.len(),
+        spec.strategies.len(),
+        spec.experiment.seeds.len(),
+        spec.orders.len(),
+        n_cells,
+        jobs
+    )
+}
+
+fn shared_of(
+    spec: Spec,
+    registry: &Registry,
+    prep: setup::Prepared,
+    dir: &Path,
+    reporter: Reporter,
+) -> Arc<Shared> {
+    Arc::new(Shared {
         spec,
         registry: registry.clone(),
         model: prep.model,
         sha: prep.sha,
         tasks: prep.tasks,
         store: prep.store,
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         device: prep.device,
         reporter,
-    });
-    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
-    shared.reporter.finish();
+    })
+}
 
+/// After the cells: the tables of every committed stage, the manifest, then the report, or an error naming the
+/// cells that failed (with the tables of the others written). `run` and the Slurm finalize job end here.
+fn finish(
+    shared: &Shared,
+    folder: RunFolder,
+    cells: &[Cell],
+    outcomes: &[Outcome],
+    opts: &RunOptions,
+    threads: usize,
+    emb_s: f64,
+) -> Result<RunSummary> {
+    let dir = folder.dir.clone();
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
-    let (scores, extras) = collect(&shared, &cells)?;
+    let (scores, extras) = collect(shared, cells)?;
     let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
     if let Some(ispec) = &shared.spec.interactive {
-        let clicks = collect_clicks(&shared, &cells)?;
+        let clicks = collect_clicks(shared, cells)?;
         crate::interactive::rows::write_tables(&dir, &clicks, ispec)?;
     }
     if !opts.quiet {
         manifest::print_metrics(&metrics);
     }
     manifest::write_manifest(
-        &shared,
+        shared,
         &dir,
         &folder.first_start,
         folder.resumed,
         opts,
         threads,
-        &outcomes,
-        prep.embeddings_s,
+        outcomes,
+        emb_s,
     )?;
     drop(folder);
-    let failed = failures(&outcomes);
+    let failed = failures(outcomes);
     if !failed.is_empty() {
         let list: Vec<String> = failed
             .iter()

@@ -98,10 +98,41 @@ pub fn spec_fingerprint(spec: &Spec) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// `run.json`: what `--resume` (and `evosam submit`) check, and the cell list `evosam status` reads.
 #[derive(Serialize, Deserialize)]
-struct RunFile {
-    fingerprint: String,
-    started: String,
+pub(super) struct RunFile {
+    pub fingerprint: String,
+    pub started: String,
+    /// Every cell and its number of stages (absent in folders of older versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<RunFileCell>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct RunFileCell {
+    pub id: String,
+    pub stages: usize,
+}
+
+impl RunFile {
+    /// Read `run.json`.
+    pub fn read(path: &Path) -> Result<RunFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::input(format!("{}: not an evosam run file: {e}", path.display())))
+    }
+
+    /// Refuse a folder started with another spec.
+    pub fn check(&self, dir: &Path, fingerprint: &str) -> Result<()> {
+        if self.fingerprint != fingerprint {
+            return Err(Error::input(format!(
+                "{}: the spec changed since this run started (tasks, orders, model, strategies or seeds differ); \
+                 use another --out or restore the spec",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn is_empty_dir(d: &Path) -> bool {
@@ -127,7 +158,8 @@ pub(super) struct RunFolder {
 
 impl RunFolder {
     /// Claim the folder: a fresh run needs a new or empty folder; `resume` needs a matching fingerprint.
-    pub fn open(dir: PathBuf, fingerprint: &str, started: &str, resume: bool) -> Result<RunFolder> {
+    pub fn open(spec: &Spec, dir: PathBuf, started: &str, resume: bool) -> Result<RunFolder> {
+        let fingerprint = spec_fingerprint(spec);
         if dir.exists() && !is_empty_dir(&dir) && !resume {
             return Err(Error::input(format!(
                 "results folder {} already exists: pass --resume to continue it, or --out DIR for another folder",
@@ -139,25 +171,20 @@ impl RunFolder {
         let mut first_start = started.to_string();
         let resumed = run_file.is_file();
         if resumed {
-            let text = std::fs::read_to_string(&run_file).map_err(|e| Error::io(&run_file, e))?;
-            let rf: RunFile = serde_json::from_str(&text).map_err(|e| {
-                Error::input(format!(
-                    "{}: not an evosam run file: {e}",
-                    run_file.display()
-                ))
-            })?;
-            if rf.fingerprint != fingerprint {
-                return Err(Error::input(format!(
-                    "{}: the spec changed since this run started (tasks, orders, model, strategies or seeds differ); \
-                     use another --out or restore the spec",
-                    dir.display()
-                )));
-            }
+            let rf = RunFile::read(&run_file)?;
+            rf.check(&dir, &fingerprint)?;
             first_start = rf.started;
         } else {
             let rf = RunFile {
-                fingerprint: fingerprint.to_string(),
+                fingerprint,
                 started: started.to_string(),
+                cells: cells_of(spec)
+                    .into_iter()
+                    .map(|c| RunFileCell {
+                        stages: spec.orders[c.order].tasks.len() + 1,
+                        id: c.id,
+                    })
+                    .collect(),
             };
             write_atomic(
                 &run_file,

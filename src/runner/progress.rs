@@ -4,6 +4,7 @@ use crate::strategy::Progress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -19,6 +20,8 @@ enum Mode {
 /// Progress for the whole run: bars on a terminal, plain lines otherwise, nothing with `--quiet`.
 pub struct Reporter {
     mode: Mode,
+    /// Run folder whose `cells/<id>/progress.txt` get each cell's latest progress line (for `evosam status`).
+    progress_dir: Option<PathBuf>,
     bars: Mutex<HashMap<String, ProgressBar>>,
     last_line: Mutex<HashMap<String, (usize, usize)>>,
     start: Instant,
@@ -44,9 +47,22 @@ impl Reporter {
         };
         Self {
             mode,
+            progress_dir: None,
             bars: Mutex::new(HashMap::new()),
             last_line: Mutex::new(HashMap::new()),
             start: Instant::now(),
+        }
+    }
+
+    /// Also keep each cell's latest progress line in `dir/cells/<id>/progress.txt`.
+    pub fn with_progress_files(mut self, dir: &Path) -> Self {
+        self.progress_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    fn record(&self, id: &str, line: &str) {
+        if let Some(d) = &self.progress_dir {
+            super::record::write_progress(&d.join("cells").join(id), line);
         }
     }
 
@@ -90,6 +106,7 @@ impl Reporter {
 
     /// A cell entered a stage (training a task, evaluating, resumed).
     pub fn stage(&self, id: &str, stage: usize, n: usize, what: &str) {
+        self.record(id, &format!("stage {stage}/{n}: {what}"));
         match &self.mode {
             Mode::Quiet => {}
             Mode::Lines => eprintln!("{} {id}: stage {stage}/{n}: {what}", self.stamp()),
@@ -103,6 +120,15 @@ impl Reporter {
 
     /// One optimiser step inside a cell.
     pub fn step(&self, id: &str, stage: usize, n: usize, p: &Progress) {
+        if p.step == p.steps {
+            self.record(
+                id,
+                &format!(
+                    "stage {stage}/{n} task {} epoch {}/{} loss {:.4}",
+                    p.task, p.epoch, p.epochs, p.loss
+                ),
+            );
+        }
         match &self.mode {
             Mode::Quiet => {}
             Mode::Lines => {

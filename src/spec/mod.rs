@@ -41,6 +41,9 @@
 //! [[strategy]]               # preset = "finetune" (baselines/<preset>.toml) + overrides
 //! preset = "finetune"
 //! label = "finetune"         # default: the preset's label, else the preset name
+//!
+//! [slurm]                    # optional, for `evosam submit` (see `SlurmSettings`): partition, time,
+//!                            # cpus_per_task, mem, gpus_per_task, account, qos, max_parallel, sbatch_args
 //! ```
 //! Data paths are relative to the spec file's folder. Precedence for `train`/`lora` settings:
 //! built-in defaults < preset < the spec's `[train]`/`[model.lora]` < the `[[strategy]]` entry.
@@ -49,6 +52,7 @@ mod diag;
 mod interactive;
 mod parse;
 mod presets;
+mod slurm;
 mod streams;
 #[cfg(test)]
 mod tests;
@@ -56,6 +60,7 @@ mod tests;
 pub use diag::{from_table, from_value, Diag, KeyPath, Seg};
 pub use interactive::{InteractiveSpec, StudyStages, TimeModel};
 pub use presets::find_preset;
+pub use slurm::{SettingError, SlurmSettings};
 
 use crate::model::LoraConfig;
 use crate::Error;
@@ -99,6 +104,10 @@ pub struct Spec {
     pub strategies: Vec<StrategySpec>,
     /// `[eval.interactive]`: the simulated-clinician study (None: not run).
     pub interactive: Option<InteractiveSpec>,
+    /// The optional `[slurm]` table: defaults for `evosam submit` (its flags override them). Not part of the
+    /// results: resubmitting with other resources resumes the same run.
+    #[serde(skip_serializing_if = "SlurmSettings::is_empty")]
+    pub slurm: SlurmSettings,
 }
 
 /// `[experiment]`.

@@ -29,6 +29,8 @@ struct RawSpec {
     strategy: Vec<Spanned<Table>>,
     #[serde(default)]
     eval: Option<Spanned<Table>>,
+    #[serde(default)]
+    slurm: Option<Spanned<super::SlurmSettings>>,
 }
 
 /// `[eval]`: evaluation extras beyond the per-stage Dice (today the interactive study).
@@ -206,6 +208,23 @@ pub(super) fn parse(
         strategies.push(st);
     }
 
+    let slurm = match raw.slurm {
+        None => super::SlurmSettings::default(),
+        Some(s) => {
+            let span = s.span();
+            let s = s.into_inner();
+            s.validate().map_err(|e| {
+                src.err_diag(
+                    &[key("slurm")],
+                    span.start,
+                    "[slurm]",
+                    &Diag::at(e.key, format!("`{}`: {}", e.key, e.msg)),
+                )
+            })?;
+            s
+        }
+    };
+
     Ok(Spec {
         file: file.to_path_buf(),
         base_dir: base_dir.to_path_buf(),
@@ -215,6 +234,7 @@ pub(super) fn parse(
         model,
         strategies,
         interactive,
+        slurm,
     })
 }
 
