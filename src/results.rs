@@ -55,7 +55,8 @@ pub struct ExtraRow {
     pub value: f64,
 }
 
-mod f64_bits {
+/// Serde helper: an f64 as its bit pattern (checkpoints reproduce values exactly).
+pub(crate) mod f64_bits {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(v.to_bits())

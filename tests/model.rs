@@ -196,3 +196,103 @@ fn segment_with_experts_routes_with_the_matcher() {
     );
     assert_ne!(forced, base, "the vessel expert changes the mask");
 }
+
+/// `--point` and `--mask-in` are checked before any weights are needed: bad input is exit code 2 with a message
+/// naming the argument.
+#[test]
+fn segment_rejects_bad_clicks_and_mask_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.png");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([90, 60, 30]))
+        .save(&img)
+        .unwrap();
+    let bad_npy = dir.path().join("bad.npy");
+    candle_core::Tensor::zeros((64, 64), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .write_npy(&bad_npy)
+        .unwrap();
+    let bad = bad_npy.to_str().unwrap();
+    for (args, want) in [
+        (vec!["--point", "5,5"], "expected X,Y,LABEL"),
+        (vec!["--point", "5,5,2"], "must be 1 (foreground) or 0"),
+        (vec!["--point", "50,5,1"], "outside the 40x30 image"),
+        (vec!["--point", "x,5,1"], "`x` is not a number"),
+        (vec![], "--box and/or --point"),
+        (vec!["--box", "1,1,20,20", "--mask-in", bad], "256x256"),
+        (
+            vec!["--point", "5,5,1", "--mask-in", "/nonexistent.npy"],
+            "nonexistent.npy",
+        ),
+    ] {
+        let out = evosam()
+            .args(["segment", "--out"])
+            .arg(dir.path().join("m.png"))
+            .arg("--image")
+            .arg(&img)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// Refining a real polyp by hand: box, then the box's logits as `--mask-in` with a click; the mask changes and the
+/// command reports the prompts it used.
+#[test]
+#[ignore = "needs ../shared/data and the LiteMedSAM weights (run with --ignored)"]
+fn segment_refines_a_real_polyp_with_clicks() {
+    let data = shared_data();
+    let kv = data.join("polyp/Kvasir-SEG");
+    let mut images: Vec<PathBuf> = std::fs::read_dir(kv.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let image = &images[0];
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], out: &str, logits: &str| {
+        let o = evosam()
+            .args(["segment", "--image"])
+            .arg(image)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg("--logits")
+            .arg(dir.path().join(logits))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        (err, image::open(dir.path().join(out)).unwrap().to_luma8())
+    };
+    let (_, boxed) = run(&["--box", "40,40,300,300"], "box.png", "box.npy");
+    let l0 = dir.path().join("box.npy");
+    let (w, h) = boxed.dimensions();
+    let click = format!("{},{},0", w / 2, h / 2);
+    let (err, refined) = run(
+        &[
+            "--box",
+            "40,40,300,300",
+            "--point",
+            &click,
+            "--mask-in",
+            l0.to_str().unwrap(),
+        ],
+        "refined.png",
+        "refined.npy",
+    );
+    assert!(
+        err.contains("1 click") && err.contains("mask prompt"),
+        "{err}"
+    );
+    assert_ne!(refined, boxed, "a click changes the mask");
+    let (_, points_only) = run(
+        &["--point", &click.replace(",0", ",1")],
+        "pts.png",
+        "pts.npy",
+    );
+    assert_eq!(points_only.dimensions(), (w, h));
+}

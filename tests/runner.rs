@@ -93,8 +93,11 @@ fn read(p: &Path) -> String {
 fn run_kill_resume_gives_identical_tables() {
     let tmp = tempfile::tempdir().unwrap();
     // Every kind with state of its own: experts + matcher, reservoir memory, Fisher pairs, joint's adapter.
+    // ... and the interactive study at every stage, whose rows must survive the kills too.
     let more = "\n[[strategy]]\npreset = \"evosam\"\n[[strategy]]\npreset = \"replay\"\n\
-                [[strategy]]\npreset = \"online-ewc\"\n[[strategy]]\npreset = \"joint\"\n";
+                [[strategy]]\npreset = \"online-ewc\"\n[[strategy]]\npreset = \"joint\"\n\
+                [eval.interactive]\nmax_clicks = 3\nreport_at = [1, 3]\nstages = \"all\"\n\
+                seconds_per_case = 4.0\nseconds_per_click = 1.5\n";
     let kinds = ["finetune", "evosam", "replay", "online-ewc", "joint"];
     let spec = write_spec(tmp.path(), 6, more);
 
@@ -113,9 +116,41 @@ fn run_kill_resume_gives_identical_tables() {
         "tables/summary.md",
         "tables/summary.tex",
         "plots/plot_data.json",
+        "clicks.parquet",
+        "clicks.csv",
+        "interactive.csv",
+        "interactive.json",
+        "tables/interactive.md",
+        "tables/interactive.tex",
     ] {
         assert!(ra.join(f).is_file(), "missing {f}");
     }
+    // 6 strategies x 2 orders x 3 stages x 4 cases x (box + 3 clicks) + header
+    let clicks = read(&ra.join("clicks.csv"));
+    assert_eq!(clicks.lines().count(), 6 * 2 * 3 * 4 * 4 + 1);
+    assert!(clicks.starts_with(
+        "strategy,seed,order,stage,eval_task,case,click,dice,routed_to,click_x,click_y,click_label"
+    ));
+    // per (strategy, order, stage): two tasks and "all"
+    let inter = read(&ra.join("interactive.csv"));
+    assert_eq!(inter.lines().count(), 6 * 2 * 3 * 3 + 1, "{inter}");
+    assert!(
+        inter
+            .lines()
+            .next()
+            .unwrap()
+            .contains("noc@0.8,noc@0.85,noc@0.9"),
+        "{inter}"
+    );
+    assert!(
+        inter.lines().next().unwrap().ends_with("seconds@0.9"),
+        "{inter}"
+    );
+    let itable = read(&ra.join("tables/interactive.md"));
+    assert!(
+        itable.contains("| evosam |") && itable.contains("NoC@0.8"),
+        "{itable}"
+    );
     // the report ran at the end: EvoSAM's routing confusion and a strategy row in the tables
     assert!(ra.join("plots").read_dir().unwrap().any(|e| e
         .unwrap()
@@ -196,7 +231,14 @@ fn run_kill_resume_gives_identical_tables() {
     let o = run(&spec, &b, &["--resume"]);
     assert!(o.status.success(), "{}", text(&o));
     let rb = b.join("tiny");
-    for f in ["scores.csv", "matrix.csv", "metrics.csv", "extras.csv"] {
+    for f in [
+        "scores.csv",
+        "matrix.csv",
+        "metrics.csv",
+        "extras.csv",
+        "clicks.csv",
+        "interactive.csv",
+    ] {
         assert_eq!(
             read(&ra.join(f)),
             read(&rb.join(f)),
@@ -287,6 +329,28 @@ fn validate_reports_good_and_bad_specs() {
         t.contains("bad.toml") && t.contains("line 33") && t.contains("batchsize"),
         "{t}"
     );
+    // [eval.interactive] is checked strictly: the error names the key and quotes its line
+    for (extra, want) in [
+        (
+            "\n[eval.interactive]\nmax_clicks = 0\n",
+            "[eval.interactive]: `max_clicks` = 0 is out of range",
+        ),
+        ("\n[eval.interactive]\nclicks = 3\n", "| clicks = 3"),
+        (
+            "\n[eval.interactive]\nreport_at = [12]\n",
+            "| report_at = [12]",
+        ),
+        ("\n[eval]\ninteractiv = 1\n", "| interactiv = 1"),
+    ] {
+        let p = write_spec(tmp.path(), 1, extra);
+        let o = bin().arg("validate").arg(&p).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra}: {}", text(&o));
+        assert!(text(&o).contains(want), "{extra}: {}", text(&o));
+    }
+    let p = write_spec(tmp.path(), 1, "\n[eval.interactive]\nmax_clicks = 5\n");
+    let o = bin().arg("validate").arg(&p).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let spec = write_spec(tmp.path(), 1, "");
     // a folder task whose files are missing is rejected before anything runs
     let missing = tmp.path().join("missing.toml");
     std::fs::write(

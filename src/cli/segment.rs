@@ -1,5 +1,7 @@
-//! `evosam segment --image IMG --box X0,Y0,X1,Y1 --out MASK.png [--logits L.npy] [--weights PATH]
-//! [--experts DIR [--expert NAME]]`: LiteMedSAM's official inference recipe on one image.
+//! `evosam segment --image IMG --box X0,Y0,X1,Y1 [--point X,Y,LABEL]... [--mask-in L.npy] --out MASK.png
+//! [--logits L.npy] [--weights PATH] [--experts DIR [--expert NAME]]`: LiteMedSAM's official inference recipe on
+//! one image. Clicks and the previous logits let a person refine a mask by hand, one run per click:
+//! `--logits` of one run is the `--mask-in` of the next.
 
 use std::path::{Path, PathBuf};
 
@@ -18,9 +20,15 @@ pub struct Args {
     /// Input image (PNG/JPEG/TIFF/GIF/PPM; grey or RGB; 8 or 16 bit).
     #[arg(long)]
     pub image: PathBuf,
-    /// Box prompt in original pixel coordinates: X0,Y0,X1,Y1.
+    /// Box prompt in original pixel coordinates: X0,Y0,X1,Y1 (optional when clicks are given).
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1")]
-    pub bbox: String,
+    pub bbox: Option<String>,
+    /// A click in original pixel coordinates, LABEL 1 = foreground, 0 = background; repeatable.
+    #[arg(long = "point", value_name = "X,Y,LABEL")]
+    pub points: Vec<String>,
+    /// Mask prompt: the 256x256 low-resolution logits of a previous run (as written by --logits), .npy float32.
+    #[arg(long = "mask-in", value_name = "L.npy")]
+    pub mask_in: Option<PathBuf>,
     /// Output mask (PNG, same size as the input, values 0/255).
     #[arg(long)]
     pub out: PathBuf,
@@ -54,6 +62,90 @@ pub fn parse_box(s: &str) -> Result<[f64; 4]> {
             .map_err(|_| Error::input(format!("--box `{s}`: `{t}` is not a number")))?;
     }
     Ok(b)
+}
+
+/// One `--point X,Y,LABEL`, checked against the original image size.
+pub fn parse_point(s: &str, meta: &PrepMeta) -> Result<([f64; 2], u8)> {
+    let v: Vec<&str> = s.split(',').map(str::trim).collect();
+    if v.len() != 3 {
+        return Err(Error::input(format!(
+            "--point `{s}`: expected X,Y,LABEL (LABEL 1 = foreground, 0 = background)"
+        )));
+    }
+    let num = |t: &str| -> Result<f64> {
+        t.parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| Error::input(format!("--point `{s}`: `{t}` is not a number")))
+    };
+    let (x, y) = (num(v[0])?, num(v[1])?);
+    let label = match v[2] {
+        "1" => 1,
+        "0" => 0,
+        t => {
+            return Err(Error::input(format!(
+                "--point `{s}`: label `{t}` must be 1 (foreground) or 0 (background)"
+            )))
+        }
+    };
+    if x < 0.0 || y < 0.0 || x >= meta.orig_w as f64 || y >= meta.orig_h as f64 {
+        return Err(Error::input(format!(
+            "--point `{s}`: outside the {}x{} image",
+            meta.orig_w, meta.orig_h
+        )));
+    }
+    Ok(([x, y], label))
+}
+
+/// `--mask-in`: a (S, S), (1, S, S) or (1, 1, S, S) float array -> (1, 1, S, S) f32.
+pub fn read_mask_in(path: &Path, size: usize) -> Result<Tensor> {
+    let t = Tensor::read_npy(path).map_err(|e| {
+        Error::input(format!(
+            "{}: cannot read the mask prompt (.npy): {e}",
+            path.display()
+        ))
+    })?;
+    let n = t.elem_count();
+    if n != size * size || t.dims().iter().rev().take(2).any(|&d| d != size) {
+        return Err(Error::input(format!(
+            "{}: the mask prompt must be {size}x{size} low-resolution logits (as written by --logits), got shape {:?}",
+            path.display(),
+            t.dims()
+        )));
+    }
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .reshape((1, 1, size, size))?)
+}
+
+/// The prompts of the command line, in the model frame.
+fn build_prompts(args: &Args, meta: &PrepMeta, size: usize, dev: &Device) -> Result<Prompts> {
+    let mut prompts = Prompts::default();
+    if let Some(bs) = &args.bbox {
+        let b = parse_box(bs)?;
+        validate_box(b, meta)
+            .map_err(|e| Error::input(format!("{}: {e}", args.image.display())))?;
+        prompts = Prompts::from_box_slice(&[scale_box(b, meta)], dev)?;
+    }
+    if !args.points.is_empty() {
+        let (mut xy, mut lab) = (Vec::new(), Vec::new());
+        for p in &args.points {
+            let ([x, y], l) = parse_point(p, meta)?;
+            xy.extend([(x * meta.scale) as f32, (y * meta.scale) as f32]);
+            lab.push(l as f32);
+        }
+        let n = lab.len();
+        prompts.points = Some((
+            Tensor::from_vec(xy, (1, n, 2), dev)?,
+            Tensor::from_vec(lab, (1, n), dev)?,
+        ));
+    }
+    if prompts.boxes.is_none() && prompts.points.is_none() {
+        return Err(Error::input("segment needs a prompt: --box and/or --point"));
+    }
+    if let Some(p) = &args.mask_in {
+        prompts.masks = Some(read_mask_in(p, size)?.to_device(dev)?);
+    }
+    Ok(prompts)
 }
 
 /// The expert set of `--experts`, or None.
@@ -122,17 +214,15 @@ fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<us
 
 /// Segment one image and write the mask.
 pub fn run(args: Args) -> Result<()> {
-    let b = parse_box(&args.bbox)?;
     let img = load_image(&args.image)?;
-    let meta = PrepMeta::new(img.height, img.width, 256);
-    validate_box(b, &meta).map_err(|e| Error::input(format!("{}: {e}", args.image.display())))?;
-    let weights = resolve_weights(args.weights.as_deref())?;
     let dev = Device::Cpu;
+    // Check every prompt before the weights are resolved (a download) or the encoder runs.
+    let meta = PrepMeta::new(img.height, img.width, 256);
+    let prompts = build_prompts(&args, &meta, 256, &dev)?;
+    let weights = resolve_weights(args.weights.as_deref())?;
     let model = LiteMedSam::from_pth(&weights, &dev)?;
     let experts = load_experts(&args, &model, &weights)?;
     let (x, meta) = to_model_input(&img, model.input_size())?;
-    let sb = scale_box(b, &meta);
-    let prompts = Prompts::from_box_slice(&[sb], &dev)?;
     // The encoder is frozen (decoder experts): encode once, route on the embedding, decode with the expert.
     let emb = model.encode(&x.unsqueeze(0)?)?;
     let ad = match &experts {
@@ -154,9 +244,22 @@ pub fn run(args: Args) -> Result<()> {
         .ok_or_else(|| Error::internal("mask buffer size"))?;
     png.save(&args.out)
         .map_err(|e| Error::input(format!("{}: cannot write mask: {e}", args.out.display())))?;
+    let mut used = Vec::new();
+    if args.bbox.is_some() {
+        used.push("box".to_string());
+    }
+    match args.points.len() {
+        0 => {}
+        1 => used.push("1 click".into()),
+        n => used.push(format!("{n} clicks")),
+    }
+    if args.mask_in.is_some() {
+        used.push("mask prompt".into());
+    }
     eprintln!(
-        "{}: {}x{} mask, {} foreground pixels ({:.1}%), predicted IoU {:.3} -> {}",
+        "{} ({}): {}x{} mask, {} foreground pixels ({:.1}%), predicted IoU {:.3} -> {}",
         args.image.display(),
+        used.join(" + "),
         meta.orig_w,
         meta.orig_h,
         fg,

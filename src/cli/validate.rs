@@ -50,6 +50,19 @@ pub fn run(args: Args) -> crate::Result<()> {
             s.label, s.kind, s.preset, s.train.epochs, s.train.batch_size, s.train.lr, s.lora.rank, s.lora.alpha, s.lora.targets
         );
     }
+    if let Some(i) = &spec.interactive {
+        println!(
+            "  interactive study: up to {} clicks, NoC targets {:?}, Dice at {:?}, mask prompt {}, stages {:?}{}",
+            i.max_clicks,
+            i.targets,
+            i.report_at,
+            if i.mask_prompt { "on" } else { "off" },
+            i.stages,
+            i.max_cases
+                .map(|m| format!(", at most {m} images per task"))
+                .unwrap_or_default()
+        );
+    }
     let n = spec.strategies.len() * spec.experiment.seeds.len() * spec.orders.len();
     println!("ok: {n} cells");
     Ok(())

@@ -51,6 +51,7 @@ impl LiteMedSamConfig {
                 embed_dim: 256,
                 image_embedding_size: 64,
                 input_image_size: 256,
+                mask_in_chans: 16,
             },
             decoder: MaskDecoderConfig {
                 transformer_dim: 256,
@@ -88,6 +89,7 @@ impl LiteMedSamConfig {
                 embed_dim: 32,
                 image_embedding_size: 64,
                 input_image_size: 256,
+                mask_in_chans: 16,
             },
             decoder: MaskDecoderConfig {
                 transformer_dim: 32,
@@ -106,13 +108,16 @@ impl LiteMedSamConfig {
     }
 }
 
-/// Box and/or point prompts for a batch, in the SxS model-input frame.
+/// Box and/or point prompts for a batch, in the SxS model-input frame, and optionally a mask prompt.
 #[derive(Clone, Debug, Default)]
 pub struct Prompts {
     /// (B, 4): x0, y0, x1, y1.
     pub boxes: Option<Tensor>,
     /// (B, N, 2) coordinates and (B, N) labels (1 foreground, 0 background).
     pub points: Option<(Tensor, Tensor)>,
+    /// (B, 1, S, S) low-resolution logits of a previous prediction (SAM's mask input), or None for the
+    /// no-mask embedding.
+    pub masks: Option<Tensor>,
 }
 
 impl Prompts {
@@ -121,6 +126,7 @@ impl Prompts {
         Self {
             boxes: Some(boxes),
             points: None,
+            masks: None,
         }
     }
 
@@ -157,6 +163,11 @@ impl Prompts {
                 Some((p, l)) => Some((p.index_select(idx, 0)?, l.index_select(idx, 0)?)),
                 None => None,
             },
+            masks: self
+                .masks
+                .as_ref()
+                .map(|m| m.index_select(idx, 0))
+                .transpose()?,
         })
     }
 }
@@ -303,15 +314,26 @@ impl LiteMedSam {
             prompts.boxes.as_ref(),
         )?;
         let emb = common::to_dtype(emb, self.dtype)?;
-        let no_mask = pe
-            .dense_embeddings(1)?
-            .narrow(2, 0, 1)?
-            .narrow(3, 0, 1)?
-            .reshape((1, 1, 1, c))?;
-        let src = emb
-            .permute((0, 2, 3, 1))?
-            .contiguous()?
-            .broadcast_add(&no_mask)?;
+        let emb_cl = emb.permute((0, 2, 3, 1))?.contiguous()?;
+        let src = match &prompts.masks {
+            Some(m) => {
+                if m.dim(0)? != b {
+                    return Err(Error::input(format!(
+                        "{} mask prompts for {b} embeddings",
+                        m.dim(0)?
+                    )));
+                }
+                (emb_cl + pe.embed_masks(m)?)?
+            }
+            None => {
+                let no_mask = pe
+                    .dense_embeddings(1)?
+                    .narrow(2, 0, 1)?
+                    .narrow(3, 0, 1)?
+                    .reshape((1, 1, 1, c))?;
+                emb_cl.broadcast_add(&no_mask)?
+            }
+        };
         let pos = pe
             .get_dense_pe()
             .permute((0, 2, 3, 1))?

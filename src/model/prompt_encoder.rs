@@ -1,9 +1,15 @@
-//! SAM prompt encoder (boxes and points; no mask input, which LiteMedSAM does not use).
+//! SAM prompt encoder: boxes and points (sparse embeddings) and a mask prompt (dense embedding).
+//!
+//! The mask prompt is SAM's mask input: low-resolution logits (B, 1, 4s, 4s) of a previous prediction, run
+//! through `mask_downscaling` (two 2x2 stride-2 convs with LayerNorm2d + GELU, then a 1x1 conv) into a
+//! (B, s, s, embed_dim) map that replaces the no-mask embedding. LiteMedSAM's checkpoint carries these weights
+//! (`prompt_encoder.mask_downscaling.{0,1,3,4,6}.*`), although it is not known whether it was trained with mask
+//! prompts: the interactive study makes it optional.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{Param, Visit};
+use super::common::{self, Param, Visit};
 
 /// Hyper-parameters of SAM's prompt encoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +20,85 @@ pub struct PromptEncoderConfig {
     pub image_embedding_size: usize,
     /// Side of the model input in pixels; prompt coordinates are in this frame.
     pub input_image_size: usize,
+    /// Hidden channels of the mask downscaling (16 in SAM and LiteMedSAM; the first conv has a quarter).
+    pub mask_in_chans: usize,
+}
+
+/// `mask_downscaling` = Conv2d(1, c/4, 2, 2) -> LayerNorm2d -> GELU -> Conv2d(c/4, c, 2, 2) -> LayerNorm2d ->
+/// GELU -> Conv2d(c, embed_dim, 1). The 2x2 stride-2 convs do not overlap, so each is one matrix product on
+/// non-overlapping 2x2 patches, computed channels-last (the layout the decoder wants).
+#[derive(Clone, Debug)]
+struct MaskDownscaling {
+    w0: Tensor, // (4, c1): rows (dy, dx)
+    b0: Tensor,
+    ln1: (Tensor, Tensor),
+    w3: Tensor, // (4 * c1, c2): rows (dy, dx, cin)
+    b3: Tensor,
+    ln4: (Tensor, Tensor),
+    w6: Tensor, // (c2, e)
+    b6: Tensor,
+}
+
+/// LayerNorm2d's epsilon in SAM.
+const LN2D_EPS: f64 = 1e-6;
+
+impl MaskDownscaling {
+    fn new(c2: usize, e: usize, vb: VarBuilder) -> Result<Self> {
+        let c1 = c2 / 4;
+        let ln = |i: &str, c: usize| -> Result<(Tensor, Tensor)> {
+            Ok((vb.pp(i).get(c, "weight")?, vb.pp(i).get(c, "bias")?))
+        };
+        Ok(Self {
+            w0: vb
+                .pp("0")
+                .get((c1, 1, 2, 2), "weight")?
+                .reshape((c1, 4))?
+                .t()?
+                .contiguous()?,
+            b0: vb.pp("0").get(c1, "bias")?,
+            ln1: ln("1", c1)?,
+            w3: vb
+                .pp("3")
+                .get((c2, c1, 2, 2), "weight")?
+                .permute((0, 2, 3, 1))?
+                .reshape((c2, 4 * c1))?
+                .t()?
+                .contiguous()?,
+            b3: vb.pp("3").get(c2, "bias")?,
+            ln4: ln("4", c2)?,
+            w6: vb
+                .pp("6")
+                .get((e, c2, 1, 1), "weight")?
+                .reshape((e, c2))?
+                .t()?
+                .contiguous()?,
+            b6: vb.pp("6").get(e, "bias")?,
+        })
+    }
+
+    /// (B, 1, 4s, 4s) -> (B, s, s, e).
+    fn forward(&self, masks: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = masks.dims4()?;
+        let (c1, c2, e) = (self.w0.dim(1)?, self.w3.dim(1)?, self.w6.dim(1)?);
+        let (h1, w1) = (h / 2, w / 2);
+        let x = masks
+            .reshape((b, h1, 2, w1, 2))?
+            .permute((0, 1, 3, 2, 4))?
+            .reshape((b * h1 * w1, 4))?;
+        let x = x.matmul(&self.w0)?.broadcast_add(&self.b0)?;
+        let x = common::gelu(&common::layer_norm(&x, &self.ln1.0, &self.ln1.1, LN2D_EPS)?)?;
+        let (h2, w2) = (h1 / 2, w1 / 2);
+        let x = x
+            .reshape((b, h2, 2, w2, 2, c1))?
+            .permute((0, 1, 3, 2, 4, 5))?
+            .reshape((b * h2 * w2, 4 * c1))?;
+        let x = x.matmul(&self.w3)?.broadcast_add(&self.b3)?;
+        let x = common::gelu(&common::layer_norm(&x, &self.ln4.0, &self.ln4.1, LN2D_EPS)?)?;
+        debug_assert_eq!(x.dim(1)?, c2);
+        x.matmul(&self.w6)?
+            .broadcast_add(&self.b6)?
+            .reshape((b, h2, w2, e))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -25,6 +110,7 @@ pub struct PromptEncoder {
     not_a_point_embed: Tensor,     // (1, embed_dim)
     no_mask_embed: Tensor,         // (1, embed_dim)
     dense_pe: Tensor,              // (1, embed_dim, s, s)
+    mask_downscaling: MaskDownscaling,
 }
 
 impl PromptEncoder {
@@ -40,6 +126,8 @@ impl PromptEncoder {
         let not_a_point_embed = vb.pp("not_a_point_embed").get((1, e), "weight")?;
         let no_mask_embed = vb.pp("no_mask_embed").get((1, e), "weight")?;
         let dense_pe = Self::grid_pe(&pe_gauss, cfg.image_embedding_size)?;
+        let mask_downscaling =
+            MaskDownscaling::new(cfg.mask_in_chans, e, vb.pp("mask_downscaling"))?;
         Ok(Self {
             cfg: cfg.clone(),
             path: vb.prefix(),
@@ -48,6 +136,7 @@ impl PromptEncoder {
             not_a_point_embed,
             no_mask_embed,
             dense_pe,
+            mask_downscaling,
         })
     }
 
@@ -89,6 +178,20 @@ impl PromptEncoder {
         self.no_mask_embed
             .reshape((1, self.cfg.embed_dim, 1, 1))?
             .broadcast_as((b, self.cfg.embed_dim, s, s))
+    }
+
+    /// Mask prompt: low-resolution logits (B, 1, 4s, 4s) -> dense embedding (B, s, s, embed_dim), channels-last.
+    pub fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
+        let m = 4 * self.cfg.image_embedding_size;
+        let (_, c, h, w) = masks.dims4()?;
+        if c != 1 || h != m || w != m {
+            candle_core::bail!(
+                "a mask prompt must be (B, 1, {m}, {m}), got {:?}",
+                masks.dims()
+            );
+        }
+        self.mask_downscaling
+            .forward(&common::to_dtype(masks, self.pe_gauss.dtype())?)
     }
 
     fn coords_pe(&self, coords: &Tensor) -> Result<Tensor> {

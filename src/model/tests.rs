@@ -110,6 +110,24 @@ fn parity_with_pytorch_reference() {
                 Tensor::from_vec(labels, (b, n), &dev).unwrap(),
             ));
         }
+        if let Some(f) = case.get("mask_in").and_then(|v| v.as_str()) {
+            let m = Tensor::read_npy(fixtures().join(f)).unwrap();
+            if name == "mask_box0" {
+                let want = Tensor::read_npy(fixtures().join("mask_box0_dense8.npy")).unwrap();
+                let dense = model.prompt_encoder.embed_masks(&m).unwrap(); // (1, s, s, C)
+                let got = dense
+                    .get(0)
+                    .unwrap()
+                    .permute((2, 0, 1))
+                    .unwrap()
+                    .narrow(0, 0, 8)
+                    .unwrap();
+                let d = rel_diff(&got.contiguous().unwrap(), &want);
+                eprintln!("mask embedding (first 8 channels) rel diff {d:.2e}");
+                assert!(d < 1e-3, "mask embedding differs: {d}");
+            }
+            prompts.masks = Some(m);
+        }
         let out = model.decode(&emb, &prompts, None).unwrap();
         let want = Tensor::read_npy(fixtures().join(format!("{name}_logits.npy"))).unwrap();
         let want_iou = Tensor::read_npy(fixtures().join(format!("{name}_iou.npy"))).unwrap();
@@ -130,7 +148,7 @@ fn parity_with_pytorch_reference() {
         assert!(di < 1e-3, "{name}: iou differs, {di}");
         checked += 1;
     }
-    assert_eq!(checked, 6);
+    assert_eq!(checked, 8);
 }
 
 #[test]
@@ -443,4 +461,45 @@ fn micro_bench_fused() {
             (t3 - t2).as_secs_f64() * 1e3
         );
     }
+}
+
+#[test]
+fn tiny_mask_prompt_changes_the_output_and_batches_like_single_images() {
+    let dev = Device::Cpu;
+    let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), 3, &dev).unwrap();
+    let emb = Tensor::rand(-1f32, 1f32, (2, 32, 64, 64), &dev).unwrap();
+    let mut p =
+        Prompts::from_box_slice(&[[10., 20., 100., 200.], [50., 50., 60., 90.]], &dev).unwrap();
+    let plain = m.decode(&emb, &p, None).unwrap();
+    p.masks = Some(Tensor::rand(-5f32, 5f32, (2, 1, 256, 256), &dev).unwrap());
+    let dense = m
+        .prompt_encoder
+        .embed_masks(p.masks.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(dense.dims(), &[2, 64, 64, 32]);
+    let out = m.decode(&emb, &p, None).unwrap();
+    let changed = (&out.logits - &plain.logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(changed > 1e-3, "the mask prompt must change the logits");
+    let one = m
+        .decode(
+            &emb.narrow(0, 1, 1).unwrap(),
+            &p.select(&Tensor::new(&[1u32], &dev).unwrap()).unwrap(),
+            None,
+        )
+        .unwrap();
+    let d = rel_diff(&out.logits.narrow(0, 1, 1).unwrap(), &one.logits);
+    assert!(d < 1e-4, "batch row differs from single: {d}");
+    // Wrong sizes are errors, not panics.
+    p.masks = Some(Tensor::zeros((2, 1, 128, 128), DType::F32, &dev).unwrap());
+    let e = m.decode(&emb, &p, None).unwrap_err().to_string();
+    assert!(e.contains("mask prompt"), "{e}");
+    p.masks = Some(Tensor::zeros((1, 1, 256, 256), DType::F32, &dev).unwrap());
+    assert!(m.decode(&emb, &p, None).is_err());
 }

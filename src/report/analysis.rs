@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::load::{ResultsSet, ScoreRow};
-use super::stats::{mean_std, Wilcoxon};
+pub use super::stats::Stat;
+use super::stats::Wilcoxon;
 
 mod steps;
 use steps::{
@@ -42,30 +43,6 @@ pub fn strategy_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
         }
     }
     out
-}
-
-/// Mean, sample std (n-1) and count.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Stat {
-    /// Mean.
-    pub mean: f64,
-    /// Sample standard deviation (n - 1; 0 for one value).
-    pub std: f64,
-    /// Number of (finite) values.
-    pub n: usize,
-}
-
-impl Stat {
-    /// Statistics of the finite values (NaN/inf are left out; `n` counts the values used).
-    pub fn of(values: &[f64]) -> Option<Stat> {
-        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-        let values = finite.as_slice();
-        mean_std(values).map(|(mean, std)| Stat {
-            mean,
-            std,
-            n: values.len(),
-        })
-    }
 }
 
 /// Dice of one task against training stage for one strategy (forgetting curve), over runs.
@@ -202,6 +179,9 @@ pub struct ReportData {
     pub table: SummaryTable,
     /// Data-quality notes for the report (left-out values, skipped tests, dropped duplicates).
     pub notes: Vec<String>,
+    /// The interactive study (curves, NoC bars, table), when the results have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<super::interactive::InteractiveData>,
 }
 
 impl ReportData {
@@ -264,7 +244,12 @@ impl ReportData {
                 ));
             }
         }
+        let interactive = rs
+            .interactive
+            .as_ref()
+            .and_then(|s| super::interactive::compute(&rs.clicks, s, &strategies));
         ReportData {
+            interactive,
             strategies,
             tasks: tasks.clone(),
             curves,

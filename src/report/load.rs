@@ -51,6 +51,9 @@ pub struct ResultsSet {
     pub extras: Vec<ExtraRow>,
     /// Exact duplicate rows dropped while merging, per table.
     pub duplicates_dropped: BTreeMap<String, usize>,
+    /// The interactive study's rows and settings (`clicks.parquet`, `interactive.json`), when run.
+    pub clicks: Vec<crate::interactive::rows::ClickRow>,
+    pub interactive: Option<crate::interactive::InteractiveSpec>,
 }
 
 const SCORES_COLS: [&str; 10] = [
@@ -587,6 +590,7 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
                 .join(", ")
         )));
     }
+    let (clicks, interactive) = super::interactive::load(run_dirs)?;
     Ok(ResultsSet {
         run_dirs: run_dirs.to_vec(),
         scores,
@@ -594,5 +598,7 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
         metrics,
         extras,
         duplicates_dropped: dup,
+        clicks,
+        interactive,
     })
 }

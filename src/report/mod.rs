@@ -7,6 +7,8 @@
 
 /// The numbers behind every figure and table.
 pub mod analysis;
+/// The interactive study: Dice-vs-clicks curves, NoC bars and the interactive table.
+pub mod interactive;
 /// Reading and merging results folders.
 pub mod load;
 pub mod plots;
@@ -128,6 +130,29 @@ pub fn write_report_data(data: &ReportData, out_dir: &Path) -> Result<ReportSumm
         &tables_dir.join("wilcoxon.csv"),
         &tables::wilcoxon_csv(&data.table),
     )?);
+    if let Some(it) = &data.interactive {
+        let fig = plots::ClicksFigure {
+            curves: &it.curves,
+            tasks: &it.tasks,
+            strategies: &data.strategies,
+        };
+        files.extend(plots::save(&fig, &plots_dir, "interactive_dice_vs_clicks")?);
+        let fig = plots::NocFigure {
+            bars: &it.noc,
+            targets: &it.table.settings.targets,
+            never: it.table.max_clicks + 1,
+            strategies: &data.strategies,
+        };
+        files.extend(plots::save(&fig, &plots_dir, "interactive_noc")?);
+        files.push(write_file(
+            &tables_dir.join("interactive.md"),
+            &interactive::to_markdown(&it.table),
+        )?);
+        files.push(write_file(
+            &tables_dir.join("interactive.tex"),
+            &interactive::to_latex(&it.table),
+        )?);
+    }
     Ok(ReportSummary {
         out_dir: out_dir.to_path_buf(),
         files,

@@ -16,6 +16,30 @@ pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean, (ss / (n - 1) as f64).sqrt()))
 }
 
+/// Mean, sample std (n-1) and count.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stat {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (n - 1; 0 for one value).
+    pub std: f64,
+    /// Number of (finite) values.
+    pub n: usize,
+}
+
+impl Stat {
+    /// Statistics of the finite values (NaN/inf are left out; `n` counts the values used).
+    pub fn of(values: &[f64]) -> Option<Stat> {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        let values = finite.as_slice();
+        mean_std(values).map(|(mean, std)| Stat {
+            mean,
+            std,
+            n: values.len(),
+        })
+    }
+}
+
 /// How the p-value was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum WilcoxonMethod {

@@ -183,7 +183,7 @@ pub fn footnote(tc: &TableCells, tex: bool) -> Vec<String> {
     v
 }
 
-fn p_text(w: &Option<Wilcoxon>, is_ref: bool, tex: bool) -> String {
+pub(super) fn p_text(w: &Option<Wilcoxon>, is_ref: bool, tex: bool) -> String {
     let dag = if tex { "$^\\dagger$" } else { "†" };
     match w {
         Some(w) => {
@@ -200,7 +200,7 @@ fn p_text(w: &Option<Wilcoxon>, is_ref: bool, tex: bool) -> String {
     }
 }
 
-fn md_escape(s: &str) -> String {
+pub(super) fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
@@ -222,7 +222,7 @@ pub fn tex_escape(s: &str) -> String {
     o
 }
 
-fn cell_md(c: &Cell) -> String {
+pub(super) fn cell_md(c: &Cell) -> String {
     match c.stat {
         None => "n/a".into(),
         Some(s) => {
@@ -237,7 +237,7 @@ fn cell_md(c: &Cell) -> String {
     }
 }
 
-fn cell_tex(c: &Cell) -> String {
+pub(super) fn cell_tex(c: &Cell) -> String {
     match c.stat {
         None => "n/a".into(),
         Some(s) => {
@@ -253,7 +253,7 @@ fn cell_tex(c: &Cell) -> String {
     }
 }
 
-fn header_arrow(c: &ColumnSpec, tex: bool) -> String {
+pub(super) fn header_arrow(c: &ColumnSpec, tex: bool) -> String {
     match (c.higher_is_better, tex) {
         (true, false) => format!("{} ↑", c.header),
         (false, false) => format!("{} ↓", c.header),

@@ -6,6 +6,8 @@ use super::eval::evaluate;
 use super::plan::Cell;
 use super::record::Attempt;
 use super::shared::Shared;
+use super::study::{study_stage, CLICKS_FILE};
+use crate::interactive::rows::ClickRow;
 use crate::results::{ExtraRow, ScoreRow};
 use crate::strategy::{BuildEnv, Progress, Strategy, StrategyCtx};
 use crate::util::{derive_seed, write_atomic};
@@ -171,6 +173,7 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
         };
         sh.reporter.stage(&cell.id, k, n, "evaluating");
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
+        let clicks = study_stage(sh, strat.as_ref(), &ctx, cell, k)?;
         let mut extra = strat.extra_metrics();
         if k > 0 {
             let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
@@ -195,6 +198,9 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
             }
             write_json(&tmp.join("scores.json"), &rows)?;
             write_json(&tmp.join("extras.json"), &extras)?;
+            if let Some(c) = &clicks {
+                write_json(&tmp.join(CLICKS_FILE), c)?;
+            }
             Ok(())
         })?;
         // only the latest state is needed to resume
@@ -260,4 +266,24 @@ pub(super) fn collect(sh: &Shared, cells: &[Cell]) -> Result<(Vec<ScoreRow>, Vec
         }
     }
     Ok((scores, extras))
+}
+
+/// Every committed stage's interactive-study rows, in canonical cell order.
+pub(super) fn collect_clicks(sh: &Shared, cells: &[Cell]) -> Result<Vec<ClickRow>> {
+    let mut rows = Vec::new();
+    for cell in cells {
+        let cdir = cell_dir(sh, cell);
+        let n = sh.spec.orders[cell.order].tasks.len();
+        for k in 0..=n {
+            let sd = stage_dir(&cdir, k);
+            if !sd.join("done").is_file() {
+                break;
+            }
+            let f = sd.join(CLICKS_FILE);
+            if f.is_file() {
+                rows.extend(read_json::<Vec<ClickRow>>(&f)?);
+            }
+        }
+    }
+    Ok(rows)
 }

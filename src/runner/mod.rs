@@ -27,6 +27,7 @@ mod progress;
 pub mod record;
 mod setup;
 mod shared;
+mod study;
 
 pub use eval::{case_dice, EVAL_BATCH};
 pub use jobs::{finalize_run, prepare_run, run_one_cell};
@@ -42,7 +43,7 @@ use crate::results;
 use crate::spec::Spec;
 use crate::strategy::Registry;
 use crate::{Error, Result};
-use cell::{collect, run_cells, Outcome};
+use cell::{collect, collect_clicks, run_cells, Outcome};
 use plan::RunFolder;
 use shared::Shared;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,10 @@ fn finish(
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
     let (scores, extras) = collect(shared, cells)?;
     let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
+    if let Some(ispec) = &shared.spec.interactive {
+        let clicks = collect_clicks(shared, cells)?;
+        crate::interactive::rows::write_tables(&dir, &clicks, ispec)?;
+    }
     if !opts.quiet {
         manifest::print_metrics(&metrics);
     }

@@ -50,6 +50,7 @@
 //! built-in defaults < preset < the spec's `[train]`/`[model.lora]` < the `[[strategy]]` entry.
 
 mod diag;
+mod interactive;
 mod parse;
 mod presets;
 mod slurm;
@@ -58,6 +59,7 @@ mod streams;
 mod tests;
 
 pub use diag::{from_table, from_value, Diag, KeyPath, Seg};
+pub use interactive::{InteractiveSpec, StudyStages, TimeModel};
 pub use presets::find_preset;
 pub use slurm::{SettingError, SlurmSettings};
 
@@ -101,6 +103,8 @@ pub struct Spec {
     pub model: ModelSpec,
     /// `[[strategy]]` entries, presets resolved and merged.
     pub strategies: Vec<StrategySpec>,
+    /// `[eval.interactive]`: the simulated-clinician study (None: not run).
+    pub interactive: Option<InteractiveSpec>,
     /// The optional `[slurm]` table: defaults for `evosam submit` (its flags override them). Not part of the
     /// results: resubmitting with other resources resumes the same run.
     #[serde(skip_serializing_if = "SlurmSettings::is_empty")]

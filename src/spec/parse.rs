@@ -6,8 +6,8 @@ use super::diag::{from_table, from_value, Diag, Seg, SpecSource};
 use super::presets::resolve_strategy;
 use super::streams::{resolve_orders, RawOrder};
 use super::{
-    default_lora, merge_tables, parse_device, Catalog, ExperimentSpec, ModelSpec, SourceTable,
-    Spec, StrategySpec, StreamSpec, TaskSpec, TrainSpec,
+    default_lora, merge_tables, parse_device, Catalog, ExperimentSpec, InteractiveSpec, ModelSpec,
+    SourceTable, Spec, StrategySpec, StreamSpec, TaskSpec, TrainSpec,
 };
 use crate::model::LoraConfig;
 use crate::{Error, Result};
@@ -28,7 +28,17 @@ struct RawSpec {
     #[serde(default)]
     strategy: Vec<Spanned<Table>>,
     #[serde(default)]
+    eval: Option<Spanned<Table>>,
+    #[serde(default)]
     slurm: Option<Spanned<super::SlurmSettings>>,
+}
+
+/// `[eval]`: evaluation extras beyond the per-stage Dice (today the interactive study).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEval {
+    #[serde(default)]
+    interactive: Option<Table>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +175,8 @@ pub(super) fn parse(
     let _: TrainSpec = from_table(&spec_train)
         .map_err(|d| src.err_diag(&[key("train")], train_start, "[train]", &d))?;
 
+    let interactive = parse_eval(&src, raw.eval)?;
+
     // [[strategy]]
     if raw.strategy.is_empty() {
         return Err(src.err(
@@ -221,8 +233,31 @@ pub(super) fn parse(
         orders,
         model,
         strategies,
+        interactive,
         slurm,
     })
+}
+
+/// `[eval]` and its `[eval.interactive]` table, checked strictly (unknown keys, types, ranges).
+fn parse_eval(src: &SpecSource, e: Option<Spanned<Table>>) -> Result<Option<InteractiveSpec>> {
+    let Some(e) = e else {
+        return Ok(None);
+    };
+    let start = e.span().start;
+    let raw: RawEval =
+        from_table(e.get_ref()).map_err(|d| src.err_diag(&[key("eval")], start, "[eval]", &d))?;
+    raw.interactive
+        .map(|t| {
+            InteractiveSpec::from_table(&t).map_err(|d| {
+                src.err_diag(
+                    &[key("eval"), key("interactive")],
+                    start,
+                    "[eval.interactive]",
+                    &d,
+                )
+            })
+        })
+        .transpose()
 }
 
 fn parse_experiment(src: &SpecSource, e: Spanned<ExperimentSpec>) -> Result<ExperimentSpec> {

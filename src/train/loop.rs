@@ -142,6 +142,7 @@ pub fn make_prompts(
     Ok(Prompts {
         boxes: Some(boxes),
         points,
+        masks: None,
     })
 }
 

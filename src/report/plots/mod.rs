@@ -13,21 +13,25 @@ use plotters::prelude::*;
 
 use crate::{Error, Result};
 
+mod clicks;
 mod confusion;
 mod curves;
 mod growth;
 mod heatmap;
 mod matrix;
+mod noc;
 mod panel;
 mod png;
 /// Fonts, colours, markers and the legend.
 pub mod style;
 mod summary;
 
+pub use clicks::ClicksFigure;
 pub use confusion::ConfusionFigure;
 pub use curves::CurvesFigure;
 pub use growth::GrowthFigure;
 pub use heatmap::HeatmapFigure;
+pub use noc::NocFigure;
 pub use png::{set_png_dpi, PNG_DPI};
 pub use style::{ensure_font, strategy_style, Marker};
 pub use summary::SummaryFigure;

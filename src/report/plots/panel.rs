@@ -192,6 +192,32 @@ pub(super) fn line_panel<DB: DrawingBackend>(
     all: &[String],
     y_fmt: &dyn Fn(&f64) -> String,
 ) -> DrawResult {
+    line_panel_x(
+        root,
+        panel,
+        caption,
+        "Training stage (0 = before training)",
+        y_desc,
+        series,
+        y_range,
+        all,
+        y_fmt,
+    )
+}
+
+/// [`line_panel`] with another x axis description (e.g. clicks instead of stages).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn line_panel_x<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    panel: &DrawingArea<DB, Shift>,
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Line],
+    y_range: (f64, f64),
+    all: &[String],
+    y_fmt: &dyn Fn(&f64) -> String,
+) -> DrawResult {
     let max_stage = series
         .iter()
         .flat_map(|s| s.x.iter())
@@ -208,7 +234,7 @@ pub(super) fn line_panel<DB: DrawingBackend>(
         y_range.0..y_range.1,
     )?;
     panel_mesh(&mut chart)
-        .x_desc("Training stage (0 = before training)")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .x_labels(((max_stage - min_stage).round() as usize + 1).min(12))
         .x_label_formatter(&int_label)
