@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn a_shifted_domain_scores_above_the_threshold() {
         let d = 8;
-        let tasks = vec![feats(1, 15, d, 0.0), feats(4, 15, d, 0.0)];
+        let tasks = [feats(1, 15, d, 0.0), feats(4, 15, d, 0.0)];
         let sums: Vec<Sums> = tasks.iter().map(|t| Sums::of(t, d)).collect();
         let refs: Vec<&Sums> = sums.iter().collect();
         let mut cal = Calibration::default();

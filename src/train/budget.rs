@@ -37,7 +37,7 @@ impl Schedule {
         } else if train.steps > 0 {
             let full = train.steps / spe;
             let mut v = vec![spe; full];
-            if train.steps % spe > 0 {
+            if !train.steps.is_multiple_of(spe) {
                 v.push(train.steps % spe);
             }
             v
