@@ -12,14 +12,12 @@
 //!
 //! Layers (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py` checks that arrows point one way):
 //! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
-//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`], [`cluster`] <
-//! [`cli`].
+//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`], [`cluster`]; the
+//! binary's subcommands (`src/cli/`) use only this public surface.
 
 pub mod error;
 pub use error::{Error, Result};
 
-/// The `evosam` binary's subcommands.
-pub mod cli;
 /// Running a spec on Slurm: job scripts, submission, status (`evosam submit`, `evosam status`).
 pub mod cluster;
 pub mod data;

@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
-use evosam::cli;
+
+mod cli;
 
 /// Large-block cache in front of the system allocator (see `evosam::model::alloc`): training steps free and
 /// re-allocate the same large buffers every step.

@@ -82,6 +82,7 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
     write_atomic(path, &buf)
 }
 
+/// A named column from any value polars can build a series from.
 fn col<T>(name: &str, v: T) -> Column
 where
     Series: NamedFrom<T, [<T as IntoIterator>::Item]>,
@@ -90,30 +91,28 @@ where
     Column::from(Series::new(name.into(), v))
 }
 
+/// The column `name` of one field of every row (strings, integers, floats, options of them).
+pub(crate) fn col_of<R, T>(name: &str, rows: &[R], f: impl Fn(&R) -> T) -> Column
+where
+    Series: NamedFrom<Vec<T>, [T]>,
+{
+    col(name, rows.iter().map(f).collect::<Vec<T>>())
+}
+
 /// scores table from rows (in the given order).
 pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
-    let s = |f: &dyn Fn(&ScoreRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let i = |f: &dyn Fn(&ScoreRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
     Ok(DataFrame::new_infer_height(vec![
-        col("strategy", s(&|r| r.strategy.clone())),
-        col("seed", i(&|r| r.seed)),
-        col("order", s(&|r| r.order.clone())),
-        col("stage", i(&|r| r.stage)),
-        col("trained_task", s(&|r| r.trained_task.clone())),
-        col("eval_task", s(&|r| r.eval_task.clone())),
-        col("eval_index", i(&|r| r.eval_index)),
-        col("case", s(&|r| r.case.clone())),
-        col("dice", rows.iter().map(|r| r.dice).collect::<Vec<f64>>()),
-        col(
-            "routed_to",
-            rows.iter()
-                .map(|r| r.routed_to.clone())
-                .collect::<Vec<Option<String>>>(),
-        ),
-        col(
-            "novelty",
-            rows.iter().map(|r| r.novelty).collect::<Vec<Option<f64>>>(),
-        ),
+        col_of("strategy", rows, |r| r.strategy.clone()),
+        col_of("seed", rows, |r| r.seed),
+        col_of("order", rows, |r| r.order.clone()),
+        col_of("stage", rows, |r| r.stage),
+        col_of("trained_task", rows, |r| r.trained_task.clone()),
+        col_of("eval_task", rows, |r| r.eval_task.clone()),
+        col_of("eval_index", rows, |r| r.eval_index),
+        col_of("case", rows, |r| r.case.clone()),
+        col_of("dice", rows, |r| r.dice),
+        col_of("routed_to", rows, |r| r.routed_to.clone()),
+        col_of("novelty", rows, |r| r.novelty),
     ])?)
 }
 
@@ -193,30 +192,15 @@ pub fn matrix_rows(rows: &[ScoreRow]) -> Vec<MatrixRow> {
 /// The matrix as a frame (matrix.csv columns).
 pub fn matrix_frame(m: &[MatrixRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
-        col(
-            "strategy",
-            m.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>(),
-        ),
-        col("seed", m.iter().map(|r| r.seed).collect::<Vec<_>>()),
-        col(
-            "order",
-            m.iter().map(|r| r.order.clone()).collect::<Vec<_>>(),
-        ),
-        col("stage", m.iter().map(|r| r.stage).collect::<Vec<_>>()),
-        col(
-            "trained_task",
-            m.iter().map(|r| r.trained_task.clone()).collect::<Vec<_>>(),
-        ),
-        col(
-            "eval_task",
-            m.iter().map(|r| r.eval_task.clone()).collect::<Vec<_>>(),
-        ),
-        col(
-            "eval_index",
-            m.iter().map(|r| r.eval_index).collect::<Vec<_>>(),
-        ),
-        col("dice", m.iter().map(|r| r.dice).collect::<Vec<_>>()),
-        col("n_cases", m.iter().map(|r| r.n_cases).collect::<Vec<_>>()),
+        col_of("strategy", m, |r| r.strategy.clone()),
+        col_of("seed", m, |r| r.seed),
+        col_of("order", m, |r| r.order.clone()),
+        col_of("stage", m, |r| r.stage),
+        col_of("trained_task", m, |r| r.trained_task.clone()),
+        col_of("eval_task", m, |r| r.eval_task.clone()),
+        col_of("eval_index", m, |r| r.eval_index),
+        col_of("dice", m, |r| r.dice),
+        col_of("n_cases", m, |r| r.n_cases),
     ])?)
 }
 
@@ -281,25 +265,13 @@ pub fn metrics_frame(
         rows.push((c, met, ex));
     }
     let mut cols = vec![
-        col(
-            "strategy",
-            rows.iter().map(|r| r.0 .0.clone()).collect::<Vec<_>>(),
-        ),
-        col("seed", rows.iter().map(|r| r.0 .1).collect::<Vec<_>>()),
-        col(
-            "order",
-            rows.iter().map(|r| r.0 .2.clone()).collect::<Vec<_>>(),
-        ),
-        col("acc", rows.iter().map(|r| r.1.acc).collect::<Vec<_>>()),
-        col("bwt", rows.iter().map(|r| r.1.bwt).collect::<Vec<_>>()),
-        col(
-            "fwt",
-            rows.iter().map(|r| r.1.fwt).collect::<Vec<Option<f64>>>(),
-        ),
-        col(
-            "forgetting",
-            rows.iter().map(|r| r.1.forgetting).collect::<Vec<_>>(),
-        ),
+        col_of("strategy", &rows, |r| r.0 .0.clone()),
+        col_of("seed", &rows, |r| r.0 .1),
+        col_of("order", &rows, |r| r.0 .2.clone()),
+        col_of("acc", &rows, |r| r.1.acc),
+        col_of("bwt", &rows, |r| r.1.bwt),
+        col_of("fwt", &rows, |r| r.1.fwt),
+        col_of("forgetting", &rows, |r| r.1.forgetting),
     ];
     for k in &extra_keys {
         if [
@@ -315,12 +287,7 @@ pub fn metrics_frame(
         {
             continue;
         }
-        cols.push(col(
-            k,
-            rows.iter()
-                .map(|r| r.2.get(k).copied())
-                .collect::<Vec<Option<f64>>>(),
-        ));
+        cols.push(col_of(k, &rows, |r| r.2.get(k).copied()));
     }
     Ok(DataFrame::new_infer_height(cols)?)
 }
@@ -328,18 +295,12 @@ pub fn metrics_frame(
 /// Extra values as a frame (extras.csv columns).
 pub fn extras_frame(e: &[ExtraRow]) -> Result<DataFrame> {
     Ok(DataFrame::new_infer_height(vec![
-        col(
-            "strategy",
-            e.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>(),
-        ),
-        col("seed", e.iter().map(|r| r.seed).collect::<Vec<_>>()),
-        col(
-            "order",
-            e.iter().map(|r| r.order.clone()).collect::<Vec<_>>(),
-        ),
-        col("stage", e.iter().map(|r| r.stage).collect::<Vec<_>>()),
-        col("key", e.iter().map(|r| r.key.clone()).collect::<Vec<_>>()),
-        col("value", e.iter().map(|r| r.value).collect::<Vec<_>>()),
+        col_of("strategy", e, |r| r.strategy.clone()),
+        col_of("seed", e, |r| r.seed),
+        col_of("order", e, |r| r.order.clone()),
+        col_of("stage", e, |r| r.stage),
+        col_of("key", e, |r| r.key.clone()),
+        col_of("value", e, |r| r.value),
     ])?)
 }
 

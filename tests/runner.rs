@@ -302,6 +302,27 @@ fn jobs_give_the_same_tables_and_divergence_fails_one_cell() {
     );
     let manifest = read(&a.join("tiny/manifest.json"));
     assert!(manifest.contains("\"failed\""), "{manifest}");
+
+    // `evosam report` with several folders needs --out (exit 2, saying so), and merges them there.
+    let o = bin()
+        .args(["report"])
+        .arg(a.join("tiny"))
+        .arg(b.join("tiny"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--out DIR"), "{}", text(&o));
+    let merged = tmp.path().join("merged");
+    let o = bin()
+        .args(["report"])
+        .arg(a.join("tiny"))
+        .arg(b.join("tiny"))
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(merged.join("tables/summary.md").is_file());
 }
 
 #[test]

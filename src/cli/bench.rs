@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::{Adapter, LiteMedSam, LoraConfig, Prompts};
-use crate::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
-use crate::weights::resolve_weights;
-use crate::{Error, Result};
+use evosam::model::{Adapter, LiteMedSam, LoraConfig, Prompts};
+use evosam::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
+use evosam::weights::resolve_weights;
+use evosam::{Error, Result};
 
 /// `evosam bench`'s arguments.
 #[derive(Debug, clap::Args)]

@@ -1,5 +1,6 @@
 //! Subcommand implementations behind the `evosam` binary. Each file owns one subcommand:
-//! its clap `Args` struct and a `run(args) -> crate::Result<()>` function.
+//! its clap `Args` struct and a `run(args) -> evosam::Result<()>` function. They
+//! belong to the binary, not the library, and reach the library only through its public surface.
 
 pub mod bench;
 pub mod report;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::Error;
+use evosam::Error;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,7 +16,7 @@ pub struct Args {
 }
 
 /// Write the report and list the files written.
-pub fn run(args: Args) -> crate::Result<()> {
+pub fn run(args: Args) -> evosam::Result<()> {
     let out =
         match (&args.out, args.run_dirs.as_slice()) {
             (Some(o), _) => o.clone(),
@@ -25,7 +25,7 @@ pub fn run(args: Args) -> crate::Result<()> {
                 "several results folders given: choose where the merged report goes with --out DIR",
             )),
         };
-    let summary = crate::report::write_report(&args.run_dirs, &out)?;
+    let summary = evosam::report::write_report(&args.run_dirs, &out)?;
     for n in &summary.notes {
         eprintln!("note: {n}");
     }

@@ -1,9 +1,9 @@
 //! `evosam run SPEC [--out DIR] [--jobs N] [--resume] [--quiet] [--no-report]`, and the parts of a run that
 //! `evosam submit`'s Slurm jobs run as separate processes: `--prepare`, `--cell ID`, `--finalize`.
 
-use crate::runner::{self, RunOptions};
-use crate::spec::Spec;
-use crate::strategy::Registry;
+use evosam::runner::{self, RunOptions};
+use evosam::spec::Spec;
+use evosam::strategy::Registry;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -44,9 +44,9 @@ pub struct Args {
 /// Run the spec with the built-in strategies. `set_threads` receives the run's compute thread count
 /// ([`runner::threads_for`]) before any work starts: the binary sets `RAYON_NUM_THREADS` with it (the library
 /// itself never changes process-wide state).
-pub fn run(args: Args, set_threads: fn(usize)) -> crate::Result<()> {
+pub fn run(args: Args, set_threads: fn(usize)) -> evosam::Result<()> {
     if args.jobs == 0 {
-        return Err(crate::Error::input("--jobs must be at least 1"));
+        return Err(evosam::Error::input("--jobs must be at least 1"));
     }
     let registry = Registry::default();
     let spec = Spec::load(&args.spec, &registry)?;
@@ -77,7 +77,7 @@ pub fn run(args: Args, set_threads: fn(usize)) -> crate::Result<()> {
             .join(&spec.experiment.name);
         let array = args.slurm_array.filter(|a| !a.is_empty());
         let log_of = |i: usize| {
-            crate::cluster::status::cell_log(&dir, array.as_deref().unwrap_or_default(), i)
+            evosam::cluster::status::cell_log(&dir, array.as_deref().unwrap_or_default(), i)
         };
         let log_of: Option<&dyn Fn(usize) -> PathBuf> = array.is_some().then_some(&log_of as _);
         runner::finalize_run(spec, &registry, &opts, log_of)?

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::model::{LiteMedSam, Prompts};
-use crate::preprocess::{
+use evosam::model::{LiteMedSam, Prompts};
+use evosam::preprocess::{
     load_image, mask_u8, postprocess_logits, scale_box, to_model_input, validate_box, PrepMeta,
 };
-use crate::strategy::evosam::ExpertSet;
-use crate::weights::{resolve_weights, sha256_file};
-use crate::{Error, Result};
+use evosam::strategy::evosam::ExpertSet;
+use evosam::weights::{resolve_weights, sha256_file};
+use evosam::{Error, Result};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -179,7 +179,7 @@ fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<us
         eprintln!("expert: base (the expert folder holds no expert yet)");
         return Ok(None);
     }
-    let pooled = crate::strategy::evosam::pooled_features(emb)?;
+    let pooled = evosam::strategy::evosam::pooled_features(emb)?;
     let scores = set.matcher.scores(&pooled[0])?;
     let route = set.matcher.decide(&scores);
     let choice = set.decide(&pooled[0])?;

@@ -1,6 +1,6 @@
 //! `evosam status DIR`: one line per cell of a run (local or on Slurm).
 
-use crate::cluster::{self, slurm, submit};
+use evosam::cluster::{self, slurm, submit};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -9,7 +9,7 @@ pub struct Args {
     pub dir: PathBuf,
 }
 
-pub fn run(args: Args) -> crate::Result<()> {
+pub fn run(args: Args) -> evosam::Result<()> {
     let subs = submit::read_submissions(&args.dir)?;
     let latest = subs.last();
     // only ask Slurm about runs that were submitted to it

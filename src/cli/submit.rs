@@ -1,8 +1,8 @@
 //! `evosam submit SPEC [--out DIR] [--partition P] [--time T] [--cpus-per-task N] [--mem SIZE] [--gpus-per-task N]
 //! [--account A] [--qos Q] [--max-parallel K] [--sbatch-arg ARG]... [--dry-run]`
 
-use crate::cluster::{self, SlurmSettings, SubmitOptions};
-use crate::spec::Spec;
+use evosam::cluster::{self, SlurmSettings, SubmitOptions};
+use evosam::spec::Spec;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -44,7 +44,7 @@ pub struct Args {
     pub dry_run: bool,
 }
 
-pub fn run(args: Args) -> crate::Result<()> {
+pub fn run(args: Args) -> evosam::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
     // the login node must see the data the jobs will read (same shared file system)
     spec.check_data()?;
@@ -82,7 +82,7 @@ pub fn run(args: Args) -> crate::Result<()> {
     }
     let sub = s
         .submission
-        .ok_or_else(|| crate::Error::internal("submitted without a record"))?;
+        .ok_or_else(|| evosam::Error::internal("submitted without a record"))?;
     if s.finished > 0 {
         println!(
             "{} of {} cells already finished; submitting the other {}",

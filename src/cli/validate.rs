@@ -1,6 +1,6 @@
 //! `evosam validate SPEC`: check a spec (keys, types, presets, data files, split sizes) without running it.
 
-use crate::spec::Spec;
+use evosam::spec::Spec;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 /// Check the spec and print what it describes.
-pub fn run(args: Args) -> crate::Result<()> {
+pub fn run(args: Args) -> evosam::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
     println!(
         "spec {}: experiment {:?}",

@@ -18,9 +18,13 @@
 //! stage folders); locks carry host, pid and a heartbeat ([`crate::lock`]), never a bare PID; each cell has its own
 //! lock, so two array tasks can never run the same cell.
 
+/// The job plan and the three rendered `sbatch` scripts.
 pub mod script;
+/// Talking to Slurm: `sbatch`, `squeue`, `sacct` and their output.
 pub mod slurm;
+/// `evosam status`: one line per cell of a run folder, local or on Slurm.
 pub mod status;
+/// `evosam submit`: plan, write and submit the chained jobs; the submission record.
 pub mod submit;
 
 #[cfg(test)]

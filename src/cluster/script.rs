@@ -19,6 +19,7 @@ pub struct JobPlan {
     pub spec: PathBuf,
     /// The results root given as `--out` (absolute); the run folder is `out/<experiment>`.
     pub out: PathBuf,
+    /// The spec's experiment name (the run folder's name).
     pub experiment: String,
     /// Every cell id of the spec, in the canonical order (the array index of a cell is its position here).
     pub cells: Vec<String>,
@@ -27,26 +28,34 @@ pub struct JobPlan {
     /// Indices (into `cells`) of the cells to run: all of them on a first submission, the unfinished ones on a
     /// resubmission.
     pub todo: Vec<usize>,
+    /// Resources and options: the spec's `[slurm]` table overridden by the command line.
     pub settings: SlurmSettings,
 }
 
 /// The rendered scripts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scripts {
+    /// The prepare job (validation, weights, every frozen embedding).
     pub prepare: String,
+    /// The array job, one task per cell.
     pub cells: String,
+    /// The finalize job (tables and report from the finished cells).
     pub finalize: String,
 }
 
 /// Which job of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
+    /// Validate, fetch weights, fill the embedding cache.
     Prepare,
+    /// The array of cells.
     Cells,
+    /// Collect tables, write the report.
     Finalize,
 }
 
 impl Job {
+    /// The job's name in file names and job names.
     pub fn name(self) -> &'static str {
         match self {
             Job::Prepare => "prepare",
@@ -67,6 +76,7 @@ impl JobPlan {
         self.run_dir().join("slurm")
     }
 
+    /// `out/<experiment>/slurm/<job>.sh`.
     pub fn script_path(&self, job: Job) -> PathBuf {
         self.slurm_dir().join(format!("{}.sh", job.name()))
     }

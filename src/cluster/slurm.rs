@@ -22,6 +22,7 @@ pub struct QueuedJob {
     pub state: String,
     /// Why it waits (Resources, Dependency, JobArrayTaskLimit, ...).
     pub reason: String,
+    /// The job name (`evosam-<experiment>-prepare`, `-cells`, `-finalize`).
     pub name: String,
 }
 

@@ -14,17 +14,22 @@ use std::path::{Path, PathBuf};
 /// One cell as `status` sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CellStatus {
+    /// The cell id (`strategy__seedN__order`).
     pub id: String,
+    /// Stages whose checkpoint is committed.
     pub stages_done: usize,
     /// None when the run folder does not say how many stages a cell has.
     pub stages_total: Option<usize>,
+    /// Done, running, waiting or failed.
     pub state: CellState,
     /// The last progress line the cell wrote (or the last line of its Slurm log).
     pub last: Option<String>,
 }
 
+/// Where a cell stands.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CellState {
+    /// Every stage committed.
     Done,
     /// Where it runs (host, Slurm job).
     Running(String),
@@ -35,6 +40,7 @@ pub enum CellState {
 }
 
 impl CellState {
+    /// One word for the status table (`done`, `running`, `waiting`, `failed`).
     pub fn word(&self) -> &'static str {
         match self {
             CellState::Done => "done",

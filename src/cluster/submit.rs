@@ -19,10 +19,13 @@ use std::path::{Path, PathBuf};
 /// One `evosam submit` that reached Slurm, as recorded in `slurm/submissions.json` (oldest first).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Submission {
+    /// When it was submitted (RFC 3339, UTC).
     pub submitted: String,
     /// Job ids; `prepare` and `cells` are absent when every cell had already finished.
     pub prepare: Option<String>,
+    /// The cells array job's id.
     pub cells: Option<String>,
+    /// The finalize job's id.
     pub finalize: Option<String>,
     /// Array indices (positions in the spec's cell list) submitted.
     pub todo: Vec<usize>,
@@ -66,7 +69,9 @@ pub struct SubmitOptions {
 /// What `submit` did.
 #[derive(Debug)]
 pub struct Submitted {
+    /// The plan the scripts were rendered from.
     pub plan: JobPlan,
+    /// The three scripts as written into `slurm/`.
     pub scripts: Scripts,
     /// The submission as shell lines (`PREPARE=$(sbatch --parsable ...)` ...), also written to `slurm/submit.sh`.
     pub commands: Vec<String>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::summarise;
 use super::simulate::Trace;
-use crate::results::{write_atomic, write_csv, write_parquet};
+use crate::results::{col_of, write_atomic, write_csv, write_parquet};
 use crate::spec::InteractiveSpec;
 use crate::{Error, Result};
 
@@ -201,67 +201,36 @@ pub fn interactive_rows(rows: &[ClickRow], spec: &InteractiveSpec) -> Vec<Intera
     out
 }
 
-fn col<T>(name: &str, v: T) -> Column
-where
-    Series: NamedFrom<T, [<T as IntoIterator>::Item]>,
-    T: IntoIterator,
-{
-    Column::from(Series::new(name.into(), v))
-}
-
 /// clicks table (clicks.parquet, clicks.csv).
 pub fn clicks_frame(rows: &[ClickRow]) -> Result<DataFrame> {
-    let s = |f: &dyn Fn(&ClickRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let i = |f: &dyn Fn(&ClickRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
-    let o = |f: &dyn Fn(&ClickRow) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
     Ok(DataFrame::new_infer_height(vec![
-        col("strategy", s(&|r| r.strategy.clone())),
-        col("seed", i(&|r| r.seed)),
-        col("order", s(&|r| r.order.clone())),
-        col("stage", i(&|r| r.stage)),
-        col("eval_task", s(&|r| r.eval_task.clone())),
-        col("case", s(&|r| r.case.clone())),
-        col("click", i(&|r| r.click)),
-        col("dice", rows.iter().map(|r| r.dice).collect::<Vec<f64>>()),
-        col(
-            "routed_to",
-            rows.iter()
-                .map(|r| r.routed_to.clone())
-                .collect::<Vec<Option<String>>>(),
-        ),
-        col("click_x", o(&|r| r.click_x)),
-        col("click_y", o(&|r| r.click_y)),
-        col("click_label", o(&|r| r.click_label)),
+        col_of("strategy", rows, |r| r.strategy.clone()),
+        col_of("seed", rows, |r| r.seed),
+        col_of("order", rows, |r| r.order.clone()),
+        col_of("stage", rows, |r| r.stage),
+        col_of("eval_task", rows, |r| r.eval_task.clone()),
+        col_of("case", rows, |r| r.case.clone()),
+        col_of("click", rows, |r| r.click),
+        col_of("dice", rows, |r| r.dice),
+        col_of("routed_to", rows, |r| r.routed_to.clone()),
+        col_of("click_x", rows, |r| r.click_x),
+        col_of("click_y", rows, |r| r.click_y),
+        col_of("click_label", rows, |r| r.click_label),
     ])?)
 }
 
 /// interactive.csv.
 pub fn interactive_frame(rows: &[InteractiveRow], spec: &InteractiveSpec) -> Result<DataFrame> {
     let mut cols = vec![
-        col(
-            "strategy",
-            rows.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>(),
-        ),
-        col("seed", rows.iter().map(|r| r.seed).collect::<Vec<_>>()),
-        col(
-            "order",
-            rows.iter().map(|r| r.order.clone()).collect::<Vec<_>>(),
-        ),
-        col("stage", rows.iter().map(|r| r.stage).collect::<Vec<_>>()),
-        col(
-            "eval_task",
-            rows.iter().map(|r| r.eval_task.clone()).collect::<Vec<_>>(),
-        ),
-        col(
-            "n_cases",
-            rows.iter().map(|r| r.n_cases).collect::<Vec<_>>(),
-        ),
+        col_of("strategy", rows, |r| r.strategy.clone()),
+        col_of("seed", rows, |r| r.seed),
+        col_of("order", rows, |r| r.order.clone()),
+        col_of("stage", rows, |r| r.stage),
+        col_of("eval_task", rows, |r| r.eval_task.clone()),
+        col_of("n_cases", rows, |r| r.n_cases),
     ];
     for (j, name) in value_columns(spec).iter().enumerate() {
-        cols.push(col(
-            name,
-            rows.iter().map(|r| r.values[j].1).collect::<Vec<f64>>(),
-        ));
+        cols.push(col_of(name, rows, |r| r.values[j].1));
     }
     Ok(DataFrame::new_infer_height(cols)?)
 }

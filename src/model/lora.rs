@@ -9,8 +9,19 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::LiteMedSam;
 use crate::{Error, Result};
+
+/// What an adapter needs to know of the model it adapts: where its linear layers are and on which device and in
+/// which dtype their weights live. [`super::LiteMedSam`] implements it; the trait keeps this file free of the
+/// model's own module (adapters are plain data the model's layers read, not the other way round).
+pub trait AdapterHost {
+    /// Device of the model's weights (adapter tensors are created there).
+    fn device(&self) -> Device;
+    /// Dtype of the model's weights.
+    fn dtype(&self) -> DType;
+    /// Every adaptable linear layer: (state-dict path, input features, output features).
+    fn linear_sites(&self) -> Vec<(String, usize, usize)>;
+}
 
 /// Rank, scaling and target module patterns of an adapter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,7 +70,7 @@ pub struct Adapter {
 
 impl Adapter {
     /// A fresh adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) from `seed` (as PEFT's kaiming-uniform), B = 0.
-    pub fn new(model: &LiteMedSam, cfg: &LoraConfig, seed: u64) -> Result<Self> {
+    pub fn new(model: &impl AdapterHost, cfg: &LoraConfig, seed: u64) -> Result<Self> {
         if cfg.rank == 0 {
             return Err(Error::input("LoRA rank must be at least 1"));
         }
@@ -206,7 +217,7 @@ impl Adapter {
 
     /// Load an adapter saved by [`Adapter::save`]; refuses a file made for other base weights or with
     /// shapes/sites that do not fit `model`.
-    pub fn load(path: &Path, model: &LiteMedSam, base_sha256: &str) -> Result<Self> {
+    pub fn load(path: &Path, model: &impl AdapterHost, base_sha256: &str) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::input(format!("{}: {m}", path.display()));
         let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)

@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 
 pub(crate) use common::{Param, Visit};
-pub use lora::{Adapter, LoraConfig};
+pub use lora::{Adapter, AdapterHost, LoraConfig};
 use mask_decoder::MaskDecoder;
 pub use mask_decoder::MaskDecoderConfig;
 use prompt_encoder::PromptEncoder;
@@ -509,6 +509,18 @@ impl SimpleBackend for RandomInit {
 
     fn contains_tensor(&self, _name: &str) -> bool {
         true
+    }
+}
+
+impl AdapterHost for LiteMedSam {
+    fn device(&self) -> Device {
+        LiteMedSam::device(self)
+    }
+    fn dtype(&self) -> DType {
+        LiteMedSam::dtype(self)
+    }
+    fn linear_sites(&self) -> Vec<(String, usize, usize)> {
+        LiteMedSam::linear_sites(self)
     }
 }
 

@@ -7,9 +7,11 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{fold_conv_bn, gelu, layer_norm, softmax_last, Linear, Param, Visit};
-use super::kernels::{bias_gelu, dwconv3x3};
+use super::common::{layer_norm, softmax_last, Linear, Param, Visit};
 use super::lora::Adapter;
+
+mod conv;
+use conv::{DwConvBn, MbConv, PatchEmbed, PatchMerging};
 
 /// Hyper-parameters of the TinyViT image encoder (four stages: one of MBConv blocks, three of windowed
 /// attention blocks).
@@ -67,126 +69,6 @@ impl TinyVitConfig {
     /// Side of the output embedding.
     pub fn embed_res(&self) -> usize {
         self.stage_res(3)
-    }
-}
-
-/// A Conv2d_BN with a 1x1 kernel, folded, as a linear layer on channels-last maps.
-fn conv1x1_bn(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
-    let (w, b) = fold_conv_bn(cout, &[cout, cin, 1, 1], &vb)?;
-    Ok(Linear::from_tensors(
-        vb.prefix(),
-        w.reshape((cout, cin))?,
-        Some(b),
-    ))
-}
-
-/// A depthwise 3x3 Conv2d_BN, folded.
-#[derive(Clone, Debug)]
-pub struct DwConvBn {
-    pub path: String,
-    pub weight: Tensor, // (9, C)
-    pub bias: Tensor,   // (C)
-    pub stride: usize,
-}
-
-impl DwConvBn {
-    fn new(c: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        let (w, b) = fold_conv_bn(c, &[c, 1, 3, 3], &vb)?;
-        let weight = w.reshape((c, 9))?.t()?.contiguous()?;
-        Ok(Self {
-            path: vb.prefix(),
-            weight,
-            bias: b,
-            stride,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        dwconv3x3(x, &self.weight, self.stride)?.broadcast_add(&self.bias)
-    }
-    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        bias_gelu(&dwconv3x3(x, &self.weight, self.stride)?, &self.bias)
-    }
-}
-
-impl Visit for DwConvBn {
-    fn visit(&mut self, f: &mut dyn FnMut(Param<'_>) -> Result<()>) -> Result<()> {
-        f(Param::Tensor(
-            format!("{}.c.weight", self.path),
-            &mut self.weight,
-        ))?;
-        f(Param::Tensor(
-            format!("{}.c.bias", self.path),
-            &mut self.bias,
-        ))
-    }
-}
-
-#[derive(Clone, Debug)]
-struct PatchEmbed {
-    c0: Linear,
-    c1: Linear,
-}
-
-impl PatchEmbed {
-    fn new(cin: usize, n: usize, vb: VarBuilder) -> Result<Self> {
-        let vb = vb.pp("seq");
-        Ok(Self {
-            c0: conv1x1_bn(cin, n / 2, vb.pp("0"))?,
-            c1: conv1x1_bn(n / 2, n, vb.pp("2"))?,
-        })
-    }
-    fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let x = self.c0.forward_gelu(x, ad)?;
-        self.c1.forward(&x, ad)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct MbConv {
-    conv1: Linear,
-    conv2: DwConvBn,
-    conv3: Linear,
-}
-
-impl MbConv {
-    fn new(c: usize, expand: usize, vb: VarBuilder) -> Result<Self> {
-        let h = c * expand;
-        Ok(Self {
-            conv1: conv1x1_bn(c, h, vb.pp("conv1"))?,
-            conv2: DwConvBn::new(h, 1, vb.pp("conv2"))?,
-            conv3: conv1x1_bn(h, c, vb.pp("conv3"))?,
-        })
-    }
-    fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let y = self.conv1.forward_gelu(x, ad)?;
-        let y = self.conv2.forward_gelu(&y)?;
-        let y = self.conv3.forward_no_bias(&y, ad)?;
-        match &self.conv3.bias {
-            Some(b) => bias_gelu(&(y + x)?, b),
-            None => gelu(&(y + x)?),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct PatchMerging {
-    conv1: Linear,
-    conv2: DwConvBn,
-    conv3: Linear,
-}
-
-impl PatchMerging {
-    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            conv1: conv1x1_bn(cin, cout, vb.pp("conv1"))?,
-            conv2: DwConvBn::new(cout, stride, vb.pp("conv2"))?,
-            conv3: conv1x1_bn(cout, cout, vb.pp("conv3"))?,
-        })
-    }
-    fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
-        let y = self.conv1.forward_gelu(x, ad)?;
-        let y = self.conv2.forward_gelu(&y)?;
-        self.conv3.forward(&y, ad)
     }
 }
 

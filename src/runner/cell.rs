@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// extras.csv key of the optimiser steps a stage took (counted by the runner, for every strategy).
+pub const STEPS_KEY: &str = "train_steps";
+
 /// (cell id, result, wall seconds of this invocation).
 pub(super) type Outcome = (String, std::result::Result<(), String>, f64);
 
@@ -177,7 +180,7 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
         let mut extra = strat.extra_metrics();
         if k > 0 {
             let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
-            extra.insert(super::STEPS_KEY.to_string(), n as f64);
+            extra.insert(STEPS_KEY.to_string(), n as f64);
         }
         let extras: Vec<ExtraRow> = extra
             .into_iter()

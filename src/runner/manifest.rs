@@ -1,7 +1,7 @@
 //! The run's record: `manifest.json` (spec, versions, machine, cells, timings) and the metrics summary printed
 //! at the end.
 
-use super::cell::Outcome;
+use super::cell::{Outcome, STEPS_KEY};
 use super::plan::{spec_fingerprint, stream_view};
 use super::shared::{RunOptions, Shared};
 use crate::results::ExtraRow;
@@ -77,8 +77,7 @@ pub(super) fn write_manifest(
         let mut v: Vec<(i64, u64)> = extras
             .iter()
             .filter(|e| {
-                e.key == super::STEPS_KEY
-                    && format!("{}__seed{}__{}", e.strategy, e.seed, e.order) == id
+                e.key == STEPS_KEY && format!("{}__seed{}__{}", e.strategy, e.seed, e.order) == id
             })
             .map(|e| (e.stage, e.value as u64))
             .collect();

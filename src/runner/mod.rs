@@ -32,8 +32,7 @@ mod study;
 pub use eval::{case_dice, EVAL_BATCH};
 pub use jobs::{finalize_run, prepare_run, run_one_cell};
 
-/// extras.csv key of the optimiser steps a stage took (counted by the runner, for every strategy).
-pub const STEPS_KEY: &str = "train_steps";
+pub use cell::STEPS_KEY;
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use progress::Reporter;
 pub use setup::{device_of, load_model, threads_for};

@@ -24,8 +24,10 @@ pub struct SlurmSettings {
     /// `--gpus-per-task` of the prepare and cell jobs (the finalize job needs none).
     #[serde(default)]
     pub gpus_per_task: Option<u32>,
+    /// `--account` of every job.
     #[serde(default)]
     pub account: Option<String>,
+    /// `--qos` of every job.
     #[serde(default)]
     pub qos: Option<String>,
     /// At most this many cells run at once (`--array=...%K`).
@@ -40,7 +42,9 @@ pub struct SlurmSettings {
 /// A setting that does not pass validation: the key (or flag) and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettingError {
+    /// The key (or flag) at fault.
     pub key: &'static str,
+    /// What is wrong with it.
     pub msg: String,
 }
 

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::super::load::{ResultsSet, ScoreRow};
+use super::super::stats::Stat;
 use super::super::stats::{wilcoxon_signed_rank, Wilcoxon};
-use super::{
-    ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, Stat, TableRow, GROWTH_KEYS,
+use super::types::{
+    ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, TableRow, GROWTH_KEYS,
     METRICS,
 };
 

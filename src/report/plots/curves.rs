@@ -4,8 +4,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::super::analysis::CurveSeries;
-use super::panel::*;
-use super::style::*;
+use super::task_lines::{TaskLine, TaskLines};
 use super::{DrawResult, Figure};
 
 /// The forgetting-curves figure: one panel per task, one line per strategy.
@@ -19,64 +18,32 @@ pub struct CurvesFigure<'a> {
 }
 
 impl CurvesFigure<'_> {
-    fn panel_tasks(&self) -> Vec<&String> {
-        self.tasks
-            .iter()
-            .filter(|t| self.curves.iter().any(|c| &c.task == *t))
-            .collect()
-    }
-    fn legend_names(&self) -> Vec<String> {
-        present(self.strategies, |s| {
-            self.curves.iter().any(|c| c.strategy == s)
-        })
+    fn lines(&self) -> TaskLines<'_> {
+        TaskLines {
+            title: "Dice per task against training stage (mean ± std over seeds and orders)",
+            x_desc: "Training stage (0 = before training)",
+            lines: self
+                .curves
+                .iter()
+                .map(|c| TaskLine {
+                    strategy: &c.strategy,
+                    task: &c.task,
+                    x: c.stages.clone(),
+                    mean: &c.mean,
+                    std: &c.std,
+                })
+                .collect(),
+            tasks: self.tasks,
+            strategies: self.strategies,
+        }
     }
 }
 
 impl Figure for CurvesFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        let (rows, _) = grid_dims(self.panel_tasks().len(), 3);
-        (
-            W,
-            TITLE_H + rows as u32 * 720 + legend_height(&self.legend_names(), W),
-        )
+        self.lines().size()
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        let names = self.legend_names();
-        let main = frame(
-            root,
-            "Dice per task against training stage (mean ± std over seeds and orders)",
-            Some((&names, self.strategies, true)),
-        )?;
-        let tasks = self.panel_tasks();
-        let panels = main.split_evenly(grid_dims(tasks.len(), 3));
-        // Dice lies in [0, 1]; bands are clipped to the plotting area.
-        let lo = self
-            .curves
-            .iter()
-            .flat_map(|c| c.mean.iter().zip(c.std.iter()).map(|(m, s)| m - s))
-            .fold(0.0f64, f64::min)
-            .max(-0.05);
-        for (task, panel) in tasks.iter().zip(panels.iter()) {
-            let series: Vec<Line> = names
-                .iter()
-                .filter_map(|s| {
-                    self.curves
-                        .iter()
-                        .find(|c| &c.strategy == s && &c.task == *task)
-                })
-                .map(|c| Line::mean_std(&c.strategy, &c.stages, &c.mean, &c.std))
-                .collect();
-            line_panel(
-                root,
-                panel,
-                task,
-                "Dice",
-                &series,
-                (lo.min(0.0), 1.02),
-                self.strategies,
-                &|y| format!("{y:.1}"),
-            )?;
-        }
-        Ok(())
+        self.lines().draw(root)
     }
 }

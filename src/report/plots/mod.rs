@@ -25,6 +25,7 @@ mod png;
 /// Fonts, colours, markers and the legend.
 pub mod style;
 mod summary;
+mod task_lines;
 
 pub use clicks::ClicksFigure;
 pub use confusion::ConfusionFigure;

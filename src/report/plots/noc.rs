@@ -2,11 +2,10 @@
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::panel::*;
 use super::style::*;
-use super::summary::bar_label_layout;
+use super::summary::{bar_label_layout, draw_bar_labels, draw_bars};
 use super::{de, DrawResult, Figure};
 use crate::report::interactive::NocBar;
 
@@ -87,43 +86,8 @@ impl Figure for NocFigure<'_> {
                     BLACK.mix(0.5).stroke_width(2),
                 )))
                 .map_err(de)?;
-            for (i, m, s) in &stats {
-                let (c, _) = strategy_style(&names[*i], self.strategies);
-                let x = *i as f64;
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(x - 0.34, 0.0), (x + 0.34, *m)],
-                        c.filled(),
-                    )))
-                    .map_err(de)?;
-                if *s > 0.0 {
-                    let eb = BLACK.stroke_width(4);
-                    chart
-                        .draw_series([
-                            PathElement::new(vec![(x, m - s), (x, m + s)], eb),
-                            PathElement::new(vec![(x - 0.12, m - s), (x + 0.12, m - s)], eb),
-                            PathElement::new(vec![(x - 0.12, m + s), (x + 0.12, m + s)], eb),
-                        ])
-                        .map_err(de)?;
-                }
-            }
-            let (fs, rotated, _) = bar_label_layout(&names);
-            for (i, n) in names.iter().enumerate() {
-                let (x, y) = chart.backend_coord(&(i as f64, 0.0));
-                if rotated {
-                    let st = font(fs)
-                        .pos(Pos::new(HPos::Right, VPos::Center))
-                        .transform(FontTransform::Rotate270);
-                    root.draw_text(n, &st, (x, y + 10)).map_err(de)?;
-                } else {
-                    root.draw_text(
-                        n,
-                        &font(fs).pos(Pos::new(HPos::Center, VPos::Top)),
-                        (x, y + 8),
-                    )
-                    .map_err(de)?;
-                }
-            }
+            draw_bars(&mut chart, &stats, &names, self.strategies)?;
+            draw_bar_labels(root, &chart, &names, 0.0)?;
         }
         Ok(())
     }

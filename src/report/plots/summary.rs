@@ -25,6 +25,70 @@ pub(super) fn bar_label_layout(names: &[String]) -> (u32, bool, u32) {
     (FS_TICK, true, widest(FS_TICK) + 30)
 }
 
+/// The chart of a bar panel (strategy index on x).
+type BarChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Bars `(strategy index, mean, std)` in the strategies' colours, with a std error bar where std > 0.
+pub(super) fn draw_bars<DB: DrawingBackend>(
+    chart: &mut BarChart<'_, DB>,
+    stats: &[(usize, f64, f64)],
+    names: &[String],
+    strategies: &[String],
+) -> DrawResult {
+    for (i, m, s) in stats {
+        let (c, _) = strategy_style(&names[*i], strategies);
+        let x = *i as f64;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.34, 0.0), (x + 0.34, *m)],
+                c.filled(),
+            )))
+            .map_err(de)?;
+        if *s > 0.0 {
+            let eb = BLACK.stroke_width(4);
+            chart
+                .draw_series([
+                    PathElement::new(vec![(x, m - s), (x, m + s)], eb),
+                    PathElement::new(vec![(x - 0.12, m - s), (x + 0.12, m - s)], eb),
+                    PathElement::new(vec![(x - 0.12, m + s), (x + 0.12, m + s)], eb),
+                ])
+                .map_err(de)?;
+        }
+    }
+    Ok(())
+}
+
+/// The strategy names under the bars (at y = `y_base`), laid out by [`bar_label_layout`].
+pub(super) fn draw_bar_labels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &BarChart<'_, DB>,
+    names: &[String],
+    y_base: f64,
+) -> DrawResult {
+    let (fs, rotated, _) = bar_label_layout(names);
+    for (i, n) in names.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64, y_base));
+        if rotated {
+            let st = font(fs)
+                .pos(Pos::new(HPos::Right, VPos::Center))
+                .transform(FontTransform::Rotate270);
+            root.draw_text(n, &st, (x, y + 10)).map_err(de)?;
+        } else {
+            root.draw_text(
+                n,
+                &font(fs).pos(Pos::new(HPos::Center, VPos::Top)),
+                (x, y + 8),
+            )
+            .map_err(de)?;
+        }
+    }
+    Ok(())
+}
+
 /// The summary-metrics figure: one bar panel per metric.
 pub struct SummaryFigure<'a> {
     /// The bars.
@@ -118,44 +182,9 @@ impl Figure for SummaryFigure<'_> {
                     BLACK.stroke_width(2),
                 )))
                 .map_err(de)?;
-            for (i, m, s) in &stats {
-                let (c, _) = strategy_style(&names[*i], self.strategies);
-                let x = *i as f64;
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(x - 0.34, 0.0), (x + 0.34, *m)],
-                        c.filled(),
-                    )))
-                    .map_err(de)?;
-                if *s > 0.0 {
-                    let eb = BLACK.stroke_width(4);
-                    chart
-                        .draw_series([
-                            PathElement::new(vec![(x, m - s), (x, m + s)], eb),
-                            PathElement::new(vec![(x - 0.12, m - s), (x + 0.12, m - s)], eb),
-                            PathElement::new(vec![(x - 0.12, m + s), (x + 0.12, m + s)], eb),
-                        ])
-                        .map_err(de)?;
-                }
-            }
+            draw_bars(&mut chart, &stats, &names, self.strategies)?;
             // Strategy names under the axis: horizontal when they fit, else vertical.
-            let (fs, rotated, _) = bar_label_layout(&names);
-            for (i, n) in names.iter().enumerate() {
-                let (x, y) = chart.backend_coord(&(i as f64, lo));
-                if rotated {
-                    let st = font(fs)
-                        .pos(Pos::new(HPos::Right, VPos::Center))
-                        .transform(FontTransform::Rotate270);
-                    root.draw_text(n, &st, (x, y + 10)).map_err(de)?;
-                } else {
-                    root.draw_text(
-                        n,
-                        &font(fs).pos(Pos::new(HPos::Center, VPos::Top)),
-                        (x, y + 8),
-                    )
-                    .map_err(de)?;
-                }
-            }
+            draw_bar_labels(root, &chart, &names, lo)?;
         }
         Ok(())
     }
