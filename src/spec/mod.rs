@@ -37,7 +37,8 @@
 //! [train]                    # epochs | steps, batch_size, lr, weight_decay, max_grad_norm, augment,
 //!                            # max_steps_per_epoch, val_fraction, patience
 //! [train.loss]               # dice, bce, iou weights
-//! [train.prompt]             # jitter (pixels in the model frame), points (positive points per image)
+//! [train.prompt]             # jitter (pixels in the model frame), points (positive points per image),
+//!                            # clicks, click_prob (simulated clicks, see train::clicks)
 //!
 //! [[strategy]]               # preset = "finetune" (baselines/<preset>.toml) + overrides
 //! preset = "finetune"
@@ -322,15 +323,36 @@ pub struct PromptSpec {
     /// Positive points per image.
     #[serde(default)]
     pub points: usize,
+    /// Simulated clicks: at most this many per image, in a batch that gets clicks (0: never; see
+    /// `train::clicks`). Teaches an adapter to use the clicks of the interactive study.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clicks: usize,
+    /// Probability that a training batch gets clicks (when `clicks > 0`).
+    #[serde(
+        default = "d_click_prob",
+        skip_serializing_if = "is_default_click_prob"
+    )]
+    pub click_prob: f64,
 }
 fn d_jitter() -> f64 {
     5.0
+}
+fn d_click_prob() -> f64 {
+    0.5
+}
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn is_default_click_prob(v: &f64) -> bool {
+    *v == d_click_prob()
 }
 impl Default for PromptSpec {
     fn default() -> Self {
         Self {
             jitter: 5.0,
             points: 0,
+            clicks: 0,
+            click_prob: d_click_prob(),
         }
     }
 }

@@ -203,6 +203,9 @@ pub(super) fn resolve_strategy(
 }
 
 /// Ranges of the merged training settings; the path is relative to the `train` table.
+/// The most simulated clicks per image in training (the interactive study's own default is 10).
+const MAX_TRAIN_CLICKS: usize = 64;
+
 fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
     if t.batch_size == 0 {
         return Err(Diag::at("batch_size", "train: `batch_size` must be >= 1"));
@@ -240,6 +243,24 @@ fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
         return Err(Diag::at_path(
             &["prompt", "jitter"],
             "train: `prompt.jitter` must be >= 0",
+        ));
+    }
+    if !(t.prompt.click_prob.is_finite() && (0.0..=1.0).contains(&t.prompt.click_prob)) {
+        return Err(Diag::at_path(
+            &["prompt", "click_prob"],
+            format!(
+                "train: `prompt.click_prob` must be in [0, 1], found {}",
+                t.prompt.click_prob
+            ),
+        ));
+    }
+    if t.prompt.clicks > MAX_TRAIN_CLICKS {
+        return Err(Diag::at_path(
+            &["prompt", "clicks"],
+            format!(
+                "train: `prompt.clicks` must be at most {MAX_TRAIN_CLICKS}, found {}",
+                t.prompt.clicks
+            ),
         ));
     }
     for (k, v) in [

@@ -2,6 +2,7 @@
 //! embeddings, box prompts from the ground truth with seeded jitter (plus optional positive points), the
 //! segmentation loss (plus an optional extra term), an AdamW step on the adapter's variables, and progress.
 
+use super::clicks::{batch_points, labeled_prompts, LabeledPoint};
 use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::Case;
 use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
@@ -125,25 +126,12 @@ pub fn make_prompts(
     points: Option<&[Vec<[f32; 2]>]>,
     device: &Device,
 ) -> Result<Prompts> {
-    let b = boxes.len();
-    let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
-    let boxes = Tensor::from_vec(flat, (b, 4), device)?;
-    let points = match points {
-        Some(p) if !p.is_empty() && !p[0].is_empty() => {
-            let n = p[0].len();
-            let coords: Vec<f32> = p.iter().flat_map(|v| v.iter().flatten().copied()).collect();
-            Some((
-                Tensor::from_vec(coords, (b, n, 2), device)?,
-                Tensor::ones((b, n), candle_core::DType::F32, device)?,
-            ))
-        }
-        _ => None,
-    };
-    Ok(Prompts {
-        boxes: Some(boxes),
-        points,
-        masks: None,
-    })
+    let labeled: Option<Vec<Vec<LabeledPoint>>> = points.map(|p| {
+        p.iter()
+            .map(|v| v.iter().map(|xy| (*xy, 1.0)).collect())
+            .collect()
+    });
+    labeled_prompts(boxes, labeled.as_deref(), device)
 }
 
 /// Exact GT box prompts (evaluation).
@@ -238,17 +226,8 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
                 .iter()
                 .map(|c| jittered_box(c, train.prompt.jitter, &mut *ctx.rng))
                 .collect();
-            let pts: Option<Vec<Vec<[f32; 2]>>> = if train.prompt.points > 0 {
-                Some(
-                    batch
-                        .iter()
-                        .map(|c| sample_points(c, train.prompt.points, &mut *ctx.rng))
-                        .collect::<Result<_>>()?,
-                )
-            } else {
-                None
-            };
-            let prompts = make_prompts(&boxes, pts.as_deref(), ctx.device)?;
+            let pts = batch_points(&batch, &boxes, &train.prompt, &mut *ctx.rng)?;
+            let prompts = labeled_prompts(&boxes, pts.as_deref(), ctx.device)?;
             let masks: Vec<Tensor> = batch.iter().map(|c| c.mask.clone()).collect();
             let target = Tensor::stack(&masks, 0)?;
             let out = ctx.model.decode(&emb, &prompts, Some(adapter))?;
@@ -293,12 +272,13 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::data::{make_case, ImageSource, Mask2D, RawCase, RawImage};
     use rand::SeedableRng;
 
-    fn case() -> Case {
+    /// A 40 x 20 image (model frame 64 x 32) whose foreground is the box x 10..=19, y 5..=9.
+    pub(in crate::train) fn case() -> Case {
         // 40 x 20 image, foreground box x 10..=19, y 5..=9
         let mut m = Mask2D::zeros(20, 40);
         for y in 5..10 {

@@ -2,6 +2,8 @@
 
 /// Per-task budgets (`epochs` or exact `steps`) and the seeded validation split.
 pub mod budget;
+/// Simulated clicks in training batches (`[train.prompt] clicks`).
+pub mod clicks;
 mod fused_loss;
 /// The shared training loop of the strategies (runner).
 pub mod r#loop;
