@@ -27,7 +27,9 @@ pub const STALE_AFTER: Duration = Duration::from_secs(300);
 /// What a lock file says about its owner.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Holder {
+    /// Host name of the owner ([`hostname`]); its pid is only meaningful there.
     pub host: String,
+    /// Process id of the owner on `host` (0 when an old-format lock file held no readable pid).
     pub pid: u32,
     /// RFC 3339 time the lock was taken.
     pub started: String,
@@ -36,12 +38,15 @@ pub struct Holder {
     /// The Slurm job (`JOBID` or `ARRAYJOB_TASK`) of the owner, when it runs under Slurm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job: Option<String>,
+    /// Random 64-bit hex tag of this acquisition, so that a process breaking a stale lock can tell it from a
+    /// fresh one taken by someone else at the same path (empty for old-format files).
     pub token: String,
 }
 
 /// Whether a lock's owner is (probably) still running.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Liveness {
+    /// The heartbeat is fresher than [`STALE_AFTER`] and, when the owner runs on this host, its pid is live.
     Alive,
     /// Why it is considered dead.
     Stale(String),
@@ -234,6 +239,7 @@ impl Lock {
         }
     }
 
+    /// The lock file this lock holds.
     pub fn path(&self) -> &Path {
         &self.path
     }

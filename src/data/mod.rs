@@ -89,7 +89,9 @@ pub struct RawCase {
 
 /// Where a raw case's image comes from.
 pub enum ImageSource {
+    /// Already decoded in memory (synthetic images, NIfTI slices).
     Raw(RawImage),
+    /// An image file (PNG, JPEG, ...), decoded with `preprocess::load_image` when the case is made.
     File(std::path::PathBuf),
 }
 

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
+    /// Branching vessel trees on fundus/angiography-like backgrounds (`family = "vessels"`).
     Vessels,
+    /// One organ-like blob in an MRI-like body slice, with distractors (`family = "organs"`).
     Organs,
 }
 

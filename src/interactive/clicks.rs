@@ -22,8 +22,12 @@ use crate::preprocess::PrepMeta;
 /// One click in the original image frame: pixel column `x`, row `y`; positive = "this is foreground".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Click {
+    /// Pixel column in the original image (0 = left).
     pub x: usize,
+    /// Pixel row in the original image (0 = top).
     pub y: usize,
+    /// True for a foreground click (placed in a false-negative region), false for a background one (false
+    /// positive region).
     pub positive: bool,
 }
 

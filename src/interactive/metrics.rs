@@ -39,12 +39,18 @@ pub use crate::spec::TimeModel;
 /// model) seconds@τ for each target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CurveSummary {
+    /// NoC@τ per target, in the order of `targets` (`max_clicks + 1` when never reached).
     pub noc: Vec<usize>,
+    /// Dice@k per report point, in the order of `report_at` (NaN for a k past the end of the curve).
     pub dice_at: Vec<f64>,
+    /// Normalised area under the curve, see [`auc`].
     pub auc: f64,
+    /// Seconds to reach each target under the time model (None without one).
     pub seconds: Option<Vec<f64>>,
 }
 
+/// Summarise one Dice-vs-clicks curve: NoC@τ for each of `targets`, Dice@k for each of `report_at`, AUC, and
+/// seconds@τ when a time model is given.
 pub fn summarise(
     dice: &[f64],
     targets: &[f64],

@@ -22,19 +22,28 @@ pub const ALL_TASKS: &str = "all";
 /// One case after one click (click 0 = the box alone).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ClickRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage studied: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Task the case belongs to.
     pub eval_task: String,
+    /// Test case id.
     pub case: String,
+    /// Clicks made so far (0 = the box alone).
     pub click: i64,
     /// Dice, stored as its bit pattern in checkpoints so that resumed runs reproduce it exactly.
     #[serde(with = "crate::results::f64_bits")]
     pub dice: f64,
+    /// Expert the case was routed to (routing strategies; the same for every click of a case), else None.
     pub routed_to: Option<String>,
-    /// The click of this step in the original image frame (None at click 0 and after the user stopped).
+    /// Column of this step's click in the original image frame (None at click 0 and after the user stopped).
     pub click_x: Option<i64>,
+    /// Row of this step's click in the original image frame (None when `click_x` is).
     pub click_y: Option<i64>,
     /// 1 positive (foreground), 0 negative.
     pub click_label: Option<i64>,
@@ -43,9 +52,13 @@ pub struct ClickRow {
 /// Which run and stage a set of traces belongs to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunStage {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage: tasks trained so far (0 = zero-shot).
     pub stage: i64,
 }
 
@@ -81,11 +94,17 @@ pub fn click_rows(
 /// One line of interactive.csv: means over the cases of a run, stage and task (or all tasks).
 #[derive(Clone, Debug, PartialEq)]
 pub struct InteractiveRow {
+    /// Strategy label.
     pub strategy: String,
+    /// Experiment seed.
     pub seed: i64,
+    /// Order label.
     pub order: String,
+    /// Stage studied: tasks trained so far (0 = zero-shot).
     pub stage: i64,
+    /// Task averaged over, or [`ALL_TASKS`] for the row pooling every case of the run and stage.
     pub eval_task: String,
+    /// Cases the means are taken over.
     pub n_cases: i64,
     /// (column, mean) in the order of [`value_columns`].
     pub values: Vec<(String, f64)>,

@@ -13,16 +13,22 @@ use crate::{Error, Result};
 /// One image of the study: what the simulated user sees (ground truth and scored region, original frame) and the
 /// box prompt it starts from (model frame).
 pub struct SimCase<'a> {
+    /// Ground truth at original resolution: Dice and the next click are computed against it.
     pub gt: &'a Mask2D,
     /// The scored region (the task's field of view when Dice is scored inside it): clicks stay inside it.
     pub fov: Option<&'a Mask2D>,
+    /// How the image was resized into the model frame (maps predictions back and clicks forward).
     pub meta: &'a PrepMeta,
+    /// The box prompt (x0, y0, x1, y1) in the model frame, kept for every click.
     pub gt_box: [f32; 4],
 }
 
+/// How [`simulate`] runs: the two settings of [`crate::spec::InteractiveSpec`] the loop itself uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SimOptions {
+    /// Clicks after the box; each trace has `max_clicks + 1` Dice values.
     pub max_clicks: usize,
+    /// Feed each image's previous low-resolution logits back as the mask prompt.
     pub mask_prompt: bool,
 }
 
@@ -31,8 +37,11 @@ pub struct SimOptions {
 /// and where a routing strategy sent the image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trace {
+    /// Dice after the box (index 0) and after each click, `max_clicks + 1` values.
     pub dice: Vec<f64>,
+    /// The click made at each step, aligned with `dice` (None at 0 and after the user stopped).
     pub clicks: Vec<Option<Click>>,
+    /// Expert chosen at step 0 by a routing strategy, else None.
     pub routed_to: Option<String>,
 }
 

@@ -53,6 +53,8 @@ pub struct ResultsSet {
     pub duplicates_dropped: BTreeMap<String, usize>,
     /// The interactive study's rows and settings (`clicks.parquet`, `interactive.json`), when run.
     pub clicks: Vec<crate::interactive::rows::ClickRow>,
+    /// The study's settings from `interactive.json` (targets, report points, time model); None when no run
+    /// had the study.
     pub interactive: Option<crate::interactive::InteractiveSpec>,
 }
 

@@ -17,18 +17,24 @@ pub const PROGRESS_FILE: &str = "progress.txt";
 /// or killed cell can be told apart from one never started.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Attempt {
+    /// Host the attempt ran on.
     pub host: String,
+    /// Process id of the attempt on `host`.
     pub pid: u32,
     /// `JOBID` or `ARRAYJOB_TASK` when it ran under Slurm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm_job: Option<String>,
+    /// RFC 3339 start time (UTC, whole seconds).
     pub started: String,
     /// "running", "ok" or "failed". "running" in a cell that no process holds means it was killed.
     pub status: String,
+    /// RFC 3339 end time, once the attempt ended (ok or failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
+    /// Wall-clock seconds from start to end, once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_s: Option<f64>,
+    /// The error message of a failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -55,6 +61,7 @@ impl Attempt {
             .and_then(|t| serde_json::from_str(&t).ok())
     }
 
+    /// Replace the cell's `attempt.json` with this record (atomically).
     pub fn write(&self, cell_dir: &Path) -> Result<()> {
         let s = serde_json::to_vec(self).map_err(|e| Error::internal(e.to_string()))?;
         write_atomic(&cell_dir.join(ATTEMPT_FILE), &s)

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// How EvoSAM picks the expert for a test image (`routing = "matcher" | "oracle" | "quality"`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Routing {
@@ -42,11 +43,14 @@ pub enum Routing {
     Quality,
 }
 
+/// The kind-specific keys of an `evosam` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// How test images are routed to experts (default: the ridge matcher).
     #[serde(default)]
     pub routing: Routing,
+    /// `[matcher]`: the ridge matcher's penalty, projection and open-set settings.
     #[serde(default)]
     pub matcher: MatcherConfig,
     /// Where a new expert starts (see [`birth`]).
@@ -59,6 +63,7 @@ pub struct Params {
     /// How much (mean validation Dice) a trained expert must beat its start, and a copied expert the base, by.
     #[serde(default)]
     pub keep_start_margin: f64,
+    /// `[novelty]`: the novelty detector that can send unfamiliar images to the base model (off by default).
     #[serde(default)]
     pub novelty: NoveltyConfig,
 }
@@ -129,13 +134,19 @@ const FORMAT: &str = "evosam-experts-v1";
 
 /// Trained experts (in task order) and the matcher: what EvoSAM keeps after each task.
 pub struct ExpertSet {
+    /// The routing it was saved with (the strategy replaces it by its spec's on resume).
     pub routing: Routing,
+    /// Task name of each expert, in training order; also the `routed_to` values.
     pub names: Vec<String>,
+    /// One LoRA adapter per task, aligned with `names`.
     pub adapters: Vec<Adapter>,
     /// How each expert was born and trained (same order as `adapters`).
     pub births: Vec<Birth>,
+    /// The ridge matcher, taught one task per expert (running sums only, no stored images).
     pub matcher: RidgeMatcher,
+    /// Novelty-detector settings (whether it routes, threshold quantile, shrinkage).
     pub novelty: NoveltyConfig,
+    /// Leave-one-out novelty scores of every task's training features: the threshold's sample.
     pub calibration: Calibration,
     /// Rebuilt from the matcher's sums after every task and at load (not saved).
     novelty_model: Option<super::novelty::Model>,
@@ -145,12 +156,17 @@ pub struct ExpertSet {
 /// score.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
+    /// Index into the set's experts, or None for the base model (no expert yet, open set or novel image).
     pub expert: Option<usize>,
+    /// The matcher's best score (None before the first task).
     pub score: Option<f64>,
+    /// Novelty score of the image (None before the first task); higher is more novel.
     pub novelty: Option<f64>,
 }
 
 impl ExpertSet {
+    /// An empty set (every image goes to the base model) whose matcher takes pooled embeddings of `embed_dim`
+    /// values. Fails when `matcher` is out of range.
     pub fn new(
         routing: Routing,
         embed_dim: usize,
@@ -232,10 +248,12 @@ impl ExpertSet {
         })
     }
 
+    /// Number of experts (tasks trained).
     pub fn len(&self) -> usize {
         self.adapters.len()
     }
 
+    /// True before the first task is trained.
     pub fn is_empty(&self) -> bool {
         self.adapters.is_empty()
     }
@@ -267,10 +285,13 @@ impl ExpertSet {
         }
     }
 
+    /// Trainable parameters of one expert (all experts share the LoRA configuration); 0 for an empty set.
     pub fn params_per_expert(&self) -> usize {
         self.adapters.first().map(|a| a.num_params()).unwrap_or(0)
     }
 
+    /// Write the set into `dir`: `evosam.json`, `matcher.json`, `novelty.json` and `experts/<k>.safetensors`
+    /// (each adapter records `base_sha256`, the weights it was trained on).
     pub fn save(&self, dir: &Path, base_sha256: &str) -> Result<()> {
         let mut experts = Vec::new();
         for (k, (name, ad)) in self.names.iter().zip(&self.adapters).enumerate() {
@@ -365,14 +386,18 @@ impl ExpertSet {
     }
 }
 
+/// The `evosam` strategy: one LoRA expert per task and a matcher that routes each test image (module docs).
 pub struct EvoSam {
     label: String,
     params: Params,
     base_sha256: String,
+    /// The experts and matcher trained so far (what `save_state` writes).
     pub set: ExpertSet,
 }
 
 impl EvoSam {
+    /// An EvoSAM with no expert yet, for the model's embedding size. Expert initialisation is seeded from (seed,
+    /// order, task), not from `_init_seed`, so that variants differing only in routing train identical experts.
     pub fn new(
         spec: &StrategySpec,
         params: Params,

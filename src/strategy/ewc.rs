@@ -62,25 +62,28 @@ pub fn ewc_penalty(
 /// One consolidated (Fisher, anchor) pair.
 #[derive(Clone, Debug)]
 pub struct Consolidated {
-    pub fisher: Vec<Tensor>,
-    pub anchor: Vec<Tensor>,
+    pub(crate) fisher: Vec<Tensor>,
+    pub(crate) anchor: Vec<Tensor>,
 }
 
 /// EWC memory across tasks: a list of pairs (plain EWC) or a single running pair (online EWC, `gamma` set).
 #[derive(Clone, Debug, Default)]
 pub struct EwcMemory {
-    pub gamma: Option<f64>,
-    pub pairs: Vec<Consolidated>,
+    pub(crate) gamma: Option<f64>,
+    pub(crate) pairs: Vec<Consolidated>,
 }
 
 /// Serialisable settings shared by `ewc` and `online-ewc`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EwcSettings {
+    /// Penalty strength lambda in (lambda/2) sum F (theta - theta*)^2.
     pub lambda: f64,
+    /// Online EWC's decay of the old Fisher; None for plain EWC.
     pub gamma: Option<f64>,
 }
 
 impl EwcMemory {
+    /// An empty memory: online EWC (one running pair) when `gamma` is set, plain EWC (a pair per task) otherwise.
     pub fn new(gamma: Option<f64>) -> Self {
         Self {
             gamma,
@@ -185,6 +188,7 @@ use crate::train::loss::{seg_loss, LossWeights};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// The kind-specific keys of an `ewc` preset (`ewc`, `online-ewc`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -200,6 +204,7 @@ pub struct Params {
     /// Training cases used for the Fisher of a finished task (0 = all).
     #[serde(default)]
     pub fisher_samples: usize,
+    /// Fresh AdamW moments at each task (default) or carried over.
     #[serde(default = "super::finetune::yes")]
     pub reset_optimizer: bool,
 }
@@ -231,7 +236,9 @@ impl Params {
     }
 }
 
+/// The `ewc` strategy kind: one adapter fine-tuned task after task with the EWC penalty of the finished tasks.
 pub struct Ewc {
+    /// The preset's settings.
     pub params: Params,
     memory: EwcMemory,
 }
@@ -239,6 +246,7 @@ pub struct Ewc {
 const EWC_FILE: &str = "ewc.safetensors";
 
 impl Ewc {
+    /// An EWC with an empty memory; online (gamma defaulting to 1) when `params.online` is set.
     pub fn new(params: Params) -> Self {
         let gamma = params.online.then(|| params.gamma.unwrap_or(1.0));
         Self {

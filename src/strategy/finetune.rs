@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 pub use super::single::adamw_params;
 
+/// The kind-specific keys of a `finetune` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -20,7 +21,9 @@ pub(crate) fn yes() -> bool {
     true
 }
 
+/// The `finetune` strategy kind: the single adapter trained on each new task's cases only.
 pub struct FineTune {
+    /// The preset's settings.
     pub params: Params,
 }
 

@@ -7,6 +7,7 @@ use crate::data::{Case, TaskData};
 use crate::Result;
 use serde::Deserialize;
 
+/// The kind-specific keys of a `joint` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -15,7 +16,9 @@ pub struct Params {
     pub from_scratch: bool,
 }
 
+/// The `joint` strategy kind: at each stage the adapter is trained on the training cases of every task seen so far.
 pub struct Joint {
+    /// The preset's settings.
     pub params: Params,
 }
 

@@ -9,6 +9,9 @@ use candle_core::Tensor;
 use crate::spec::Diag;
 use crate::Result;
 
+/// The temperature-scaled distillation loss of the module docs: mean BCE of `new_logits / T` against
+/// `sigmoid(old_logits / T)`, times `T^2`. `old_logits` is detached (no gradient reaches the teacher); both
+/// tensors have the same shape.
 pub fn distillation_loss(
     new_logits: &Tensor,
     old_logits: &Tensor,
@@ -30,6 +33,7 @@ use crate::data::{Case, TaskData};
 use crate::model::{Adapter, DecoderOutput, Prompts};
 use serde::Deserialize;
 
+/// The kind-specific keys of an `lwf` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -39,6 +43,7 @@ pub struct Params {
     /// Weight of the distillation term added to the segmentation loss.
     #[serde(default = "default_weight")]
     pub weight: f64,
+    /// Fresh AdamW moments at each task (default) or carried over.
     #[serde(default = "super::finetune::yes")]
     pub reset_optimizer: bool,
 }
@@ -69,7 +74,9 @@ impl Params {
     }
 }
 
+/// The `lwf` strategy kind: fine-tuning on each new task while distilling the adapter as it was before the task.
 pub struct Lwf {
+    /// The preset's settings.
     pub params: Params,
 }
 

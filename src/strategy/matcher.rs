@@ -107,7 +107,7 @@ pub struct Route {
 /// Ridge-regression expert matcher; see the module documentation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RidgeMatcher {
-    pub config: MatcherConfig,
+    pub(crate) config: MatcherConfig,
     in_dim: usize,
     /// Projection matrix, row-major in_dim x projection_dim (empty when projection_dim == 0).
     projection: Vec<f64>,
@@ -119,6 +119,8 @@ pub struct RidgeMatcher {
 }
 
 impl RidgeMatcher {
+    /// A matcher with no task for pooled features of `in_dim` values; draws the fixed projection when
+    /// `config.projection_dim > 0`. Fails on `in_dim = 0` or settings out of range.
     pub fn new(in_dim: usize, config: MatcherConfig) -> Result<Self> {
         if in_dim == 0 {
             return Err(Error::input("matcher: feature dimension must be positive"));
@@ -158,10 +160,12 @@ impl RidgeMatcher {
         }
     }
 
+    /// Number of tasks taught so far.
     pub fn num_tasks(&self) -> usize {
         self.tasks.len()
     }
 
+    /// Task names in the order they were added (the expert indices of [`Route`]).
     pub fn task_names(&self) -> Vec<String> {
         self.tasks.iter().map(|t| t.name.clone()).collect()
     }
@@ -416,10 +420,12 @@ impl RidgeMatcher {
             + self.projection.len()
     }
 
+    /// The whole state (settings, projection, per-task sums, solved weights) as JSON: `matcher.json`.
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self).map_err(|e| Error::internal(format!("matcher: serialise: {e}")))
     }
 
+    /// Read a state written by [`RidgeMatcher::to_json`].
     pub fn from_json(s: &str) -> Result<Self> {
         serde_json::from_str(s)
             .map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))

@@ -69,9 +69,11 @@ impl NoveltyConfig {
 /// Running sums of one task over features of dimension d (no bias).
 #[derive(Clone, Debug)]
 pub struct Sums {
+    /// Number of features summed.
     pub n: usize,
     /// d x d, row-major.
     pub g: Vec<f64>,
+    /// Sum of the features, d values.
     pub s: Vec<f64>,
 }
 
@@ -199,6 +201,8 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
 /// matcher's sums).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
+    /// Per task, in training order: the leave-one-out scores of its training features (the threshold is a
+    /// quantile of all of them together).
     pub scores: Vec<Vec<f64>>,
 }
 

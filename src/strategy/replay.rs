@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The kind-specific keys of a `replay` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -20,6 +21,7 @@ pub struct Params {
     /// Memory cases appended to each training batch.
     #[serde(default = "default_memory_batch")]
     pub memory_batch: usize,
+    /// Fresh AdamW moments at each task (default) or carried over.
     #[serde(default = "super::finetune::yes")]
     pub reset_optimizer: bool,
 }
@@ -47,7 +49,9 @@ impl Params {
 /// A memory item: (index of the task in the spec's stream, index of the case in its train split).
 type Item = (usize, usize);
 
+/// The `replay` strategy kind: fine-tuning with memory cases of earlier tasks mixed into every batch.
 pub struct Replay {
+    /// The preset's settings.
     pub params: Params,
     memory: Reservoir<Item>,
 }
@@ -55,6 +59,7 @@ pub struct Replay {
 const MEMORY_FILE: &str = "memory.json";
 
 impl Replay {
+    /// A replay strategy with an empty memory of `params.memory_size` cases.
     pub fn new(params: Params) -> Self {
         Self {
             memory: Reservoir::new(params.memory_size),

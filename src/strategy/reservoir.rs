@@ -7,6 +7,7 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// A uniform sample of at most `capacity` of the items offered so far (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reservoir<T> {
     capacity: usize,
@@ -15,6 +16,7 @@ pub struct Reservoir<T> {
 }
 
 impl<T> Reservoir<T> {
+    /// An empty reservoir holding at most `capacity` items (0: it keeps nothing).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -43,18 +45,22 @@ impl<T> Reservoir<T> {
         }
     }
 
+    /// The items held, in slot order (not arrival order).
     pub fn items(&self) -> &[T] {
         &self.items
     }
 
+    /// Number of items held: `min(capacity, seen)`.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// True when nothing is held (nothing offered yet, or capacity 0).
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
+    /// The most items it holds.
     pub fn capacity(&self) -> usize {
         self.capacity
     }

@@ -22,20 +22,26 @@ pub fn adamw_params(spec: &StrategySpec) -> ParamsAdamW {
     }
 }
 
+/// The one adapter of a single-model strategy, its optimiser and the report of its last fit.
 pub struct SingleAdapter {
+    /// The trainable LoRA adapter (what `predict` decodes with).
     pub adapter: Adapter,
+    /// AdamW over the adapter's variables: None until the first fit, and after [`SingleAdapter::reinit`].
     pub opt: Option<AdamW>,
     init_seed: u64,
     /// What the last fit did (steps, chosen epoch, validation Dice), for extras.csv.
     pub last_fit: Option<FitReport>,
 }
 
+/// The adapter's file in a saved state folder.
 pub const ADAPTER_FILE: &str = "adapter.safetensors";
+/// The optimiser's moments in a saved state folder (absent while there is none), so a resumed run continues them.
 pub const ADAMW_FILE: &str = "adamw.safetensors";
 /// The last fit's report (chosen epoch, validation Dice), so a restored strategy reports the same extras.
 pub const FIT_FILE: &str = "fit.json";
 
 impl SingleAdapter {
+    /// A fresh adapter for `model` with the spec's LoRA settings, initialised from `init_seed`; no optimiser yet.
     pub fn new(spec: &StrategySpec, model: &LiteMedSam, init_seed: u64) -> Result<Self> {
         Ok(Self {
             adapter: Adapter::new(model, &spec.lora, init_seed)?,
@@ -102,6 +108,7 @@ impl SingleAdapter {
         Ok(stats)
     }
 
+    /// Decode a batch with the adapter (no routing, no novelty).
     pub fn predict(&self, ctx: &StrategyCtx, batch: &Batch) -> Result<Prediction> {
         let out = super::decode_cases(ctx, batch, &vec![Some(&self.adapter); batch.cases.len()])?;
         Ok(Prediction {
@@ -111,6 +118,8 @@ impl SingleAdapter {
         })
     }
 
+    /// Write the adapter ([`ADAPTER_FILE`], tagged with `base_sha256`), the optimiser ([`ADAMW_FILE`]) and the
+    /// last fit ([`FIT_FILE`]) into `dir`; the last two only when present.
     pub fn save(&self, dir: &Path, base_sha256: &str) -> Result<()> {
         self.adapter.save(&dir.join(ADAPTER_FILE), base_sha256)?;
         if let Some(o) = &self.opt {
@@ -123,6 +132,7 @@ impl SingleAdapter {
         Ok(())
     }
 
+    /// Restore what [`SingleAdapter::save`] wrote; the adapter must match the context's base weights.
     pub fn load(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
         self.adapter = Adapter::load(&dir.join(ADAPTER_FILE), ctx.model, ctx.base_sha256)?;
         let p = dir.join(ADAMW_FILE);
@@ -174,6 +184,7 @@ pub fn fit_extras(r: &FitReport, m: &mut BTreeMap<String, f64>) {
 /// What distinguishes one single-model baseline from another: how it trains on a task, and any state of its own
 /// (saved next to the adapter).
 pub trait SingleKind: Send {
+    /// Train `core` on task `task_index` of the order (typically through [`SingleAdapter::fit`]).
     fn train(
         &mut self,
         core: &mut SingleAdapter,
@@ -182,14 +193,17 @@ pub trait SingleKind: Send {
         task: &crate::data::TaskData,
     ) -> Result<()>;
 
+    /// Save the kind's own state into the stage's state folder, next to the adapter (default: none).
     fn save(&self, _dir: &Path) -> Result<()> {
         Ok(())
     }
 
+    /// Restore what [`SingleKind::save`] wrote (default: nothing to restore).
     fn load(&mut self, _ctx: &StrategyCtx, _dir: &Path) -> Result<()> {
         Ok(())
     }
 
+    /// Add the kind's own values to the stage's extras (extras.csv), after the adapter's (default: none).
     fn extras(&self, _m: &mut BTreeMap<String, f64>) {}
 }
 
@@ -197,11 +211,15 @@ pub trait SingleKind: Send {
 pub struct SingleModel<K: SingleKind> {
     label: String,
     base_sha256: String,
+    /// The adapter, its optimiser and last fit.
     pub core: SingleAdapter,
+    /// The baseline's training rule and its own state.
     pub kind: K,
 }
 
 impl<K: SingleKind> SingleModel<K> {
+    /// A strategy labelled by `spec` with a fresh adapter initialised from `init_seed`; saved adapters record
+    /// `base_sha256`.
     pub fn new(
         spec: &StrategySpec,
         model: &LiteMedSam,

@@ -13,11 +13,13 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct Params {}
 
+/// The `zeroshot` strategy kind: predictions of the frozen base model, nothing trained or saved.
 pub struct ZeroShot {
     label: String,
 }
 
 impl ZeroShot {
+    /// The strategy for `spec` (only its label is used).
     pub fn new(spec: &StrategySpec, _p: Params) -> Self {
         Self {
             label: spec.label.clone(),

@@ -113,8 +113,11 @@ pub fn best_epoch(val: &[f64], start_eligible: bool) -> Option<usize> {
 
 /// Options of [`fit_selected`]: where to evaluate, on what, and the rules.
 pub struct Selection<'v> {
+    /// The frozen model the adapter is evaluated on.
     pub model: &'v LiteMedSam,
+    /// Cached frozen-encoder embeddings of the validation cases.
     pub embeddings: &'v EmbeddingStore,
+    /// Device of the validation forward passes.
     pub device: &'v Device,
     /// Stop after this many epochs without a better validation Dice (0 = never; `[train] patience`).
     pub patience: usize,
