@@ -38,7 +38,7 @@
 //!                            # max_steps_per_epoch, val_fraction, patience
 //! [train.loss]               # dice, bce, iou weights
 //! [train.prompt]             # jitter (pixels in the model frame), points (positive points per image),
-//!                            # clicks, click_prob (simulated clicks, see train::clicks)
+//!                            # clicks, click_prob, click_source (simulated clicks, see train::clicks)
 //!
 //! [[strategy]]               # preset = "finetune" (baselines/<preset>.toml) + overrides
 //! preset = "finetune"
@@ -333,6 +333,27 @@ pub struct PromptSpec {
         skip_serializing_if = "is_default_click_prob"
     )]
     pub click_prob: f64,
+    /// Where clicks go: on the errors of the adapter's own box-only prediction (`"errors"`, as the simulated
+    /// user of the study clicks) or anywhere on the mask (`"mask"`: foreground / background inside the box).
+    #[serde(default, skip_serializing_if = "ClickSource::is_default")]
+    pub click_source: ClickSource,
+}
+
+/// Where training clicks are placed (`[train.prompt] click_source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClickSource {
+    /// On the errors of the adapter's own box-only prediction (one extra decoder pass per clicked batch).
+    #[default]
+    Errors,
+    /// Uniformly on foreground pixels (positive) or background pixels inside the box (negative).
+    Mask,
+}
+
+impl ClickSource {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 fn d_jitter() -> f64 {
     5.0
@@ -353,6 +374,7 @@ impl Default for PromptSpec {
             points: 0,
             clicks: 0,
             click_prob: d_click_prob(),
+            click_source: ClickSource::default(),
         }
     }
 }

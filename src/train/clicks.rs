@@ -16,18 +16,23 @@ use rand_chacha::ChaCha8Rng;
 
 use super::r#loop::sample_points;
 use crate::data::Case;
-use crate::model::Prompts;
-use crate::spec::PromptSpec;
+use crate::model::{Adapter, LiteMedSam, Prompts};
+use crate::spec::{ClickSource, PromptSpec};
 use crate::Result;
 
 /// A point prompt in the model frame (x, y) and its SAM label: 1 foreground, 0 background, -1 not a point.
 pub type LabeledPoint = ([f32; 2], f32);
 
 /// `n` clicks on `case` inside `bx` (model frame), as described in the module docs; `n = 0` draws nothing.
+/// With `pred` (the adapter's own box-only prediction, thresholded, row-major in the model frame) the clicks
+/// correct it, as the simulated user of the interactive study does: a positive click on a missed foreground
+/// pixel or a negative click on a wrongly included background pixel of the resized image, the kind chosen in
+/// proportion to the two error areas; a perfect prediction falls back to the mask's pixels.
 pub fn sample_clicks(
     case: &Case,
     bx: [f32; 4],
     n: usize,
+    pred: Option<&[bool]>,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<LabeledPoint>> {
     if n == 0 {
@@ -35,6 +40,11 @@ pub fn sample_clicks(
     }
     let m: Vec<f32> = case.mask.flatten_all()?.to_vec1()?;
     let s = case.mask.dim(2)?;
+    if let Some(pred) = pred {
+        if let Some(c) = corrective(&m, pred, s, (case.meta.new_w, case.meta.new_h), n, rng)? {
+            return Ok(c);
+        }
+    }
     let lim = |v: f32| (v.max(0.0) as usize).min(s.saturating_sub(1));
     let (x0, y0, x1, y1) = (lim(bx[0]), lim(bx[1]), lim(bx[2]), lim(bx[3]));
     let mut fg = Vec::new();
@@ -65,13 +75,64 @@ pub fn sample_clicks(
         .collect())
 }
 
+/// Clicks on the errors of `pred` against `mask` (both row-major, side `s`) within the resized extent `(w, h)`;
+/// None when there is no error.
+fn corrective(
+    mask: &[f32],
+    pred: &[bool],
+    s: usize,
+    (w, h): (usize, usize),
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Option<Vec<LabeledPoint>>> {
+    if pred.len() != mask.len() {
+        return Err(crate::Error::internal(format!(
+            "training clicks: prediction has {} pixels, mask {}",
+            pred.len(),
+            mask.len()
+        )));
+    }
+    let mut fneg = Vec::new();
+    let mut fpos = Vec::new();
+    for (i, (&t, &p)) in mask.iter().zip(pred).enumerate() {
+        if i % s >= w || i / s >= h {
+            continue;
+        }
+        match (t > 0.5, p) {
+            (true, false) => fneg.push(i),
+            (false, true) => fpos.push(i),
+            _ => {}
+        }
+    }
+    let total = fneg.len() + fpos.len();
+    if total == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        (0..n)
+            .map(|_| {
+                let k = rng.random_range(0..total);
+                let (i, label) = if k < fneg.len() {
+                    (fneg[k], 1.0)
+                } else {
+                    (fpos[k - fneg.len()], 0.0)
+                };
+                ([(i % s) as f32 + 0.5, (i / s) as f32 + 0.5], label)
+            })
+            .collect(),
+    ))
+}
+
 /// The point prompts of one training batch: `points` positive points per image, then (with probability
-/// `click_prob`) the same number of simulated clicks for every image. None when the batch has no point.
+/// `click_prob`) the same number of simulated clicks for every image. `predict` gives the adapter's box-only
+/// prediction of the batch (thresholded, one row-major model-frame mask per image); it is called only for a batch
+/// that gets clicks, and only when `click_source = "errors"`. None when the batch has no point.
 pub fn batch_points(
     batch: &[&Case],
     boxes: &[[f32; 4]],
     prompt: &PromptSpec,
     rng: &mut ChaCha8Rng,
+    predict: &mut dyn FnMut() -> Result<Vec<Vec<bool>>>,
 ) -> Result<Option<Vec<Vec<LabeledPoint>>>> {
     let mut pts: Vec<Vec<LabeledPoint>> = vec![Vec::new(); batch.len()];
     if prompt.points > 0 {
@@ -85,8 +146,13 @@ pub fn batch_points(
     }
     if prompt.clicks > 0 && rng.random_bool(prompt.click_prob.clamp(0.0, 1.0)) {
         let n = rng.random_range(1..=prompt.clicks);
-        for ((p, c), b) in pts.iter_mut().zip(batch).zip(boxes) {
-            p.extend(sample_clicks(c, *b, n, rng)?);
+        let preds = match prompt.click_source {
+            ClickSource::Errors => Some(predict()?),
+            ClickSource::Mask => None,
+        };
+        for (i, ((p, c), b)) in pts.iter_mut().zip(batch).zip(boxes).enumerate() {
+            let pred = preds.as_ref().map(|v| v[i].as_slice());
+            p.extend(sample_clicks(c, *b, n, pred, rng)?);
         }
     }
     Ok(if pts.iter().all(|p| p.is_empty()) {
@@ -94,6 +160,27 @@ pub fn batch_points(
     } else {
         Some(pts)
     })
+}
+
+/// The adapter's prediction for `boxes` alone (no gradient), thresholded at logit 0: one row-major model-frame
+/// mask per image, what [`batch_points`] places corrective clicks on.
+pub fn box_only_masks(
+    model: &LiteMedSam,
+    emb: &Tensor,
+    boxes: &[[f32; 4]],
+    adapter: &Adapter,
+    device: &Device,
+) -> Result<Vec<Vec<bool>>> {
+    let prompts = labeled_prompts(boxes, None, device)?;
+    let out = model.decode(&emb.detach(), &prompts, Some(adapter))?;
+    let logits = out.logits.detach().to_dtype(candle_core::DType::F32)?;
+    let b = logits.dim(0)?;
+    (0..b)
+        .map(|i| {
+            let v: Vec<f32> = logits.get(i)?.flatten_all()?.to_vec1()?;
+            Ok(v.into_iter().map(|x| x > 0.0).collect())
+        })
+        .collect()
 }
 
 /// Prompts for a batch: boxes (B, 4) and, when given, (B, N, 2) points with labels (B, N). Every image must have
@@ -139,6 +226,10 @@ mod tests {
     use crate::train::r#loop::tests::case;
     use rand::SeedableRng;
 
+    fn no_pred() -> Result<Vec<Vec<bool>>> {
+        panic!("no prediction is asked for")
+    }
+
     fn mask_at(c: &Case, xy: [f32; 2]) -> f32 {
         let (x, y) = (xy[0] as usize, xy[1] as usize);
         let s = c.mask.dim(2).unwrap();
@@ -151,7 +242,7 @@ mod tests {
         // foreground (16, 8)-(30.4, 14.4) in the model frame; a box with a background margin around it
         let bx = [10.0, 4.0, 36.0, 20.0];
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let clicks = sample_clicks(&c, bx, 400, &mut rng).unwrap();
+        let clicks = sample_clicks(&c, bx, 400, None, &mut rng).unwrap();
         assert_eq!(clicks.len(), 400);
         let pos = clicks.iter().filter(|(_, l)| *l == 1.0).count();
         assert!((150..250).contains(&pos), "{pos} positive of 400");
@@ -164,10 +255,60 @@ mod tests {
         }
         // a box that holds foreground only: every click is positive
         let tight = [17.0, 9.0, 29.0, 13.0];
-        let only = sample_clicks(&c, tight, 50, &mut rng).unwrap();
+        let only = sample_clicks(&c, tight, 50, None, &mut rng).unwrap();
         assert!(only
             .iter()
             .all(|(xy, l)| *l == 1.0 && mask_at(&c, *xy) == 1.0));
+    }
+
+    #[test]
+    fn corrective_clicks_land_on_the_errors() {
+        let c = case();
+        let s = c.mask.dim(2).unwrap();
+        let m: Vec<f32> = c.mask.flatten_all().unwrap().to_vec1().unwrap();
+        // the prediction misses the foreground's first column and adds one background pixel
+        let mut pred: Vec<bool> = m.iter().map(|v| *v > 0.5).collect();
+        let first_col = (0..s * s)
+            .filter(|i| m[*i] > 0.5)
+            .map(|i| i % s)
+            .min()
+            .unwrap();
+        let missed: Vec<usize> = (0..s * s)
+            .filter(|i| m[*i] > 0.5 && i % s == first_col)
+            .collect();
+        for i in &missed {
+            pred[*i] = false;
+        }
+        let extra = 2 * s + 2; // (2, 2): background, inside the resized extent (64 x 32)
+        assert!(m[extra] < 0.5);
+        pred[extra] = true;
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let clicks = sample_clicks(&c, c.gt_box(), 300, Some(&pred), &mut rng).unwrap();
+        let (mut pos, mut neg) = (0, 0);
+        for (xy, l) in &clicks {
+            let i = xy[1] as usize * s + xy[0] as usize;
+            if *l == 1.0 {
+                assert!(
+                    missed.contains(&i),
+                    "positive click {xy:?} not on a missed pixel"
+                );
+                pos += 1;
+            } else {
+                assert_eq!(i, extra, "negative click {xy:?} not on the extra pixel");
+                neg += 1;
+            }
+        }
+        // kinds in proportion to the error areas
+        let want = 300.0 / (missed.len() + 1) as f64;
+        assert!(
+            (neg as f64 - want).abs() < 4.0 * want.sqrt() + 2.0,
+            "{neg} negatives, ~{want} expected"
+        );
+        assert_eq!(pos + neg, 300);
+        // a perfect prediction falls back to the mask's pixels
+        let perfect: Vec<bool> = m.iter().map(|v| *v > 0.5).collect();
+        let fb = sample_clicks(&c, c.gt_box(), 20, Some(&perfect), &mut rng).unwrap();
+        assert!(fb.iter().all(|(xy, l)| mask_at(&c, *xy) == *l));
     }
 
     #[test]
@@ -180,7 +321,7 @@ mod tests {
         let b = c.gt_box();
         let mut r1 = ChaCha8Rng::seed_from_u64(5);
         let mut r2 = ChaCha8Rng::seed_from_u64(5);
-        let got = batch_points(&[&c, &c], &[b, b], &spec, &mut r1)
+        let got = batch_points(&[&c, &c], &[b, b], &spec, &mut r1, &mut no_pred)
             .unwrap()
             .unwrap();
         let want: Vec<Vec<[f32; 2]>> = (0..2)
@@ -193,7 +334,9 @@ mod tests {
         // the generators are in the same state: training without clicks replays exactly as before
         assert_eq!(r1.random::<u64>(), r2.random::<u64>());
         let none = PromptSpec::default();
-        assert!(batch_points(&[&c], &[b], &none, &mut r1).unwrap().is_none());
+        assert!(batch_points(&[&c], &[b], &none, &mut r1, &mut no_pred)
+            .unwrap()
+            .is_none());
         assert_eq!(r1.random::<u64>(), r2.random::<u64>());
     }
 
@@ -203,13 +346,14 @@ mod tests {
         let spec = PromptSpec {
             clicks: 5,
             click_prob: 1.0,
+            click_source: ClickSource::Mask,
             ..PromptSpec::default()
         };
         let b = c.gt_box();
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let mut counts = std::collections::BTreeSet::new();
         for _ in 0..50 {
-            let p = batch_points(&[&c, &c, &c], &[b, b, b], &spec, &mut rng)
+            let p = batch_points(&[&c, &c, &c], &[b, b, b], &spec, &mut rng, &mut no_pred)
                 .unwrap()
                 .unwrap();
             assert!(p.iter().all(|v| v.len() == p[0].len()));
@@ -225,7 +369,9 @@ mod tests {
             click_prob: 0.0,
             ..PromptSpec::default()
         };
-        assert!(batch_points(&[&c], &[b], &off, &mut rng).unwrap().is_none());
+        assert!(batch_points(&[&c], &[b], &off, &mut rng, &mut no_pred)
+            .unwrap()
+            .is_none());
         let ragged = vec![vec![([1.0, 1.0], 1.0)], vec![]];
         assert!(labeled_prompts(&[b, b], Some(&ragged), &Device::Cpu).is_err());
     }

@@ -2,7 +2,7 @@
 //! embeddings, box prompts from the ground truth with seeded jitter (plus optional positive points), the
 //! segmentation loss (plus an optional extra term), an AdamW step on the adapter's variables, and progress.
 
-use super::clicks::{batch_points, labeled_prompts, LabeledPoint};
+use super::clicks::{batch_points, box_only_masks, labeled_prompts, LabeledPoint};
 use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::Case;
 use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
@@ -226,7 +226,8 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
                 .iter()
                 .map(|c| jittered_box(c, train.prompt.jitter, &mut *ctx.rng))
                 .collect();
-            let pts = batch_points(&batch, &boxes, &train.prompt, &mut *ctx.rng)?;
+            let mut predict = || box_only_masks(ctx.model, &emb, &boxes, adapter, ctx.device);
+            let pts = batch_points(&batch, &boxes, &train.prompt, &mut *ctx.rng, &mut predict)?;
             let prompts = labeled_prompts(&boxes, pts.as_deref(), ctx.device)?;
             let masks: Vec<Tensor> = batch.iter().map(|c| c.mask.clone()).collect();
             let target = Tensor::stack(&masks, 0)?;
