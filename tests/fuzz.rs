@@ -4,7 +4,7 @@
 //! names the file or folder at fault; what loads is usable (a spec's cells and fingerprint, an expert set's routing,
 //! a results set's report numbers).
 //!
-//! Bounded for CI (about a minute in all on 2 cores); `EVOSAM_FUZZ_CASES=N` runs N cases per target,
+//! Bounded for CI (1,500 cases per target, under a minute in all on 2 cores); `EVOSAM_FUZZ_CASES=N` runs N cases per target,
 //! `EVOSAM_FUZZ_SEED=S` another deterministic stream (the default seed is fixed, so CI is reproducible). Each target
 //! prints its executions (`cargo test --release --locked --test fuzz -- --nocapture`). A failure prints the shrunk
 //! input; crashes found are kept as explicit regression tests at the end of this file.
@@ -369,14 +369,14 @@ fn fuzz_spec_parser_and_validation() {
     // mutations of the shipped experiments and of a tiny spec
     fuzz(
         "spec (mutated experiments/*.toml)",
-        600,
+        1500,
         (0..n, proptest::collection::vec(toml_edit(), 1..5)),
         |(i, edits)| check_spec(dir, &apply_toml(&specs[i].1, &edits), &model, &reg),
     );
     // arbitrary text and bytes
     fuzz(
         "spec (random text)",
-        300,
+        1500,
         prop_oneof![
             "\\PC{0,300}".prop_map(String::into_bytes),
             proptest::collection::vec(any::<u8>(), 0..300),
@@ -446,13 +446,13 @@ fn fuzz_image_loader() {
     };
     fuzz(
         "image loader (mutated PNG/JPEG/TIFF/GIF/PPM)",
-        700,
+        1500,
         (0..n, proptest::collection::vec(byte_edit(), 1..4)),
         |(i, edits)| check(apply_bytes(seeds[i].clone(), &edits)),
     );
     fuzz(
         "image loader (random bytes)",
-        200,
+        1500,
         proptest::collection::vec(any::<u8>(), 0..200),
         check,
     );
@@ -562,7 +562,7 @@ fn fuzz_nifti_reader() {
     );
     fuzz(
         "nifti reader (header fields, bytes, .nii and .nii.gz)",
-        500,
+        1500,
         (
             0..n,
             proptest::collection::vec(field, 0..4),
@@ -761,7 +761,7 @@ fn fuzz_expert_folder_and_adapter_loader() {
     .unwrap();
     fuzz(
         "expert folder (evosam.json, matcher.json, novelty.json, experts/*.safetensors)",
-        500,
+        1500,
         proptest::collection::vec(folder_edit(), 1..4),
         |edits| {
             edited_copy(&good, &dir, &edits, false);
@@ -788,7 +788,7 @@ fn fuzz_expert_folder_and_adapter_loader() {
     let path = tmp.path().join("one.safetensors");
     fuzz(
         "adapter file (safetensors + metadata)",
-        400,
+        1500,
         proptest::collection::vec(byte_edit(), 1..4),
         |edits| {
             std::fs::write(&path, apply_bytes(bytes.clone(), &edits)).unwrap();
@@ -864,7 +864,7 @@ fn fuzz_results_folder_loader() {
     let csv_edit = (any::<usize>(), any::<usize>(), any::<usize>());
     fuzz(
         "results folder (CSV, Parquet and JSON tables)",
-        500,
+        1500,
         (
             proptest::collection::vec(folder_edit(), 1..4),
             proptest::collection::vec(csv_edit, 0..3),
@@ -908,4 +908,79 @@ fn fuzz_results_folder_loader() {
             }
         },
     );
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Regression cases: every crash the fuzzer found, kept as explicit tests.
+
+/// Found by `fuzz_expert_folder_and_adapter_loader` and `fuzz_results_folder_loader`: a JSON file that is not
+/// UTF-8 was an internal error (exit 1); it is bad input (exit 2) naming the file.
+#[test]
+fn regression_json_that_is_not_utf8_is_bad_input() {
+    use evosam::strategy::evosam::ExpertSet;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    let (model, sha) = expert_folder(&good);
+    let mut m = std::fs::read(good.join("matcher.json")).unwrap();
+    m.insert(1, 0xff);
+    std::fs::write(good.join("matcher.json"), m).unwrap();
+    let e = ExpertSet::load(&good, &model, sha).err().unwrap();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("matcher.json"), "{e}");
+}
+
+/// Found by `fuzz_expert_folder_and_adapter_loader` (shrunk: 19 bytes deleted from `matcher.json`): a matcher whose
+/// saved sizes disagree loaded, then routing indexed out of bounds (a panic); it is refused at load, naming the file.
+#[test]
+fn regression_inconsistent_matcher_is_refused_at_load() {
+    use evosam::strategy::evosam::ExpertSet;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    let (model, sha) = expert_folder(&good);
+    let p = good.join("matcher.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let w = j["w"].as_array_mut().unwrap();
+    w.pop();
+    std::fs::write(&p, serde_json::to_vec(&j).unwrap()).unwrap();
+    let e = ExpertSet::load(&good, &model, sha).err().unwrap();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(
+        e.to_string().contains("matcher.json") && e.to_string().contains("inconsistent"),
+        "{e}"
+    );
+    // the shrunk input itself: whatever it loads to, routing must not panic
+    let dir = tmp.path().join("case");
+    let (model, sha) = expert_folder(&tmp.path().join("fresh"));
+    edited_copy(
+        &tmp.path().join("fresh"),
+        &dir,
+        &[FolderEdit::Bytes(
+            16921518231684631053,
+            vec![ByteEdit::Delete(2611164404871248313, 19)],
+        )],
+        false,
+    );
+    if let Ok(set) = ExpertSet::load(&dir, &model, sha) {
+        let _ = set.decide(&[0.5; 32]);
+    }
+}
+
+/// Found by `fuzz_expert_folder_and_adapter_loader` with 1,500 cases: an expert `file` of "" (or `..`, or an
+/// absolute path) in `evosam.json` read the folder itself, or a file outside it; it is refused naming the manifest.
+#[test]
+fn regression_expert_file_outside_the_folder_is_refused() {
+    use evosam::strategy::evosam::ExpertSet;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    let (model, sha) = expert_folder(&good);
+    let p = good.join("evosam.json");
+    let orig: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    for bad in ["", "..", "/etc/passwd", "../good/experts/0.safetensors"] {
+        let mut j = orig.clone();
+        j["experts"][0]["file"] = serde_json::json!(bad);
+        std::fs::write(&p, serde_json::to_vec(&j).unwrap()).unwrap();
+        let e = ExpertSet::load(&good, &model, sha).err().unwrap();
+        assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        assert!(e.to_string().contains("evosam.json"), "{bad:?}: {e}");
+    }
 }

@@ -7,7 +7,7 @@ use common::*;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
-/// Every stateful kind, SIGKILLed right after each of its stages 0, 1 and 2 is committed (a three-task stream),
+/// Every stateful kind, SIGKILLed right after each of its stages 1 and 2 is committed (a three-task stream),
 /// then resumed: the tables and every cell's final state equal an uninterrupted run's. Regression test for online
 /// EWC, whose anchor kept a backprop edge to the live parameters, so its penalty did nothing before a restore and
 /// pulled after one (a kill after its second task changed the stage-3 row).
@@ -25,7 +25,7 @@ fn every_kind_killed_at_every_stage_boundary_resumes_exactly() {
     let mut kills = 0;
     for kind in STATEFUL {
         let cell = format!("{kind}__seed0__given");
-        for k in 0..3 {
+        for k in 1..3 {
             let mut child = spawn(&spec, &b, !first, &["--no-report"]);
             first = false;
             let marker = rb.join(format!("cells/{cell}/stage_{k}/done"));
@@ -40,7 +40,7 @@ fn every_kind_killed_at_every_stage_boundary_resumes_exactly() {
             kills += 1;
         }
     }
-    assert_eq!(kills, 21);
+    assert_eq!(kills, 14);
     let o = run(&spec, &b, &["--resume", "--no-report"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_same_results(&a.join("b"), &rb, "killed at every stage boundary");
@@ -52,12 +52,11 @@ fn every_kind_killed_at_every_stage_boundary_resumes_exactly() {
 #[test]
 fn random_kills_then_resume_give_identical_tables() {
     let tmp = tempfile::tempdir().unwrap();
-    // two kinds per chain, so that every stateful kind is killed somewhere
-    let chains: [&[&str]; 4] = [
-        &["finetune", "online-ewc"],
-        &["evosam", "replay"],
-        &["lwf", "joint"],
-        &["ewc", "evosam"],
+    // two kinds per chain (finetune is in every other test)
+    let chains: [&[&str]; 3] = [
+        &["online-ewc", "evosam"],
+        &["replay", "lwf"],
+        &["ewc", "joint"],
     ];
     let seed: u64 = std::env::var("EVOSAM_KILL_SEED")
         .ok()
@@ -121,7 +120,7 @@ fn random_kills_then_resume_give_identical_tables() {
 #[test]
 fn second_resume_is_refused_and_a_stale_lock_is_taken_over() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = write(tmp.path(), "l.toml", &tiny_spec("l", &["finetune"], 30));
+    let spec = write(tmp.path(), "l.toml", &tiny_spec("l", &["finetune"], 12));
     let out = tmp.path().join("o");
     let rd = out.join("l");
     let mut first = spawn(&spec, &out, false, &["--no-report"]);

@@ -432,8 +432,44 @@ impl RidgeMatcher {
     }
 
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s)
-            .map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))
+        let m: Self = serde_json::from_str(s)
+            .map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))?;
+        m.check_sizes()
+            .map_err(|e| Error::input(format!("matcher: inconsistent saved state: {e}")))?;
+        Ok(m)
+    }
+
+    /// The saved sizes agree with each other (a corrupt `matcher.json` must not index out of bounds later).
+    fn check_sizes(&self) -> std::result::Result<(), String> {
+        self.config.check()?;
+        if self.in_dim == 0 {
+            return Err("`in_dim` is 0".into());
+        }
+        let p = self.config.projection_dim;
+        if self.projection.len() != if p > 0 { self.in_dim * p } else { 0 } {
+            return Err(format!(
+                "projection has {} values for {} x {p}",
+                self.projection.len(),
+                self.in_dim
+            ));
+        }
+        let d = self.feature_dim();
+        for t in &self.tasks {
+            if t.g.len() != d * d || t.s.len() != d {
+                return Err(format!("task {:?}: sums do not have dimension {d}", t.name));
+            }
+        }
+        if !self.tasks.is_empty() && self.w.len() != d * self.tasks.len() {
+            return Err(format!(
+                "weights have {} values for {d} x {} tasks",
+                self.w.len(),
+                self.tasks.len()
+            ));
+        }
+        if !(self.lambda > 0.0 && self.lambda.is_finite()) {
+            return Err(format!("`lambda` = {} must be > 0", self.lambda));
+        }
+        Ok(())
     }
 }
 
