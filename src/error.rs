@@ -52,6 +52,8 @@ impl Error {
         match self {
             Error::Input(_) | Error::Spec { .. } | Error::Weights(_) => 2,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 2,
+            // a file whose content cannot be read as what it should be (e.g. JSON that is not UTF-8)
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => 2,
             _ => 1,
         }
     }

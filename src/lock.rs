@@ -188,8 +188,12 @@ impl Lock {
                 .open(path)
             {
                 Ok(mut f) => {
-                    f.write_all(&body).map_err(|e| Error::io(path, e))?;
-                    f.sync_all().map_err(|e| Error::io(path, e))?;
+                    if let Err(e) = f.write_all(&body).and_then(|_| f.sync_all()) {
+                        // a full disk: leave no half-written lock behind
+                        drop(f);
+                        let _ = std::fs::remove_file(path);
+                        return Err(Error::io(path, e));
+                    }
                     return Ok(Self::started(path, holder.token));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

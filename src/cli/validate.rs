@@ -1,4 +1,5 @@
-//! `evosam validate SPEC`: check a spec (keys, types, presets, data files, split sizes) without running it.
+//! `evosam validate SPEC`: check a spec (keys, types, ranges, presets, the weights file, LoRA settings against the
+//! model's layers, data files, split sizes) without running it.
 
 use evosam::spec::Spec;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ pub struct Args {
 /// Check the spec and print what it describes.
 pub fn run(args: Args) -> evosam::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
+    crate::runner::check_model(&spec)?;
     println!(
         "spec {}: experiment {:?}",
         args.spec.display(),

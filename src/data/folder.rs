@@ -16,7 +16,10 @@
 //! max_test = 4
 //! mask_threshold = 127       # mask pixels > threshold (8-bit grey) are foreground
 //! fov_eval = false           # score Dice inside the FOV only
+//! unpaired = "error"         # an image without a mask (or FOV mask) stops the run; "skip" leaves it out
 //! ```
+//! With `unpaired = "skip"` the skipped images are counted and named by `evosam validate`, in the run's log and
+//! in `manifest.json` (`tasks[].skipped`).
 
 use super::{glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase};
 use crate::spec::{Diag, Spec};
@@ -52,6 +55,26 @@ pub struct FolderSpec {
     pub max_test: Option<usize>,
     #[serde(default)]
     pub fov_eval: bool,
+    /// What an image without a mask (or without a field-of-view mask) does: stop (default) or be skipped.
+    #[serde(default, skip_serializing_if = "Unpaired::is_error")]
+    pub unpaired: Unpaired,
+}
+
+/// `unpaired`: the rule for an image that has no mask.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpaired {
+    /// The image is an error naming it (the default).
+    #[default]
+    Error,
+    /// The image is left out, and counted and listed.
+    Skip,
+}
+
+impl Unpaired {
+    fn is_error(&self) -> bool {
+        *self == Unpaired::Error
+    }
 }
 
 fn d_root() -> PathBuf {
@@ -74,6 +97,8 @@ pub struct Item {
 pub struct Plan {
     pub train: Vec<Item>,
     pub test: Vec<Item>,
+    /// Images left out with `unpaired = "skip"` (no mask or no field-of-view mask), in path order.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// Exactly one split rule must be given; shared by folder and NIfTI sources.
@@ -132,7 +157,15 @@ impl FolderSpec {
         if self.fov_eval && self.fov.is_none() {
             return Err(Diag::at("fov_eval", "`fov_eval = true` needs `fov` masks"));
         }
-        for (k, g) in [("images", &self.images), ("masks", &self.masks)] {
+        let optional = [
+            ("fov", self.fov.as_ref()),
+            ("test_glob", self.test_glob.as_ref()),
+        ];
+        for (k, g) in [("images", Some(&self.images)), ("masks", Some(&self.masks))]
+            .into_iter()
+            .chain(optional)
+        {
+            let Some(g) = g else { continue };
             glob::Pattern::new(g)
                 .map_err(|e| Diag::at(k, format!("`{k}` = {g:?} is not a valid glob: {e}")))?;
         }
@@ -177,6 +210,7 @@ impl FolderSpec {
             None => None,
         };
         let mut items = Vec::new();
+        let mut skipped = Vec::new();
         let mut seen = BTreeMap::new();
         for img in images {
             let key = match_key(&img, &self.strip);
@@ -187,20 +221,34 @@ impl FolderSpec {
                     img.display()
                 )));
             }
-            let mask = masks.get(&key).cloned().ok_or_else(|| {
-                Error::input(format!(
-                    "{what}: image {} has no mask (key {key:?}; no file matching {:?} has that key)",
+            let skip = self.unpaired == Unpaired::Skip;
+            let Some(mask) = masks.get(&key).cloned() else {
+                if skip {
+                    skipped.push(img);
+                    continue;
+                }
+                return Err(Error::input(format!(
+                    "{what}: image {} has no mask (key {key:?}; no file matching {:?} has that key; \
+                     `unpaired = \"skip\"` leaves such images out)",
                     img.display(),
                     self.masks
-                ))
-            })?;
+                )));
+            };
             let fov = match &fovs {
-                Some(f) => Some(f.get(&key).cloned().ok_or_else(|| {
-                    Error::input(format!(
-                        "{what}: image {} has no field-of-view mask (key {key:?})",
-                        img.display()
-                    ))
-                })?),
+                Some(f) => match f.get(&key) {
+                    Some(p) => Some(p.clone()),
+                    None if skip => {
+                        skipped.push(img);
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::input(format!(
+                            "{what}: image {} has no field-of-view mask (key {key:?}; \
+                             `unpaired = \"skip\"` leaves such images out)",
+                            img.display()
+                        )))
+                    }
+                },
                 None => None,
             };
             items.push(Item {
@@ -215,11 +263,7 @@ impl FolderSpec {
             let pat = glob::Pattern::new(g)
                 .map_err(|e| Error::input(format!("{what}: `test_glob` {g:?}: {e}")))?;
             for it in items {
-                let rel = it
-                    .image
-                    .strip_prefix(&root)
-                    .unwrap_or(&it.image)
-                    .to_path_buf();
+                let rel = relative_to(&it.image, &root);
                 if pat.matches_path(&rel) {
                     test.push(it);
                 } else {
@@ -255,7 +299,11 @@ impl FolderSpec {
         }
         let train = limit(train, self.max_train, self.split_seed);
         let test = limit(test, self.max_test, self.split_seed.wrapping_add(1));
-        Ok(Plan { train, test })
+        Ok(Plan {
+            train,
+            test,
+            skipped,
+        })
     }
 
     pub fn load(&self, spec: &Spec, task: &str) -> Result<(Vec<RawCase>, Vec<RawCase>)> {
@@ -277,6 +325,24 @@ impl FolderSpec {
                 .collect()
         };
         Ok((conv(plan.train)?, conv(plan.test)?))
+    }
+}
+
+/// `path` relative to `root`, ignoring `.` components: `glob` drops the leading `./` of a pattern such as
+/// `./../data/*/x.png` (a spec given by a bare file name has the base folder `.`), so a plain `strip_prefix`
+/// failed and `test_glob` was matched against the whole path.
+pub(crate) fn relative_to(path: &Path, root: &Path) -> PathBuf {
+    use std::path::Component;
+    fn parts(p: &Path) -> Vec<Component<'_>> {
+        p.components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect()
+    }
+    let (p, r) = (parts(path), parts(root));
+    if p.len() >= r.len() && p[..r.len()] == r[..] {
+        p[r.len()..].iter().collect()
+    } else {
+        path.to_path_buf()
     }
 }
 
@@ -400,5 +466,41 @@ mod tests {
             .is_err());
         assert!(folder("test_fraction = 1.5").validate().is_err());
         assert!(toml::from_str::<FolderSpec>("images = \"a\"\nmasks = \"b\"\nbogus = 1").is_err());
+        // unpaired images: an error by default, left out and listed with `unpaired = "skip"`
+        std::fs::remove_file(d.join("lbl/c2_seg.png")).unwrap();
+        let e = folder("test_fraction = 0.5")
+            .plan(&spec, "a")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("unpaired = \"skip\""), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        let p = folder("test_fraction = 0.5\nunpaired = \"skip\"")
+            .plan(&spec, "a")
+            .unwrap();
+        assert_eq!(p.train.len() + p.test.len(), 4);
+        assert_eq!(p.skipped, vec![d.join("img/c2.png")]);
+        assert!(!p.train.iter().chain(&p.test).any(|i| i.key == "c2"));
+        assert!(toml::from_str::<FolderSpec>(
+            "images = \"a\"\nmasks = \"b\"\ntest_fraction = 0.5\nunpaired = \"maybe\""
+        )
+        .is_err());
+        assert!(folder("test_glob = \"[\"").validate().is_err());
+    }
+
+    #[test]
+    fn relative_paths_ignore_dot_components() {
+        let r = |p: &str, root: &str| relative_to(Path::new(p), Path::new(root));
+        assert_eq!(
+            r("../data/test/a.png", "./../data"),
+            Path::new("test/a.png")
+        );
+        assert_eq!(
+            r("./../data/test/a.png", "../data"),
+            Path::new("test/a.png")
+        );
+        assert_eq!(r("/x/data/test/a.png", "/x/data"), Path::new("test/a.png"));
+        assert_eq!(r("data/a.png", "."), Path::new("data/a.png"));
+        // not under the root: unchanged
+        assert_eq!(r("/y/a.png", "/x"), Path::new("/y/a.png"));
     }
 }

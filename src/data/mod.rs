@@ -9,7 +9,7 @@ pub mod nifti;
 mod source;
 pub mod synthetic;
 
-pub use source::{load_task, plan_counts, SourceSpec, SOURCE_KINDS};
+pub use source::{list_paths, load_task, plan_counts, skipped_inputs, SourceSpec, SOURCE_KINDS};
 
 use crate::preprocess::{self, PrepMeta};
 use crate::{Error, Result};

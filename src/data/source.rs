@@ -69,13 +69,42 @@ impl Spec {
         let mut out = Vec::new();
         for t in &self.stream.tasks {
             let (ntr, nte) = plan_counts(self, t)?;
+            let skipped = skipped_inputs(self, t)?;
+            let note = match skipped.len() {
+                0 => String::new(),
+                n => format!(
+                    ", {n} unpaired image{} skipped: {}",
+                    if n == 1 { "" } else { "s" },
+                    list_paths(&skipped)
+                ),
+            };
             out.push(format!(
-                "{}: {} train, {} test ({})",
+                "{}: {} train, {} test ({}){note}",
                 t.name, ntr, nte, t.source.kind
             ));
         }
         Ok(out)
     }
+}
+
+/// The files a task leaves out (folder sources with `unpaired = "skip"`: images without a mask), in path order;
+/// empty for every other source. From file listings only.
+pub fn skipped_inputs(spec: &Spec, t: &TaskSpec) -> Result<Vec<std::path::PathBuf>> {
+    Ok(match &SourceSpec::of(spec, t)? {
+        SourceSpec::Folder(s) if s.unpaired == folder::Unpaired::Skip => {
+            s.plan(spec, &t.name)?.skipped
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// Paths joined by ", " for a log line.
+pub fn list_paths(paths: &[std::path::PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Counts of train and test items (images, or volumes for NIfTI) a task will have, from file listings only.

@@ -74,14 +74,28 @@ impl Adapter {
         if cfg.rank == 0 {
             return Err(Error::input("LoRA rank must be at least 1"));
         }
+        let matched: Vec<(String, usize, usize)> = model
+            .linear_sites()
+            .into_iter()
+            .filter(|(p, _, _)| cfg.matches(p))
+            .collect();
+        // checked before allocating: a huge rank would otherwise exhaust memory here
+        if let Some(cap) = matched.iter().map(|(_, i, o)| (*i).min(*o)).max() {
+            if cfg.rank > cap {
+                return Err(Error::input(format!(
+                    "LoRA rank {} is larger than the adapted layers allow (min(in, out) of at most {cap} among the \
+                     {} layers matched by {:?})",
+                    cfg.rank,
+                    matched.len(),
+                    cfg.targets
+                )));
+            }
+        }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let dev = model.device();
         let dt = model.dtype();
         let mut sites = BTreeMap::new();
-        for (path, in_dim, out_dim) in model.linear_sites() {
-            if !cfg.matches(&path) {
-                continue;
-            }
+        for (path, in_dim, out_dim) in matched {
             let bound = 1.0 / (in_dim as f64).sqrt();
             let a: Vec<f64> = (0..cfg.rank * in_dim)
                 .map(|_| rng.random_range(-bound..bound))

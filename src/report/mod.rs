@@ -39,7 +39,7 @@ pub struct ReportSummary {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<PathBuf> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    crate::util::write_atomic(path, text.as_bytes())?;
     Ok(path.to_path_buf())
 }
 

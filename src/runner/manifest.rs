@@ -103,6 +103,21 @@ pub(super) fn write_manifest(
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
         .collect();
+    // per task: its split sizes and, with `unpaired = "skip"`, the images left out
+    let mut tasks = Vec::new();
+    for (t, ts) in sh.tasks.iter().zip(&sh.spec.stream.tasks) {
+        let mut j =
+            serde_json::json!({"name": t.name, "train": t.train.len(), "test": t.test.len()});
+        let skipped = crate::data::skipped_inputs(&sh.spec, ts)?;
+        if !skipped.is_empty() {
+            j["skipped"] = serde_json::json!(skipped
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>());
+            j["skipped_count"] = serde_json::json!(skipped.len());
+        }
+        tasks.push(j);
+    }
     let m = serde_json::json!({
         "experiment": sh.spec.experiment.name,
         "spec_file": sh.spec.file.display().to_string(),
@@ -123,7 +138,7 @@ pub(super) fn write_manifest(
         "started": started,
         "finished": chrono::Utc::now().to_rfc3339(),
         "resumed": resumed,
-        "tasks": sh.tasks.iter().map(|t| serde_json::json!({"name": t.name, "train": t.train.len(), "test": t.test.len()})).collect::<Vec<_>>(),
+        "tasks": tasks,
         "cells": cells,
         "embeddings": {"count": sh.store.len(), "wall_s": embeddings_s},
         "metrics": defs,

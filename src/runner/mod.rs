@@ -19,6 +19,7 @@
 //! (manifest.json and the printed summary). Only `cluster` (Slurm) and the CLI import the runner.
 
 mod cell;
+mod check;
 mod eval;
 mod jobs;
 mod manifest;
@@ -29,6 +30,7 @@ mod setup;
 mod shared;
 mod study;
 
+pub use check::check_model;
 pub use eval::{case_dice, EVAL_BATCH};
 pub use jobs::{finalize_run, prepare_run, run_one_cell};
 

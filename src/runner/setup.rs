@@ -88,6 +88,7 @@ pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<
     let device = device_of(spec)?;
     reporter.info(banner);
     let (model, sha) = load_model(spec, &device)?;
+    super::check::check_lora_sites(spec, &model)?;
     check_encoder_targets(spec, &model)?;
     let size = model.input_size();
     let augment = spec.strategies.iter().any(|s| s.train.augment);
@@ -100,6 +101,15 @@ pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<
             td.train.len(),
             td.test.len()
         ));
+        let skipped = data::skipped_inputs(spec, t)?;
+        if !skipped.is_empty() {
+            reporter.info(&format!(
+                "task {}: {} unpaired image(s) skipped (unpaired = \"skip\"): {}",
+                td.name,
+                skipped.len(),
+                data::list_paths(&skipped)
+            ));
+        }
         tasks.push(td);
     }
     let t_emb = Instant::now();
@@ -116,7 +126,7 @@ pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<
 
 /// LoRA targets in the image encoder need `freeze_encoder = false` (and then run the encoder at every step: the
 /// GPU setting); with a frozen encoder they would be silently useless, so they are refused.
-fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<()> {
+pub(super) fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<()> {
     for s in &spec.strategies {
         let enc: Vec<String> = model
             .linear_sites()

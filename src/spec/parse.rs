@@ -57,7 +57,8 @@ struct RawStream {
 impl Spec {
     /// Read and validate a spec file against a catalog (does not touch data files; see `Spec::check_data`).
     pub fn load(path: &Path, catalog: &dyn Catalog) -> crate::Result<Spec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8(bytes).map_err(|e| not_utf8(path, &e))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base_dir = if base_dir.as_os_str().is_empty() {
             PathBuf::from(".")
@@ -75,6 +76,20 @@ impl Spec {
         catalog: &dyn Catalog,
     ) -> crate::Result<Spec> {
         parse(text, file, base_dir, catalog)
+    }
+}
+
+/// A spec that is not UTF-8 text is bad input (exit 2), named with the line and byte of the first bad sequence.
+fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Error {
+    let at = e.utf8_error().valid_up_to();
+    let bytes = e.as_bytes();
+    let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    Error::Spec {
+        file: path.display().to_string(),
+        msg: format!(
+            "line {line}: not UTF-8 text (invalid byte 0x{:02x} at offset {at}); save the spec as UTF-8",
+            bytes[at]
+        ),
     }
 }
 
@@ -155,14 +170,16 @@ pub(super) fn parse(
     // check the spec-level lora alone, so its errors point at [model.lora]
     let mut l = default_lora();
     merge_tables(&mut l, &spec_lora);
-    let _: LoraConfig = from_value(Value::Table(l)).map_err(|d| {
+    let lora_err = |d: Diag| {
         src.err_diag(
             &[key("model"), key("lora")],
             model_start,
             "[model.lora]",
             &d,
         )
-    })?;
+    };
+    let lora: LoraConfig = from_value(Value::Table(l)).map_err(lora_err)?;
+    super::presets::validate_lora(&lora).map_err(lora_err)?;
 
     // [train]
     let (spec_train, train_start) = match raw.train {
@@ -172,8 +189,10 @@ pub(super) fn parse(
         }
         None => (Table::new(), 0),
     };
-    let _: TrainSpec = from_table(&spec_train)
-        .map_err(|d| src.err_diag(&[key("train")], train_start, "[train]", &d))?;
+    let train_err = |d: Diag| src.err_diag(&[key("train")], train_start, "[train]", &d);
+    let train: TrainSpec = from_table(&spec_train).map_err(train_err)?;
+    // ranges of the spec's own [train], reported at [train] (an entry or preset may still override them)
+    super::presets::validate_train(&train).map_err(train_err)?;
 
     let interactive = parse_eval(&src, raw.eval)?;
 

@@ -184,12 +184,7 @@ pub(super) fn resolve_strategy(
     let lora: LoraConfig = from_value(Value::Table(lora_t))
         .map_err(|d| perr_diag(d.under("lora").prefixed("lora: ")))?;
     validate_train(&train).map_err(|d| perr_diag(d.under("train")))?;
-    if lora.rank == 0 || !(lora.alpha.is_finite()) || lora.targets.is_empty() {
-        return Err(perr(
-            "lora",
-            "lora: rank must be >= 1, alpha finite and targets non-empty".into(),
-        ));
-    }
+    validate_lora(&lora).map_err(|d| perr_diag(d.under("lora")))?;
     let params = ptable;
     catalog.check_strategy(&kind, &params).map_err(perr_diag)?;
     Ok(StrategySpec {
@@ -202,11 +197,45 @@ pub(super) fn resolve_strategy(
     })
 }
 
-/// Ranges of the merged training settings; the path is relative to the `train` table.
+/// Ranges of LoRA settings that need no model; the path is relative to the `lora` table. (A rank larger than
+/// the adapted layers allow, or targets that match no layer, depend on the model: `runner::check_model`.)
+pub(super) fn validate_lora(l: &LoraConfig) -> std::result::Result<(), Diag> {
+    if l.rank == 0 {
+        return Err(Diag::at("rank", "lora: `rank` must be >= 1"));
+    }
+    if !(l.alpha.is_finite() && l.alpha > 0.0) {
+        return Err(Diag::at(
+            "alpha",
+            format!("lora: `alpha` must be a positive number, found {}", l.alpha),
+        ));
+    }
+    if l.targets.is_empty() {
+        return Err(Diag::at("targets", "lora: `targets` is empty"));
+    }
+    for t in &l.targets {
+        if t.trim().is_empty() {
+            return Err(Diag::at(
+                "targets",
+                "lora: `targets` holds an empty pattern",
+            ));
+        }
+        if t.contains(['*', '?', '[']) {
+            glob::Pattern::new(t).map_err(|e| {
+                Diag::at(
+                    "targets",
+                    format!("lora: target {t:?} is not a valid glob: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The most simulated clicks per image in training (the interactive study's own default is 10).
 const MAX_TRAIN_CLICKS: usize = 64;
 
-fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
+/// Ranges of the merged training settings; the path is relative to the `train` table.
+pub(super) fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
     if t.batch_size == 0 {
         return Err(Diag::at("batch_size", "train: `batch_size` must be >= 1"));
     }

@@ -359,6 +359,19 @@ impl ExpertSet {
         let mut adapters = Vec::new();
         let mut births = Vec::new();
         for e in &m.experts {
+            // a file inside the folder: never an absolute path, `..` or the folder itself
+            let inside = !e.file.is_empty()
+                && Path::new(&e.file)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(Error::input(format!(
+                    "{}: expert file {:?} is not a file inside {}",
+                    mp.display(),
+                    e.file,
+                    dir.display()
+                )));
+            }
             adapters.push(Adapter::load(&dir.join(&e.file), model, base_sha256)?);
             names.push(e.task.clone());
             births.push(e.birth.clone().unwrap_or_default());
@@ -381,7 +394,9 @@ impl ExpertSet {
             calibration: nov.calibration,
             novelty_model: None,
         };
-        set.refit_novelty()?;
+        // a corrupt folder can hold sums no detector can be fitted on: that is bad input, named
+        set.refit_novelty()
+            .map_err(|e| Error::input(format!("{}: {e}", dir.display())))?;
         Ok(set)
     }
 }

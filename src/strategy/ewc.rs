@@ -92,11 +92,16 @@ impl EwcMemory {
     }
 
     /// Record a finished task's Fisher with the current parameters as anchor.
+    ///
+    /// The anchor is a detached copy: `Tensor::copy` alone keeps a backprop edge to the variable, through which
+    /// the penalty's gradient cancelled exactly (d/dθ of (θ - copy(θ))² is zero), so the penalty did nothing in
+    /// the process that consolidated and acted only after a resume had read the anchor back from disk.
     pub fn consolidate(&mut self, fisher: Vec<Tensor>, vars: &[Var]) -> Result<()> {
         let anchor: Vec<Tensor> = vars
             .iter()
-            .map(|v| v.as_tensor().copy())
-            .collect::<candle_core::Result<_>>()?;
+            .map(|v| Ok(v.as_tensor().copy()?.detach()))
+            .collect::<Result<_>>()?;
+        let fisher: Vec<Tensor> = fisher.into_iter().map(|f| f.detach()).collect();
         match (self.gamma, self.pairs.pop()) {
             (Some(gamma), Some(old)) => {
                 let fisher = old
@@ -433,6 +438,31 @@ mod tests {
         assert_eq!(
             online.pairs[0].anchor[0].to_vec1::<f64>().unwrap(),
             vec![1.0, 1.0]
+        );
+
+        // The penalty acts on the variable right after consolidation, exactly as after a restore from disk:
+        // d/dθ (λ/2) F (θ - θ*)² = λ F (θ - θ*) with θ = (7, 7), θ* = (1, 1), F = (4.5, 1), λ = 2.
+        let p = online
+            .penalty(std::slice::from_ref(&v), 2.0)
+            .unwrap()
+            .unwrap();
+        let g = p.backward().unwrap();
+        let gv = g.get(v.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(gv, vec![2.0 * 4.5 * 6.0, 2.0 * 1.0 * 6.0]);
+        let named = online.to_named();
+        let back = EwcMemory::from_named(Some(0.5), 1, |k| {
+            named.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone())
+        })
+        .unwrap();
+        let p2 = back
+            .penalty(std::slice::from_ref(&v), 2.0)
+            .unwrap()
+            .unwrap();
+        let g2 = p2.backward().unwrap();
+        assert_eq!(
+            g2.get(v.as_tensor()).unwrap().to_vec1::<f64>().unwrap(),
+            gv,
+            "a restored memory pulls exactly as the one in memory"
         );
 
         let mut plain = EwcMemory::new(None);

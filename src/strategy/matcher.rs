@@ -46,6 +46,9 @@ pub struct MatcherConfig {
     pub open_set_threshold: Option<f64>,
 }
 
+/// The largest random projection (`projection_dim`): a task's sums then take 128 MiB.
+pub const MAX_PROJECTION_DIM: usize = 4096;
+
 fn default_lambda() -> f64 {
     1.0
 }
@@ -60,6 +63,14 @@ impl MatcherConfig {
         let positive = |x: f64| x > 0.0;
         if !positive(self.lambda) || self.lambda_candidates.iter().any(|&l| !positive(l)) {
             return Err("`lambda` and `lambda_candidates` must be > 0".into());
+        }
+        // the projection is in_dim x projection_dim and each task keeps a (projection_dim + 1)^2 sum: a huge value
+        // would exhaust memory when the strategy is built, long after `validate`
+        if self.projection_dim > MAX_PROJECTION_DIM {
+            return Err(format!(
+                "`projection_dim` = {} must be at most {MAX_PROJECTION_DIM}",
+                self.projection_dim
+            ));
         }
         if !(0.0..1.0).contains(&self.holdout_fraction) {
             return Err(format!(
@@ -427,8 +438,44 @@ impl RidgeMatcher {
 
     /// Read a state written by [`RidgeMatcher::to_json`].
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s)
-            .map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))
+        let m: Self = serde_json::from_str(s)
+            .map_err(|e| Error::internal(format!("matcher: parse saved state: {e}")))?;
+        m.check_sizes()
+            .map_err(|e| Error::input(format!("matcher: inconsistent saved state: {e}")))?;
+        Ok(m)
+    }
+
+    /// The saved sizes agree with each other (a corrupt `matcher.json` must not index out of bounds later).
+    fn check_sizes(&self) -> std::result::Result<(), String> {
+        self.config.check()?;
+        if self.in_dim == 0 {
+            return Err("`in_dim` is 0".into());
+        }
+        let p = self.config.projection_dim;
+        if self.projection.len() != if p > 0 { self.in_dim * p } else { 0 } {
+            return Err(format!(
+                "projection has {} values for {} x {p}",
+                self.projection.len(),
+                self.in_dim
+            ));
+        }
+        let d = self.feature_dim();
+        for t in &self.tasks {
+            if t.g.len() != d * d || t.s.len() != d {
+                return Err(format!("task {:?}: sums do not have dimension {d}", t.name));
+            }
+        }
+        if !self.tasks.is_empty() && self.w.len() != d * self.tasks.len() {
+            return Err(format!(
+                "weights have {} values for {d} x {} tasks",
+                self.w.len(),
+                self.tasks.len()
+            ));
+        }
+        if !(self.lambda > 0.0 && self.lambda.is_finite()) {
+            return Err(format!("`lambda` = {} must be > 0", self.lambda));
+        }
+        Ok(())
     }
 }
 
@@ -616,6 +663,9 @@ mod tests {
         let back = RidgeMatcher::from_json(&m.to_json().unwrap()).unwrap();
         let p = vec![0.3; dim];
         assert_eq!(back.scores(&p).unwrap(), m.scores(&p).unwrap());
+        // every saved number parses back bit for bit (serde_json's `float_roundtrip`; without it a resumed run's
+        // novelty threshold differed in the 11th digit): the re-saved text is the same
+        assert_eq!(back.to_json().unwrap(), m.to_json().unwrap());
     }
 
     #[test]

@@ -52,25 +52,38 @@ pub trait Figure {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult;
 }
 
-/// Write `dir/stem.svg` and `dir/stem.png`.
+/// Write `dir/stem.svg` and `dir/stem.png`, each drawn under a temporary name and renamed when complete (a full
+/// disk or a kill never leaves a truncated figure under its final name).
 pub fn save<F: Figure>(fig: &F, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     ensure_font()?;
     let size = fig.size();
     let svg = dir.join(format!("{stem}.svg"));
     let png = dir.join(format!("{stem}.png"));
-    {
-        let root = SVGBackend::new(&svg, size).into_drawing_area();
-        fig.draw(&root)
-            .and_then(|_| root.present().map_err(de))
-            .map_err(|e| Error::internal(format!("{}: drawing failed: {e}", svg.display())))?;
+    // the backends pick the format from the extension: keep it
+    let svg_tmp = dir.join(format!(".tmp-{stem}.svg"));
+    let png_tmp = dir.join(format!(".tmp-{stem}.png"));
+    let drawn = (|| -> Result<()> {
+        {
+            let root = SVGBackend::new(&svg_tmp, size).into_drawing_area();
+            fig.draw(&root)
+                .and_then(|_| root.present().map_err(de))
+                .map_err(|e| Error::internal(format!("{}: drawing failed: {e}", svg.display())))?;
+        }
+        {
+            let root = BitMapBackend::new(&png_tmp, size).into_drawing_area();
+            fig.draw(&root)
+                .and_then(|_| root.present().map_err(de))
+                .map_err(|e| Error::internal(format!("{}: drawing failed: {e}", png.display())))?;
+        }
+        set_png_dpi(&png_tmp, PNG_DPI)?;
+        std::fs::rename(&svg_tmp, &svg).map_err(|e| Error::io(&svg, e))?;
+        std::fs::rename(&png_tmp, &png).map_err(|e| Error::io(&png, e))
+    })();
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&svg_tmp);
+        let _ = std::fs::remove_file(&png_tmp);
     }
-    {
-        let root = BitMapBackend::new(&png, size).into_drawing_area();
-        fig.draw(&root)
-            .and_then(|_| root.present().map_err(de))
-            .map_err(|e| Error::internal(format!("{}: drawing failed: {e}", png.display())))?;
-    }
-    set_png_dpi(&png, PNG_DPI)?;
+    drawn?;
     Ok(vec![svg, png])
 }
 
