@@ -2,43 +2,88 @@
 //! once (through the on-disk cache); the training loop and the strategies read from it.
 
 use super::Case;
+use crate::embed_cache::EmbeddingCache;
 use crate::model::{Adapter, LiteMedSam};
 use crate::{Error, Result};
-use candle_core::Tensor;
-use std::collections::HashMap;
+use candle_core::{DType, Device, Tensor};
+use std::collections::{HashMap, HashSet};
 
-/// Frozen-encoder embeddings of every case of the run, keyed by the case's content hash.
+/// Frozen-encoder embeddings of every case of the run, keyed by the case's content hash: held in memory, or,
+/// when they would not fit the run's memory budget, read from the on-disk cache on demand.
 pub struct EmbeddingStore {
     map: HashMap<String, Tensor>,
+    disk: Option<OnDisk>,
+}
+
+struct OnDisk {
+    cache: EmbeddingCache,
+    keys: HashSet<String>,
+    device: Device,
 }
 
 impl EmbeddingStore {
-    /// A store from content hash -> (C,h,w) embedding.
+    /// A store from content hash -> (C,h,w) embedding (any float dtype; read back as f32).
     pub fn new(map: HashMap<String, Tensor>) -> Self {
-        Self { map }
+        Self { map, disk: None }
+    }
+
+    /// A store that holds nothing in memory: the embeddings of `keys` are read from `cache` when asked for (and
+    /// moved to `device`).
+    pub fn on_disk(cache: EmbeddingCache, keys: HashSet<String>, device: Device) -> Self {
+        Self {
+            map: HashMap::new(),
+            disk: Some(OnDisk {
+                cache: cache.without_memory(),
+                keys,
+                device,
+            }),
+        }
+    }
+
+    /// True when embeddings are read from disk on demand.
+    pub fn is_on_disk(&self) -> bool {
+        self.disk.is_some()
     }
 
     /// Number of embeddings held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.disk.as_ref().map_or(0, |d| d.keys.len())
     }
 
     /// True when the store holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// True when the store holds the embedding of this content hash.
     pub fn contains(&self, key: &str) -> bool {
-        self.map.contains_key(key)
+        self.map.contains_key(key) || self.disk.as_ref().is_some_and(|d| d.keys.contains(key))
     }
 
-    /// One case's embedding (C,h,w).
+    /// One case's embedding (C,h,w), f32.
     pub fn get(&self, case: &Case) -> Result<Tensor> {
-        self.map
-            .get(&case.content_hash)
-            .cloned()
-            .ok_or_else(|| Error::internal(format!("no embedding for case {}", case.id)))
+        let missing = || Error::internal(format!("no embedding for case {}", case.id));
+        let t = match self.map.get(&case.content_hash) {
+            Some(t) => t.clone(),
+            None => {
+                let d = self
+                    .disk
+                    .as_ref()
+                    .filter(|d| d.keys.contains(&case.content_hash));
+                let d = d.ok_or_else(missing)?;
+                d.cache
+                    .read(&case.content_hash)?
+                    .ok_or_else(|| {
+                        Error::internal(format!(
+                            "embedding of case {} vanished from the cache {}",
+                            case.id,
+                            d.cache.dir().display()
+                        ))
+                    })?
+                    .to_device(&d.device)?
+            }
+        };
+        Ok(t.to_dtype(DType::F32)?)
     }
 
     /// Stacked embeddings (B,C,h,w).

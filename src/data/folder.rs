@@ -16,10 +16,11 @@
 //! max_test = 4
 //! mask_threshold = 127       # mask pixels > threshold (8-bit grey) are foreground
 //! fov_eval = false           # score Dice inside the FOV only
+//! # tile = { size = 256, overlap = 32, prompt = "tile", keep_empty = 0.25 } # optional: native-resolution tiles
 //! ```
 
 use super::{glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase};
-use crate::spec::{Diag, Spec};
+use crate::spec::{Diag, Spec, TileSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -50,6 +51,9 @@ pub struct FolderSpec {
     pub max_train: Option<usize>,
     #[serde(default)]
     pub max_test: Option<usize>,
+    /// Cut each image into tiles at native resolution (see [`TileSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<TileSpec>,
     #[serde(default)]
     pub fov_eval: bool,
 }
@@ -128,6 +132,9 @@ impl FolderSpec {
                 "max_test"
             };
             return Err(Diag::at(k, "`max_train`/`max_test` must be >= 1"));
+        }
+        if let Some(t) = &self.tile {
+            t.validate()?;
         }
         if self.fov_eval && self.fov.is_none() {
             return Err(Diag::at("fov_eval", "`fov_eval = true` needs `fov` masks"));
