@@ -1,9 +1,9 @@
 //! Tiling geometry: the tile grid of an image, crops, blending weights and stitching of tile logits back to the
 //! full image, and the rule that keeps training tiles without foreground. Pure arithmetic, no model.
 //!
-//! Tiles are `size` x `size` (smaller only where the image is), start every `size - overlap` pixels, and the last
-//! tile of a row or column is aligned with the image's edge, so every pixel is covered and no tile leaves the
-//! image. Overlaps are blended with a linear ramp that falls towards a tile's inner borders (borders on the image's
+//! Tiles are `size` x `size` (smaller only where the image is); along each axis the fewest tiles that overlap by
+//! at least `overlap` are spread evenly from the image's first to its last pixel, so every pixel is covered and
+//! no tile leaves the image. Overlaps are blended with a linear ramp that falls towards a tile's inner borders (borders on the image's
 //! edge keep weight 1); the weights are normalised by their per-pixel sum, so they sum to one everywhere.
 
 use super::Mask2D;
@@ -32,17 +32,17 @@ impl TileRect {
     }
 }
 
-/// Start positions along one axis of length `len`.
+/// Start positions along one axis of length `len`: the fewest tiles whose neighbours overlap by at least
+/// `overlap`, spread evenly from 0 to `len - size` (so every overlap is about the same).
 fn starts(len: usize, size: usize, overlap: usize) -> Vec<usize> {
     if len <= size {
         return vec![0];
     }
     let stride = size - overlap;
-    let mut v: Vec<usize> = (0..)
-        .map(|i| i * stride)
-        .take_while(|&s| s + size < len)
+    let n = (len - overlap).div_ceil(stride);
+    let mut v: Vec<usize> = (0..n)
+        .map(|i| (i * (len - size) + (n - 1) / 2) / (n - 1))
         .collect();
-    v.push(len - size);
     v.dedup();
     v
 }
@@ -235,15 +235,30 @@ mod tests {
                 cover.iter().all(|&c| c >= 1),
                 "{h}x{w} {s}/{o}: uncovered pixel"
             );
-            // neighbours overlap by at least `overlap` (the last one more, being aligned to the edge)
+            // neighbours overlap by at least `overlap`, and one tile fewer would not reach it
             let xs: Vec<usize> = g.iter().filter(|r| r.y0 == 0).map(|r| r.x0).collect();
             for p in xs.windows(2) {
                 assert!(p[1] > p[0] && p[0] + s - p[1] >= o, "{xs:?}");
+            }
+            if xs.len() > 1 {
+                let n = xs.len() - 1;
+                assert!(
+                    n == 1 || (w - s) as f64 / (n - 1) as f64 > (s - o) as f64,
+                    "{xs:?} not the fewest"
+                );
             }
         }
         // the counts the issue quotes: a 3504x2336 image at 512/64 is ~60 tiles (8 x 6 = 48 here)
         assert_eq!(grid(2336, 3504, 512, 64).len(), 48);
         assert_eq!(grid(584, 565, 256, 32).len(), 9);
+        // DRIVE at 384/64: 2 x 2; CHASEDB1 (999x960): 3 x 3, evenly spread
+        assert_eq!(grid(584, 565, 384, 64).len(), 4);
+        let g = grid(960, 999, 384, 64);
+        assert_eq!(g.len(), 9);
+        assert_eq!(
+            g[..3].iter().map(|r| r.x0).collect::<Vec<_>>(),
+            [0, 308, 615]
+        );
     }
 
     #[test]
