@@ -466,7 +466,7 @@ fn tiled_folder_task_scores_per_image() {
     let o = run(&p, &tmp.path().join("out"), &[]);
     assert!(o.status.success(), "{}", text(&o));
     let scores = read(&tmp.path().join("out/tiny/scores.csv"));
-    let va: Vec<&str> = scores.lines().filter(|l| l.contains(",va,")).collect();
+    let va: Vec<&str> = scores.lines().filter(|l| l.contains(",va,1,")).collect();
     // 2 strategies x 3 stages x 2 test images, each row an image (no tile ids)
     assert_eq!(va.len(), 2 * 3 * 2, "{scores}");
     assert!(
@@ -493,5 +493,45 @@ fn tiled_folder_task_scores_per_image() {
         text(&o).contains("`tile.overlap` = 128") && text(&o).contains("| tile = {"),
         "{}",
         text(&o)
+    );
+}
+
+/// The shipped tiled vessel spec on DRIVE -> CHASEDB1 from ../shared/data (or $EVOSAM_SHARED_DATA), with the tiny
+/// random model: tiles are cut from the real photos and scores come back per image.
+#[test]
+#[ignore = "needs ../shared/data or $EVOSAM_SHARED_DATA (run with --ignored)"]
+fn vessels_tiled_real_data_end_to_end() {
+    let data = std::env::var("EVOSAM_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate_dir().join("../shared/data"));
+    assert!(
+        data.join("retinal_vessel/DRIVE").is_dir() && data.join("retinal_vessel/CHASEDB1").is_dir(),
+        "this test needs retinal_vessel/DRIVE and CHASEDB1 under {} (set EVOSAM_SHARED_DATA)",
+        data.display()
+    );
+    let data = data.canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = read(&crate_dir().join("experiments/vessels-tiled.toml"))
+        .replace(
+            "${EVOSAM_SHARED_DATA:-../../shared/data}",
+            &data.display().to_string(),
+        )
+        .replace("weights = \"lite_medsam\"", "weights = \"random-tiny\"")
+        .replace("max_train = 8", "max_train = 2")
+        .replace("max_test = 4", "max_test = 1")
+        .replace("epochs = 4", "epochs = 1");
+    let p = tmp.path().join("vessels.toml");
+    std::fs::write(&p, spec).unwrap();
+    let o = run(&p, &tmp.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scores = read(&tmp.path().join("out/vessels-tiled/scores.csv"));
+    // 4 strategies x 2 orders x 3 stages x (1 + 1) images; case ids are image ids, not tiles
+    assert_eq!(scores.lines().count(), 4 * 2 * 3 * 2 + 1, "{scores}");
+    assert!(!scores.contains('@'), "{scores}");
+    let manifest = read(&tmp.path().join("out/vessels-tiled/manifest.json"));
+    // one DRIVE test image is 2 x 2 tiles of 384 px, one CHASEDB1 image 3 x 3
+    assert!(
+        manifest.contains("\"test_tiles\": 4") && manifest.contains("\"test_tiles\": 9"),
+        "{manifest}"
     );
 }
