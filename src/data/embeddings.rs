@@ -109,3 +109,60 @@ pub fn embed_with(
         _ => store.batch(cases),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{make_case, ImageSource, Mask2D, RawCase, RawImage};
+    use crate::model::LiteMedSamConfig;
+
+    /// A store over the memory budget reads the same embeddings from disk that the in-memory store holds.
+    #[test]
+    fn on_disk_store_equals_in_memory_store() {
+        let dev = Device::Cpu;
+        let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), 2, &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = EmbeddingCache::new(dir.path(), "tiny-seed2")
+            .unwrap()
+            .without_memory();
+        let cases: Vec<Case> = (0..2)
+            .map(|i| {
+                let raw = RawCase {
+                    id: format!("c{i}"),
+                    image: ImageSource::Raw(RawImage {
+                        h: 20,
+                        w: 30,
+                        channels: 1,
+                        data: (0..600).map(|v| ((v * (i + 3)) % 17) as f32).collect(),
+                    }),
+                    mask: Mask2D::zeros(20, 30),
+                    fov: None,
+                };
+                make_case(raw, 256, &dev).unwrap()
+            })
+            .collect();
+        let mut map = HashMap::new();
+        for c in &cases {
+            let e = cache.get_or_compute(&m, &c.content_hash, &c.image).unwrap();
+            map.insert(c.content_hash.clone(), e.to_dtype(DType::F16).unwrap());
+        }
+        let mem = EmbeddingStore::new(map);
+        let keys = cases.iter().map(|c| c.content_hash.clone()).collect();
+        let disk = EmbeddingStore::on_disk(cache, keys, dev.clone());
+        assert!(disk.is_on_disk() && !mem.is_on_disk());
+        assert_eq!((disk.len(), mem.len()), (2, 2));
+        let refs: Vec<&Case> = cases.iter().collect();
+        let (a, b) = (mem.batch(&refs).unwrap(), disk.batch(&refs).unwrap());
+        assert_eq!(a.dtype(), DType::F32);
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+            b.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
+        assert!(a.iter().any(|v| *v != 0.0));
+        // a key the store does not hold is an internal error, not a silent zero
+        let mut other = cases[0].clone();
+        other.content_hash = "nope".into();
+        assert!(disk.get(&other).is_err());
+    }
+}
