@@ -19,6 +19,7 @@ pub struct EmbeddingCache {
     dir: PathBuf,
     weights_sha256: String,
     mem: Mutex<HashMap<String, Tensor>>,
+    keep_in_memory: bool,
     hits: AtomicUsize,
     disk_hits: AtomicUsize,
     computed: AtomicUsize,
@@ -47,10 +48,23 @@ impl EmbeddingCache {
             dir: sub,
             weights_sha256: weights_sha256.to_string(),
             mem: Mutex::new(HashMap::new()),
+            keep_in_memory: true,
             hits: AtomicUsize::new(0),
             disk_hits: AtomicUsize::new(0),
             computed: AtomicUsize::new(0),
         })
+    }
+
+    /// The same cache, keeping no entry in memory: every read goes to disk (for sets of embeddings larger than
+    /// memory, e.g. the tiles of large images).
+    pub fn without_memory(mut self) -> Self {
+        self.keep_in_memory = false;
+        self
+    }
+
+    /// The stored embedding of `key` (f16, on the CPU) from memory or disk, or None; nothing is computed.
+    pub fn read(&self, key: &str) -> Result<Option<Tensor>> {
+        self.lookup(key)
     }
 
     /// The folder of this model's entries.
@@ -83,10 +97,12 @@ impl EmbeddingCache {
             // cache another process may have just renamed a good one into place).
             if let Some(t) = loaded.ok().and_then(|mut m| m.remove("emb")) {
                 self.disk_hits.fetch_add(1, Ordering::Relaxed);
-                self.mem
-                    .lock()
-                    .expect("cache lock")
-                    .insert(key.to_string(), t.clone());
+                if self.keep_in_memory {
+                    self.mem
+                        .lock()
+                        .expect("cache lock")
+                        .insert(key.to_string(), t.clone());
+                }
                 return Ok(Some(t));
             }
         }
@@ -123,10 +139,12 @@ impl EmbeddingCache {
             let _ = std::fs::remove_file(&tmp);
             Error::io(&p, e)
         })?;
-        self.mem
-            .lock()
-            .expect("cache lock")
-            .insert(key.to_string(), h.clone());
+        if self.keep_in_memory {
+            self.mem
+                .lock()
+                .expect("cache lock")
+                .insert(key.to_string(), h.clone());
+        }
         Ok(h)
     }
 

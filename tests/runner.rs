@@ -454,3 +454,105 @@ fn vessels_real_data_end_to_end() {
     // 9 strategies x 2 orders x 3 stages x (2 + 2) cases
     assert_eq!(scores.lines().count(), 9 * 2 * 3 * 4 + 1);
 }
+
+/// A tiled folder task next to an untiled synthetic one: training and evaluation run on tiles, scores stay per
+/// image (one row per test image, named by the image), and the manifest records the tiling.
+#[test]
+fn tiled_folder_task_scores_per_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    std::fs::create_dir_all(d.join("lbl")).unwrap();
+    for i in 0..5u32 {
+        image::GrayImage::from_fn(300, 200, |x, y| {
+            image::Luma([((x + 2 * y + i) % 200) as u8])
+        })
+        .save(d.join(format!("img/c{i}.png")))
+        .unwrap();
+        image::GrayImage::from_fn(300, 200, |x, y| {
+            image::Luma([if (x / 7 + y / 5 + i) % 9 == 0 { 255 } else { 0 }])
+        })
+        .save(d.join(format!("lbl/c{i}.png")))
+        .unwrap();
+    }
+    let spec = read(&write_spec(tmp.path(), 1, ""))
+        .replace("orders = [\"given\", \"reverse\"]", "orders = [\"given\"]")
+        .replace(
+            "source = \"synthetic\"\nfamily = \"vessels\"\nsite = 0\ntrain = 4\ntest = 2\nsize = 64",
+            "source = \"folder\"\nroot = \"data\"\nimages = \"img/*.png\"\nmasks = \"lbl/*.png\"\n\
+             test_ids = [\"c1\", \"c3\"]\ntile = { size = 128, overlap = 16, prompt = \"tile\", keep_empty = 0.5 }",
+        );
+    let p = tmp.path().join("tiled.toml");
+    std::fs::write(&p, spec).unwrap();
+    let o = run(&p, &tmp.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scores = read(&tmp.path().join("out/tiny/scores.csv"));
+    let va: Vec<&str> = scores.lines().filter(|l| l.contains(",va,1,")).collect();
+    // 2 strategies x 3 stages x 2 test images, each row an image (no tile ids)
+    assert_eq!(va.len(), 2 * 3 * 2, "{scores}");
+    assert!(
+        va.iter()
+            .all(|l| (l.contains(",c1,") || l.contains(",c3,")) && !l.contains('@')),
+        "{scores}"
+    );
+    let manifest = read(&tmp.path().join("out/tiny/manifest.json"));
+    // 300x200 at 128/16: 3 x 2 = 6 tiles per image
+    assert!(
+        manifest.contains("\"test_tiles\": 12") && manifest.contains("\"test_images\": 2"),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains("\"overlap\": 16"),
+        "the spec's tiling is recorded: {manifest}"
+    );
+    // a bad tiling is refused with the key path and the spec line
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, read(&p).replace("overlap = 16", "overlap = 128")).unwrap();
+    let o = bin().arg("validate").arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("`tile.overlap` = 128") && text(&o).contains("| tile = {"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// The shipped tiled vessel spec on DRIVE -> CHASEDB1 from ../shared/data (or $EVOSAM_SHARED_DATA), with the tiny
+/// random model: tiles are cut from the real photos and scores come back per image.
+#[test]
+#[ignore = "needs ../shared/data or $EVOSAM_SHARED_DATA (run with --ignored)"]
+fn vessels_tiled_real_data_end_to_end() {
+    let data = std::env::var("EVOSAM_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate_dir().join("../shared/data"));
+    assert!(
+        data.join("retinal_vessel/DRIVE").is_dir() && data.join("retinal_vessel/CHASEDB1").is_dir(),
+        "this test needs retinal_vessel/DRIVE and CHASEDB1 under {} (set EVOSAM_SHARED_DATA)",
+        data.display()
+    );
+    let data = data.canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = read(&crate_dir().join("experiments/vessels-tiled.toml"))
+        .replace(
+            "${EVOSAM_SHARED_DATA:-../../shared/data}",
+            &data.display().to_string(),
+        )
+        .replace("weights = \"lite_medsam\"", "weights = \"random-tiny\"")
+        .replace("max_train = 8", "max_train = 2")
+        .replace("max_test = 4", "max_test = 1")
+        .replace("epochs = 4", "epochs = 1");
+    let p = tmp.path().join("vessels.toml");
+    std::fs::write(&p, spec).unwrap();
+    let o = run(&p, &tmp.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scores = read(&tmp.path().join("out/vessels-tiled/scores.csv"));
+    // 4 strategies x 2 orders x 3 stages x (1 + 1) images; case ids are image ids, not tiles
+    assert_eq!(scores.lines().count(), 4 * 2 * 3 * 2 + 1, "{scores}");
+    assert!(!scores.contains('@'), "{scores}");
+    let manifest = read(&tmp.path().join("out/vessels-tiled/manifest.json"));
+    // one DRIVE test image is 2 x 2 tiles of 384 px, one CHASEDB1 image 3 x 3
+    assert!(
+        manifest.contains("\"test_tiles\": 4") && manifest.contains("\"test_tiles\": 9"),
+        "{manifest}"
+    );
+}

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod report;
 pub mod run;
 pub mod segment;
+mod segment_tiled;
 pub mod status;
 pub mod submit;
 pub mod validate;

@@ -45,6 +45,11 @@ pub struct Args {
     /// Use this expert (a task name) instead of the matcher's choice.
     #[arg(long, requires = "experts")]
     pub expert: Option<String>,
+    /// Segment at native resolution in tiles of SIZE pixels overlapping by OVERLAP (default 32): each tile is
+    /// prompted with itself (minus a 4-pixel margin), clipped to `--box` when given; the tiles' logits are
+    /// blended back into one mask. With --experts each tile is routed on its own.
+    #[arg(long, value_name = "SIZE[,OVERLAP]")]
+    pub tile: Option<String>,
 }
 
 /// Parse `X0,Y0,X1,Y1`.
@@ -149,7 +154,11 @@ fn build_prompts(args: &Args, meta: &PrepMeta, size: usize, dev: &Device) -> Res
 }
 
 /// The expert set of `--experts`, or None.
-fn load_experts(args: &Args, model: &LiteMedSam, weights: &Path) -> Result<Option<ExpertSet>> {
+pub(crate) fn load_experts(
+    args: &Args,
+    model: &LiteMedSam,
+    weights: &Path,
+) -> Result<Option<ExpertSet>> {
     match (&args.experts, &args.expert) {
         (None, None) => Ok(None),
         (None, Some(_)) => Err(Error::input("--expert needs --experts DIR")),
@@ -161,7 +170,7 @@ fn load_experts(args: &Args, model: &LiteMedSam, weights: &Path) -> Result<Optio
 }
 
 /// The expert for this image: by name with `--expert`, otherwise the matcher's choice (None = base model).
-fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<usize>> {
+pub(crate) fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<usize>> {
     if let Some(name) = &args.expert {
         return match set.names.iter().position(|n| n == name) {
             Some(k) => {
@@ -214,6 +223,10 @@ fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<us
 
 /// Segment one image and write the mask.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(t) = &args.tile {
+        let (size, overlap) = super::segment_tiled::parse_tile(t)?;
+        return super::segment_tiled::run(&args, size, overlap);
+    }
     let img = load_image(&args.image)?;
     let dev = Device::Cpu;
     // Check every prompt before the weights are resolved (a download) or the encoder runs.

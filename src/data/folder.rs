@@ -17,12 +17,13 @@
 //! mask_threshold = 127       # mask pixels > threshold (8-bit grey) are foreground
 //! fov_eval = false           # score Dice inside the FOV only
 //! unpaired = "error"         # an image without a mask (or FOV mask) stops the run; "skip" leaves it out
+//! # tile = { size = 256, overlap = 32, prompt = "tile", keep_empty = 0.25 } # optional: native-resolution tiles
 //! ```
 //! With `unpaired = "skip"` the skipped images are counted and named by `evosam validate`, in the run's log and
 //! in `manifest.json` (`tasks[].skipped`).
 
 use super::{glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase};
-use crate::spec::{Diag, Spec};
+use crate::spec::{Diag, Spec, TileSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,6 +54,9 @@ pub struct FolderSpec {
     pub max_train: Option<usize>,
     #[serde(default)]
     pub max_test: Option<usize>,
+    /// Cut each image into tiles at native resolution (see [`TileSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<TileSpec>,
     #[serde(default)]
     pub fov_eval: bool,
     /// What an image without a mask (or without a field-of-view mask) does: stop (default) or be skipped.
@@ -153,6 +157,9 @@ impl FolderSpec {
                 "max_test"
             };
             return Err(Diag::at(k, "`max_train`/`max_test` must be >= 1"));
+        }
+        if let Some(t) = &self.tile {
+            t.validate()?;
         }
         if self.fov_eval && self.fov.is_none() {
             return Err(Diag::at("fov_eval", "`fov_eval = true` needs `fov` masks"));

@@ -8,6 +8,8 @@ pub mod folder;
 pub mod nifti;
 mod source;
 pub mod synthetic;
+pub mod tiled;
+pub mod tiling;
 
 pub use source::{list_paths, load_task, plan_counts, skipped_inputs, SourceSpec, SOURCE_KINDS};
 
@@ -115,12 +117,43 @@ pub struct Case {
     pub content_hash: String,
     /// The horizontally mirrored twin (train cases, when a strategy trains with `augment = true`).
     pub flipped: Option<Box<Case>>,
+    /// Set when this case is one tile of a larger image (`tile = { .. }` of the task).
+    pub tile: Option<TileOf>,
+}
+
+/// Where a tile case comes from, and its box prompt.
+#[derive(Clone, Debug)]
+pub struct TileOf {
+    /// Id of the image the tile was cut from.
+    pub image_id: String,
+    /// The tile's place in that image (original pixels).
+    pub rect: tiling::TileRect,
+    /// The box prompt in the model frame when it is not the ground-truth box (`prompt = "tile"`).
+    pub prompt_box: Option<[f32; 4]>,
+}
+
+/// A test image of a tiled task: its ground truth at full resolution and the test cases that are its tiles.
+#[derive(Clone, Debug)]
+pub struct TiledImage {
+    /// Image id (the case id an untiled run would use).
+    pub id: String,
+    /// Ground truth of the whole image.
+    pub gt: Mask2D,
+    /// Field-of-view mask of the whole image, if any.
+    pub fov: Option<Mask2D>,
+    /// Indices into [`TaskData::test`] of this image's tiles.
+    pub tiles: Vec<usize>,
+    /// Overlap the tiles were cut with (for the blending weights).
+    pub overlap: usize,
 }
 
 impl Case {
     /// Box prompt (x0,y0,x1,y1) in the model frame from the ground truth; the whole resized image when the
-    /// ground truth is empty.
+    /// ground truth is empty; a tile's own box when its task prompts with the tile (`prompt = "tile"`).
     pub fn gt_box(&self) -> [f32; 4] {
+        if let Some(b) = self.tile.as_ref().and_then(|t| t.prompt_box) {
+            return b;
+        }
         match self.gt.bbox() {
             Some([x0, y0, x1, y1]) => {
                 preprocess::scale_box([x0 as f64, y0 as f64, x1 as f64, y1 as f64], &self.meta)
@@ -146,8 +179,11 @@ pub struct TaskData {
     /// runner moves these cases out of `train` per seed, identically for every strategy
     /// ([`crate::train::budget::split_validation`]).
     pub val: Vec<Case>,
-    /// Test cases.
+    /// Test cases (the tiles of the test images, for a tiled task).
     pub test: Vec<Case>,
+    /// A tiled task's test images (empty otherwise): evaluation stitches each image's tiles back and scores the
+    /// whole image.
+    pub test_images: Vec<TiledImage>,
     /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,
 }
@@ -257,6 +293,7 @@ pub fn make_case_from(
         fov: r.fov,
         content_hash,
         flipped: None,
+        tile: None,
     })
 }
 

@@ -15,6 +15,7 @@
 //! test_fraction = 0.3               # split by case (volume), seeded by split_seed; or test_ids = [...]
 //! max_train = 64                    # optional slice limits (seeded subsets)
 //! max_test = 32
+//! # tile = { size = 256, overlap = 32 } # optional: native-resolution tiles of each slice
 //! ```
 //! A case never lands on both sides of the split: the split is made on volumes before slicing.
 
@@ -22,7 +23,7 @@ use super::folder::validate_split;
 use super::{
     glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase, RawImage,
 };
-use crate::spec::{Diag, Spec};
+use crate::spec::{Diag, Spec, TileSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,6 +56,9 @@ pub struct NiftiSpec {
     pub max_train: Option<usize>,
     #[serde(default)]
     pub max_test: Option<usize>,
+    /// Cut each slice into tiles at native resolution (see [`TileSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile: Option<TileSpec>,
 }
 
 fn d_root() -> PathBuf {
@@ -91,6 +95,9 @@ impl NiftiSpec {
     /// Split rule, axis and limits (no files involved). The error names the key at fault.
     pub fn validate(&self) -> std::result::Result<(), Diag> {
         validate_split(None, self.test_ids.as_ref(), self.test_fraction, false)?;
+        if let Some(t) = &self.tile {
+            t.validate()?;
+        }
         if self.axis > 2 {
             return Err(Diag::at(
                 "axis",

@@ -2,12 +2,12 @@
 //! params type and range checks), then planned (file listings only) or loaded into model-frame cases.
 
 use super::{
-    decode, flip_image, flip_mask, folder, make_case_from, nifti, synthetic, Case, ImageSource,
-    RawCase, RawImage, TaskData,
+    decode, flip_image, flip_mask, folder, make_case_from, nifti, synthetic, tiled, Case,
+    ImageSource, RawCase, RawImage, TaskData,
 };
 #[cfg(doc)]
 use crate::spec::SourceTable;
-use crate::spec::{from_table, Diag, Spec, TaskSpec};
+use crate::spec::{from_table, Diag, Spec, TaskSpec, TileSpec};
 use crate::Result;
 use candle_core::Device;
 use serde::Serialize;
@@ -55,6 +55,15 @@ impl SourceSpec {
         Ok(s)
     }
 
+    /// The task's tiling, if its source has one (`tile = { .. }` of folder and NIfTI sources).
+    pub fn tile(&self) -> Option<&TileSpec> {
+        match self {
+            SourceSpec::Synthetic(_) => None,
+            SourceSpec::Folder(x) => x.tile.as_ref(),
+            SourceSpec::Nifti(x) => x.tile.as_ref(),
+        }
+    }
+
     /// The typed source of a task of a parsed spec (the spec checked it already; an error here is a bug).
     pub fn of(spec: &Spec, t: &TaskSpec) -> Result<SourceSpec> {
         Self::parse(&t.source.kind, &t.source.params)
@@ -78,8 +87,12 @@ impl Spec {
                     list_paths(&skipped)
                 ),
             };
+            let tiles = match SourceSpec::of(self, t)?.tile() {
+                Some(ts) => format!(", tiles of {} px, overlap {}", ts.size, ts.overlap),
+                None => String::new(),
+            };
             out.push(format!(
-                "{}: {} train, {} test ({}){note}",
+                "{}: {} train, {} test ({}{tiles}){note}",
                 t.name, ntr, nte, t.source.kind
             ));
         }
@@ -132,7 +145,8 @@ pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
 }
 
 /// Load one task: decode, preprocess to the model frame, and check that neither split is empty.
-/// `augment`: also build each train case's mirrored twin ([`Case::flipped`]).
+/// `augment`: also build each train case's mirrored twin ([`Case::flipped`]). A tiled task's cases are its tiles
+/// ([`super::tiled`]).
 pub fn load_task(
     spec: &Spec,
     t: &TaskSpec,
@@ -140,7 +154,8 @@ pub fn load_task(
     augment: bool,
     device: &Device,
 ) -> Result<TaskData> {
-    let (train, test, fov_eval) = match &SourceSpec::of(spec, t)? {
+    let source = SourceSpec::of(spec, t)?;
+    let (train, test, fov_eval) = match &source {
         SourceSpec::Synthetic(s) => {
             let (a, b) = s.generate()?;
             (a, b, false)
@@ -163,6 +178,24 @@ pub fn load_task(
             train.len(),
             test.len()
         )));
+    }
+    if let Some(ts) = source.tile() {
+        let train = tiled::train_tiles(train, ts, &t.name, size, augment, device)?;
+        let (test, test_images) = tiled::test_tiles(test, ts, size, device)?;
+        if train.is_empty() {
+            return Err(spec.err(format!(
+                "line {}: task {:?}: no training tile has foreground and `tile.keep_empty` keeps none of the rest",
+                t.line, t.name
+            )));
+        }
+        return Ok(TaskData {
+            name: t.name.clone(),
+            train,
+            val: Vec::new(),
+            test,
+            test_images,
+            fov_eval,
+        });
     }
     let conv = |v: Vec<RawCase>, aug: bool| -> Result<Vec<Case>> {
         v.into_iter()
@@ -200,6 +233,7 @@ pub fn load_task(
         train: conv(train, augment)?,
         val: Vec::new(),
         test: conv(test, false)?,
+        test_images: Vec::new(),
         fov_eval,
     })
 }

@@ -106,8 +106,7 @@ pub(super) fn write_manifest(
     // per task: its split sizes and, with `unpaired = "skip"`, the images left out
     let mut tasks = Vec::new();
     for (t, ts) in sh.tasks.iter().zip(&sh.spec.stream.tasks) {
-        let mut j =
-            serde_json::json!({"name": t.name, "train": t.train.len(), "test": t.test.len()});
+        let mut j = task_json(t);
         let skipped = crate::data::skipped_inputs(&sh.spec, ts)?;
         if !skipped.is_empty() {
             j["skipped"] = serde_json::json!(skipped
@@ -140,9 +139,30 @@ pub(super) fn write_manifest(
         "resumed": resumed,
         "tasks": tasks,
         "cells": cells,
-        "embeddings": {"count": sh.store.len(), "wall_s": embeddings_s},
+        "embeddings": {"count": sh.store.len(), "wall_s": embeddings_s, "on_disk": sh.store.is_on_disk()},
         "metrics": defs,
     });
     let s = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
     write_atomic(&dir.join("manifest.json"), &s)
+}
+
+/// A task's counts; for a tiled task also its tiling: train and test counts are tiles, `test_images` the images
+/// scored (its `tile` settings are in the recorded spec's source).
+fn task_json(t: &crate::data::TaskData) -> serde_json::Value {
+    let mut v = serde_json::json!({"name": t.name, "train": t.train.len(), "test": t.test.len()});
+    if !t.test_images.is_empty() {
+        let images = |cs: &[crate::data::Case]| {
+            cs.iter()
+                .filter_map(|c| c.tile.as_ref().map(|x| x.image_id.as_str()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        v["tiled"] = serde_json::json!({
+            "train_images": images(&t.train),
+            "train_tiles": t.train.len(),
+            "test_images": t.test_images.len(),
+            "test_tiles": t.test.len(),
+        });
+    }
+    v
 }

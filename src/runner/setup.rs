@@ -8,7 +8,7 @@ use crate::spec::Spec;
 use crate::strategy::EmbeddingStore;
 use crate::{Error, Result};
 use candle_core::{DType, Device};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -149,8 +149,21 @@ pub(super) fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<(
     Ok(())
 }
 
+/// Memory budget of a run's embeddings in MiB: `EVOSAM_EMBED_BUDGET_MB`, else 4096. Above it (e.g. the tiles
+/// of many large images) the embeddings are not held in memory but read from the on-disk cache when needed.
+pub fn embedding_budget_mb() -> usize {
+    std::env::var("EVOSAM_EMBED_BUDGET_MB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_EMBED_BUDGET_MB)
+}
+
+/// Default of [`embedding_budget_mb`].
+pub const DEFAULT_EMBED_BUDGET_MB: usize = 4096;
+
 /// Compute (or read from the on-disk cache) every case's embedding once. Values are rounded through f16 so a
-/// freshly computed embedding equals a cached one bit for bit.
+/// freshly computed embedding equals a cached one bit for bit; they are held as f16, in memory while they fit
+/// [`embedding_budget_mb`], else on disk only (random test models, which have no disk cache, always in memory).
 fn compute_embeddings(
     spec: &Spec,
     model: &LiteMedSam,
@@ -166,26 +179,47 @@ fn compute_embeddings(
             .cache
             .clone()
             .unwrap_or_else(|| crate::weights::evosam_home().join("embeddings"));
-        Some(crate::embed_cache::EmbeddingCache::new(&dir, sha)?)
+        Some(crate::embed_cache::EmbeddingCache::new(&dir, sha)?.without_memory())
     };
     let all: Vec<&Case> = tasks
         .iter()
         .flat_map(|t| t.train.iter().chain(t.test.iter()))
         .flat_map(|c| std::iter::once(c).chain(c.flipped.as_deref()))
         .collect();
+    let unique = all
+        .iter()
+        .map(|c| &c.content_hash)
+        .collect::<HashSet<_>>()
+        .len();
+    let budget = embedding_budget_mb() as f64;
     let mut map = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut on_disk = false;
     let t0 = Instant::now();
     let n = all.len();
     for (i, c) in all.into_iter().enumerate() {
-        if map.contains_key(&c.content_hash) {
+        if !seen.insert(c.content_hash.clone()) {
             continue;
         }
         let e = match &cache {
             Some(cache) => cache.get_or_compute(model, &c.content_hash, &c.image)?,
             None => model.encode(&c.image.unsqueeze(0)?)?.squeeze(0)?,
         };
-        let e = e.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-        map.insert(c.content_hash.clone(), e);
+        let e = e.to_dtype(DType::F16)?;
+        if seen.len() == 1 {
+            let mb = (unique * e.elem_count() * 2) as f64 / (1024.0 * 1024.0);
+            on_disk = cache.is_some() && mb > budget;
+            if on_disk {
+                reporter.info(&format!(
+                    "embeddings: {unique} x {:.1} MiB = {mb:.0} MiB exceed the memory budget of {budget:.0} MiB \
+                     (EVOSAM_EMBED_BUDGET_MB): read from the disk cache when needed",
+                    mb / unique as f64
+                ));
+            }
+        }
+        if !on_disk {
+            map.insert(c.content_hash.clone(), e);
+        }
         if (i + 1) % 16 == 0 || i + 1 == n {
             reporter.info(&format!(
                 "embeddings {}/{n} ({:.1} s)",
@@ -194,5 +228,8 @@ fn compute_embeddings(
             ));
         }
     }
-    Ok(EmbeddingStore::new(map))
+    match cache {
+        Some(cache) if on_disk => Ok(EmbeddingStore::on_disk(cache, seen, model.device())),
+        _ => Ok(EmbeddingStore::new(map)),
+    }
 }

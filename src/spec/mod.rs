@@ -58,11 +58,13 @@ mod slurm;
 mod streams;
 #[cfg(test)]
 mod tests;
+mod tile;
 
 pub use diag::{from_table, from_value, Diag, KeyPath, Seg};
 pub use interactive::{InteractiveSpec, StudyStages, TimeModel};
 pub use presets::find_preset;
 pub use slurm::{SettingError, SlurmSettings};
+pub use tile::{TilePrompt, TileSpec};
 
 use crate::model::LoraConfig;
 use crate::Error;

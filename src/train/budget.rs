@@ -66,24 +66,44 @@ pub fn n_validation(n: usize, fraction: f64) -> usize {
 }
 
 /// Move a seeded `fraction` of each task's training cases into its `val` part. The draw depends on the
-/// experiment seed and the task's name only (see the module docs).
+/// experiment seed and the task's name only (see the module docs). The fraction counts images: the tiles of one
+/// image (a tiled task) go to the same side.
 pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<TaskData> {
     tasks
         .iter()
         .map(|t| {
             let mut t = t.clone();
-            let n_val = n_validation(t.train.len(), fraction);
+            // groups of training cases by image, in order of first appearance (one case per group untiled)
+            let mut groups: Vec<&str> = Vec::new();
+            let group_of: Vec<usize> = t
+                .train
+                .iter()
+                .map(|c| {
+                    let g = c
+                        .tile
+                        .as_ref()
+                        .map_or(c.id.as_str(), |x| x.image_id.as_str());
+                    match groups.iter().position(|&x| x == g) {
+                        Some(i) => i,
+                        None => {
+                            groups.push(g);
+                            groups.len() - 1
+                        }
+                    }
+                })
+                .collect();
+            let n_val = n_validation(groups.len(), fraction);
             if n_val == 0 {
                 return t;
             }
             let s = crate::util::derive_seed(&["validation", &seed.to_string(), &t.name]);
-            let mut idx: Vec<usize> = (0..t.train.len()).collect();
+            let mut idx: Vec<usize> = (0..groups.len()).collect();
             idx.shuffle(&mut ChaCha8Rng::seed_from_u64(s));
             let mut val_idx = idx[..n_val].to_vec();
             val_idx.sort_unstable();
             let all = std::mem::take(&mut t.train);
-            for (i, c) in all.into_iter().enumerate() {
-                if val_idx.binary_search(&i).is_ok() {
+            for (c, g) in all.into_iter().zip(group_of) {
+                if val_idx.binary_search(&g).is_ok() {
                     t.val.push(c);
                 } else {
                     t.train.push(c);
