@@ -164,7 +164,12 @@ mod tests {
             annotator: "a".into(),
             slot,
             case: format!("c{slot}"),
-            model: if slot % 2 == 0 { "evosam" } else { "base" }.into(),
+            model: if slot.is_multiple_of(2) {
+                "evosam"
+            } else {
+                "base"
+            }
+            .into(),
             expert: "base".into(),
             action,
             x: None,
