@@ -29,6 +29,8 @@ enum Command {
     Validate(cli::validate::Args),
     /// Write plots and tables for one or more results folders.
     Report(cli::report::Args),
+    /// Serve the annotation page of a study with people (box + clicks, blinded model schedule, event log).
+    Annotate(cli::annotate::Args),
     /// Measure model speed and memory on this machine.
     Bench(cli::bench::Args),
 }
@@ -54,6 +56,7 @@ fn main() {
         Command::Status(a) => cli::status::run(a),
         Command::Validate(a) => cli::validate::run(a),
         Command::Report(a) => cli::report::run(a),
+        Command::Annotate(a) => cli::annotate::run(a),
         Command::Bench(a) => {
             let cli::bench::What::Model(m) = &a.what;
             // candle's CPU matmul reads RAYON_NUM_THREADS at every call: set it before anything runs so that

@@ -6,7 +6,7 @@ use evosam::Error;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Results folder(s) written by `evosam run`. Several folders are merged (e.g. parts of one
+    /// Results folder(s) written by `evosam run`, or one study folder of `evosam annotate`. Several folders are merged (e.g. parts of one
     /// experiment run on different machines).
     #[arg(required = true, value_name = "RUN_DIR")]
     pub run_dirs: Vec<PathBuf>,
@@ -25,6 +25,19 @@ pub fn run(args: Args) -> evosam::Result<()> {
                 "several results folders given: choose where the merged report goes with --out DIR",
             )),
         };
+    if let [one] = args.run_dirs.as_slice() {
+        if evosam::report::study::is_study(one) {
+            let s = evosam::report::study::write_study_report(one, &out)?;
+            for n in &s.notes {
+                eprintln!("note: {n}");
+            }
+            println!("wrote {} files under {}", s.files.len(), out.display());
+            for f in &s.files {
+                println!("  {}", f.display());
+            }
+            return Ok(());
+        }
+    }
     let summary = evosam::report::write_report(&args.run_dirs, &out)?;
     for n in &summary.notes {
         eprintln!("note: {n}");

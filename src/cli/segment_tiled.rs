@@ -1,16 +1,16 @@
 //! `evosam segment --tile SIZE[,OVERLAP]`: one large image segmented at native resolution, tile by tile, with
-//! the tiles' logits blended back into one mask ([`crate::data::tiling`]).
+//! the tiles' logits blended back into one mask ([`evosam::data::tiling`]).
 
 use candle_core::Device;
 
 use super::segment::{load_experts, parse_box, Args};
-use crate::data::tiling::{crop_image, grid, Stitcher, TileRect};
-use crate::model::{LiteMedSam, Prompts};
-use crate::preprocess::{
+use evosam::data::tiling::{crop_image, grid, Stitcher, TileRect};
+use evosam::model::{LiteMedSam, Prompts};
+use evosam::preprocess::{
     load_image, mask_u8, postprocess_logits, scale_box, to_model_input, validate_box, PrepMeta,
 };
-use crate::weights::resolve_weights;
-use crate::{Error, Result};
+use evosam::weights::resolve_weights;
+use evosam::{Error, Result};
 
 /// Margin (pixels) between a tile's border and its box prompt.
 const MARGIN: f64 = 4.0;
@@ -108,7 +108,7 @@ pub fn run(args: &Args, size: usize, overlap: usize) -> Result<()> {
                 let k = match fixed {
                     Some(k) => Some(k),
                     None => {
-                        let pooled = crate::strategy::evosam::pooled_features(&emb)?;
+                        let pooled = evosam::strategy::evosam::pooled_features(&emb)?;
                         set.decide(&pooled[0])?.expert
                     }
                 };

@@ -16,7 +16,7 @@ pub struct Args {
 /// Check the spec and print what it describes.
 pub fn run(args: Args) -> evosam::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
-    crate::runner::check_model(&spec)?;
+    evosam::runner::check_model(&spec)?;
     println!(
         "spec {}: experiment {:?}",
         args.spec.display(),

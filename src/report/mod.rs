@@ -14,6 +14,8 @@ pub mod load;
 pub mod plots;
 /// Means, standard deviations and the Wilcoxon signed-rank test.
 pub mod stats;
+/// The report of an annotation study (`evosam annotate`).
+pub mod study;
 /// Summary tables as Markdown, LaTeX and CSV.
 pub mod tables;
 
