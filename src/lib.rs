@@ -15,6 +15,8 @@
 //! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`], [`cluster`]; the
 //! binary's subcommands (`src/cli/`) use only this public surface.
 
+#![warn(missing_docs)]
+
 /// `evosam annotate`: the annotation page for prompt-efficiency studies with people.
 pub mod annotate;
 pub mod error;

@@ -50,7 +50,11 @@ fn main() {
         }
     };
     let result = match cli.command {
-        Command::Segment(a) => cli::segment::run(a),
+        Command::Segment(a) => match a.tile.clone() {
+            Some(t) => cli::segment_tiled::parse_tile(&t)
+                .and_then(|(size, overlap)| cli::segment_tiled::run(&a, size, overlap)),
+            None => cli::segment::run(a),
+        },
         Command::Run(a) => cli::run::run(a, set_threads),
         Command::Submit(a) => cli::submit::run(a),
         Command::Status(a) => cli::status::run(a),

@@ -221,12 +221,8 @@ pub(crate) fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Resul
     Ok(route.expert)
 }
 
-/// Segment one image and write the mask.
+/// Segment one image and write the mask (`--tile`: see `segment_tiled`, which `main` calls instead).
 pub fn run(args: Args) -> Result<()> {
-    if let Some(t) = &args.tile {
-        let (size, overlap) = super::segment_tiled::parse_tile(t)?;
-        return super::segment_tiled::run(&args, size, overlap);
-    }
     let img = load_image(&args.image)?;
     let dev = Device::Cpu;
     // Check every prompt before the weights are resolved (a download) or the encoder runs.

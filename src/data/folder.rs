@@ -29,34 +29,48 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A `source = "folder"` task's keys (see the module docs for an example).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FolderSpec {
+    /// Folder the globs are relative to (relative paths: to the spec file's folder).
     #[serde(default = "d_root")]
     pub root: PathBuf,
+    /// Glob of the images.
     pub images: String,
+    /// Glob of the masks (paired with images by file stem after `strip`).
     pub masks: String,
+    /// Glob of field-of-view masks, if the set has them.
     #[serde(default)]
     pub fov: Option<String>,
+    /// Strings removed from the start/end of file stems to pair images, masks and FOV masks.
     #[serde(default)]
     pub strip: Vec<String>,
+    /// Mask pixels above this 8-bit grey value are foreground.
     #[serde(default = "d_thr")]
     pub mask_threshold: u8,
+    /// Split rule: images whose path under `root` matches this glob are the test set.
     #[serde(default)]
     pub test_glob: Option<String>,
+    /// Split rule: these keys are the test set.
     #[serde(default)]
     pub test_ids: Option<Vec<String>>,
+    /// Split rule: this fraction of the images is the test set (seeded by `split_seed`).
     #[serde(default)]
     pub test_fraction: Option<f64>,
+    /// Seed of the fraction split and of the `max_train` / `max_test` subsets.
     #[serde(default)]
     pub split_seed: u64,
+    /// At most this many training images (a seeded subset).
     #[serde(default)]
     pub max_train: Option<usize>,
+    /// At most this many test images (a seeded subset).
     #[serde(default)]
     pub max_test: Option<usize>,
     /// Cut each image into tiles at native resolution (see [`TileSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile: Option<TileSpec>,
+    /// Score Dice inside the field of view only.
     #[serde(default)]
     pub fov_eval: bool,
     /// What an image without a mask (or without a field-of-view mask) does: stop (default) or be skipped.
@@ -91,15 +105,21 @@ fn d_thr() -> u8 {
 /// One matched item.
 #[derive(Clone, Debug)]
 pub struct Item {
+    /// The key image, mask and FOV stems reduce to.
     pub key: String,
+    /// The image file.
     pub image: PathBuf,
+    /// Its mask.
     pub mask: PathBuf,
+    /// Its field-of-view mask, when the task has them.
     pub fov: Option<PathBuf>,
 }
 
 /// Listing result: matched items per split.
 pub struct Plan {
+    /// Training items.
     pub train: Vec<Item>,
+    /// Test items.
     pub test: Vec<Item>,
     /// Images left out with `unpaired = "skip"` (no mask or no field-of-view mask), in path order.
     pub skipped: Vec<PathBuf>,
@@ -313,6 +333,7 @@ impl FolderSpec {
         })
     }
 
+    /// List, pair and split the files: (train, test) cases, images read lazily.
     pub fn load(&self, spec: &Spec, task: &str) -> Result<(Vec<RawCase>, Vec<RawCase>)> {
         let plan = self.plan(spec, task)?;
         let conv = |items: Vec<Item>| -> Result<Vec<RawCase>> {

@@ -29,31 +29,45 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A `source = "nifti"` task's keys (see the module docs for an example).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NiftiSpec {
+    /// Folder the globs are relative to (relative paths: to the spec file's folder).
     #[serde(default = "d_root")]
     pub root: PathBuf,
+    /// Glob of the image volumes.
     pub images: String,
+    /// Glob of the label volumes.
     pub labels: String,
+    /// Strings removed from the start/end of file stems to pair volumes with labels.
     #[serde(default)]
     pub strip: Vec<String>,
+    /// Slice axis: 0, 1 or 2.
     #[serde(default = "d_axis")]
     pub axis: usize,
+    /// Keep only slices with at least `min_foreground` foreground pixels.
     #[serde(default = "d_true")]
     pub foreground_only: bool,
+    /// Foreground pixels a slice needs with `foreground_only`.
     #[serde(default = "d_minfg")]
     pub min_foreground: usize,
+    /// Label values that count as foreground (default: any value > 0).
     #[serde(default)]
     pub label_values: Option<Vec<i64>>,
+    /// Split rule: these case keys are the test set.
     #[serde(default)]
     pub test_ids: Option<Vec<String>>,
+    /// Split rule: this fraction of the volumes is the test set (seeded by `split_seed`).
     #[serde(default)]
     pub test_fraction: Option<f64>,
+    /// Seed of the fraction split and of the `max_train` / `max_test` subsets.
     #[serde(default)]
     pub split_seed: u64,
+    /// At most this many training slices (a seeded subset).
     #[serde(default)]
     pub max_train: Option<usize>,
+    /// At most this many test slices (a seeded subset).
     #[serde(default)]
     pub max_test: Option<usize>,
     /// Cut each slice into tiles at native resolution (see [`TileSpec`]).
@@ -74,20 +88,29 @@ fn d_minfg() -> usize {
     1
 }
 
+/// An image volume and its label volume.
 pub struct VolumePair {
+    /// The case key both file stems reduce to.
     pub key: String,
+    /// The image volume.
     pub image: PathBuf,
+    /// The label volume.
     pub label: PathBuf,
 }
 
+/// The volumes of each split, before slicing (no volume is on both sides).
 pub struct Plan {
+    /// Training volumes.
     pub train: Vec<VolumePair>,
+    /// Test volumes.
     pub test: Vec<VolumePair>,
 }
 
 /// A volume as (dims [X,Y,Z], values in logical C order: index (x*Y + y)*Z + z).
 pub struct Volume {
+    /// Size along x, y, z.
     pub dims: [usize; 3],
+    /// Voxel values (scaled by the header's slope and intercept).
     pub data: Vec<f32>,
 }
 
@@ -115,6 +138,7 @@ impl NiftiSpec {
         Ok(())
     }
 
+    /// Pair the volumes and split them; errors name the task and the folder.
     pub fn plan(&self, spec: &Spec, task: &str) -> Result<Plan> {
         let root = spec.resolve_path(&self.root);
         let what = format!("task {task:?}");
@@ -183,6 +207,7 @@ impl NiftiSpec {
         Ok(Plan { train, test })
     }
 
+    /// Read, slice and filter the planned volumes: (train, test) 2-D cases.
     pub fn load(&self, spec: &Spec, task: &str) -> Result<(Vec<RawCase>, Vec<RawCase>)> {
         let plan = self.plan(spec, task)?;
         let slices = |pairs: &[VolumePair]| -> Result<Vec<RawCase>> {

@@ -6,7 +6,7 @@
 //! no tile leaves the image. Overlaps are blended with a linear ramp that falls towards a tile's inner borders (borders on the image's
 //! edge keep weight 1); the weights are normalised by their per-pixel sum, so they sum to one everywhere.
 
-use super::Mask2D;
+use super::mask::Mask2D;
 use crate::preprocess::Image;
 use crate::{Error, Result};
 use rand::seq::SliceRandom;

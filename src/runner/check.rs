@@ -28,7 +28,7 @@ pub fn check_model(spec: &Spec) -> Result<()> {
     let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
     let model = LiteMedSam::new(&cfg, vb)?;
     check_lora_sites(spec, &model)?;
-    super::setup::check_encoder_targets(spec, &model)
+    check_encoder_targets(spec, &model)
 }
 
 /// Every strategy's targets match at least one linear layer, and its rank is at most the largest `min(in, out)`
@@ -55,6 +55,31 @@ pub(super) fn check_lora_sites(spec: &Spec, model: &LiteMedSam) -> Result<()> {
                 s.lora.rank,
                 matched.len(),
                 s.lora.targets
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// LoRA targets in the image encoder need `freeze_encoder = false` (and then run the encoder at every step: the
+/// GPU setting); with a frozen encoder they would be silently useless, so they are refused.
+pub(super) fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<()> {
+    for s in &spec.strategies {
+        let enc: Vec<String> = model
+            .linear_sites()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .filter(|p| p.starts_with("image_encoder.") && s.lora.matches(p))
+            .collect();
+        if spec.model.freeze_encoder && !enc.is_empty() {
+            return Err(spec.err(format!(
+                "strategy {:?}: lora targets {:?} match {} image-encoder layers (e.g. {}), but [model] \
+                 freeze_encoder = true; set freeze_encoder = false to train encoder LoRA (slow on a CPU: the \
+                 encoder runs at every step) or target the mask decoder",
+                s.label,
+                s.lora.targets,
+                enc.len(),
+                enc[0]
             )));
         }
     }

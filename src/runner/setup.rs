@@ -89,7 +89,7 @@ pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<
     reporter.info(banner);
     let (model, sha) = load_model(spec, &device)?;
     super::check::check_lora_sites(spec, &model)?;
-    check_encoder_targets(spec, &model)?;
+    super::check::check_encoder_targets(spec, &model)?;
     let size = model.input_size();
     let augment = spec.strategies.iter().any(|s| s.train.augment);
     let mut tasks = Vec::new();
@@ -122,31 +122,6 @@ pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<
         store,
         embeddings_s: t_emb.elapsed().as_secs_f64(),
     })
-}
-
-/// LoRA targets in the image encoder need `freeze_encoder = false` (and then run the encoder at every step: the
-/// GPU setting); with a frozen encoder they would be silently useless, so they are refused.
-pub(super) fn check_encoder_targets(spec: &Spec, model: &LiteMedSam) -> Result<()> {
-    for s in &spec.strategies {
-        let enc: Vec<String> = model
-            .linear_sites()
-            .into_iter()
-            .map(|(p, _, _)| p)
-            .filter(|p| p.starts_with("image_encoder.") && s.lora.matches(p))
-            .collect();
-        if spec.model.freeze_encoder && !enc.is_empty() {
-            return Err(spec.err(format!(
-                "strategy {:?}: lora targets {:?} match {} image-encoder layers (e.g. {}), but [model] \
-                 freeze_encoder = true; set freeze_encoder = false to train encoder LoRA (slow on a CPU: the \
-                 encoder runs at every step) or target the mask decoder",
-                s.label,
-                s.lora.targets,
-                enc.len(),
-                enc[0]
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Memory budget of a run's embeddings in MiB: `EVOSAM_EMBED_BUDGET_MB`, else 4096. Above it (e.g. the tiles
