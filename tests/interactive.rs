@@ -209,11 +209,7 @@ click_prob = 0.75
         .arg(&out)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csv = std::fs::read_to_string(out.join("kv/clicks.csv")).unwrap();
     let mut lines = csv.lines();
     let head: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -228,8 +224,15 @@ click_prob = 0.75
         n[k] += 1;
     }
     let mean: Vec<f64> = (0..6).map(|k| sum[k] / n[k] as f64).collect();
-    eprintln!("click-trained fine-tuning, mean Dice after 0..5 clicks: {}", fmt(&mean));
+    eprintln!(
+        "click-trained fine-tuning, mean Dice after 0..5 clicks: {}",
+        fmt(&mean)
+    );
     assert_eq!(n[0], 20, "{csv}");
     assert!(mean[1] > mean[0], "one click did not help: {}", fmt(&mean));
-    assert!(mean[5] > mean[0], "five clicks did not help: {}", fmt(&mean));
+    assert!(
+        mean[5] > mean[0],
+        "five clicks did not help: {}",
+        fmt(&mean)
+    );
 }

@@ -7,7 +7,8 @@ pub mod bench;
 pub mod report;
 pub mod run;
 pub mod segment;
-mod segment_tiled;
+/// `evosam segment --tile`: a large image in native-resolution tiles.
+pub mod segment_tiled;
 pub mod status;
 pub mod submit;
 pub mod validate;

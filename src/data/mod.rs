@@ -5,8 +5,8 @@
 
 pub mod embeddings;
 pub mod folder;
-pub mod nifti;
 mod mask;
+pub mod nifti;
 mod source;
 pub mod synthetic;
 pub mod tiled;
