@@ -43,26 +43,9 @@ impl Drop for Tmpfs {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Bytes a folder's files take on a page-granular file system.
 fn footprint(dir: &Path) -> u64 {
-    walk(dir)
+    files_under(dir)
         .iter()
         .map(|f| std::fs::metadata(dir.join(f)).unwrap().len().div_ceil(4096) * 4096)
         .sum()
@@ -146,7 +129,7 @@ fn a_full_disk_fails_cleanly_and_resume_completes() {
         "the error must name the path and the cause: {t}"
     );
     let rd = fs.0.join("d");
-    let files = walk(&rd);
+    let files = files_under(&rd);
     for f in &files {
         assert_whole(&rd, &ra, f);
     }

@@ -9,6 +9,9 @@
 //! prints its executions (`cargo test --release --locked --test fuzz -- --nocapture`). A failure prints the shrunk
 //! input; crashes found are kept as explicit regression tests at the end of this file.
 
+mod common;
+use common::files_under;
+
 use evosam::model::{Adapter, LiteMedSam, LiteMedSamConfig, LoraConfig};
 use evosam::spec::Spec;
 use evosam::strategy::Registry;
@@ -682,27 +685,10 @@ fn folder_edit() -> impl Strategy<Value = FolderEdit> {
     ]
 }
 
-fn files_of(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Copy `src` to `dst` and apply the edits to its files.
 fn edited_copy(src: &Path, dst: &Path, edits: &[FolderEdit], json_only: bool) {
     let _ = std::fs::remove_dir_all(dst);
-    let files = files_of(src);
+    let files = files_under(src);
     for f in &files {
         let to = dst.join(f);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
@@ -873,7 +859,7 @@ fn fuzz_results_folder_loader() {
             edited_copy(&src, &dir, &edits, false);
             // CSV cell edits: the k-th field of a table gets an odd value
             for (f, k, v) in cells {
-                let csvs: Vec<PathBuf> = files_of(&dir)
+                let csvs: Vec<PathBuf> = files_under(&dir)
                     .into_iter()
                     .filter(|p| p.extension().is_some_and(|x| x == "csv"))
                     .collect();
