@@ -1,0 +1,322 @@
+//! The experts trained so far and the matcher that routes between them: what EvoSAM keeps after each task, what
+//! `save_state` writes and what `evosam segment --experts DIR` reads.
+
+use super::birth::Birth;
+use super::Routing;
+use crate::model::{Adapter, LiteMedSam};
+use crate::strategy::matcher::{MatcherConfig, RidgeMatcher};
+use crate::strategy::novelty::{Calibration, NoveltyConfig};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Global-average-pooled embeddings (B,C,h,w) -> B feature vectors of C values (f64).
+pub fn pooled_features(emb: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let p = emb
+        .to_dtype(DType::F32)?
+        .mean((2, 3))?
+        .to_dtype(DType::F64)?;
+    Ok(p.to_vec2::<f64>()?)
+}
+
+/// On-disk description of an expert set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    routing: Routing,
+    experts: Vec<ManifestExpert>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ManifestExpert {
+    task: String,
+    file: String,
+    params: usize,
+    #[serde(default)]
+    birth: Option<Birth>,
+}
+
+/// `novelty.json`: the detector's settings and calibration scores.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct NoveltyState {
+    config: NoveltyConfig,
+    calibration: Calibration,
+}
+
+const MANIFEST: &str = "evosam.json";
+const MATCHER: &str = "matcher.json";
+const NOVELTY: &str = "novelty.json";
+const FORMAT: &str = "evosam-experts-v1";
+
+/// Trained experts (in task order) and the matcher: what EvoSAM keeps after each task.
+pub struct ExpertSet {
+    /// The routing it was saved with (the strategy replaces it by its spec's on resume).
+    pub routing: Routing,
+    /// Task name of each expert, in training order; also the `routed_to` values.
+    pub names: Vec<String>,
+    /// One LoRA adapter per task, aligned with `names`.
+    pub adapters: Vec<Adapter>,
+    /// How each expert was born and trained (same order as `adapters`).
+    pub births: Vec<Birth>,
+    /// The ridge matcher, taught one task per expert (running sums only, no stored images).
+    pub matcher: RidgeMatcher,
+    /// Novelty-detector settings (whether it routes, threshold quantile, shrinkage).
+    pub novelty: NoveltyConfig,
+    /// Leave-one-out novelty scores of every task's training features: the threshold's sample.
+    pub calibration: Calibration,
+    /// Rebuilt from the matcher's sums after every task and at load (not saved).
+    pub(super) novelty_model: Option<crate::strategy::novelty::Model>,
+}
+
+/// The routing decision for one image: an expert index (None = base model), the matcher score and the novelty
+/// score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    /// Index into the set's experts, or None for the base model (no expert yet, open set or novel image).
+    pub expert: Option<usize>,
+    /// The matcher's best score (None before the first task).
+    pub score: Option<f64>,
+    /// Novelty score of the image (None before the first task); higher is more novel.
+    pub novelty: Option<f64>,
+}
+
+impl ExpertSet {
+    /// An empty set (every image goes to the base model) whose matcher takes pooled embeddings of `embed_dim`
+    /// values. Fails when `matcher` is out of range.
+    pub fn new(
+        routing: Routing,
+        embed_dim: usize,
+        matcher: MatcherConfig,
+        novelty: NoveltyConfig,
+    ) -> Result<Self> {
+        Ok(Self {
+            routing,
+            names: Vec::new(),
+            adapters: Vec::new(),
+            births: Vec::new(),
+            matcher: RidgeMatcher::new(embed_dim, matcher)?,
+            novelty,
+            calibration: Calibration::default(),
+            novelty_model: None,
+        })
+    }
+
+    /// Add a trained expert and teach the matcher and the novelty detector its task (pooled training features).
+    pub fn push(
+        &mut self,
+        name: &str,
+        adapter: Adapter,
+        birth: Birth,
+        feats: &[Vec<f64>],
+    ) -> Result<()> {
+        self.matcher.add_task(name, feats)?;
+        let nf = feats
+            .iter()
+            .map(|p| self.matcher.novelty_features(p))
+            .collect::<Result<Vec<_>>>()?;
+        let sums = self.matcher.task_sums();
+        let refs: Vec<&crate::strategy::novelty::Sums> = sums.iter().collect();
+        self.calibration
+            .add_task(&refs, &nf, self.novelty.shrinkage)?;
+        self.names.push(name.to_string());
+        self.adapters.push(adapter);
+        self.births.push(birth);
+        self.refit_novelty()
+    }
+
+    fn refit_novelty(&mut self) -> Result<()> {
+        let sums = self.matcher.task_sums();
+        let refs: Vec<&crate::strategy::novelty::Sums> = sums.iter().collect();
+        self.novelty_model = if refs.is_empty() {
+            None
+        } else {
+            Some(crate::strategy::novelty::Model::fit(
+                &refs,
+                self.novelty.shrinkage,
+            )?)
+        };
+        Ok(())
+    }
+
+    /// The novelty threshold (None before the first task or without calibration scores).
+    pub fn novelty_threshold(&self) -> Option<f64> {
+        self.calibration.threshold(self.novelty.quantile)
+    }
+
+    /// Novelty score of a pooled embedding (None before the first task).
+    pub fn novelty_score(&self, pooled: &[f64]) -> Result<Option<f64>> {
+        match &self.novelty_model {
+            Some(m) => Ok(Some(m.score(&self.matcher.novelty_features(pooled)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The routing decision for one pooled embedding: the matcher's expert, unless the novelty detector is on and
+    /// judges the image novel (then the base model).
+    pub fn decide(&self, pooled: &[f64]) -> Result<Choice> {
+        let r = self.matcher.route(pooled)?;
+        let nov = self.novelty_score(pooled)?;
+        let novel = match (self.novelty.enabled, nov, self.novelty_threshold()) {
+            (true, Some(s), Some(th)) => s > th,
+            _ => false,
+        };
+        Ok(Choice {
+            expert: if novel { None } else { r.expert },
+            score: Some(r.score),
+            novelty: nov,
+        })
+    }
+
+    /// Number of experts (tasks trained).
+    pub fn len(&self) -> usize {
+        self.adapters.len()
+    }
+
+    /// True before the first task is trained.
+    pub fn is_empty(&self) -> bool {
+        self.adapters.is_empty()
+    }
+
+    /// Matcher routing for a batch of embeddings (B,C,h,w). Before the first task everything goes to the base.
+    pub fn route(&self, emb: &Tensor) -> Result<Vec<Choice>> {
+        let b = emb.dim(0)?;
+        if self.is_empty() {
+            return Ok(vec![
+                Choice {
+                    expert: None,
+                    score: None,
+                    novelty: None,
+                };
+                b
+            ]);
+        }
+        pooled_features(emb)?
+            .iter()
+            .map(|p| self.decide(p))
+            .collect()
+    }
+
+    /// Name of a routing target ("base" for the base model).
+    pub fn target_name(&self, expert: Option<usize>) -> String {
+        match expert {
+            Some(k) => self.names[k].clone(),
+            None => "base".to_string(),
+        }
+    }
+
+    /// Trainable parameters of one expert (all experts share the LoRA configuration); 0 for an empty set.
+    pub fn params_per_expert(&self) -> usize {
+        self.adapters.first().map(|a| a.num_params()).unwrap_or(0)
+    }
+
+    /// Write the set into `dir`: `evosam.json`, `matcher.json`, `novelty.json` and `experts/<k>.safetensors`
+    /// (each adapter records `base_sha256`, the weights it was trained on).
+    pub fn save(&self, dir: &Path, base_sha256: &str) -> Result<()> {
+        let mut experts = Vec::new();
+        for (k, (name, ad)) in self.names.iter().zip(&self.adapters).enumerate() {
+            let file = format!("experts/{k}.safetensors");
+            ad.save(&dir.join(&file), base_sha256)?;
+            experts.push(ManifestExpert {
+                task: name.clone(),
+                file,
+                params: ad.num_params(),
+                birth: self.births.get(k).cloned(),
+            });
+        }
+        let m = Manifest {
+            format: FORMAT.into(),
+            routing: self.routing,
+            experts,
+        };
+        let js = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
+        crate::util::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
+        let nov = NoveltyState {
+            config: self.novelty.clone(),
+            calibration: self.calibration.clone(),
+        };
+        let nj = serde_json::to_vec_pretty(&nov).map_err(|e| Error::internal(e.to_string()))?;
+        crate::util::write_atomic(&dir.join(NOVELTY), &nj)?;
+        crate::util::write_atomic(&dir.join(MANIFEST), &js)
+    }
+
+    /// Load an expert set written by [`ExpertSet::save`] (a stage's `state/` folder of an EvoSAM cell).
+    pub fn load(dir: &Path, model: &LiteMedSam, base_sha256: &str) -> Result<Self> {
+        let mp = dir.join(MANIFEST);
+        let text = std::fs::read(&mp).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Input(format!(
+                    "{}: not an EvoSAM expert folder (no {MANIFEST}); use a `state` folder of an evosam cell, \
+                     e.g. results/<experiment>/cells/<cell>/stage_<k>/state",
+                    dir.display()
+                ))
+            } else {
+                Error::io(&mp, e)
+            }
+        })?;
+        let m: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| Error::input(format!("{}: {e}", mp.display())))?;
+        if m.format != FORMAT {
+            return Err(Error::input(format!(
+                "{}: format {:?}, expected {FORMAT:?}",
+                mp.display(),
+                m.format
+            )));
+        }
+        let xp = dir.join(MATCHER);
+        let mtext = std::fs::read_to_string(&xp).map_err(|e| Error::io(&xp, e))?;
+        let matcher = RidgeMatcher::from_json(&mtext)
+            .map_err(|e| Error::input(format!("{}: {e}", xp.display())))?;
+        // novelty.json is absent in folders written before the detector existed: it is then off.
+        let np = dir.join(NOVELTY);
+        let nov: NoveltyState = match std::fs::read(&np) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::input(format!("{}: {e}", np.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => NoveltyState::default(),
+            Err(e) => return Err(Error::io(&np, e)),
+        };
+        let mut names = Vec::new();
+        let mut adapters = Vec::new();
+        let mut births = Vec::new();
+        for e in &m.experts {
+            // a file inside the folder: never an absolute path, `..` or the folder itself
+            let inside = !e.file.is_empty()
+                && Path::new(&e.file)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(Error::input(format!(
+                    "{}: expert file {:?} is not a file inside {}",
+                    mp.display(),
+                    e.file,
+                    dir.display()
+                )));
+            }
+            adapters.push(Adapter::load(&dir.join(&e.file), model, base_sha256)?);
+            names.push(e.task.clone());
+            births.push(e.birth.clone().unwrap_or_default());
+        }
+        if matcher.num_tasks() != names.len() {
+            return Err(Error::input(format!(
+                "{}: the matcher knows {} tasks but {} experts are listed",
+                dir.display(),
+                matcher.num_tasks(),
+                names.len()
+            )));
+        }
+        let mut set = Self {
+            routing: m.routing,
+            names,
+            adapters,
+            births,
+            matcher,
+            novelty: nov.config,
+            calibration: nov.calibration,
+            novelty_model: None,
+        };
+        // a corrupt folder can hold sums no detector can be fitted on: that is bad input, named
+        set.refit_novelty()
+            .map_err(|e| Error::input(format!("{}: {e}", dir.display())))?;
+        Ok(set)
+    }
+}
