@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use super::rows::{
-    extras_rows, matrix_rows, metrics_rows, scores_rows, EXTRAS_COLS, MATRIX_COLS, METRICS_COLS,
-    SCORES_COLS,
+    extras_rows, matrix_rows, metrics_rows, scores_rows, MetricsRow, EXTRAS_COLS, MATRIX_COLS,
+    METRICS_COLS, SCORES_COLS,
 };
 use super::table::{read_csv_as_strings, read_parquet, Table};
-use super::{ExtraRow, MatrixRow, MetricsRow, ScoreRow};
+use crate::results::{ExtraRow, MatrixRow, ScoreRow};
 use crate::{Error, Result};
 
 fn read_scores(dir: &Path) -> Result<Table> {

@@ -23,27 +23,7 @@ use merge::{check_same_cols, merge_rows};
 
 // The rows the runner writes, read back (same types as `crate::results`).
 pub use crate::results::{ExtraRow, MatrixRow, ScoreRow};
-
-/// One row of `metrics.csv`; `extra` holds the optional strategy columns (e.g. matcher_acc).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricsRow {
-    /// Strategy name.
-    pub strategy: String,
-    /// Seed of the run.
-    pub seed: i64,
-    /// Task-order label of the run.
-    pub order: String,
-    /// Average accuracy.
-    pub acc: f64,
-    /// Backward transfer.
-    pub bwt: f64,
-    /// Forward transfer, when defined.
-    pub fwt: Option<f64>,
-    /// Average forgetting.
-    pub forgetting: f64,
-    /// Optional strategy columns by name (null where a folder lacks one).
-    pub extra: BTreeMap<String, Option<f64>>,
-}
+pub use rows::MetricsRow;
 
 /// The merged contents of one or more results folders.
 #[derive(Clone, Debug, Default)]

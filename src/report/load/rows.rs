@@ -1,8 +1,32 @@
 //! The contract's column names, and a table's columns turned into rows.
 
+use std::collections::BTreeMap;
+
 use super::table::{opt_strs_default, req_strs, Table};
-use super::{ExtraRow, MatrixRow, MetricsRow, ScoreRow};
+
+use crate::results::{ExtraRow, MatrixRow, ScoreRow};
 use crate::Result;
+
+/// One row of `metrics.csv`; `extra` holds the optional strategy columns (e.g. matcher_acc).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsRow {
+    /// Strategy name.
+    pub strategy: String,
+    /// Seed of the run.
+    pub seed: i64,
+    /// Task-order label of the run.
+    pub order: String,
+    /// Average accuracy.
+    pub acc: f64,
+    /// Backward transfer.
+    pub bwt: f64,
+    /// Forward transfer, when defined.
+    pub fwt: Option<f64>,
+    /// Average forgetting.
+    pub forgetting: f64,
+    /// Optional strategy columns by name (null where a folder lacks one).
+    pub extra: BTreeMap<String, Option<f64>>,
+}
 
 pub(super) const SCORES_COLS: [&str; 10] = [
     "strategy",
@@ -38,10 +62,17 @@ pub(super) const METRICS_COLS: [&str; 7] = [
 ];
 pub(super) const EXTRAS_COLS: [&str; 6] = ["strategy", "seed", "order", "stage", "key", "value"];
 
+/// The columns that name a run, first in every table: strategy, seed, order.
+fn run_key(t: &Table) -> Result<(Vec<String>, Vec<i64>, Vec<String>)> {
+    Ok((
+        req_strs(t, "strategy")?,
+        t.i64s("seed")?,
+        req_strs(t, "order")?,
+    ))
+}
+
 pub(super) fn scores_rows(t: &Table) -> Result<Vec<ScoreRow>> {
-    let strategy = req_strs(t, "strategy")?;
-    let seed = t.i64s("seed")?;
-    let order = req_strs(t, "order")?;
+    let (strategy, seed, order) = run_key(t)?;
     let stage = t.i64s("stage")?;
     let trained = opt_strs_default(t, "trained_task")?;
     let eval_task = req_strs(t, "eval_task")?;
@@ -75,9 +106,7 @@ pub(super) fn scores_rows(t: &Table) -> Result<Vec<ScoreRow>> {
 }
 
 pub(super) fn matrix_rows(t: &Table) -> Result<Vec<MatrixRow>> {
-    let strategy = req_strs(t, "strategy")?;
-    let seed = t.i64s("seed")?;
-    let order = req_strs(t, "order")?;
+    let (strategy, seed, order) = run_key(t)?;
     let stage = t.i64s("stage")?;
     let trained = opt_strs_default(t, "trained_task")?;
     let eval_task = req_strs(t, "eval_task")?;
@@ -100,9 +129,7 @@ pub(super) fn matrix_rows(t: &Table) -> Result<Vec<MatrixRow>> {
 }
 
 pub(super) fn metrics_rows(t: &Table) -> Result<Vec<MetricsRow>> {
-    let strategy = req_strs(t, "strategy")?;
-    let seed = t.i64s("seed")?;
-    let order = req_strs(t, "order")?;
+    let (strategy, seed, order) = run_key(t)?;
     let acc = t.f64s_required("acc")?;
     let bwt = t.f64s_required("bwt")?;
     let fwt = t.f64s("fwt")?;
@@ -128,9 +155,7 @@ pub(super) fn metrics_rows(t: &Table) -> Result<Vec<MetricsRow>> {
 }
 
 pub(super) fn extras_rows(t: &Table) -> Result<Vec<ExtraRow>> {
-    let strategy = req_strs(t, "strategy")?;
-    let seed = t.i64s("seed")?;
-    let order = req_strs(t, "order")?;
+    let (strategy, seed, order) = run_key(t)?;
     let stage = t.i64s("stage")?;
     let key = req_strs(t, "key")?;
     let value = t.f64s_required("value")?;
