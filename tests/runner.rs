@@ -1,92 +1,21 @@
 //! End-to-end tests of `evosam run` / `evosam validate` through the real binary, on tiny random-weight models.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_evosam"));
-    c.env("RAYON_NUM_THREADS", "2");
-    c
-}
+use std::path::{Path, PathBuf};
+
+use common::{bin, kill_when, read, run, shared_data, spawn, text, two_task_spec, write};
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-const TINY: &str = r#"
-[experiment]
-name = "tiny"
-seeds = [0]
-
-[stream]
-orders = ["given", "reverse"]
-
-[[stream.task]]
-name = "va"
-source = "synthetic"
-family = "vessels"
-site = 0
-train = 4
-test = 2
-size = 64
-
-[[stream.task]]
-name = "vb"
-source = "synthetic"
-family = "vessels"
-site = 1
-train = 4
-test = 2
-size = 64
-
-[model]
-weights = "random-tiny"
-
-[train]
-epochs = EPOCHS
-batch_size = 2
-lr = 0.01
-
-[[strategy]]
-preset = "zeroshot"
-
-[[strategy]]
-preset = "finetune"
-"#;
-
 fn write_spec(dir: &Path, epochs: usize, extra: &str) -> PathBuf {
-    let p = dir.join("tiny.toml");
-    std::fs::write(
-        &p,
-        format!("{}{extra}", TINY.replace("EPOCHS", &epochs.to_string())),
-    )
-    .unwrap();
-    p
-}
-
-fn run(spec: &Path, out: &Path, extra: &[&str]) -> Output {
-    bin()
-        .arg("run")
-        .arg(spec)
-        .arg("--out")
-        .arg(out)
-        .arg("--quiet")
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let text = format!(
+        "{}{extra}",
+        two_task_spec("tiny", &["zeroshot", "finetune"], epochs)
+    );
+    write(dir, "tiny.toml", &text)
 }
 
 #[test]
@@ -189,35 +118,9 @@ fn run_kill_resume_gives_identical_tables() {
     // kill lands in another kind's cell, so every kind is restored from its checkpoint at least once.
     let b = tmp.path().join("b");
     for (i, kind) in kinds.iter().enumerate() {
-        let mut cmd = bin();
-        cmd.arg("run")
-            .arg(&spec)
-            .arg("--out")
-            .arg(&b)
-            .arg("--quiet");
-        if i > 0 {
-            cmd.arg("--resume");
-        }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(&spec, &b, i > 0, &[]);
         let marker = b.join(format!("tiny/cells/{kind}__seed0__given/stage_1/done"));
-        let t0 = Instant::now();
-        let mut killed = false;
-        while t0.elapsed() < Duration::from_secs(600) {
-            if marker.exists() {
-                child.kill().unwrap(); // SIGKILL
-                killed = true;
-                break;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.wait();
+        let killed = kill_when(&mut child, || marker.exists());
         assert!(
             killed,
             "the run finished before the first {kind} checkpoint could be seen"
@@ -347,7 +250,7 @@ fn validate_reports_good_and_bad_specs() {
     assert_eq!(o.status.code(), Some(2));
     let t = text(&o);
     assert!(
-        t.contains("bad.toml") && t.contains("line 33") && t.contains("batchsize"),
+        t.contains("bad.toml") && t.contains("line 32") && t.contains("batchsize"),
         "{t}"
     );
     // [eval.interactive] is checked strictly: the error names the key and quotes its line
@@ -417,33 +320,36 @@ fn validate_reports_good_and_bad_specs() {
     );
 }
 
-/// DRIVE -> CHASEDB1 from ../shared/data (or $EVOSAM_SHARED_DATA) through the shipped spec's data settings,
-/// with the tiny random model so that it stays fast.
-#[test]
-#[ignore = "needs ../shared/data or $EVOSAM_SHARED_DATA (run with --ignored)"]
-fn vessels_real_data_end_to_end() {
-    let data = std::env::var("EVOSAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| crate_dir().join("../shared/data"));
+/// The shipped spec `experiments/<name>.toml` on DRIVE -> CHASEDB1 from ../shared/data (or
+/// $EVOSAM_SHARED_DATA), with the tiny random model instead of LiteMedSAM.
+fn real_vessel_spec(name: &str) -> String {
+    let data = shared_data();
     assert!(
         data.join("retinal_vessel/DRIVE").is_dir() && data.join("retinal_vessel/CHASEDB1").is_dir(),
         "this test needs retinal_vessel/DRIVE and CHASEDB1 under {} (set EVOSAM_SHARED_DATA)",
         data.display()
     );
     let data = data.canonicalize().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let spec = read(&crate_dir().join("experiments/vessels-real.toml"))
+    read(&crate_dir().join(format!("experiments/{name}.toml")))
         .replace(
             "${EVOSAM_SHARED_DATA:-../../shared/data}",
             &data.display().to_string(),
         )
         .replace("weights = \"lite_medsam\"", "weights = \"random-tiny\"")
+}
+
+/// DRIVE -> CHASEDB1 from ../shared/data (or $EVOSAM_SHARED_DATA) through the shipped spec's data settings,
+/// with the tiny random model so that it stays fast.
+#[test]
+#[ignore = "needs ../shared/data or $EVOSAM_SHARED_DATA (run with --ignored)"]
+fn vessels_real_data_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = real_vessel_spec("vessels-real")
         .replace("max_train = 8", "max_train = 2")
         .replace("max_test = 4", "max_test = 2")
         .replace("epochs = 8", "epochs = 1")
         .replace("seeds = [0, 1, 2]", "seeds = [0]");
-    let p = tmp.path().join("vessels.toml");
-    std::fs::write(&p, spec).unwrap();
+    let p = write(tmp.path(), "vessels.toml", &spec);
     let o = run(&p, &tmp.path().join("out"), &[]);
     assert!(o.status.success(), "{}", text(&o));
     let scores = read(&tmp.path().join("out/vessels-real/scores.csv"));
@@ -522,27 +428,12 @@ fn tiled_folder_task_scores_per_image() {
 #[test]
 #[ignore = "needs ../shared/data or $EVOSAM_SHARED_DATA (run with --ignored)"]
 fn vessels_tiled_real_data_end_to_end() {
-    let data = std::env::var("EVOSAM_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| crate_dir().join("../shared/data"));
-    assert!(
-        data.join("retinal_vessel/DRIVE").is_dir() && data.join("retinal_vessel/CHASEDB1").is_dir(),
-        "this test needs retinal_vessel/DRIVE and CHASEDB1 under {} (set EVOSAM_SHARED_DATA)",
-        data.display()
-    );
-    let data = data.canonicalize().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let spec = read(&crate_dir().join("experiments/vessels-tiled.toml"))
-        .replace(
-            "${EVOSAM_SHARED_DATA:-../../shared/data}",
-            &data.display().to_string(),
-        )
-        .replace("weights = \"lite_medsam\"", "weights = \"random-tiny\"")
+    let spec = real_vessel_spec("vessels-tiled")
         .replace("max_train = 8", "max_train = 2")
         .replace("max_test = 4", "max_test = 1")
         .replace("epochs = 4", "epochs = 1");
-    let p = tmp.path().join("vessels.toml");
-    std::fs::write(&p, spec).unwrap();
+    let p = write(tmp.path(), "vessels.toml", &spec);
     let o = run(&p, &tmp.path().join("out"), &[]);
     assert!(o.status.success(), "{}", text(&o));
     let scores = read(&tmp.path().join("out/vessels-tiled/scores.csv"));

@@ -11,56 +11,14 @@
 //!
 //! Without Slurm they are skipped (ignored, with the reason shown by `cargo test`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Six cells (3 strategies x 2 orders) on the tiny random model; enough epochs that a training cell runs for
-/// a few seconds, so that one can be cancelled while it runs.
-const SPEC: &str = r#"
-[experiment]
-name = "tiny-slurm"
-seeds = [0]
-
-[stream]
-orders = ["given", "reverse"]
-
-[[stream.task]]
-name = "va"
-source = "synthetic"
-family = "vessels"
-site = 0
-train = 4
-test = 2
-size = 64
-
-[[stream.task]]
-name = "vb"
-source = "synthetic"
-family = "vessels"
-site = 1
-train = 4
-test = 2
-size = 64
-
-[model]
-weights = "random-tiny"
-
-[train]
-epochs = 6
-batch_size = 2
-lr = 0.01
-
-[[strategy]]
-preset = "zeroshot"
-
-[[strategy]]
-preset = "finetune"
-
-[[strategy]]
-preset = "ewc"
-"#;
+use common::{read, text, two_task_spec};
 
 const TABLES: [&str; 5] = [
     "scores.csv",
@@ -72,18 +30,6 @@ const TABLES: [&str; 5] = [
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_evosam"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn require_slurm() {
@@ -115,7 +61,10 @@ fn reference() -> &'static (PathBuf, PathBuf) {
     REF.get_or_init(|| {
         let d = work_dir("local");
         let spec = d.join("tiny slurm.toml");
-        std::fs::write(&spec, SPEC).unwrap();
+        // six cells (3 strategies x 2 orders); enough epochs that a training cell runs for a few seconds, so
+        // that one can be cancelled while it runs
+        let spec_text = two_task_spec("tiny-slurm", &["zeroshot", "finetune", "ewc"], 6);
+        std::fs::write(&spec, spec_text).unwrap();
         let t = Instant::now();
         let o = bin()
             .arg("run")

@@ -86,6 +86,23 @@ async fn call(
     (status, bytes.to_vec())
 }
 
+/// `GET uri` with the token.
+async fn get(app: &Arc<App>, uri: &str) -> (StatusCode, Vec<u8>) {
+    call(app, "GET", uri, Some(TOKEN), None).await
+}
+
+/// `POST /api/<what>` with the token and a JSON body.
+async fn post(app: &Arc<App>, what: &str, body: &str) -> (StatusCode, Vec<u8>) {
+    call(
+        app,
+        "POST",
+        &format!("/api/{what}"),
+        Some(TOKEN),
+        Some(body),
+    )
+    .await
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -120,10 +137,7 @@ fn every_request_needs_the_token() {
         let (st, page) = call(&app, "GET", &format!("/?token={TOKEN}"), None, None).await;
         assert_eq!(st, StatusCode::OK);
         assert!(String::from_utf8(page).unwrap().contains("/api/prompt"));
-        assert_eq!(
-            call(&app, "GET", "/api/state", Some(TOKEN), None).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(get(&app, "/api/state").await.0, StatusCode::OK);
     });
     app.stop();
 }
@@ -134,94 +148,57 @@ fn bad_input_is_a_4xx_and_logs_nothing() {
     image_folder(d.path());
     let app = app(s.path(), d.path());
     rt().block_on(async {
-        let post = |b: &'static str| {
-            let app = Arc::clone(&app);
-            async move {
-                call(&app, "POST", "/api/prompt", Some(TOKEN), Some(b))
-                    .await
-                    .0
-            }
-        };
+        for body in [
+            r#"{"slot":0,"kind":"click","x":40,"y":1,"label":1}"#,
+            r#"{"slot":0,"kind":"click","x":-0.5,"y":1,"label":1}"#,
+            r#"{"slot":0,"kind":"click","x":3,"y":30,"label":1}"#,
+            r#"{"slot":0,"kind":"click","x":3,"y":3,"label":2}"#,
+            r#"{"slot":0,"kind":"click","x":3,"y":3}"#,
+            r#"{"slot":0,"kind":"box","x":9,"y":1,"x1":5,"y1":8}"#,
+            r#"{"slot":0,"kind":"box","x":1,"y":1,"x1":41,"y1":8}"#,
+            r#"{"slot":0,"kind":"lasso","x":1,"y":1}"#,
+        ] {
+            let st = post(&app, "prompt", body).await.0;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        }
+        for body in [
+            r#"{"slot":0,"kind":"click","x":1e999,"y":1,"label":1}"#,
+            r#"{"slot":0,"kind":"click","path":"../../etc/passwd"}"#,
+            r#"not json"#,
+        ] {
+            let st = post(&app, "prompt", body).await.0;
+            assert!(st.is_client_error(), "{body}: {st}");
+        }
+        let big = format!(r#"{{"slot":0,"kind":"clear","x":{}}}"#, "1".repeat(5000));
         assert_eq!(
-            post(r#"{"slot":0,"kind":"click","x":40,"y":1,"label":1}"#).await,
-            StatusCode::BAD_REQUEST
+            post(&app, "prompt", &big).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
         );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"click","x":-0.5,"y":1,"label":1}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"click","x":3,"y":30,"label":1}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"click","x":3,"y":3,"label":2}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"click","x":3,"y":3}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"box","x":9,"y":1,"x1":5,"y1":8}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"box","x":1,"y":1,"x1":41,"y1":8}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            post(r#"{"slot":0,"kind":"lasso","x":1,"y":1}"#).await,
-            StatusCode::BAD_REQUEST
-        );
-        assert!(
-            post(r#"{"slot":0,"kind":"click","x":1e999,"y":1,"label":1}"#)
-                .await
-                .is_client_error()
-        );
-        assert!(
-            post(r#"{"slot":0,"kind":"click","path":"../../etc/passwd"}"#)
-                .await
-                .is_client_error()
-        );
-        assert!(post(r#"not json"#).await.is_client_error());
-        let big: &'static str = Box::leak(
-            format!(r#"{{"slot":0,"kind":"clear","x":{}}}"#, "1".repeat(5000)).into_boxed_str(),
-        );
-        assert_eq!(post(big).await, StatusCode::PAYLOAD_TOO_LARGE);
         // unknown case, another case than the open one
-        assert_eq!(
-            post(r#"{"slot":99,"kind":"clear"}"#).await,
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            post(r#"{"slot":1,"kind":"clear"}"#).await,
-            StatusCode::CONFLICT
-        );
-        let get = |u: &'static str| {
-            let app = Arc::clone(&app);
-            async move { call(&app, "GET", u, Some(TOKEN), None).await.0 }
-        };
-        assert_eq!(get("/api/image/7").await, StatusCode::NOT_FOUND);
-        assert_eq!(get("/api/image/1").await, StatusCode::CONFLICT);
-        assert_eq!(
-            get("/api/image/..%2F..%2Fetc%2Fpasswd").await,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(get("/api/image/-1").await, StatusCode::BAD_REQUEST);
-        assert_eq!(get("/etc/passwd").await, StatusCode::NOT_FOUND);
-        assert_eq!(
-            call(
-                &app,
-                "POST",
-                "/api/accept",
-                Some(TOKEN),
-                Some(r#"{"slot":5}"#)
-            )
-            .await
-            .0,
-            StatusCode::NOT_FOUND
-        );
+        for (what, body, want) in [
+            (
+                "prompt",
+                r#"{"slot":99,"kind":"clear"}"#,
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "prompt",
+                r#"{"slot":1,"kind":"clear"}"#,
+                StatusCode::CONFLICT,
+            ),
+            ("accept", r#"{"slot":5}"#, StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(post(&app, what, body).await.0, want, "{what} {body}");
+        }
+        for (uri, want) in [
+            ("/api/image/7", StatusCode::NOT_FOUND),
+            ("/api/image/1", StatusCode::CONFLICT),
+            ("/api/image/..%2F..%2Fetc%2Fpasswd", StatusCode::BAD_REQUEST),
+            ("/api/image/-1", StatusCode::BAD_REQUEST),
+            ("/etc/passwd", StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(get(&app, uri).await.0, want, "{uri}");
+        }
     });
     app.stop();
     let (_, evs) = EventLog::open(&log_path(s.path(), "ann")).unwrap();
@@ -235,7 +212,7 @@ fn prompts_are_logged_and_a_restart_continues_where_the_annotator_stopped() {
     let app1 = app(s.path(), d.path());
     let first_case;
     rt().block_on(async {
-        let (st, b) = call(&app1, "GET", "/api/state", Some(TOKEN), None).await;
+        let (st, b) = get(&app1, "/api/state").await;
         assert_eq!(st, StatusCode::OK);
         let state: StateOut = serde_json::from_slice(&b).unwrap();
         assert_eq!(
@@ -248,7 +225,7 @@ fn prompts_are_logged_and_a_restart_continues_where_the_annotator_stopped() {
             ),
             (0, 2, 40, 30, false)
         );
-        let (st, img) = call(&app1, "GET", "/api/image/0", Some(TOKEN), None).await;
+        let (st, img) = get(&app1, "/api/image/0").await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(image::load_from_memory(&img).unwrap().width(), 40);
         for b in [
@@ -257,42 +234,27 @@ fn prompts_are_logged_and_a_restart_continues_where_the_annotator_stopped() {
             r#"{"slot":0,"kind":"click","x":2,"y":2,"label":0}"#,
             r#"{"slot":0,"kind":"undo"}"#,
         ] {
-            let (st, png) = call(&app1, "POST", "/api/prompt", Some(TOKEN), Some(b)).await;
+            let (st, png) = post(&app1, "prompt", b).await;
             assert_eq!(st, StatusCode::OK, "{b}: {}", String::from_utf8_lossy(&png));
             let m = image::load_from_memory(&png).unwrap();
             assert_eq!((m.width(), m.height()), (40, 30));
         }
-        let (st, b) = call(
-            &app1,
-            "POST",
-            "/api/accept",
-            Some(TOKEN),
-            Some(r#"{"slot":0}"#),
-        )
-        .await;
+        let (st, b) = post(&app1, "accept", r#"{"slot":0}"#).await;
         assert_eq!(st, StatusCode::OK);
         let state: StateOut = serde_json::from_slice(&b).unwrap();
         assert_eq!(state.slot, 1);
-        let (st, _) = call(
+        let (st, _) = post(
             &app1,
-            "POST",
-            "/api/prompt",
-            Some(TOKEN),
-            Some(r#"{"slot":1,"kind":"click","x":20,"y":14,"label":1}"#),
+            "prompt",
+            r#"{"slot":1,"kind":"click","x":20,"y":14,"label":1}"#,
         )
         .await;
         assert_eq!(st, StatusCode::OK);
         // the accepted case cannot be changed any more
         assert_eq!(
-            call(
-                &app1,
-                "POST",
-                "/api/prompt",
-                Some(TOKEN),
-                Some(r#"{"slot":0,"kind":"clear"}"#)
-            )
-            .await
-            .0,
+            post(&app1, "prompt", r#"{"slot":0,"kind":"clear"}"#)
+                .await
+                .0,
             StatusCode::CONFLICT
         );
     });
@@ -337,35 +299,19 @@ fn prompts_are_logged_and_a_restart_continues_where_the_annotator_stopped() {
     // restart: the second case is open again with its click
     let app2 = app(s.path(), d.path());
     rt().block_on(async {
-        let (_, b) = call(&app2, "GET", "/api/state", Some(TOKEN), None).await;
+        let (_, b) = get(&app2, "/api/state").await;
         let state: StateOut = serde_json::from_slice(&b).unwrap();
         assert_eq!(state.slot, 1);
         assert_eq!(state.prompts.len(), 1);
-        assert_eq!(
-            call(&app2, "GET", "/api/mask/1", Some(TOKEN), None).await.0,
-            StatusCode::OK
-        );
-        let (st, b) = call(
-            &app2,
-            "POST",
-            "/api/accept",
-            Some(TOKEN),
-            Some(r#"{"slot":1}"#),
-        )
-        .await;
+        assert_eq!(get(&app2, "/api/mask/1").await.0, StatusCode::OK);
+        let (st, b) = post(&app2, "accept", r#"{"slot":1}"#).await;
         assert_eq!(st, StatusCode::OK);
         let state: StateOut = serde_json::from_slice(&b).unwrap();
         assert!(state.done);
         assert_eq!(
-            call(
-                &app2,
-                "POST",
-                "/api/prompt",
-                Some(TOKEN),
-                Some(r#"{"slot":1,"kind":"clear"}"#)
-            )
-            .await
-            .0,
+            post(&app2, "prompt", r#"{"slot":1,"kind":"clear"}"#)
+                .await
+                .0,
             StatusCode::CONFLICT
         );
     });
@@ -378,18 +324,8 @@ fn prompts_are_logged_and_a_restart_continues_where_the_annotator_stopped() {
     // another design for the same folder is refused
     let cases = from_folder(&d.path().join("images"), None).unwrap();
     let other = record(8, Design::Split, ["evosam".into(), "base".into()], &cases);
-    assert_eq!(
-        Session::start(s.path(), "ann", &other)
-            .err()
-            .unwrap()
-            .exit_code(),
-        2
-    );
-    assert_eq!(
-        Session::start(s.path(), "../x", &other)
-            .err()
-            .unwrap()
-            .exit_code(),
-        2
-    );
+    for name in ["ann", "../x"] {
+        let e = Session::start(s.path(), name, &other).err().unwrap();
+        assert_eq!(e.exit_code(), 2, "{name}: {e}");
+    }
 }

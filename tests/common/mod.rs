@@ -37,11 +37,21 @@ pub const STATEFUL: [&str; 7] = [
     "evosam",
 ];
 
-/// A three-task synthetic stream ("given" order only) on the tiny random-weight model with `kinds` as strategies.
-pub fn tiny_spec(name: &str, kinds: &[&str], epochs: usize) -> String {
-    let mut s =
-        format!("[experiment]\nname = \"{name}\"\nseeds = [0]\n\n[stream]\norders = [\"given\"]\n");
-    for (i, t) in ["ta", "tb", "tc"].iter().enumerate() {
+/// A synthetic vessel stream on the tiny random-weight model: one task per name in `tasks` (site = its
+/// position), task orders `orders`, `epochs` epochs, and `kinds` as strategies.
+pub fn synthetic_spec(
+    name: &str,
+    orders: &[&str],
+    tasks: &[&str],
+    kinds: &[&str],
+    epochs: usize,
+) -> String {
+    let orders: Vec<String> = orders.iter().map(|o| format!("\"{o}\"")).collect();
+    let mut s = format!(
+        "[experiment]\nname = \"{name}\"\nseeds = [0]\n\n[stream]\norders = [{}]\n",
+        orders.join(", ")
+    );
+    for (i, t) in tasks.iter().enumerate() {
         s.push_str(&format!(
             "\n[[stream.task]]\nname = \"{t}\"\nsource = \"synthetic\"\nfamily = \"vessels\"\nsite = {i}\n\
              train = 4\ntest = 2\nsize = 64\n"
@@ -54,6 +64,23 @@ pub fn tiny_spec(name: &str, kinds: &[&str], epochs: usize) -> String {
         s.push_str(&format!("\n[[strategy]]\npreset = \"{k}\"\n"));
     }
     s
+}
+
+/// A three-task synthetic stream ("given" order only) on the tiny random-weight model with `kinds` as strategies.
+pub fn tiny_spec(name: &str, kinds: &[&str], epochs: usize) -> String {
+    synthetic_spec(name, &["given"], &["ta", "tb", "tc"], kinds, epochs)
+}
+
+/// A two-task synthetic stream (tasks va, vb; orders given and reverse) on the tiny random-weight model.
+pub fn two_task_spec(name: &str, kinds: &[&str], epochs: usize) -> String {
+    synthetic_spec(name, &["given", "reverse"], &["va", "vb"], kinds, epochs)
+}
+
+/// `$EVOSAM_SHARED_DATA`, else `../shared/data` next to the crate.
+pub fn shared_data() -> PathBuf {
+    std::env::var("EVOSAM_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
 }
 
 /// Write `text` as `dir/<file>` and return the path.

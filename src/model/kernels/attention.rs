@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 
 use super::cpu::{cpu_ok, lock, new_tensor};
-use super::float::{dot, Float};
+use super::float::{dot, with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
 
@@ -125,7 +125,7 @@ impl AttnOp {
             )?;
             let mut p = T::take(s)?;
             par_rows(&mut p, nk, PAR_MIN, |_, ch| softmax_rows(ch, nk, scale));
-            let ps = T::to_cpu_storage_owned(p);
+            let ps = T::storage(p);
             let o = ps.matmul(
                 sv,
                 (nb, nq, d, nk),
@@ -135,7 +135,7 @@ impl AttnOp {
             scatter_head(&mut out, T::cpu_storage_as_slice(&o)?, nb * nq, c, d, h);
             probs.extend_from_slice(T::cpu_storage_as_slice(&ps)?);
         }
-        *lock(&self.probs)? = Some(T::to_cpu_storage_owned(probs));
+        *lock(&self.probs)? = Some(T::storage(probs));
         Ok(out)
     }
 
@@ -179,7 +179,7 @@ impl AttnOp {
             par_rows(&mut ds, nk, PAR_MIN, |r0, ch| {
                 softmax_grad_rows(ch, &p[r0 * nk..r0 * nk + ch.len()], nk, scale)
             });
-            let dss = T::to_cpu_storage_owned(ds);
+            let dss = T::storage(ds);
             let ds_l = Layout::contiguous((nb, nq, nk));
             let ds_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], 0);
             let gq = dss.matmul(sk, (nb, nq, d, nk), &ds_l, &head_view(nb, nk, c, d, ko, h))?;
@@ -208,11 +208,9 @@ impl CustomOp3 for AttnOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dm = self.dims(l1, l2)?;
-        let s = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.fwd::<f32>(s1, l1, s2, l2, s3, l3, dm)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.fwd::<f64>(s1, l1, s2, l2, s3, l3, dm)?),
-            _ => bail!("fused attention: f32/f64 only"),
-        };
+        let s = with_float!(s1.dtype(), "fused attention", T => {
+            T::storage(self.fwd::<T>(s1, l1, s2, l2, s3, l3, dm)?)
+        });
         Ok((s, l1.shape().clone()))
     }
     fn bwd(
@@ -234,24 +232,14 @@ impl CustomOp3 for AttnOp {
         else {
             bail!("fused attention: CPU only")
         };
-        let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => {
-                let (a, b, c) = self.bwd_k::<f32>(qs, lq, ks, lk, vs, lv, gs, lg, dm)?;
-                (
-                    new_tensor(a, q.shape())?,
-                    new_tensor(b, k.shape())?,
-                    new_tensor(c, v.shape())?,
-                )
-            }
-            _ => {
-                let (a, b, c) = self.bwd_k::<f64>(qs, lq, ks, lk, vs, lv, gs, lg, dm)?;
-                (
-                    new_tensor(a, q.shape())?,
-                    new_tensor(b, k.shape())?,
-                    new_tensor(c, v.shape())?,
-                )
-            }
-        };
+        let (dq, dk, dv) = with_float!(q.dtype(), "fused attention", T => {
+            let (a, b, c) = self.bwd_k::<T>(qs, lq, ks, lk, vs, lv, gs, lg, dm)?;
+            (
+                new_tensor(a, q.shape())?,
+                new_tensor(b, k.shape())?,
+                new_tensor(c, v.shape())?,
+            )
+        });
         Ok((
             q.track_op().then_some(dq),
             k.track_op().then_some(dk),

@@ -6,8 +6,11 @@
 //! with `Ho = (H - 1) / stride + 1`. On devices other than the CPU a slower path made of shifted
 //! multiply-adds is used (same numbers, differentiable through candle's own ops).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType, D};
 
+use super::cpu::{cpu_ok, slices};
+use super::float::{with_float, Float};
 use super::par::{par_rows, par_sum_rows, parts};
 
 /// Below this many output elements a kernel runs on the calling thread.
@@ -15,17 +18,6 @@ const PAR_MIN: usize = 1 << 14;
 
 fn out_dim(n: usize, stride: usize) -> usize {
     (n - 1) / stride + 1
-}
-
-fn contiguous<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("dwconv3x3: {what} must be contiguous"),
-    }
 }
 
 fn fwd_kernel<T: WithDType>(
@@ -167,21 +159,14 @@ fn bwd_weight_kernel<T: WithDType>(
     par_sum_rows(rows, nt, 9 * c, work)
 }
 
+/// One kernel `$f(lhs, rhs, args..)` on two storages of one float dtype.
 macro_rules! dispatch {
     ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $f:ident, $($args:expr),*) => {{
-        match ($s1, $s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let a = contiguous::<f32>($s1, $l1, "lhs")?;
-                let b = contiguous::<f32>($s2, $l2, "rhs")?;
-                CpuStorage::F32($f(a, b, $($args),*))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let a = contiguous::<f64>($s1, $l1, "lhs")?;
-                let b = contiguous::<f64>($s2, $l2, "rhs")?;
-                CpuStorage::F64($f(a, b, $($args),*))
-            }
-            _ => candle_core::bail!("dwconv3x3: only f32/f64 with matching dtypes are supported"),
-        }
+        with_float!($s1.dtype(), "dwconv3x3", T => {
+            let a = slices::<T>($s1, $l1)?;
+            let b = slices::<T>($s2, $l2)?;
+            T::storage($f(a, b, $($args),*))
+        })
     }};
 }
 
@@ -286,7 +271,7 @@ impl CustomOp2 for DwBwdWeight {
 
 /// Depthwise 3x3 convolution, padding 1, on `(B, H, W, C)` with weight `(9, C)`; no bias.
 pub(crate) fn dwconv3x3(x: &Tensor, w: &Tensor, stride: usize) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if cpu_ok(&[x, w]) {
         let x = x.contiguous()?;
         let w = w.contiguous()?;
         x.apply_op2_arc(&w, std::sync::Arc::new(Box::new(DwFwd { stride })))

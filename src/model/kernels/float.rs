@@ -25,6 +25,8 @@ pub(crate) trait Float: WithDType {
     fn ln_(self) -> Self;
     /// The values of a storage of this type, by value.
     fn take(s: CpuStorage) -> Result<Vec<Self>>;
+    /// A storage holding `v` (the inverse of [`Float::take`]).
+    fn storage(v: Vec<Self>) -> CpuStorage;
     /// Zero.
     #[inline(always)]
     fn z() -> Self {
@@ -41,6 +43,9 @@ macro_rules! impl_float {
                     CpuStorage::$variant(v) => Ok(v),
                     _ => bail!(concat!("fused op: expected ", stringify!($t))),
                 }
+            }
+            fn storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
             }
             #[inline(always)]
             fn gelu(self) -> Self {
@@ -120,6 +125,26 @@ fn gelu_grad_f64(x: f64) -> f64 {
     0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
         + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
+
+/// The kernels' one dtype dispatch: evaluates `$body` with the type alias `$T` bound to the float type of
+/// `$dtype` (f32 or f64), so a kernel generic over [`Float`] is written once and called once; any other dtype
+/// is an error naming the op `$op`. Wrap a `Vec<T>` result with [`Float::storage`].
+macro_rules! with_float {
+    ($dtype:expr, $op:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            candle_core::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            dt => candle_core::bail!("{}: f32/f64 only, not {:?}", $op, dt),
+        }
+    };
+}
+pub(crate) use with_float;
 
 /// Dot product with eight independent accumulators (vectorises); the summation order is fixed.
 #[inline(always)]

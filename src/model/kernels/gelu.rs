@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
-use super::cpu::slices;
-use super::float::Float;
+use super::cpu::{cpu_ok, slices};
+use super::float::{with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
 
@@ -39,15 +38,9 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(bias_gelu_k(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(bias_gelu_k(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?))
-            }
-            _ => bail!("bias-gelu: f32/f64 only"),
-        };
+        let out = with_float!(s1.dtype(), "bias-gelu", T => {
+            T::storage(bias_gelu_k(slices::<T>(s1, l1)?, slices::<T>(s2, l2)?))
+        });
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -97,35 +90,20 @@ impl CustomOp3 for GeluGradBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(gelu_grad_bias_k(
-                    slices::<f32>(s1, l1)?,
-                    slices::<f32>(s2, l2)?,
-                    slices::<f32>(s3, l3)?,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(gelu_grad_bias_k(
-                    slices::<f64>(s1, l1)?,
-                    slices::<f64>(s2, l2)?,
-                    slices::<f64>(s3, l3)?,
-                ))
-            }
-            _ => bail!("gelu-grad: f32/f64 only"),
-        };
+        let out = with_float!(s1.dtype(), "gelu-grad", T => {
+            T::storage(gelu_grad_bias_k(
+                slices::<T>(s1, l1)?,
+                slices::<T>(s2, l2)?,
+                slices::<T>(s3, l3)?,
+            ))
+        });
         Ok((out, l1.shape().clone()))
     }
 }
 
 /// gelu_erf(x + b), b broadcast over the last dimension.
 pub(crate) fn bias_gelu(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && b.dtype() == x.dtype()
-        && b.rank() == 1
-        && x.dim(D::Minus1)? == b.dim(0)?
-    {
+    if cpu_ok(&[x, b]) && b.rank() == 1 && x.dim(D::Minus1)? == b.dim(0)? {
         x.contiguous()?
             .apply_op2_arc(&b.contiguous()?, Arc::new(Box::new(BiasGelu)))
     } else {

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 use super::cpu::{cpu_ok, new_tensor, read, slices};
-use super::float::{dot, Float};
+use super::float::{dot, with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
 
@@ -166,19 +167,13 @@ impl CustomOp3 for LnAct {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let s = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.fwd(
-                slices::<f32>(s1, l1)?,
-                slices::<f32>(s2, l2)?,
-                slices::<f32>(s3, l3)?,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(self.fwd(
-                slices::<f64>(s1, l1)?,
-                slices::<f64>(s2, l2)?,
-                slices::<f64>(s3, l3)?,
-            )),
-            _ => bail!("fused layer norm: f32/f64 only"),
-        };
+        let s = with_float!(s1.dtype(), "fused layer norm", T => {
+            T::storage(self.fwd(
+                slices::<T>(s1, l1)?,
+                slices::<T>(s2, l2)?,
+                slices::<T>(s3, l3)?,
+            ))
+        });
         Ok((s, l1.shape().clone()))
     }
     fn bwd(
@@ -211,10 +206,8 @@ impl CustomOp3 for LnAct {
                 })
             })
         }
-        let (gx, gw, gb) = match x.dtype() {
-            DType::F32 => run::<f32>(self, x, w, b, g)?,
-            _ => run::<f64>(self, x, w, b, g)?,
-        };
+        let (gx, gw, gb) =
+            with_float!(x.dtype(), "fused layer norm", T => run::<T>(self, x, w, b, g)?);
         Ok((
             x.track_op().then_some(gx),
             w.track_op().then_some(gw),

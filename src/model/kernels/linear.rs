@@ -5,10 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{cpu_ok, lock, new_tensor, read, slices, stash};
-use super::float::Float;
+use super::float::{with_float, Float};
 use super::par::{par_rows, par_sum_rows, parts};
 use super::PAR_MIN;
 
@@ -29,11 +29,7 @@ fn colsum<T: Float>(x: &[T], c: usize) -> Vec<T> {
 }
 
 fn colsum_t(t: &Tensor, c: usize) -> Result<Tensor> {
-    match t.dtype() {
-        DType::F32 => read::<f32, _>(t, |x| new_tensor(colsum(x, c), c)),
-        DType::F64 => read::<f64, _>(t, |x| new_tensor(colsum(x, c), c)),
-        dt => bail!("fused op: unsupported dtype {dt:?}"),
-    }
+    with_float!(t.dtype(), "fused linear", T => read::<T, _>(t, |x| new_tensor(colsum(x, c), c)))
 }
 
 /// x (rows x k, flat at `lx`) times w^T (w: (n, k) at `lw`) on the CPU gemm.
@@ -139,10 +135,7 @@ pub(super) fn act_grad(
             })
         })
     }
-    match g.dtype() {
-        DType::F32 => k::<f32>(&pre, &g, rows, n),
-        _ => k::<f64>(&pre, &g, rows, n),
-    }
+    with_float!(g.dtype(), "fused linear", T => k::<T>(&pre, &g, rows, n))
 }
 
 /// `act(x W^T + b)` as one node.
@@ -172,7 +165,7 @@ impl LinearOp {
         if let Some(pre) = epilogue(&mut y, b, None, self.act, self.keep) {
             stash(&self.pre, pre, (rows, self.out_dim))?;
         }
-        Ok(T::to_cpu_storage_owned(y))
+        Ok(T::storage(y))
     }
 }
 
@@ -189,11 +182,8 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let s = match s1 {
-            CpuStorage::F32(_) => self.fwd::<f32>(s1, l1, s2, l2, s3, l3)?,
-            CpuStorage::F64(_) => self.fwd::<f64>(s1, l1, s2, l2, s3, l3)?,
-            _ => bail!("fused linear: f32/f64 only"),
-        };
+        let s =
+            with_float!(s1.dtype(), "fused linear", T => self.fwd::<T>(s1, l1, s2, l2, s3, l3)?);
         Ok((s, self.out_shape.clone()))
     }
     fn bwd(

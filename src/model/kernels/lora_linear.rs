@@ -3,10 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::cpu::{cpu_ok, lock, slices, stash};
-use super::float::Float;
+use super::float::{with_float, Float};
 use super::linear::{act_grad, epilogue, gemm_xwt, out_shape};
 
 /// `act(x W^T + b + scale (x A^T) B^T)` with W, b frozen: the node's inputs are x, A and B.
@@ -53,7 +54,7 @@ impl LoraOp {
             stash(&self.pre, pre, (rows, self.out_dim))?;
         }
         stash(&self.h, T::take(h)?, (rows, self.rank))?;
-        Ok(T::to_cpu_storage_owned(y))
+        Ok(T::storage(y))
     }
 }
 
@@ -70,11 +71,7 @@ impl CustomOp3 for LoraOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let s = match s1 {
-            CpuStorage::F32(_) => self.fwd::<f32>(s1, l1, s2, l2, s3, l3)?,
-            CpuStorage::F64(_) => self.fwd::<f64>(s1, l1, s2, l2, s3, l3)?,
-            _ => bail!("fused lora: f32/f64 only"),
-        };
+        let s = with_float!(s1.dtype(), "fused lora", T => self.fwd::<T>(s1, l1, s2, l2, s3, l3)?);
         Ok((s, self.out_shape.clone()))
     }
     fn bwd(

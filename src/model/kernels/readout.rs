@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::cpu::{cpu_ok, new_tensor, read, slices};
-use super::float::{axpy, dot, Float};
+use super::float::{axpy, dot, with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
 
@@ -69,15 +70,9 @@ impl CustomOp2 for HyperDot {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let m = l1.shape().elem_count() / (self.nb * self.c);
-        let s = match s1 {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(self.fwd(slices::<f32>(s1, l1)?, slices::<f32>(s2, l2)?))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(self.fwd(slices::<f64>(s1, l1)?, slices::<f64>(s2, l2)?))
-            }
-            _ => bail!("fused hyper-dot: f32/f64 only"),
-        };
+        let s = with_float!(s1.dtype(), "fused hyper-dot", T => {
+            T::storage(self.fwd(slices::<T>(s1, l1)?, slices::<T>(s2, l2)?))
+        });
         Ok((s, Shape::from((self.nb, m))))
     }
     fn bwd(
@@ -102,10 +97,7 @@ impl CustomOp2 for HyperDot {
                 })
             })
         }
-        let (gx, gh) = match x.dtype() {
-            DType::F32 => run::<f32>(self, x, hy, g)?,
-            _ => run::<f64>(self, x, hy, g)?,
-        };
+        let (gx, gh) = with_float!(x.dtype(), "fused hyper-dot", T => run::<T>(self, x, hy, g)?);
         Ok((x.track_op().then_some(gx), hy.track_op().then_some(gh)))
     }
 }
