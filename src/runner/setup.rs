@@ -38,10 +38,23 @@ pub fn device_of(spec: &Spec) -> Result<Device> {
         None => Ok(Device::Cpu),
         Some(n) => Device::new_cuda(n).map_err(|e| {
             Error::input(format!(
-                "device {:?} is not available ({e}); build with `--features cuda` on a machine with a GPU",
-                spec.experiment.device
+                "device {:?} is not available ({e}); {}",
+                spec.experiment.device,
+                cuda_hint()
             ))
         }),
+    }
+}
+
+/// What to do when a CUDA device cannot be opened: a binary built with the `cuda` feature needs a GPU and its
+/// driver; one built without it needs rebuilding.
+pub fn cuda_hint() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "this binary was built with CUDA support, but no usable GPU or NVIDIA driver was found (check nvidia-smi, \
+         the driver version (580 or newer for CUDA 13) and CUDA_VISIBLE_DEVICES), or use device = \"cpu\""
+    } else {
+        "this binary was built without CUDA: build with `--features cuda` on a machine with a GPU, or use \
+         device = \"cpu\""
     }
 }
 
