@@ -201,7 +201,8 @@ fn run_cell_stages(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
         let eval_s = laps.lap();
         let clicks = study_stage(sh, strat.as_ref(), &ctx, cell, k)?;
-        let study_s = laps.lap();
+        // a stage without a study counts no study time
+        let study_s = Some(laps.lap()).filter(|_| clicks.is_some()).unwrap_or(0.0);
         let mut extra = strat.extra_metrics();
         if k > 0 {
             let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
