@@ -65,8 +65,9 @@ fn cuda_logits_match_cpu_on_the_parity_fixtures() {
             .unwrap()
             .iter()
             .map(|i| {
-                let t = Tensor::read_npy(fixtures().join(format!("img{}.npy", i.as_u64().unwrap())))
-                    .unwrap();
+                let t =
+                    Tensor::read_npy(fixtures().join(format!("img{}.npy", i.as_u64().unwrap())))
+                        .unwrap();
                 (t.to_dtype(DType::F32).unwrap() / 255.0).unwrap()
             })
             .collect();
@@ -83,7 +84,10 @@ fn cuda_logits_match_cpu_on_the_parity_fixtures() {
         assert!(di < 1e-2, "{name}: iou differs, {di}");
         checked += 1;
     }
-    assert!(checked >= 2, "only {checked} box-only cases in the fixtures");
+    assert!(
+        checked >= 2,
+        "only {checked} box-only cases in the fixtures"
+    );
 }
 
 #[test]
@@ -135,7 +139,10 @@ fn cuda_lora_step_matches_cpu() {
     };
     let ((lg, gg), (lc, gc)) = (step(&gpu), step(&cpu));
     eprintln!("loss CUDA {lg} CPU {lc}");
-    assert!((lg - lc).abs() < 1e-3 * lc.abs().max(1.0), "loss {lg} vs {lc}");
+    assert!(
+        (lg - lc).abs() < 1e-3 * lc.abs().max(1.0),
+        "loss {lg} vs {lc}"
+    );
     assert_eq!(gg.len(), gc.len());
     assert!(!gc.is_empty(), "no LoRA gradient");
     let worst = gg

@@ -189,7 +189,10 @@ fn run_kill_resume_gives_identical_tables() {
     }
     assert_eq!(t["stages"], 6 * 2 * 3, "{t}");
     let positive = |k: &str| t[k].as_f64().unwrap() > 0.0;
-    assert!(positive("train_s") && positive("eval_s") && positive("study_s"), "{t}");
+    assert!(
+        positive("train_s") && positive("eval_s") && positive("study_s"),
+        "{t}"
+    );
     assert!(t["total_s"].as_f64() >= t["cells_wall_s"].as_f64(), "{t}");
     assert_eq!(manifest["cells"][2]["id"], "finetune__seed0__given");
     let stages = manifest["cells"][2]["times"].as_array().unwrap();

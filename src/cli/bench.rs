@@ -85,17 +85,8 @@ pub fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(ts))
 }
 
-fn proc_status_mb(key: &str) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Peak resident set size of this process in MiB (Linux), if known.
-pub fn peak_rss_mb() -> Option<f64> {
-    proc_status_mb("VmHWM:")
-}
+pub use evosam::runner::timing::peak_rss_mb;
+use evosam::runner::timing::proc_status_mb;
 
 /// Resident set size of this process now, in MiB (Linux), if known.
 pub fn rss_mb() -> Option<f64> {

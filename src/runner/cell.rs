@@ -62,14 +62,14 @@ pub(super) fn run_cells(shared: &Arc<Shared>, cells: &[Cell], jobs: usize) -> Re
                     run_cell(&sh, &cell, &mut times)
                 }))
                 .unwrap_or_else(|p| {
-                            let msg = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            Err(Error::internal(format!("panicked: {msg}")))
-                        })
-                        .map_err(|e| e.to_string());
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(Error::internal(format!("panicked: {msg}")))
+                })
+                .map_err(|e| e.to_string());
                 sh.reporter
                     .cell_done(&cell.id, r.as_ref().err().map(|s| s.as_str()));
                 let outcome = Outcome {

@@ -111,7 +111,10 @@ pub fn finalize_run(
             let cdir = dir.join("cells").join(&c.id);
             let attempt = Attempt::read(&cdir);
             let wall_s = attempt.as_ref().and_then(|a| a.wall_s).unwrap_or(0.0);
-            let times = attempt.as_ref().and_then(|a| a.times.clone()).unwrap_or_default();
+            let times = attempt
+                .as_ref()
+                .and_then(|a| a.times.clone())
+                .unwrap_or_default();
             let result = if stages_done(&cdir) > spec.orders[c.order].tasks.len() {
                 Ok(())
             } else {
@@ -130,7 +133,15 @@ pub fn finalize_run(
         .collect();
     times.cells_wall_s = outcomes.iter().map(|o| o.wall_s).sum();
     let shared = shared_of(spec, registry, prep, &dir, reporter);
-    finish(&shared, folder, &cells, &outcomes, opts, threads, (t0, times))
+    finish(
+        &shared,
+        folder,
+        &cells,
+        &outcomes,
+        opts,
+        threads,
+        (t0, times),
+    )
 }
 
 /// "why; log: PATH".

@@ -93,7 +93,15 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
     let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
     times.cells_wall_s = t_cells.elapsed().as_secs_f64();
     shared.reporter.finish();
-    finish(&shared, folder, &cells, &outcomes, opts, threads, (t0, times))
+    finish(
+        &shared,
+        folder,
+        &cells,
+        &outcomes,
+        opts,
+        threads,
+        (t0, times),
+    )
 }
 
 /// `<out>/<experiment name>/`.
@@ -170,6 +178,7 @@ fn finish(
         times.report_s = Some(laps.lap());
     }
     times.total_s = t0.elapsed().as_secs_f64();
+    times.peak_rss_mb = timing::peak_rss_mb();
     let run = manifest::RunRecord {
         started: &folder.first_start,
         resumed: folder.resumed,

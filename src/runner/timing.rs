@@ -87,6 +87,21 @@ pub(super) struct RunTimes {
     pub report_s: Option<f64>,
     /// From the start of the run to the manifest.
     pub total_s: f64,
+    /// Peak resident set size of this process so far, MiB (Linux; None elsewhere).
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`, Linux), if known.
+pub fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+/// A `/proc/self/status` memory line in MiB (Linux), if known.
+pub fn proc_status_mb(key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 impl RunTimes {
@@ -108,13 +123,17 @@ impl RunTimes {
             .report_s
             .map(|r| format!(", report {r:.1} s"))
             .unwrap_or_default();
+        let peak = self
+            .peak_rss_mb
+            .map(|m| format!("; peak RSS {m:.0} MiB"))
+            .unwrap_or_default();
         let study = if self.study_s > 0.0 {
             format!(", interactive study {:.1} s", self.study_s)
         } else {
             String::new()
         };
         format!(
-            "time: {:.1} s in all: setup {:.1} s, embeddings {:.1} s, cells {:.1} s, results tables {:.1} s{report}\n\
+            "time: {:.1} s in all: setup {:.1} s, embeddings {:.1} s, cells {:.1} s, results tables {:.1} s{report}{peak}\n\
              time in the cells ({} stages, {jobs} job(s), cell-seconds): training {:.1} s, evaluation {:.1} s{study}, \
              checkpoints {:.1} s",
             self.total_s,
@@ -155,7 +174,10 @@ mod tests {
             ],
         };
         let t = c.total();
-        assert_eq!((t.stage, t.train_s, t.eval_s, t.study_s), (2, 4.0, 3.0, 0.5));
+        assert_eq!(
+            (t.stage, t.train_s, t.eval_s, t.study_s),
+            (2, 4.0, 3.0, 0.5)
+        );
         let mut r = RunTimes {
             total_s: 20.0,
             ..Default::default()
@@ -163,7 +185,10 @@ mod tests {
         r.add_cells([&c, &c]);
         assert_eq!((r.stages, r.train_s, r.checkpoint_s), (4, 8.0, 1.0));
         let s = r.lines(2);
-        assert!(s.contains("training 8.0 s, evaluation 6.0 s, interactive study 1.0 s"), "{s}");
+        assert!(
+            s.contains("training 8.0 s, evaluation 6.0 s, interactive study 1.0 s"),
+            "{s}"
+        );
         assert!(!s.contains("report"), "{s}");
         r.report_s = Some(3.0);
         assert!(r.lines(1).contains("report 3.0 s"));

@@ -58,7 +58,7 @@ fn task_embedding(base: &Tensor, base_pooled: &[f64], t: usize) -> Result<Tensor
         .map(|(m, b)| (m - b) as f32)
         .collect();
     let c = shift.len();
-    let shift = Tensor::from_vec(shift, (1, c, 1, 1), &base.device())?.to_dtype(base.dtype())?;
+    let shift = Tensor::from_vec(shift, (1, c, 1, 1), base.device())?.to_dtype(base.dtype())?;
     Ok(base.broadcast_add(&shift)?)
 }
 
@@ -91,7 +91,7 @@ pub fn measure(
         pushes.push(t0.elapsed().as_secs_f64());
     }
     let rss_growth_mb = rss_mb().unwrap_or(f64::NAN) - rss0;
-    let prompt = Prompts::from_box_slice(&[[40., 50., 200., 190.]], &base.device())?;
+    let prompt = Prompts::from_box_slice(&[[40., 50., 200., 190.]], base.device())?;
     // images of tasks spread over the set, so that consecutive images use different experts
     let tasks: Vec<usize> = (0..reps.max(1)).map(|j| (j * 7 + 3) % n).collect();
     let embs = tasks

@@ -166,6 +166,8 @@ mod tests {
         let model = evosam::model::LiteMedSam::random(&cfg, 0, &dev).unwrap();
         let t = super::measure(&model, &[1, 2], 1, 1).unwrap();
         assert_eq!(t.len(), 2);
-        assert!(t.iter().all(|x| x.steps_per_s.is_finite() && x.steps_per_s > 0.0));
+        assert!(t
+            .iter()
+            .all(|x| x.steps_per_s.is_finite() && x.steps_per_s > 0.0));
     }
 }

@@ -30,9 +30,7 @@ pub struct MatcherFigures {
 /// `n` pooled features of `dim` values of task `t`: a task-specific mean plus noise (deterministic from `seed`).
 pub fn task_features(t: usize, n: usize, dim: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut mean_rng = ChaCha8Rng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
-    let mean: Vec<f64> = (0..dim)
-        .map(|_| mean_rng.random_range(-1.0..1.0))
-        .collect();
+    let mean: Vec<f64> = (0..dim).map(|_| mean_rng.random_range(-1.0..1.0)).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1) ^ ((t as u64) << 20));
     (0..n)
         .map(|_| {

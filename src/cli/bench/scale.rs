@@ -1,15 +1,17 @@
 //! `evosam bench scale`: how cost grows with work.
 //! - One cell vs number of tasks T: a spec of T synthetic tasks (fixed images per task, cycling through the two
 //!   families and four sites, a new generator seed every 8 tasks) run by the real runner with one strategy, for
-//!   `evosam` and `joint`; its manifest gives the cell's time per stage (training, evaluation), and the process's
-//!   peak RSS is reset before each run. Embeddings come from the on-disk cache (computed on the first run).
+//!   `evosam` and `joint`, each in its own `evosam run` process; its manifest gives the cell's time per stage
+//!   (training, evaluation) and the process's peak RSS. Every task's embedding is computed into the on-disk cache first (what
+//!   `evosam submit`'s prepare job does), so the runs read them and their peak memory is the cell's, not the
+//!   encoder's.
 //! - The ridge matcher vs T ([`super::matcher`]) and inference vs number of experts ([`super::experts`]).
 
 use std::path::{Path, PathBuf};
 
 use super::experts::{self, ExpertBytes, ExpertFigures};
 use super::matcher::{self, MatcherFigures};
-use super::{markdown, peak_rss_mb, reset_peak_rss};
+use super::{markdown, reset_peak_rss};
 use evosam::model::{LiteMedSam, LoraConfig};
 use evosam::spec::Spec;
 use evosam::strategy::Registry;
@@ -71,7 +73,7 @@ pub struct CellFigures {
     pub steps: u64,
     /// Test cases scored, all stages ((T + 1) x T x test images).
     pub cases_scored: usize,
-    /// Peak RSS of the process during the run, MiB (since the process started where it cannot be reset).
+    /// Peak RSS of the run's process, MiB (model, embeddings, the cell and the allocator's cache).
     pub peak_rss_mb: f64,
 }
 
@@ -101,33 +103,81 @@ pub fn spec_text(a: &ScaleArgs, strategy: &str, tasks: usize, threads: usize) ->
     s
 }
 
-/// Run one strategy's cell on `tasks` tasks into `out` and read its times from the manifest.
+/// The spec of a scale run, parsed.
+fn spec_of(
+    a: &ScaleArgs,
+    strategy: &str,
+    tasks: usize,
+    threads: usize,
+    out: &Path,
+) -> Result<Spec> {
+    let file = out.join(format!("scale-{strategy}-{tasks}.toml"));
+    let spec = Spec::parse(
+        &spec_text(a, strategy, tasks, threads),
+        &file,
+        out,
+        &Registry::default(),
+    )?;
+    spec.check_data()?;
+    Ok(spec)
+}
+
+/// Compute the embeddings of the first `tasks` tasks into the cache (a prepare-only run in `out/prepare`).
+pub fn prepare_embeddings(a: &ScaleArgs, tasks: usize, threads: usize, out: &Path) -> Result<()> {
+    let spec = spec_of(a, "zeroshot", tasks, threads, out)?;
+    let opts = RunOptions {
+        out: Some(out.join("prepare")),
+        quiet: true,
+        ..Default::default()
+    };
+    evosam::runner::prepare_run(spec, &opts).map(|_| ())
+}
+
+/// Run one strategy's cell on `tasks` tasks into `out` and read its times and peak memory from the manifest: with
+/// `exe`, as `exe run SPEC --out OUT --quiet --no-report` in a process of its own; without, in this process (its
+/// peak RSS then counts from the last reset, or from the start where the kernel cannot reset it).
 pub fn run_cell(
     a: &ScaleArgs,
     strategy: &str,
     tasks: usize,
     threads: usize,
     out: &Path,
+    exe: Option<&Path>,
 ) -> Result<CellFigures> {
-    let registry = Registry::default();
-    let file = out.join(format!("scale-{strategy}-{tasks}.toml"));
-    let spec = Spec::parse(
-        &spec_text(a, strategy, tasks, threads),
-        &file,
-        out,
-        &registry,
-    )?;
-    spec.check_data()?;
-    let opts = RunOptions {
-        out: Some(out.to_path_buf()),
-        quiet: true,
-        report: false,
-        ..Default::default()
-    };
-    reset_peak_rss();
-    let summary = evosam::run(spec, &registry, &opts)?;
-    let peak = peak_rss_mb().unwrap_or(f64::NAN);
-    let mpath = summary.dir.join("manifest.json");
+    let spec = spec_of(a, strategy, tasks, threads, out)?;
+    let dir = out.join(&spec.experiment.name);
+    if let Some(exe) = exe {
+        let file = out.join(format!("{}.toml", spec.experiment.name));
+        std::fs::write(&file, spec_text(a, strategy, tasks, threads))
+            .map_err(|e| Error::io(&file, e))?;
+        let o = std::process::Command::new(exe)
+            .arg("run")
+            .arg(&file)
+            .arg("--out")
+            .arg(out)
+            .args(["--quiet", "--no-report"])
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .output()
+            .map_err(|e| Error::internal(format!("cannot run {}: {e}", exe.display())))?;
+        if !o.status.success() {
+            return Err(Error::internal(format!(
+                "{} run {} failed: {}",
+                exe.display(),
+                file.display(),
+                String::from_utf8_lossy(&o.stderr)
+            )));
+        }
+    } else {
+        let opts = RunOptions {
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            report: false,
+            ..Default::default()
+        };
+        reset_peak_rss();
+        evosam::run(spec, &Registry::default(), &opts)?;
+    }
+    let mpath = dir.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
     let m: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::internal(format!("{}: {e}", mpath.display())))?;
@@ -136,6 +186,7 @@ pub fn run_cell(
         .as_array()
         .ok_or_else(|| Error::internal(format!("{}: no cell times", mpath.display())))?;
     let f = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+    let peak = f(&m["timings"], "peak_rss_mb");
     Ok(CellFigures {
         strategy: strategy.to_string(),
         tasks,
@@ -247,10 +298,14 @@ pub fn run(a: ScaleArgs) -> Result<()> {
          experts {:?}",
         a.tasks, a.train, a.test, a.epochs, a.experts
     );
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::internal(format!("cannot find this program: {e}")))?;
+    let most = a.tasks.iter().copied().max().unwrap_or(1).max(1);
+    prepare_embeddings(&a, most, threads, &out)?;
     let mut cells = Vec::new();
     for s in &a.strategies {
         for &t in &a.tasks {
-            let c = run_cell(&a, s, t.max(1), threads, &out)?;
+            let c = run_cell(&a, s, t.max(1), threads, &out, Some(&exe))?;
             eprintln!(
                 "  {s} T={t}: cell {:.1} s, peak RSS {:.0} MiB",
                 c.cell_s, c.peak_rss_mb
@@ -325,9 +380,18 @@ mod tests {
 
     #[test]
     fn a_tiny_scale_run_times_every_stage() {
-        let a = Cli::parse_from(["x", "--weights", "random-tiny", "--train", "2", "--test", "1"]).a;
+        let a = Cli::parse_from([
+            "x",
+            "--weights",
+            "random-tiny",
+            "--train",
+            "2",
+            "--test",
+            "1",
+        ])
+        .a;
         let d = tempfile::tempdir().unwrap();
-        let c = run_cell(&a, "joint", 2, 1, d.path()).unwrap();
+        let c = run_cell(&a, "joint", 2, 1, d.path(), None).unwrap();
         assert_eq!(c.train_s.len(), 2, "one training time per stage");
         assert!(c.train_s.iter().all(|&s| s > 0.0) && c.eval_s > 0.0);
         // joint trains on every task seen so far: stage 1 one task (1 step), stage 2 both (1 step of 4 images)
@@ -335,6 +399,9 @@ mod tests {
         assert_eq!(c.cases_scored, 6);
         let t = cells_table(&[c], &[]);
         assert_eq!(t.lines().count(), 3);
-        assert!(t.lines().nth(2).unwrap().starts_with("| joint | 2 |"), "{t}");
+        assert!(
+            t.lines().nth(2).unwrap().starts_with("| joint | 2 |"),
+            "{t}"
+        );
     }
 }
