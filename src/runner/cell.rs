@@ -196,7 +196,8 @@ fn run_cell_stages(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()
         } else {
             String::new()
         };
-        let train_s = laps.lap();
+        // stage 0 trains nothing (what it spent building the context goes to no part)
+        let train_s = Some(laps.lap()).filter(|_| k > 0).unwrap_or(0.0);
         sh.reporter.stage(&cell.id, k, n, "evaluating");
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
         let eval_s = laps.lap();
