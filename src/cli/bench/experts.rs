@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
+use super::common::{median, rss_mb, time_it};
 use super::matcher::task_features;
-use super::{median, rss_mb, time_it};
 use evosam::model::{Adapter, LiteMedSam, LoraConfig, Prompts};
 use evosam::strategy::evosam::birth::Birth;
 use evosam::strategy::evosam::{pooled_features, ExpertSet, Routing};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Barrier;
 use std::time::Instant;
 
-use super::median;
+use super::common::{markdown, median, on_pool, thread_count};
 use super::model::StepData;
 use evosam::model::{Adapter, LiteMedSam, LoraConfig};
 use evosam::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
@@ -122,14 +122,14 @@ pub fn measure(
 
 /// Run `evosam bench jobs` and print a Markdown table.
 pub fn run(a: JobsArgs) -> Result<()> {
-    let threads = super::thread_count(a.threads);
+    let threads = thread_count(a.threads);
     let weights = resolve_weights(a.weights.as_deref())?;
     let model = LiteMedSam::from_pth(&weights, &candle_core::Device::Cpu)?;
     eprintln!(
         "evosam bench jobs: {threads} threads, {} steps per loop, {} reps (medians)",
         a.steps, a.reps
     );
-    let t = super::on_pool(threads, || measure(&model, &a.jobs, a.steps, a.reps))?;
+    let t = on_pool(threads, || measure(&model, &a.jobs, a.steps, a.reps))?;
     let base = t.first().map(|x| x.steps_per_s).unwrap_or(f64::NAN);
     let rows: Vec<Vec<String>> = t
         .iter()
@@ -144,7 +144,7 @@ pub fn run(a: JobsArgs) -> Result<()> {
         .collect();
     print!(
         "{}",
-        super::markdown(
+        markdown(
             &[
                 "jobs",
                 "decoder train steps/s (all jobs)",

@@ -7,7 +7,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{median, time_it};
+use super::common::{median, time_it};
 use evosam::strategy::matcher::{MatcherConfig, RidgeMatcher};
 use evosam::Result;
 

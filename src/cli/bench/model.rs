@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{on_pool, peak_rss_mb, time_it};
+use super::common::{on_pool, peak_rss_mb, thread_count, time_it};
 use evosam::model::{Adapter, LiteMedSam, LoraConfig, Prompts};
 use evosam::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
 use evosam::weights::resolve_weights;
@@ -240,7 +240,7 @@ fn run_reference(a: &ModelArgs, threads: usize) -> Result<serde_json::Value> {
 
 /// Run `evosam bench model`: measure and print a table (with `--reference`, next to PyTorch's figures).
 pub fn run(a: ModelArgs) -> Result<()> {
-    let threads = super::thread_count(a.threads);
+    let threads = thread_count(a.threads);
     let weights = resolve_weights(a.weights.as_deref())?;
     let dev = evosam::runner::open_device(&a.device)?;
     let mut model = LiteMedSam::from_pth(&weights, &dev)?;

@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::common::{markdown, on_pool, reset_peak_rss, thread_count};
 use super::experts::{self, ExpertBytes, ExpertFigures};
 use super::matcher::{self, MatcherFigures};
-use super::{markdown, reset_peak_rss};
 use evosam::model::{LiteMedSam, LoraConfig};
 use evosam::spec::Spec;
 use evosam::strategy::Registry;
@@ -290,7 +290,7 @@ pub fn bytes_line(b: &ExpertBytes) -> String {
 
 /// Run `evosam bench scale` and print its tables.
 pub fn run(a: ScaleArgs) -> Result<()> {
-    let threads = super::thread_count(a.threads);
+    let threads = thread_count(a.threads);
     let tmp = tempfile::tempdir().map_err(|e| Error::internal(format!("temporary folder: {e}")))?;
     let out = a.out.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     eprintln!(
@@ -326,7 +326,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         alpha: 4.0,
         targets: vec!["mask_decoder".into()],
     };
-    let (efigs, bytes) = super::on_pool(threads, || {
+    let (efigs, bytes) = on_pool(threads, || {
         let img = super::model::rand_images(1, 3, &model.device())?;
         let base = model.encode(&img)?;
         let mut figs = Vec::new();
