@@ -62,10 +62,9 @@ fn main() {
         Command::Report(a) => cli::report::run(a),
         Command::Annotate(a) => cli::annotate::run(a),
         Command::Bench(a) => {
-            let cli::bench::What::Model(m) = &a.what;
             // candle's CPU matmul reads RAYON_NUM_THREADS at every call: set it before anything runs so that
             // `--threads` governs it (the library itself never sets environment variables).
-            std::env::set_var("RAYON_NUM_THREADS", m.thread_count().to_string());
+            std::env::set_var("RAYON_NUM_THREADS", a.what.thread_count().to_string());
             cli::bench::run(a)
         }
     };

@@ -100,6 +100,34 @@ fn run_kill_resume_gives_identical_tables() {
         serde_json::from_str(&read(&ra.join("manifest.json"))).unwrap();
     assert_eq!(manifest["weights"]["name"], "random-tiny");
     assert!(manifest["metrics"]["bwt"].is_string());
+    // where the time went (manifest only, never the tables): the run's parts, and each cell's stages
+    let t = &manifest["timings"];
+    for k in [
+        "setup_s",
+        "embeddings_s",
+        "cells_wall_s",
+        "train_s",
+        "eval_s",
+        "study_s",
+        "checkpoint_s",
+        "tables_s",
+        "report_s",
+        "total_s",
+    ] {
+        assert!(t[k].as_f64().is_some_and(|v| v >= 0.0), "timings.{k}: {t}");
+    }
+    assert_eq!(t["stages"], 6 * 2 * 3, "{t}");
+    let positive = |k: &str| t[k].as_f64().unwrap() > 0.0;
+    assert!(
+        positive("train_s") && positive("eval_s") && positive("study_s"),
+        "{t}"
+    );
+    assert!(t["total_s"].as_f64() >= t["cells_wall_s"].as_f64(), "{t}");
+    assert_eq!(manifest["cells"][2]["id"], "finetune__seed0__given");
+    let stages = manifest["cells"][2]["times"].as_array().unwrap();
+    assert_eq!(stages.len(), 3, "stages 0, 1, 2 of a cell");
+    assert_eq!(stages[0]["train_s"], 0.0, "stage 0 trains nothing");
+    assert!(stages[2]["train_s"].as_f64().unwrap() > 0.0);
     // zero-shot rows are identical at every stage; fine-tuning changes predictions
     let matrix = read(&ra.join("matrix.csv"));
     assert!(

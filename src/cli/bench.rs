@@ -1,17 +1,19 @@
-//! `evosam bench model`: encoder forward time per image, full forward time, decoder train-step time
-//! (batch 4, cached embeddings, AdamW on the whole mask decoder), a LoRA decoder step, and peak
-//! memory. With `--reference`, runs `scripts/bench_reference.py` (PyTorch) in the same run and prints
-//! the candle/PyTorch ratios.
+//! `evosam bench`: speed and memory on this machine, one measuring module per subcommand.
+//! - `model` ([`model`]): LiteMedSAM's forward passes and training steps, optionally next to PyTorch;
+//! - `scale` ([`scale`], [`experts`], [`matcher`]): how an EvoSAM cell's (and `joint`'s) cost grows with the
+//!   number of tasks, inference with the number of experts, and the matcher's fit and solve;
+//! - `jobs` ([`jobs`]): decoder train steps per second with N concurrent cells (what `--jobs N` buys);
+//! - [`common`]: medians, timing, memory, the compute pool and Markdown tables, for all of them.
 
-use std::path::PathBuf;
-use std::time::Instant;
+pub mod common;
+pub mod experts;
+pub mod jobs;
+pub mod matcher;
+pub mod model;
+pub mod scale;
 
-use candle_core::{DType, Device, Tensor};
-
-use evosam::model::{Adapter, LiteMedSam, LoraConfig, Prompts};
-use evosam::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
-use evosam::weights::resolve_weights;
-use evosam::{Error, Result};
+use common::thread_count;
+use evosam::Result;
 
 /// `evosam bench`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -25,270 +27,29 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
     /// LiteMedSAM speed and memory on this machine.
-    Model(ModelArgs),
+    Model(model::ModelArgs),
+    /// Cost vs number of tasks (EvoSAM and joint cells), inference vs number of experts, matcher fit and solve.
+    Scale(scale::ScaleArgs),
+    /// Decoder train steps per second with 1, 2, ... concurrent cells.
+    Jobs(jobs::JobsArgs),
 }
 
-/// `evosam bench model`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct ModelArgs {
-    /// Repetitions per measurement (medians are reported), after one warm-up.
-    #[arg(long, default_value_t = 5)]
-    pub reps: usize,
-    /// Threads for candle and PyTorch (0: all cores). The `evosam` binary sets RAYON_NUM_THREADS to this before
-    /// anything runs, because candle's matmul reads that variable; the measurements also run on a rayon pool of
-    /// this size.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Also run scripts/bench_reference.py (PyTorch) and print ratios.
-    #[arg(long)]
-    pub reference: bool,
-    /// The reference script.
-    #[arg(long, default_value = "scripts/bench_reference.py")]
-    pub reference_script: PathBuf,
-    /// LiteMedSAM weights (default: the cache).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-}
-
-impl ModelArgs {
-    /// The thread count to measure with: `--threads`, or all cores when it is 0.
+impl What {
+    /// The compute thread count the benchmark asks for (`--threads`, 0 = all cores).
     pub fn thread_count(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }
+        thread_count(match self {
+            What::Model(a) => a.threads,
+            What::Scale(a) => a.threads,
+            What::Jobs(a) => a.threads,
+        })
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
-fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut ts = Vec::new();
-    for _ in 0..reps.max(1) {
-        let t0 = Instant::now();
-        f()?;
-        ts.push(t0.elapsed().as_secs_f64());
-    }
-    Ok(median(ts))
-}
-
-/// Peak resident set size of this process in MiB (Linux), if known.
-pub fn peak_rss_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// The measurements, medians over repetitions.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Figures {
-    /// Encoder forward, seconds per image (batch 1).
-    pub encoder_s: f64,
-    /// Encoder + prompt encoder + decoder forward, seconds per image (batch 1).
-    pub full_s: f64,
-    /// Decoder training step on cached embeddings, seconds (batch 4, AdamW on the whole decoder).
-    pub decoder_step_s: f64,
-    /// LoRA (q/v projections, rank 4) decoder training step, seconds (batch 4).
-    pub lora_step_s: f64,
-    /// Peak resident set size of the process, MiB.
-    pub peak_rss_mb: f64,
-}
-
-fn rand_images(b: usize, seed: u64, dev: &Device) -> Result<Tensor> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..b * 3 * 256 * 256)
-        .map(|_| rng.random_range(0.0..1.0))
-        .collect();
-    Ok(Tensor::from_vec(v, (b, 3, 256, 256), dev)?)
-}
-
-/// Run the candle measurements.
-pub fn measure(model: &mut LiteMedSam, reps: usize) -> Result<Figures> {
-    let dev = model.device();
-    let x1 = rand_images(1, 0, &dev)?;
-    let p1 = Prompts::from_box_slice(&[[40., 50., 200., 190.]], &dev)?;
-    let encoder_s = time_it(reps, || {
-        model.encode(&x1)?;
-        Ok(())
-    })?;
-    let full_s = time_it(reps, || {
-        model.forward(&x1, &p1, None)?;
-        Ok(())
-    })?;
-    // Decoder training step on cached embeddings, batch 4.
-    let x4 = rand_images(4, 1, &dev)?;
-    let emb = model.encode(&x4)?.detach();
-    let boxes = [
-        [40f32, 50., 200., 190.],
-        [10., 10., 120., 100.],
-        [100., 80., 250., 240.],
-        [60., 30., 180., 220.],
-    ];
-    let p4 = Prompts::from_box_slice(&boxes, &dev)?;
-    let mut t = vec![0f32; 4 * 256 * 256];
-    for (i, b) in boxes.iter().enumerate() {
-        for y in (b[1] as usize + 10)..(b[3] as usize - 10) {
-            for x in (b[0] as usize + 10)..(b[2] as usize - 10) {
-                t[i * 65536 + y * 256 + x] = 1.0;
-            }
-        }
-    }
-    let target = Tensor::from_vec(t, (4, 1, 256, 256), &dev)?;
-    let w = LossWeights::default();
-    let params = ParamsAdamW {
-        lr: 1e-4,
-        weight_decay: 0.01,
-        ..Default::default()
-    };
-    // LoRA step first (the base decoder is still frozen).
-    let lcfg = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        targets: vec!["mask_decoder.*q_proj".into(), "mask_decoder.*v_proj".into()],
-    };
-    let ad = Adapter::new(model, &lcfg, 0)?;
-    let mut opt = AdamW::new(ad.vars(), params)?;
-    let lora_step_s = time_it(reps, || {
-        let out = model.decode(&emb, &p4, Some(&ad))?;
-        let loss = seg_loss(&out, &target, &w)?;
-        let g = loss.backward()?;
-        opt.step(&g)?;
-        Ok(())
-    })?;
-    let vars: Vec<_> = model
-        .unfreeze(&["mask_decoder."])?
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    let mut opt = AdamW::new(vars, params)?;
-    let decoder_step_s = time_it(reps, || {
-        let out = model.decode(&emb, &p4, None)?;
-        let loss = seg_loss(&out, &target, &w)?;
-        let g = loss.backward()?;
-        opt.step(&g)?;
-        Ok(())
-    })?;
-    Ok(Figures {
-        encoder_s,
-        full_s,
-        decoder_step_s,
-        lora_step_s,
-        peak_rss_mb: peak_rss_mb().unwrap_or(f64::NAN),
-    })
-}
-
-fn run_reference(a: &ModelArgs, threads: usize) -> Result<serde_json::Value> {
-    let out = std::process::Command::new("python3")
-        .arg(&a.reference_script)
-        .args([
-            "--reps",
-            &a.reps.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| {
-            Error::input(format!(
-                "cannot run python3 {}: {e}",
-                a.reference_script.display()
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(Error::input(format!(
-            "{} failed ({})",
-            a.reference_script.display(),
-            out.status
-        )));
-    }
-    let s = String::from_utf8_lossy(&out.stdout);
-    let last = s
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or("");
-    serde_json::from_str(last).map_err(|e| {
-        Error::input(format!(
-            "{}: unreadable output ({e}): {s}",
-            a.reference_script.display()
-        ))
-    })
-}
-
-/// Run `evosam bench`: measure and print a table (with `--reference`, next to PyTorch's figures).
+/// Run `evosam bench`.
 pub fn run(args: Args) -> Result<()> {
-    let What::Model(a) = args.what;
-    let threads = a.thread_count();
-    let weights = resolve_weights(a.weights.as_deref())?;
-    let dev = Device::Cpu;
-    let mut model = LiteMedSam::from_pth(&weights, &dev)?;
-    assert_eq!(model.dtype(), DType::F32);
-    eprintln!(
-        "evosam bench model: {} threads, {} reps (medians)",
-        threads, a.reps
-    );
-    // The kernels and candle's gemm run on the pool they are called from: measure on one of `threads` threads
-    // (candle's gemm also splits its work by RAYON_NUM_THREADS, which the binary sets to the same number).
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::internal(format!("cannot start {threads} threads: {e}")))?;
-    let f = pool.install(|| measure(&mut model, a.reps))?;
-    let reference = if a.reference {
-        Some(run_reference(&a, threads)?)
-    } else {
-        None
-    };
-    let r = |k: &str| {
-        reference
-            .as_ref()
-            .and_then(|v| v.get(k))
-            .and_then(|v| v.as_f64())
-    };
-    println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "measurement", "candle", "pytorch", "ratio"
-    );
-    let rows = [
-        (
-            "encoder forward (s/image, batch 1)",
-            f.encoder_s,
-            r("encoder_s"),
-        ),
-        ("full forward (s/image, batch 1)", f.full_s, r("full_s")),
-        (
-            "decoder train step (s, batch 4, cached emb)",
-            f.decoder_step_s,
-            r("decoder_step_s"),
-        ),
-        (
-            "LoRA q/v decoder step (s, batch 4, r=4)",
-            f.lora_step_s,
-            None,
-        ),
-        ("peak memory (MiB RSS)", f.peak_rss_mb, r("peak_rss_mb")),
-    ];
-    for (name, c, p) in rows {
-        match p {
-            Some(p) => println!("{name:<44} {c:>12.3} {p:>12.3} {:>8.2}", c / p),
-            None => println!("{name:<44} {c:>12.3} {:>12} {:>8}", "-", "-"),
-        }
+    match args.what {
+        What::Model(a) => model::run(a),
+        What::Scale(a) => scale::run(a),
+        What::Jobs(a) => jobs::run(a),
     }
-    if let Some(v) = &reference {
-        println!(
-            "reference: torch {} with {} threads",
-            v["torch"].as_str().unwrap_or("?"),
-            v["threads"]
-        );
-    }
-    Ok(())
 }

@@ -307,6 +307,7 @@ mod tests {
             finished: None,
             wall_s: None,
             error: error.map(str::to_string),
+            times: None,
         };
         let put = |id: &str, a: &Attempt| {
             write_atomic(

@@ -7,6 +7,7 @@ use super::plan::Cell;
 use super::record::Attempt;
 use super::shared::Shared;
 use super::study::{study_stage, CLICKS_FILE};
+use super::timing::{CellTimes, Laps, StageTimes};
 use crate::interactive::rows::ClickRow;
 use crate::results::{ExtraRow, ScoreRow};
 use crate::strategy::{BuildEnv, Progress, Strategy, StrategyCtx};
@@ -22,8 +23,18 @@ use std::time::Instant;
 /// extras.csv key of the optimiser steps a stage took (counted by the runner, for every strategy).
 pub const STEPS_KEY: &str = "train_steps";
 
-/// (cell id, result, wall seconds of this invocation).
-pub(super) type Outcome = (String, std::result::Result<(), String>, f64);
+/// What one process's run of a cell gave.
+#[derive(Clone, Debug)]
+pub(super) struct Outcome {
+    /// The cell id.
+    pub id: String,
+    /// Ok, or the error.
+    pub result: std::result::Result<(), String>,
+    /// Wall seconds of this invocation.
+    pub wall_s: f64,
+    /// Where they went, per stage run.
+    pub times: CellTimes,
+}
 
 pub(super) fn run_cells(shared: &Arc<Shared>, cells: &[Cell], jobs: usize) -> Result<Vec<Outcome>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -45,27 +56,35 @@ pub(super) fn run_cells(shared: &Arc<Shared>, cells: &[Cell], jobs: usize) -> Re
             set.spawn_blocking(move || {
                 let _permit = permit;
                 let t0 = Instant::now();
+                let mut times = CellTimes::default();
                 // a panic is that cell's failure, not the run's
-                let r =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_cell(&sh, &cell)))
-                        .unwrap_or_else(|p| {
-                            let msg = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            Err(Error::internal(format!("panicked: {msg}")))
-                        })
-                        .map_err(|e| e.to_string());
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_cell(&sh, &cell, &mut times)
+                }))
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(Error::internal(format!("panicked: {msg}")))
+                })
+                .map_err(|e| e.to_string());
                 sh.reporter
                     .cell_done(&cell.id, r.as_ref().err().map(|s| s.as_str()));
-                (i, cell.id.clone(), r, t0.elapsed().as_secs_f64())
+                let outcome = Outcome {
+                    id: cell.id.clone(),
+                    result: r,
+                    wall_s: t0.elapsed().as_secs_f64(),
+                    times,
+                };
+                (i, outcome)
             });
         }
         let mut out: Vec<Option<Outcome>> = vec![None; cells.len()];
         while let Some(j) = set.join_next().await {
             match j {
-                Ok((i, id, r, secs)) => out[i] = Some((id, r, secs)),
+                Ok((i, o)) => out[i] = Some(o),
                 Err(e) => return Err(Error::internal(format!("a cell panicked: {e}"))),
             }
         }
@@ -82,14 +101,16 @@ fn cell_dir(shared: &Shared, cell: &Cell) -> PathBuf {
 }
 
 /// One cell under its own lock (so that two processes, on any hosts, never run the same cell), with its attempt
-/// record (`attempt.json`: running, then ok or failed with the error) for `evosam status` and finalize.
-fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
+/// record (`attempt.json`: running, then ok or failed with the error, and the stages' times) for `evosam status`
+/// and finalize.
+fn run_cell(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()> {
     let cdir = cell_dir(sh, cell);
     let _lock = crate::lock::Lock::acquire(&cdir.join(".lock"), &format!("cell {}", cell.id))?;
     let t0 = Instant::now();
     let mut attempt = Attempt::start();
     attempt.write(&cdir)?;
-    let r = run_cell_stages(sh, cell);
+    let r = run_cell_stages(sh, cell, times);
+    attempt.times = Some(times.clone());
     attempt.status = if r.is_ok() { "ok" } else { "failed" }.into();
     attempt.finished = Some(super::record::now());
     attempt.wall_s = Some(t0.elapsed().as_secs_f64());
@@ -98,8 +119,8 @@ fn run_cell(sh: &Shared, cell: &Cell) -> Result<()> {
     r
 }
 
-/// Train and evaluate one cell, resuming after its last complete stage.
-fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
+/// Train and evaluate one cell, resuming after its last complete stage; each stage run adds its times.
+fn run_cell_stages(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()> {
     let sspec = &sh.spec.strategies[cell.strategy];
     let order = &sh.spec.orders[cell.order];
     let n = order.tasks.len();
@@ -163,6 +184,7 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
     }
     for k in start..=n {
         stage_now.store(k, std::sync::atomic::Ordering::Relaxed);
+        let mut laps = Laps::start();
         let mut ctx = make_ctx(k);
         steps_taken.store(0, std::sync::atomic::Ordering::Relaxed);
         let trained = if k > 0 {
@@ -174,9 +196,14 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
         } else {
             String::new()
         };
+        // stage 0 trains nothing (what it spent building the context goes to no part)
+        let train_s = Some(laps.lap()).filter(|_| k > 0).unwrap_or(0.0);
         sh.reporter.stage(&cell.id, k, n, "evaluating");
         let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
+        let eval_s = laps.lap();
         let clicks = study_stage(sh, strat.as_ref(), &ctx, cell, k)?;
+        // a stage without a study counts no study time
+        let study_s = Some(laps.lap()).filter(|_| clicks.is_some()).unwrap_or(0.0);
         let mut extra = strat.extra_metrics();
         if k > 0 {
             let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
@@ -213,6 +240,13 @@ fn run_cell_stages(sh: &Shared, cell: &Cell) -> Result<()> {
                 let _ = std::fs::remove_dir_all(&old);
             }
         }
+        times.stages.push(StageTimes {
+            stage: k,
+            train_s,
+            eval_s,
+            study_s,
+            checkpoint_s: laps.lap(),
+        });
     }
     Ok(())
 }

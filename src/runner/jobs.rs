@@ -8,6 +8,7 @@
 
 use super::plan::{RunFile, RunFolder};
 use super::record::{stages_done, Attempt};
+use super::timing::RunTimes;
 use super::{
     banner, cells_of, finish, run_cells, run_dir, setup, shared_of, spec_fingerprint, threads_for,
     Outcome, Reporter, RunOptions, RunSummary,
@@ -65,8 +66,8 @@ pub fn run_one_cell(spec: Spec, registry: &Registry, opts: &RunOptions, id: &str
     let prep = setup::prepare(&spec, &reporter, &banner(&spec, cells.len(), 1, threads))?;
     let shared = shared_of(spec, registry, prep, &dir, reporter);
     let outcomes = run_cells(&shared, std::slice::from_ref(&cell), 1)?;
-    match outcomes.into_iter().next() {
-        Some((_, Err(e), _)) => Err(Error::internal(format!("cell {id} failed: {e}"))),
+    match outcomes.into_iter().next().map(|o| o.result) {
+        Some(Err(e)) => Err(Error::internal(format!("cell {id} failed: {e}"))),
         _ => Ok(()),
     }
 }
@@ -90,21 +91,31 @@ pub fn finalize_run(
             dir.join("slurm").join("logs").display()
         )));
     }
+    let t0 = std::time::Instant::now();
     let folder = RunFolder::open(&spec, dir.clone(), &started, true)?;
     let cells = cells_of(&spec);
     let reporter = Reporter::new(opts.quiet, cells.len());
     let mut cpu = spec.clone();
     cpu.experiment.device = "cpu".into();
     let prep = setup::prepare(&cpu, &reporter, &banner(&spec, cells.len(), 1, threads))?;
-    let emb_s = prep.embeddings_s;
+    // the cells ran in other processes: their times come from their attempt records
+    let mut times = RunTimes {
+        embeddings_s: prep.embeddings_s,
+        setup_s: (t0.elapsed().as_secs_f64() - prep.embeddings_s).max(0.0),
+        ..Default::default()
+    };
     let outcomes: Vec<Outcome> = cells
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let cdir = dir.join("cells").join(&c.id);
             let attempt = Attempt::read(&cdir);
-            let wall = attempt.as_ref().and_then(|a| a.wall_s).unwrap_or(0.0);
-            let r = if stages_done(&cdir) > spec.orders[c.order].tasks.len() {
+            let wall_s = attempt.as_ref().and_then(|a| a.wall_s).unwrap_or(0.0);
+            let times = attempt
+                .as_ref()
+                .and_then(|a| a.times.clone())
+                .unwrap_or_default();
+            let result = if stages_done(&cdir) > spec.orders[c.order].tasks.len() {
                 Ok(())
             } else {
                 Err(unfinished(
@@ -112,11 +123,25 @@ pub fn finalize_run(
                     log_of.map(|f| f(i)).as_deref(),
                 ))
             };
-            (c.id.clone(), r, wall)
+            Outcome {
+                id: c.id.clone(),
+                result,
+                wall_s,
+                times,
+            }
         })
         .collect();
+    times.cells_wall_s = outcomes.iter().map(|o| o.wall_s).sum();
     let shared = shared_of(spec, registry, prep, &dir, reporter);
-    finish(&shared, folder, &cells, &outcomes, opts, threads, emb_s)
+    finish(
+        &shared,
+        folder,
+        &cells,
+        &outcomes,
+        opts,
+        threads,
+        (t0, times),
+    )
 }
 
 /// "why; log: PATH".

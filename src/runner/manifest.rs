@@ -4,6 +4,7 @@
 use super::cell::{Outcome, STEPS_KEY};
 use super::plan::{spec_fingerprint, stream_view};
 use super::shared::{RunOptions, Shared};
+use super::timing::RunTimes;
 use crate::results::ExtraRow;
 use crate::util::write_atomic;
 use crate::{Error, Result};
@@ -52,18 +53,34 @@ fn git_commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn write_manifest(
-    sh: &Shared,
-    dir: &Path,
-    started: &str,
-    resumed: bool,
-    opts: &RunOptions,
-    threads: usize,
-    outcomes: &[Outcome],
-    extras: &[ExtraRow],
-    embeddings_s: f64,
-) -> Result<()> {
+/// What the manifest records about this run besides the spec and the data.
+pub(super) struct RunRecord<'a> {
+    /// RFC 3339 start of the first run in this folder.
+    pub started: &'a str,
+    /// Whether this run resumed an earlier one.
+    pub resumed: bool,
+    /// The run's flags.
+    pub opts: &'a RunOptions,
+    /// Compute threads.
+    pub threads: usize,
+    /// Every cell's outcome, in canonical order.
+    pub outcomes: &'a [Outcome],
+    /// Every committed stage's extras (for the steps per stage).
+    pub extras: &'a [ExtraRow],
+    /// Where the time went.
+    pub times: &'a RunTimes,
+}
+
+pub(super) fn write_manifest(sh: &Shared, dir: &Path, run: &RunRecord) -> Result<()> {
+    let RunRecord {
+        started,
+        resumed,
+        opts,
+        threads,
+        outcomes,
+        extras,
+        times,
+    } = *run;
     // The spec as recorded since the first release: each task's source in its typed form (defaults filled in).
     let mut spec_json =
         serde_json::to_value(&sh.spec).map_err(|e| Error::internal(e.to_string()))?;
@@ -86,17 +103,16 @@ pub(super) fn write_manifest(
     };
     let cells: Vec<serde_json::Value> = outcomes
         .iter()
-        .map(|(id, r, secs)| {
-            let steps = steps_of(id);
+        .map(|o| {
+            let steps = steps_of(&o.id);
             let total: u64 = steps.iter().sum();
-            match r {
-                Ok(()) => serde_json::json!({"id": id, "status": "ok", "wall_s": secs,
-                    "steps": total, "steps_per_stage": steps}),
-                Err(e) => {
-                    serde_json::json!({"id": id, "status": "failed", "error": e, "wall_s": secs,
-                    "steps": total, "steps_per_stage": steps})
-                }
+            let mut j = serde_json::json!({"id": o.id, "status": "ok", "wall_s": o.wall_s,
+                "steps": total, "steps_per_stage": steps, "times": o.times.stages});
+            if let Err(e) = &o.result {
+                j["status"] = "failed".into();
+                j["error"] = e.as_str().into();
             }
+            j
         })
         .collect();
     let defs: serde_json::Map<String, serde_json::Value> = crate::metrics::DEFINITIONS
@@ -139,7 +155,8 @@ pub(super) fn write_manifest(
         "resumed": resumed,
         "tasks": tasks,
         "cells": cells,
-        "embeddings": {"count": sh.store.len(), "wall_s": embeddings_s, "on_disk": sh.store.is_on_disk()},
+        "embeddings": {"count": sh.store.len(), "wall_s": times.embeddings_s, "on_disk": sh.store.is_on_disk()},
+        "timings": times,
         "metrics": defs,
     });
     let s = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;

@@ -16,7 +16,8 @@
 //! embeddings, thread count), `cell.rs` (one cell's stages and checkpoints under the cell's lock, the cell pool),
 //! `record.rs` (a cell's attempt record and progress line), `jobs.rs` (prepare / one cell / finalize as separate
 //! processes, for `evosam submit`), `eval.rs` (scoring a stage), `progress.rs` (bars or lines), `manifest.rs`
-//! (manifest.json and the printed summary). Only `cluster` (Slurm) and the CLI import the runner.
+//! (manifest.json and the printed summary), `timing.rs` (where the time went). Only `cluster` (Slurm) and the CLI
+//! import the runner.
 
 mod cell;
 mod check;
@@ -29,6 +30,7 @@ pub mod record;
 mod setup;
 mod shared;
 mod study;
+pub mod timing;
 
 pub use check::check_model;
 pub use eval::{case_dice, EVAL_BATCH};
@@ -37,7 +39,7 @@ pub use jobs::{finalize_run, prepare_run, run_one_cell};
 pub use cell::STEPS_KEY;
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use progress::Reporter;
-pub use setup::{device_of, load_model, threads_for};
+pub use setup::{cuda_hint, device_of, load_model, open_device, threads_for};
 pub use shared::RunOptions;
 
 use crate::results;
@@ -49,6 +51,7 @@ use plan::RunFolder;
 use shared::Shared;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use timing::{Laps, RunTimes};
 
 /// What a finished run reports.
 #[derive(Debug)]
@@ -65,6 +68,7 @@ pub struct RunSummary {
 /// the cells that finished) when any cell failed. The compute thread count is the caller's to set (see
 /// [`threads_for`]); this function changes no process-wide state.
 pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSummary> {
+    let t0 = std::time::Instant::now();
     let started = chrono::Utc::now().to_rfc3339();
     let threads = threads_for(&spec);
     let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, opts.resume)?;
@@ -79,11 +83,25 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
             return Err(e);
         }
     };
-    let emb_s = prep.embeddings_s;
+    let mut times = RunTimes {
+        embeddings_s: prep.embeddings_s,
+        setup_s: (t0.elapsed().as_secs_f64() - prep.embeddings_s).max(0.0),
+        ..Default::default()
+    };
     let shared = shared_of(spec, registry, prep, &folder.dir, reporter);
+    let t_cells = std::time::Instant::now();
     let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
+    times.cells_wall_s = t_cells.elapsed().as_secs_f64();
     shared.reporter.finish();
-    finish(&shared, folder, &cells, &outcomes, opts, threads, emb_s)
+    finish(
+        &shared,
+        folder,
+        &cells,
+        &outcomes,
+        opts,
+        threads,
+        (t0, times),
+    )
 }
 
 /// `<out>/<experiment name>/`.
@@ -127,8 +145,9 @@ fn shared_of(
     })
 }
 
-/// After the cells: the tables of every committed stage, the manifest, then the report, or an error naming the
-/// cells that failed (with the tables of the others written). `run` and the Slurm finalize job end here.
+/// After the cells: the tables of every committed stage, the report, then the manifest (with where the time went,
+/// also printed), or an error naming the cells that failed (with the tables of the others and the manifest
+/// written). `run` and the Slurm finalize job end here; `clock` is the run's start and its times so far.
 fn finish(
     shared: &Shared,
     folder: RunFolder,
@@ -136,8 +155,11 @@ fn finish(
     outcomes: &[Outcome],
     opts: &RunOptions,
     threads: usize,
-    emb_s: f64,
+    clock: (std::time::Instant, RunTimes),
 ) -> Result<RunSummary> {
+    let (t0, mut times) = clock;
+    times.add_cells(outcomes.iter().map(|o| &o.times));
+    let mut laps = Laps::start();
     let dir = folder.dir.clone();
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
     let (scores, extras) = collect(shared, cells)?;
@@ -146,22 +168,29 @@ fn finish(
         let clicks = collect_clicks(shared, cells)?;
         crate::interactive::rows::write_tables(&dir, &clicks, ispec)?;
     }
+    times.tables_s = laps.lap();
     if !opts.quiet {
         manifest::print_metrics(&metrics);
     }
-    manifest::write_manifest(
-        shared,
-        &dir,
-        &folder.first_start,
-        folder.resumed,
+    let failed = failures(outcomes);
+    if failed.is_empty() && opts.report {
+        write_report(&dir, &shared.reporter);
+        times.report_s = Some(laps.lap());
+    }
+    times.total_s = t0.elapsed().as_secs_f64();
+    times.peak_rss_mb = timing::peak_rss_mb();
+    let run = manifest::RunRecord {
+        started: &folder.first_start,
+        resumed: folder.resumed,
         opts,
         threads,
         outcomes,
-        &extras,
-        emb_s,
-    )?;
+        extras: &extras,
+        times: &times,
+    };
+    manifest::write_manifest(shared, &dir, &run)?;
     drop(folder);
-    let failed = failures(outcomes);
+    shared.reporter.info(&times.lines(opts.jobs.max(1)));
     if !failed.is_empty() {
         let list: Vec<String> = failed
             .iter()
@@ -174,9 +203,6 @@ fn finish(
             dir.display(),
             list.join("\n")
         )));
-    }
-    if opts.report {
-        write_report(&dir, &shared.reporter);
     }
     shared
         .reporter
@@ -191,7 +217,7 @@ fn finish(
 fn failures(outcomes: &[Outcome]) -> Vec<(String, String)> {
     outcomes
         .iter()
-        .filter_map(|(id, r, _)| r.as_ref().err().map(|e| (id.clone(), e.clone())))
+        .filter_map(|o| o.result.as_ref().err().map(|e| (o.id.clone(), e.clone())))
         .collect()
 }
 

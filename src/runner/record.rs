@@ -37,6 +37,9 @@ pub struct Attempt {
     /// The error message of a failed attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the attempt's time went, per stage it ran, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<super::timing::CellTimes>,
 }
 
 impl Attempt {
@@ -51,6 +54,7 @@ impl Attempt {
             finished: None,
             wall_s: None,
             error: None,
+            times: None,
         }
     }
 

@@ -32,16 +32,41 @@ pub fn threads_for(spec: &Spec) -> usize {
     }
 }
 
-/// Resolve "cpu" / "cuda:N".
+/// Resolve the spec's "cpu" / "cuda" / "cuda:N".
 pub fn device_of(spec: &Spec) -> Result<Device> {
     match crate::spec::parse_device(&spec.experiment.device).map_err(|m| spec.err(m))? {
         None => Ok(Device::Cpu),
-        Some(n) => Device::new_cuda(n).map_err(|e| {
-            Error::input(format!(
-                "device {:?} is not available ({e}); build with `--features cuda` on a machine with a GPU",
-                spec.experiment.device
-            ))
-        }),
+        Some(n) => open_cuda(&spec.experiment.device, n),
+    }
+}
+
+/// Open "cpu" / "cuda" / "cuda:N" (e.g. a `--device` flag); an unknown name or an unavailable GPU is an input
+/// error that says what to do.
+pub fn open_device(name: &str) -> Result<Device> {
+    match crate::spec::parse_device(name).map_err(|m| Error::input(format!("device: {m}")))? {
+        None => Ok(Device::Cpu),
+        Some(n) => open_cuda(name, n),
+    }
+}
+
+fn open_cuda(name: &str, ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::input(format!(
+            "device {name:?} is not available ({e}); {}",
+            cuda_hint()
+        ))
+    })
+}
+
+/// What to do when a CUDA device cannot be opened: a binary built with the `cuda` feature needs a GPU and its
+/// driver; one built without it needs rebuilding.
+pub fn cuda_hint() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "this binary was built with CUDA support, but no usable GPU or NVIDIA driver was found (check nvidia-smi, \
+         the driver version (580 or newer for CUDA 13) and CUDA_VISIBLE_DEVICES), or use device = \"cpu\""
+    } else {
+        "this binary was built without CUDA: build with `--features cuda` on a machine with a GPU, or use \
+         device = \"cpu\""
     }
 }
 
