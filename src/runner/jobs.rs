@@ -99,11 +99,7 @@ pub fn finalize_run(
     cpu.experiment.device = "cpu".into();
     let prep = setup::prepare(&cpu, &reporter, &banner(&spec, cells.len(), 1, threads))?;
     // the cells ran in other processes: their times come from their attempt records
-    let mut times = RunTimes {
-        embeddings_s: prep.embeddings_s,
-        setup_s: (t0.elapsed().as_secs_f64() - prep.embeddings_s).max(0.0),
-        ..Default::default()
-    };
+    let mut times = RunTimes::after_setup(t0, prep.embeddings_s);
     let outcomes: Vec<Outcome> = cells
         .iter()
         .enumerate()

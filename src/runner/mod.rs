@@ -83,11 +83,7 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
             return Err(e);
         }
     };
-    let mut times = RunTimes {
-        embeddings_s: prep.embeddings_s,
-        setup_s: (t0.elapsed().as_secs_f64() - prep.embeddings_s).max(0.0),
-        ..Default::default()
-    };
+    let mut times = RunTimes::after_setup(t0, prep.embeddings_s);
     let shared = shared_of(spec, registry, prep, &folder.dir, reporter);
     let t_cells = std::time::Instant::now();
     let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;

@@ -105,6 +105,15 @@ pub fn proc_status_mb(key: &str) -> Option<f64> {
 }
 
 impl RunTimes {
+    /// The breakdown once setup and the embeddings are done: setup is everything since `t0` but the embeddings.
+    pub(super) fn after_setup(t0: std::time::Instant, embeddings_s: f64) -> Self {
+        Self {
+            embeddings_s,
+            setup_s: (t0.elapsed().as_secs_f64() - embeddings_s).max(0.0),
+            ..Default::default()
+        }
+    }
+
     /// Sum the cells' records.
     pub(super) fn add_cells<'a>(&mut self, cells: impl IntoIterator<Item = &'a CellTimes>) {
         for c in cells {
