@@ -145,7 +145,7 @@ impl Engine {
             out.masks = mask_in.cloned();
         }
         let adapter = match (&self.arms[arm].experts, p.expert) {
-            (Some(set), Some(k)) => Some(&set.adapters[k]),
+            (Some(set), k) => set.serving(k),
             _ => None,
         };
         let logits = self.model.decode(&p.emb, &out, adapter)?.logits.detach();

@@ -235,7 +235,19 @@ pub fn run(args: Args) -> Result<()> {
     // The encoder is frozen (decoder experts): encode once, route on the embedding, decode with the expert.
     let emb = model.encode(&x.unsqueeze(0)?)?;
     let ad = match &experts {
-        Some(set) => choose_expert(&args, set, &emb)?.map(|k| &set.adapters[k]),
+        Some(set) => {
+            let k = choose_expert(&args, set, &emb)?;
+            if args.expert.is_some() {
+                k.map(|k| &set.adapters[k])
+            } else {
+                if k.is_some_and(|k| k + 1 < set.len()) && set.chain_serves() {
+                    eprintln!(
+                        "served by the chain's newest state (serve_chain: the stream showed transfer)"
+                    );
+                }
+                set.serving(k)
+            }
+        }
         None => None,
     };
     let out = model.decode(&emb, &prompts, ad)?;

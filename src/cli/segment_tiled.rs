@@ -114,7 +114,10 @@ pub fn run(args: &Args, size: usize, overlap: usize) -> Result<()> {
                 };
                 let name = k.map_or("base".to_string(), |k| set.names[k].clone());
                 *routed.entry(name).or_default() += 1;
-                k.map(|k| &set.adapters[k])
+                match fixed {
+                    Some(k) => Some(&set.adapters[k]),
+                    None => set.serving(k),
+                }
             }
             _ => None,
         };

@@ -268,6 +268,12 @@ pub(super) fn validate_train(t: &TrainSpec) -> std::result::Result<(), Diag> {
             ),
         ));
     }
+    if !(t.warmup.is_finite() && (0.0..=1.0).contains(&t.warmup)) {
+        return Err(Diag::at(
+            "warmup",
+            format!("train: `warmup` must be in [0, 1], found {}", t.warmup),
+        ));
+    }
     if !(t.prompt.jitter.is_finite() && t.prompt.jitter >= 0.0) {
         return Err(Diag::at_path(
             &["prompt", "jitter"],

@@ -45,6 +45,25 @@ pub enum Routing {
     Quality,
 }
 
+/// Whether the chain (`init = "previous"`) serves the images of earlier tasks (`serve_chain`).
+///
+/// Why: isolated experts cannot improve on an old task once it is over, while on a stream whose sites share
+/// knowledge a model that keeps learning gets better on the old sites too (positive backward transfer). The chain's
+/// newest state has learned every task so far; old experts stay untouched either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeChain {
+    /// Each task's images go to its own expert (the paper's isolation).
+    #[default]
+    Never,
+    /// The chain's newest state serves the earlier tasks when the stream has shown forward transfer: on the
+    /// held-out images of the tasks learned so far (from the second on), the chain before training on the task
+    /// beat the base model on average ([`ExpertSet::transfer_evidence`]). Measured, not assumed; off until then.
+    Auto,
+    /// The chain's newest state always serves the earlier tasks.
+    Always,
+}
+
 /// The kind-specific keys of an `evosam` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +87,14 @@ pub struct Params {
     /// `[novelty]`: the novelty detector that can send unfamiliar images to the base model (off by default).
     #[serde(default)]
     pub novelty: NoveltyConfig,
+    /// Whether the chain's newest state serves earlier tasks (no effect unless `init = "previous"`, the only
+    /// init that keeps a chain).
+    #[serde(default)]
+    pub serve_chain: ServeChain,
+    /// EWC penalty strength on the chain's training (0 = none; no effect unless `init = "previous"`): the chain keeps what earlier tasks taught it
+    /// (Fisher of each finished task on its own training images, computed when the task ends; no image kept).
+    #[serde(default)]
+    pub chain_ewc_lambda: f64,
 }
 
 fn d_true() -> bool {
@@ -89,6 +116,15 @@ impl Params {
                 format!(
                     "`keep_start_margin` = {} must be >= 0",
                     self.keep_start_margin
+                ),
+            ));
+        }
+        if !(self.chain_ewc_lambda.is_finite() && self.chain_ewc_lambda >= 0.0) {
+            return Err(Diag::at(
+                "chain_ewc_lambda",
+                format!(
+                    "`chain_ewc_lambda` = {} must be a finite number >= 0",
+                    self.chain_ewc_lambda
                 ),
             ));
         }
@@ -118,12 +154,15 @@ impl EvoSam {
         let embed_dim = model.cfg.prompt.embed_dim;
         Ok(Self {
             label: spec.label.clone(),
-            set: ExpertSet::new(
-                params.routing,
-                embed_dim,
-                params.matcher.clone(),
-                params.novelty.clone(),
-            )?,
+            set: ExpertSet {
+                serve_chain: params.serve_chain,
+                ..ExpertSet::new(
+                    params.routing,
+                    embed_dim,
+                    params.matcher.clone(),
+                    params.novelty.clone(),
+                )?
+            },
             params,
             base_sha256: base_sha256.to_string(),
         })
@@ -170,13 +209,21 @@ impl Strategy for EvoSam {
         let (seed_s, k_s) = (ctx.seed.to_string(), task_index.to_string());
         let parts = ["evosam-expert", &seed_s, ctx.order_label, &k_s, &task.name];
         let init = crate::util::derive_seed(&parts);
-        let adapter = match birth.parent {
-            Some(p) => self.set.adapters[p].deep_clone()?,
-            None => Adapter::new(ctx.model, &ctx.spec.lora, init)?,
+        // The chain (`init = "previous"`): the new expert starts from the chain's newest state, the weights trained
+        // through the previous task (its best epoch there), even when that task kept its start or the base as its
+        // served expert, so what every task taught is carried on.
+        let chain_mode = self.params.init == Init::Previous;
+        let start = match (birth.parent, &self.set.chain) {
+            (Some(_), Some(c)) if chain_mode => c.deep_clone()?,
+            (Some(p), _) => self.set.adapters[p].deep_clone()?,
+            (None, _) => Adapter::new(ctx.model, &ctx.spec.lora, init)?,
         };
+        let adapter = start.deep_clone()?;
         let mut opt = AdamW::new(adapter.vars(), super::single::adamw_params(ctx.spec))?;
         let cases: Vec<&Case> = task.train.iter().collect();
         let val: Vec<&Case> = task.val.iter().collect();
+        // Train and keep the best trained epoch; the keep-the-start rule is applied below, so that the chain
+        // carries the trained weights whichever expert is served.
         let sel = crate::train::select::Selection {
             model: ctx.model,
             embeddings: ctx.embeddings,
@@ -184,32 +231,56 @@ impl Strategy for EvoSam {
             patience: ctx.spec.train.patience,
             val: &val,
             fov: task.fov_eval,
-            keep_start: self.params.keep_start,
-            start_margin: self.params.keep_start_margin,
+            keep_start: false,
+            start_margin: 0.0,
         };
         let saved_rng = std::mem::replace(
             &mut ctx.rng,
             rand::SeedableRng::seed_from_u64(init.rotate_left(17) ^ 0x5eed),
         );
+        let lambda = self.params.chain_ewc_lambda;
+        let vars = adapter.vars();
+        let consolidated = &self.set.chain_ewc;
+        let penalty =
+            |_: &[&Case],
+             _: &Tensor,
+             _: &crate::model::Prompts,
+             _: &crate::model::DecoderOutput| { consolidated.penalty(&vars, lambda) };
+        let extra: Option<&crate::train::r#loop::ExtraLoss> =
+            (chain_mode && lambda > 0.0).then_some(&penalty);
         let fitted = crate::train::select::fit_selected(
             ctx,
             &task.name,
             &adapter,
             &mut opt,
             &cases,
-            None,
+            extra,
             &[],
             0,
             &sel,
         );
         ctx.rng = saved_rng;
-        let fit = fitted?;
-        // Never worse than the base on validation: a copied expert (trained or its parent kept) must also beat the
-        // base model, else the expert is the base (a fresh adapter, B = 0).
+        let mut fit = fitted?;
+        if chain_mode {
+            if lambda > 0.0 {
+                let fisher = super::ewc::task_fisher(ctx, &adapter, &cases)?;
+                self.set.chain_ewc.consolidate(fisher, &adapter.vars())?;
+            }
+            self.set.chain = Some(adapter.deep_clone()?);
+        }
+        // Never worse than where it started: keep the start when no trained epoch beats it on validation.
+        let margin = self.params.keep_start_margin;
         let mut adapter = adapter;
-        if let (true, Some(_), Some(chosen)) =
-            (self.params.keep_start, birth.parent, fit.chosen_val_dice())
+        if self.params.keep_start
+            && crate::train::select::select_epoch(&fit.val_dice, true, margin) == Some(0)
         {
+            adapter = start;
+            fit.chosen_epoch = 0;
+        }
+        // Never worse than the base on validation: a copied expert (trained or its parent kept) must also beat the
+        // base model, else the expert is the base (a fresh adapter, B = 0). The base's score is also the
+        // forward-transfer evidence of `serve_chain = "auto"`.
+        if let (Some(_), Some(chosen)) = (birth.parent, fit.chosen_val_dice()) {
             let base = crate::train::select::validation_dice(
                 ctx.model,
                 ctx.embeddings,
@@ -219,7 +290,7 @@ impl Strategy for EvoSam {
                 task.fov_eval,
             )?;
             birth.base_val_dice = Some(base);
-            if chosen <= base + self.params.keep_start_margin {
+            if self.params.keep_start && chosen <= base + margin {
                 adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
                 birth.kept_base = true;
             }
@@ -247,10 +318,7 @@ impl Strategy for EvoSam {
             }
             Routing::Matcher | Routing::Quality => routed.iter().map(|c| c.expert).collect(),
         };
-        let routes: Vec<Option<&Adapter>> = choices
-            .iter()
-            .map(|c| c.map(|k| &self.set.adapters[k]))
-            .collect();
+        let routes: Vec<Option<&Adapter>> = choices.iter().map(|&c| self.set.serving(c)).collect();
         let out = super::decode_cases(ctx, batch, &routes)?;
         let routed_to = match self.params.routing {
             Routing::Matcher | Routing::Quality => {
@@ -285,6 +353,7 @@ impl Strategy for EvoSam {
         }
         self.set = ExpertSet {
             routing: self.params.routing,
+            serve_chain: self.params.serve_chain,
             novelty: self.params.novelty.clone(),
             ..set
         };
@@ -305,6 +374,19 @@ impl Strategy for EvoSam {
         ]);
         if !self.set.is_empty() {
             m.insert("matcher_lambda".into(), self.set.matcher.lambda);
+        }
+        if self.set.chain.is_some() {
+            let ev = self.set.transfer_evidence();
+            if !ev.is_empty() {
+                m.insert(
+                    "chain_transfer".into(),
+                    ev.iter().sum::<f64>() / ev.len() as f64,
+                );
+            }
+            m.insert(
+                "chain_serves".into(),
+                f64::from(u8::from(self.set.chain_serves())),
+            );
         }
         if let Some(th) = self.set.novelty_threshold() {
             m.insert("novelty_threshold".into(), th);

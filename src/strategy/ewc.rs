@@ -264,7 +264,7 @@ impl Ewc {
 /// Diagonal Fisher of the segmentation loss over `cases`, one case at a time, with exact ground-truth box prompts.
 pub fn task_fisher(
     ctx: &StrategyCtx,
-    core: &SingleAdapter,
+    adapter: &crate::model::Adapter,
     cases: &[&Case],
 ) -> Result<Vec<Tensor>> {
     let t = &ctx.spec.train.loss;
@@ -273,12 +273,12 @@ pub fn task_fisher(
         bce: t.bce,
         iou: t.iou,
     };
-    let vars = core.adapter.vars();
+    let vars = adapter.vars();
     diagonal_fisher(&vars, cases.len(), |i| {
         let c = [cases[i]];
-        let emb = super::embed_with(ctx.model, ctx.embeddings, &c, Some(&core.adapter))?;
+        let emb = super::embed_with(ctx.model, ctx.embeddings, &c, Some(adapter))?;
         let prompts = crate::train::r#loop::eval_prompts(&c, ctx.device)?;
-        let out = ctx.model.decode(&emb, &prompts, Some(&core.adapter))?;
+        let out = ctx.model.decode(&emb, &prompts, Some(adapter))?;
         seg_loss(&out, &c[0].mask.unsqueeze(0)?, &w)
     })
 }
@@ -315,7 +315,7 @@ impl SingleKind for Ewc {
         } else {
             cases
         };
-        let fisher = task_fisher(ctx, core, &subset)?;
+        let fisher = task_fisher(ctx, &core.adapter, &subset)?;
         self.memory.consolidate(fisher, &core.adapter.vars())?;
         Ok(())
     }

@@ -366,12 +366,12 @@ fn ewc_consolidates_a_fisher_and_penalises_moving_away() {
     let cases: Vec<&Case> = kit.tasks[0].train.iter().collect();
     core.fit(&mut ctx, "site0", &cases, None, &[], 0, true)
         .unwrap();
-    let fisher = ewc::task_fisher(&ctx, &core, &cases).unwrap();
+    let fisher = ewc::task_fisher(&ctx, &core.adapter, &cases).unwrap();
     // The Fisher is the mean of squared per-case gradients: recompute it case by case.
     let vars = core.adapter.vars();
     let mut want: Vec<Vec<f32>> = vars.iter().map(|v| vec![0.0; v.elem_count()]).collect();
     for c in &cases {
-        let f1 = ewc::task_fisher(&ctx, &core, &[*c]).unwrap();
+        let f1 = ewc::task_fisher(&ctx, &core.adapter, &[*c]).unwrap();
         for (w, f) in want.iter_mut().zip(&f1) {
             for (a, b) in w
                 .iter_mut()

@@ -56,6 +56,17 @@ impl Schedule {
     }
 }
 
+/// Learning-rate factor of step `step` (0-based, counted within the task) under a linear warmup over the first
+/// ceil(`warmup` x `total`) steps: (step + 1) / n during the warmup, 1 after it (and always 1 without warmup).
+pub fn warmup_factor(warmup: f64, total: usize, step: usize) -> f64 {
+    let n = (warmup * total as f64).ceil() as usize;
+    if n == 0 || step >= n {
+        1.0
+    } else {
+        (step + 1) as f64 / n as f64
+    }
+}
+
 /// Number of validation cases for a task with `n` training cases: round(n * fraction), at least 1 when the
 /// fraction is positive, and always leaving at least one case to train on.
 pub fn n_validation(n: usize, fraction: f64) -> usize {
@@ -126,6 +137,22 @@ mod tests {
             max_steps_per_epoch: cap,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn warmup_ramps_linearly_over_the_stated_fraction() {
+        // 16 steps, warmup 0.25 -> n = 4: factors 1/4, 2/4, 3/4, 1, then 1
+        let f: Vec<f64> = (0..6).map(|i| warmup_factor(0.25, 16, i)).collect();
+        assert_eq!(f, vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+        // ceil: 0.1 of 16 steps is 2 steps
+        assert_eq!(warmup_factor(0.1, 16, 0), 0.5);
+        assert_eq!(warmup_factor(0.1, 16, 1), 1.0);
+        // none, and a budget of zero steps
+        assert_eq!(warmup_factor(0.0, 16, 0), 1.0);
+        assert_eq!(warmup_factor(0.5, 0, 0), 1.0);
+        // the whole budget: the last step reaches the full rate
+        assert_eq!(warmup_factor(1.0, 8, 7), 1.0);
+        assert_eq!(warmup_factor(1.0, 8, 0), 0.125);
     }
 
     #[test]

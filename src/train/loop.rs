@@ -200,6 +200,8 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
     let bs = train.batch_size.max(1);
     let schedule = crate::train::budget::Schedule::new(&train, cases.len());
     let n_epochs = schedule.epochs.len();
+    let total_steps = schedule.total_steps();
+    let base_lr = opt.learning_rate();
     let mut stats = FitStats::default();
     let mut idx: Vec<usize> = (0..cases.len()).collect();
     for (epoch, &steps_per_epoch) in schedule.epochs.iter().enumerate() {
@@ -249,7 +251,13 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
                 )));
             }
             let grads = loss.backward()?;
-            opt.step(&grads)?;
+            if train.warmup > 0.0 {
+                let f = crate::train::budget::warmup_factor(train.warmup, total_steps, stats.steps);
+                opt.set_learning_rate(base_lr * f);
+            }
+            let stepped = opt.step(&grads);
+            opt.set_learning_rate(base_lr);
+            stepped?;
             sum += lv;
             stats.steps += 1;
             (ctx.progress)(Progress {

@@ -100,7 +100,7 @@ pub fn measure(
         .collect::<Result<Vec<_>>>()?;
     let infer = |emb: &Tensor| -> Result<Option<usize>> {
         let choice = set.route(emb)?.remove(0);
-        let ad = choice.expert.map(|k| &set.adapters[k]);
+        let ad = set.serving(choice.expert);
         model.decode(emb, &prompt, ad)?;
         Ok(choice.expert)
     };

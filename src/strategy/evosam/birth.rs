@@ -67,7 +67,7 @@ pub fn choose(init: Init, names: &[String], votes: &[usize]) -> Birth {
         Init::Previous => Birth {
             parent: Some(n - 1),
             reason: format!(
-                "init = previous: a copy of the last expert ({})",
+                "init = previous: a copy of the chain's state after the last task ({})",
                 names[n - 1]
             ),
             ..Default::default()

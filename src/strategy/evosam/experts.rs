@@ -2,8 +2,9 @@
 //! `save_state` writes and what `evosam segment --experts DIR` reads.
 
 use super::birth::Birth;
-use super::Routing;
+use super::{Routing, ServeChain};
 use crate::model::{Adapter, LiteMedSam};
+use crate::strategy::ewc::EwcMemory;
 use crate::strategy::matcher::{MatcherConfig, RidgeMatcher};
 use crate::strategy::novelty::{Calibration, NoveltyConfig};
 use crate::{Error, Result};
@@ -26,6 +27,15 @@ struct Manifest {
     format: String,
     routing: Routing,
     experts: Vec<ManifestExpert>,
+    /// The chain's newest state (`init = "previous"`), a file inside the folder.
+    #[serde(default)]
+    chain: Option<String>,
+    /// Whether the chain serves earlier tasks.
+    #[serde(default)]
+    serve_chain: ServeChain,
+    /// The chain's EWC memory (Fisher and anchor per finished task), a file inside the folder.
+    #[serde(default)]
+    chain_ewc: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +58,8 @@ const MANIFEST: &str = "evosam.json";
 const MATCHER: &str = "matcher.json";
 const NOVELTY: &str = "novelty.json";
 const FORMAT: &str = "evosam-experts-v1";
+const CHAIN: &str = "experts/chain.safetensors";
+const CHAIN_EWC: &str = "chain_ewc.safetensors";
 
 /// Trained experts (in task order) and the matcher: what EvoSAM keeps after each task.
 pub struct ExpertSet {
@@ -67,6 +79,13 @@ pub struct ExpertSet {
     pub calibration: Calibration,
     /// Rebuilt from the matcher's sums after every task and at load (not saved).
     pub(super) novelty_model: Option<crate::strategy::novelty::Model>,
+    /// The chain's newest state (`init = "previous"`): the weights trained through every task so far, each task
+    /// starting from the previous one's best epoch. None without a chain.
+    pub chain: Option<Adapter>,
+    /// Whether the chain serves the images routed to earlier tasks' experts (see [`ServeChain`]).
+    pub serve_chain: ServeChain,
+    /// EWC memory of the chain's training (`chain_ewc_lambda`); empty when unused.
+    pub chain_ewc: EwcMemory,
 }
 
 /// The routing decision for one image: an expert index (None = base model), the matcher score and the novelty
@@ -99,7 +118,51 @@ impl ExpertSet {
             novelty,
             calibration: Calibration::default(),
             novelty_model: None,
+            chain: None,
+            serve_chain: ServeChain::Never,
+            chain_ewc: EwcMemory::new(None),
         })
+    }
+
+    /// Forward-transfer evidence of the chain, one value per expert born from it: validation Dice of the chain
+    /// before it trained on the task (knowledge of the earlier tasks only) minus the base model's, on the task's
+    /// held-out images. Positive values say what earlier sites taught helps a new one.
+    pub fn transfer_evidence(&self) -> Vec<f64> {
+        if self.chain.is_none() {
+            return Vec::new();
+        }
+        self.births
+            .iter()
+            .filter_map(|b| {
+                let start = b.fit.as_ref()?.val_dice.first()?;
+                Some(start - b.base_val_dice?).filter(|_| b.parent.is_some())
+            })
+            .collect()
+    }
+
+    /// Whether the chain's newest state serves the images routed to earlier tasks' experts now.
+    pub fn chain_serves(&self) -> bool {
+        if self.chain.is_none() {
+            return false;
+        }
+        match self.serve_chain {
+            ServeChain::Never => false,
+            ServeChain::Always => true,
+            ServeChain::Auto => {
+                let ev = self.transfer_evidence();
+                !ev.is_empty() && ev.iter().sum::<f64>() / ev.len() as f64 > 0.0
+            }
+        }
+    }
+
+    /// The adapter that decodes an image routed to `expert` (None = the base model): the expert itself, or the
+    /// chain's newest state for an earlier task's expert when [`ExpertSet::chain_serves`].
+    pub fn serving(&self, expert: Option<usize>) -> Option<&Adapter> {
+        let k = expert?;
+        match &self.chain {
+            Some(c) if k + 1 < self.len() && self.chain_serves() => Some(c),
+            _ => self.adapters.get(k),
+        }
     }
 
     /// Add a trained expert and teach the matcher and the novelty detector its task (pooled training features).
@@ -224,10 +287,32 @@ impl ExpertSet {
                 birth: self.births.get(k).cloned(),
             });
         }
+        let chain = match &self.chain {
+            Some(c) => {
+                c.save(&dir.join(CHAIN), base_sha256)?;
+                Some(CHAIN.to_string())
+            }
+            None => None,
+        };
+        let chain_ewc = if self.chain_ewc.pairs.is_empty() {
+            None
+        } else {
+            let map: std::collections::HashMap<String, Tensor> =
+                self.chain_ewc.to_named().into_iter().collect();
+            let p = dir.join(CHAIN_EWC);
+            let tmp = dir.join(format!("{CHAIN_EWC}.tmp"));
+            candle_core::safetensors::save(&map, &tmp)
+                .map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+            Some(CHAIN_EWC.to_string())
+        };
         let m = Manifest {
             format: FORMAT.into(),
             routing: self.routing,
             experts,
+            chain,
+            serve_chain: self.serve_chain,
+            chain_ewc,
         };
         let js = serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
         crate::util::write_atomic(&dir.join(MATCHER), self.matcher.to_json()?.as_bytes())?;
@@ -278,21 +363,23 @@ impl ExpertSet {
         let mut names = Vec::new();
         let mut adapters = Vec::new();
         let mut births = Vec::new();
-        for e in &m.experts {
-            // a file inside the folder: never an absolute path, `..` or the folder itself
-            let inside = !e.file.is_empty()
-                && Path::new(&e.file)
+        // a file inside the folder: never an absolute path, `..` or the folder itself
+        let inside = |file: &str| -> Result<std::path::PathBuf> {
+            let ok = !file.is_empty()
+                && Path::new(file)
                     .components()
                     .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !inside {
+            if !ok {
                 return Err(Error::input(format!(
-                    "{}: expert file {:?} is not a file inside {}",
+                    "{}: expert file {file:?} is not a file inside {}",
                     mp.display(),
-                    e.file,
                     dir.display()
                 )));
             }
-            adapters.push(Adapter::load(&dir.join(&e.file), model, base_sha256)?);
+            Ok(dir.join(file))
+        };
+        for e in &m.experts {
+            adapters.push(Adapter::load(&inside(&e.file)?, model, base_sha256)?);
             names.push(e.task.clone());
             births.push(e.birth.clone().unwrap_or_default());
         }
@@ -304,6 +391,34 @@ impl ExpertSet {
                 names.len()
             )));
         }
+        let chain = match &m.chain {
+            Some(f) => Some(Adapter::load(&inside(f)?, model, base_sha256)?),
+            None => None,
+        };
+        let chain_ewc = match (&m.chain_ewc, &chain) {
+            (Some(f), Some(c)) => {
+                let p = inside(f)?;
+                let t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)
+                    .map_err(|e| Error::input(format!("{}: {e}", p.display())))?;
+                let dev = c.vars().first().map(|v| v.device().clone());
+                let get = |k: &str| {
+                    let t = t.get(k)?;
+                    match &dev {
+                        Some(d) => t.to_device(d).ok(),
+                        None => Some(t.clone()),
+                    }
+                };
+                EwcMemory::from_named(None, c.vars().len(), get)
+                    .map_err(|e| Error::input(format!("{}: {e}", p.display())))?
+            }
+            (Some(_), None) => {
+                return Err(Error::input(format!(
+                    "{}: a chain EWC memory without a chain",
+                    mp.display()
+                )))
+            }
+            (None, _) => EwcMemory::new(None),
+        };
         let mut set = Self {
             routing: m.routing,
             names,
@@ -313,6 +428,9 @@ impl ExpertSet {
             novelty: nov.config,
             calibration: nov.calibration,
             novelty_model: None,
+            chain,
+            serve_chain: m.serve_chain,
+            chain_ewc,
         };
         // a corrupt folder can hold sums no detector can be fitted on: that is bad input, named
         set.refit_novelty()

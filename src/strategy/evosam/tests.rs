@@ -246,3 +246,108 @@ fn a_steps_budget_counts_exactly_for_every_kind() {
         }
     }
 }
+
+#[test]
+fn the_chain_carries_the_trained_weights_when_the_served_expert_keeps_its_start() {
+    let kit = Kit::new(6, 2);
+    let tasks = split_validation(&kit.tasks, 0, 0.34);
+    // lr 1e-12: B moves off zero by ~1e-12 (the weights change) but no validation Dice changes, so every trained
+    // epoch ties with the start and keep_start serves the start (B = 0) while the chain keeps the trained weights.
+    let sp = evo_spec(&kit, "init = \"previous\"", |t| t.lr = 1e-12);
+    let mut evo = build(&kit, &sp);
+    let mut ctx = kit.ctx_with(&sp, 1, &noop);
+    ctx.tasks = &tasks;
+    evo.train_task(&mut ctx, 0, &tasks[0]).unwrap();
+    assert!(evo.set.births[0].fit.as_ref().unwrap().kept_start());
+    let served = values(&evo.set.adapters[0]);
+    assert!(served
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .flatten()
+        .all(|x| *x == 0.0));
+    let chain = values(evo.set.chain.as_ref().unwrap());
+    assert!(chain.iter().skip(1).step_by(2).flatten().any(|x| *x != 0.0));
+    // The next expert starts from the chain, not from the served expert: at a zero budget it is the chain.
+    let birth_only = evo_spec(&kit, "init = \"previous\"", |t| t.epochs = 0);
+    let mut ctx = kit.ctx_with(&birth_only, 2, &noop);
+    ctx.tasks = &tasks;
+    evo.train_task(&mut ctx, 1, &tasks[1]).unwrap();
+    assert_eq!(values(evo.set.chain.as_ref().unwrap()), chain);
+    // Experts from the base keep no chain.
+    let sp = evo_spec(&kit, "init = \"base\"", |_| {});
+    let mut evo = build(&kit, &sp);
+    evo.train_task(&mut kit.ctx_with(&sp, 1, &noop), 0, &kit.tasks[0])
+        .unwrap();
+    assert!(evo.set.chain.is_none() && !evo.set.chain_serves());
+}
+
+#[test]
+fn serve_chain_follows_the_measured_transfer_and_survives_a_reload() {
+    let kit = Kit::new(6, 2);
+    let tasks = split_validation(&kit.tasks, 0, 0.34);
+    let sp = evo_spec(
+        &kit,
+        "init = \"previous\"\nserve_chain = \"auto\"\nchain_ewc_lambda = 10.0",
+        |_| {},
+    );
+    let mut evo = build(&kit, &sp);
+    for k in 0..2 {
+        let mut ctx = kit.ctx_with(&sp, k + 1, &noop);
+        ctx.tasks = &tasks;
+        evo.train_task(&mut ctx, k, &tasks[k]).unwrap();
+    }
+    // one Fisher/anchor pair per finished task, the evidence of the one expert born from the chain
+    assert_eq!(evo.set.chain_ewc.pairs.len(), 2);
+    let b = evo.set.births[1].clone();
+    let start = b.fit.as_ref().unwrap().val_dice[0];
+    let ev = evo.set.transfer_evidence();
+    assert_eq!(ev, vec![start - b.base_val_dice.unwrap()]);
+    let chain = evo.set.chain.as_ref().unwrap().deep_clone().unwrap();
+    let chain = &chain;
+    let ptr = |a: Option<&Adapter>| a.map(|a| a as *const Adapter);
+    // the gate follows the sign of the evidence; the newest task always keeps its own expert
+    for (evidence, serves) in [(0.1, true), (-0.1, false), (0.0, false)] {
+        evo.set.births[1].base_val_dice = Some(start - evidence);
+        assert_eq!(evo.set.chain_serves(), serves, "evidence {evidence}");
+        let want0 = if serves {
+            evo.set.chain.as_ref().unwrap()
+        } else {
+            &evo.set.adapters[0]
+        };
+        assert_eq!(ptr(evo.set.serving(Some(0))), Some(want0 as *const _));
+        assert_eq!(
+            ptr(evo.set.serving(Some(1))),
+            Some(&evo.set.adapters[1] as *const _)
+        );
+        assert!(evo.set.serving(None).is_none());
+    }
+    evo.set.serve_chain = ServeChain::Never;
+    assert!(!evo.set.chain_serves());
+    evo.set.serve_chain = ServeChain::Always;
+    evo.set.births[1].base_val_dice = Some(1.0);
+    assert!(evo.set.chain_serves());
+    // Saved and loaded: the chain, its EWC memory and the setting come back bit for bit.
+    let d = tempfile::tempdir().unwrap();
+    evo.save_state(d.path()).unwrap();
+    let back = ExpertSet::load(d.path(), &kit.model, "kit").unwrap();
+    assert_eq!(back.serve_chain, ServeChain::Always);
+    assert_eq!(values(back.chain.as_ref().unwrap()), values(chain));
+    let named = |m: &crate::strategy::ewc::EwcMemory| -> Vec<(String, Vec<f32>)> {
+        m.to_named()
+            .into_iter()
+            .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    };
+    assert_eq!(named(&back.chain_ewc), named(&evo.set.chain_ewc));
+    // The penalty acts on the chain's training: the same stream without it trains a different chain.
+    let plain = evo_spec(&kit, "init = \"previous\"", |_| {});
+    let mut p = build(&kit, &plain);
+    for k in 0..2 {
+        let mut ctx = kit.ctx_with(&plain, k + 1, &noop);
+        ctx.tasks = &tasks;
+        p.train_task(&mut ctx, k, &tasks[k]).unwrap();
+    }
+    assert_eq!(values(&p.set.adapters[0]), values(&evo.set.adapters[0]));
+    assert_ne!(values(p.set.chain.as_ref().unwrap()), values(chain));
+}
