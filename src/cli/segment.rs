@@ -240,7 +240,7 @@ pub fn run(args: Args) -> Result<()> {
             if args.expert.is_some() {
                 k.map(|k| &set.adapters[k])
             } else {
-                if k.is_some_and(|k| k + 1 < set.len()) && set.chain_serves() {
+                if set.chain_serves_expert(k) {
                     eprintln!(
                         "served by the chain's newest state (serve_chain: the stream showed transfer)"
                     );

@@ -376,12 +376,8 @@ impl Strategy for EvoSam {
             m.insert("matcher_lambda".into(), self.set.matcher.lambda);
         }
         if self.set.chain.is_some() {
-            let ev = self.set.transfer_evidence();
-            if !ev.is_empty() {
-                m.insert(
-                    "chain_transfer".into(),
-                    ev.iter().sum::<f64>() / ev.len() as f64,
-                );
+            if let Some(t) = self.set.mean_transfer() {
+                m.insert("chain_transfer".into(), t);
             }
             m.insert(
                 "chain_serves".into(),

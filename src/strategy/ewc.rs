@@ -149,6 +149,30 @@ impl EwcMemory {
         out
     }
 
+    /// Write the memory as one safetensors file ([`EwcMemory::to_named`]'s names).
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let map: std::collections::HashMap<String, Tensor> = self.to_named().into_iter().collect();
+        candle_core::safetensors::save(&map, path)
+            .map_err(|e| crate::Error::internal(format!("{}: {e}", path.display())))
+    }
+
+    /// Read a memory written by [`EwcMemory::save`] onto `device`. The error names the file; the caller decides
+    /// whether a bad file is bad input (an expert folder) or an internal failure (a run's own checkpoint).
+    pub fn load(
+        path: &std::path::Path,
+        gamma: Option<f64>,
+        device: &candle_core::Device,
+    ) -> std::result::Result<Self, String> {
+        let map = candle_core::safetensors::load(path, device)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n_vars = map
+            .keys()
+            .filter(|k| k.starts_with("pair0.fisher."))
+            .count();
+        Self::from_named(gamma, n_vars, |k| map.get(k).cloned())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Rebuild from `to_named` output (n_vars tensors per half-pair).
     pub fn from_named(
         gamma: Option<f64>,
@@ -190,7 +214,7 @@ use super::single::{SingleAdapter, SingleKind};
 use super::StrategyCtx;
 use crate::data::{Case, TaskData};
 use crate::train::loss::{seg_loss, LossWeights};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The kind-specific keys of an `ewc` preset (`ewc`, `online-ewc`).
@@ -321,21 +345,12 @@ impl SingleKind for Ewc {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        let map: HashMap<String, Tensor> = self.memory.to_named().into_iter().collect();
-        let p = dir.join(EWC_FILE);
-        candle_core::safetensors::save(&map, &p)
-            .map_err(|e| crate::Error::internal(format!("{}: {e}", p.display())))
+        self.memory.save(&dir.join(EWC_FILE))
     }
 
     fn load(&mut self, ctx: &StrategyCtx, dir: &Path) -> Result<()> {
-        let p = dir.join(EWC_FILE);
-        let map = candle_core::safetensors::load(&p, ctx.device)
-            .map_err(|e| crate::Error::internal(format!("{}: {e}", p.display())))?;
-        let n_vars = map
-            .keys()
-            .filter(|k| k.starts_with("pair0.fisher."))
-            .count();
-        self.memory = EwcMemory::from_named(self.memory.gamma, n_vars, |k| map.get(k).cloned())?;
+        self.memory = EwcMemory::load(&dir.join(EWC_FILE), self.memory.gamma, ctx.device)
+            .map_err(crate::Error::internal)?;
         Ok(())
     }
 

@@ -140,6 +140,12 @@ impl ExpertSet {
             .collect()
     }
 
+    /// Mean of [`ExpertSet::transfer_evidence`] (None before any expert is born from the chain).
+    pub fn mean_transfer(&self) -> Option<f64> {
+        let ev = self.transfer_evidence();
+        (!ev.is_empty()).then(|| ev.iter().sum::<f64>() / ev.len() as f64)
+    }
+
     /// Whether the chain's newest state serves the images routed to earlier tasks' experts now.
     pub fn chain_serves(&self) -> bool {
         if self.chain.is_none() {
@@ -148,21 +154,24 @@ impl ExpertSet {
         match self.serve_chain {
             ServeChain::Never => false,
             ServeChain::Always => true,
-            ServeChain::Auto => {
-                let ev = self.transfer_evidence();
-                !ev.is_empty() && ev.iter().sum::<f64>() / ev.len() as f64 > 0.0
-            }
+            ServeChain::Auto => self.mean_transfer().is_some_and(|m| m > 0.0),
         }
     }
 
     /// The adapter that decodes an image routed to `expert` (None = the base model): the expert itself, or the
     /// chain's newest state for an earlier task's expert when [`ExpertSet::chain_serves`].
     pub fn serving(&self, expert: Option<usize>) -> Option<&Adapter> {
-        let k = expert?;
-        match &self.chain {
-            Some(c) if k + 1 < self.len() && self.chain_serves() => Some(c),
-            _ => self.adapters.get(k),
+        if self.chain_serves_expert(expert) {
+            self.chain.as_ref()
+        } else {
+            expert.and_then(|k| self.adapters.get(k))
         }
+    }
+
+    /// Whether the chain's newest state decodes the images routed to `expert`: an earlier task's expert while
+    /// [`ExpertSet::chain_serves`].
+    pub fn chain_serves_expert(&self, expert: Option<usize>) -> bool {
+        expert.is_some_and(|k| k + 1 < self.len()) && self.chain_serves()
     }
 
     /// Add a trained expert and teach the matcher and the novelty detector its task (pooled training features).
@@ -297,13 +306,7 @@ impl ExpertSet {
         let chain_ewc = if self.chain_ewc.pairs.is_empty() {
             None
         } else {
-            let map: std::collections::HashMap<String, Tensor> =
-                self.chain_ewc.to_named().into_iter().collect();
-            let p = dir.join(CHAIN_EWC);
-            let tmp = dir.join(format!("{CHAIN_EWC}.tmp"));
-            candle_core::safetensors::save(&map, &tmp)
-                .map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
-            std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+            self.chain_ewc.save(&dir.join(CHAIN_EWC))?;
             Some(CHAIN_EWC.to_string())
         };
         let m = Manifest {
@@ -397,19 +400,20 @@ impl ExpertSet {
         };
         let chain_ewc = match (&m.chain_ewc, &chain) {
             (Some(f), Some(c)) => {
+                let device = c
+                    .vars()
+                    .first()
+                    .map_or(candle_core::Device::Cpu, |v| v.device().clone());
                 let p = inside(f)?;
-                let t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)
-                    .map_err(|e| Error::input(format!("{}: {e}", p.display())))?;
-                let dev = c.vars().first().map(|v| v.device().clone());
-                let get = |k: &str| {
-                    let t = t.get(k)?;
-                    match &dev {
-                        Some(d) => t.to_device(d).ok(),
-                        None => Some(t.clone()),
-                    }
-                };
-                EwcMemory::from_named(None, c.vars().len(), get)
-                    .map_err(|e| Error::input(format!("{}: {e}", p.display())))?
+                let mem = EwcMemory::load(&p, None, &device).map_err(Error::input)?;
+                let n_vars = c.vars().len();
+                if mem.pairs.iter().any(|q| q.fisher.len() != n_vars) {
+                    return Err(Error::input(format!(
+                        "{}: the EWC memory does not have the chain's {n_vars} tensors per pair",
+                        p.display()
+                    )));
+                }
+                mem
             }
             (Some(_), None) => {
                 return Err(Error::input(format!(
