@@ -52,6 +52,18 @@ impl Linear {
         self.weight.dims()[0]
     }
 
+    /// No adapter modifies this layer: its weight and bias are the whole map (a fused kernel may use them).
+    pub fn plain(&self, ad: Option<&Adapter>) -> bool {
+        ad.and_then(|a| a.site(&self.path)).is_none()
+    }
+
+    /// The bias, or an error naming the layer (for kernels that need one).
+    pub fn bias_or_err(&self) -> Result<&Tensor> {
+        self.bias
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: no bias", self.path)))
+    }
+
     pub fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
         self.forward_act(x, ad, false)
     }

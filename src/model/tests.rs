@@ -151,6 +151,27 @@ fn parity_with_pytorch_reference() {
     assert_eq!(checked, 8);
 }
 
+/// The fused inference kernels (bottlenecks, windowed attention, the neck's conv) give the embedding the
+/// op-by-op path gives: a fresh adapter on every encoder linear (B = 0, so the same function) sends every layer
+/// down the op-by-op path.
+#[test]
+fn fused_encoder_matches_the_op_by_op_path() {
+    let dev = Device::Cpu;
+    let m = LiteMedSam::random(&LiteMedSamConfig::tiny(), 3, &dev).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (2, 3, 256, 256), &dev).unwrap();
+    let lcfg = LoraConfig {
+        rank: 2,
+        alpha: 2.0,
+        targets: vec!["image_encoder.*".into()],
+    };
+    let ad = Adapter::new(&m, &lcfg, 1).unwrap();
+    let fused = m.encode(&x).unwrap();
+    let plain = m.encode_with(&x, Some(&ad)).unwrap();
+    let d = rel_diff(&fused, &plain);
+    eprintln!("fused vs op-by-op embedding: max abs diff / range {d:.2e}");
+    assert!(d < 1e-5, "fused encoder differs: {d}");
+}
+
 #[test]
 fn tiny_pipeline_shapes_and_routing() {
     let dev = Device::Cpu;

@@ -8,6 +8,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{layer_norm, softmax_last, Linear, Param, Visit};
+use super::kernels::cpu::frozen_cpu;
+use super::kernels::{conv3x3, window_attention};
 use super::lora::Adapter;
 
 mod conv;
@@ -128,6 +130,32 @@ impl Attention {
         b.index_select(idxs, 1)?.reshape((heads, n, n))
     }
 
+    /// x: (B, H, W, C), the whole map: the attention of every `ws` x `ws` window (padded as PyTorch pads) in the
+    /// fused inference kernel, when no adapter modifies the projections and no gradient is tracked; `None`
+    /// otherwise (then [`Attention::forward`] runs on the windows).
+    fn forward_fused(&self, x: &Tensor, ws: usize, ad: Option<&Adapter>) -> Result<Option<Tensor>> {
+        let ts = [
+            x,
+            &self.norm_w,
+            &self.norm_b,
+            &self.qkv.weight,
+            &self.proj.weight,
+            &self.attention_biases,
+        ];
+        if !(self.qkv.plain(ad) && self.proj.plain(ad) && frozen_cpu(&ts)) || ws * ws != self.n {
+            return Ok(None);
+        }
+        let xn = layer_norm(x, &self.norm_w, &self.norm_b, 1e-5)?;
+        let qkv = self.qkv.forward(&xn, None)?;
+        // A zero-padded token leaves the norm as its bias.
+        let pad = self.qkv.forward(&self.norm_b.unsqueeze(0)?, None)?;
+        let scale = (self.key_dim as f64).powf(-0.5);
+        match window_attention(&qkv, &pad, &self.ab, self.num_heads, ws, scale)? {
+            Some(y) => Ok(Some(self.proj.forward(&y, None)?)),
+            None => Ok(None),
+        }
+    }
+
     /// x: (B', N, C) windows.
     fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
@@ -240,7 +268,9 @@ impl TinyVitBlock {
     fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let ws = self.window;
-        let a = if h == ws && w == ws {
+        let a = if let Some(a) = self.attn.forward_fused(x, ws, ad)? {
+            a
+        } else if h == ws && w == ws {
             self.attn
                 .forward(&x.reshape((b, h * w, c))?, ad)?
                 .reshape((b, h, w, c))?
@@ -322,6 +352,9 @@ impl Neck {
         let x = self.conv0.forward(x, ad)?;
         let c = x.dim(3)?;
         let x = layer_norm(&x, &self.ln0.0, &self.ln0.1, 1e-6)?;
+        if let Some(y) = conv3x3(&x, &self.conv2)? {
+            return layer_norm(&y, &self.ln3.0, &self.ln3.1, 1e-6);
+        }
         // 3x3 conv, padding 1, as one matmul over im2col columns.
         let xp = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
         let mut cols = Vec::with_capacity(9);

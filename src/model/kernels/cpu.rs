@@ -55,3 +55,25 @@ pub(crate) fn stash<T: Float>(
     *lock(slot)? = Some(t);
     Ok(())
 }
+
+/// The fused inference kernels apply: CPU tensors of one float dtype, none of them tracked for a gradient.
+pub(crate) fn frozen_cpu(ts: &[&Tensor]) -> bool {
+    cpu_ok(ts) && ts.iter().all(|t| !t.track_op())
+}
+
+/// Run `f` on the contiguous data of every tensor in `ts` (each copied first only when not contiguous).
+pub(crate) fn read_all<T: Float, R>(
+    ts: &[&Tensor],
+    f: impl FnOnce(&[&[T]]) -> Result<R>,
+) -> Result<R> {
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(ts.len());
+    for (s, l) in &guards {
+        let Storage::Cpu(cs) = &**s else {
+            bail!("fused op: CPU tensors only")
+        };
+        views.push(slices::<T>(cs, l)?);
+    }
+    f(&views)
+}

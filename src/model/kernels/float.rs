@@ -83,14 +83,17 @@ fn exp_f32(x: f32) -> f32 {
     // exp(x) = 2^n * exp(r), |r| <= ln2/2; degree-6 Taylor/minimax polynomial.
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `f32::round`).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let k = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = k - 12_582_912.0;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // 2^n from the bits of k = 1.5 * 2^23 + n (they are 0x4B40_0000 + n): integer lanes, where `n as i32` (a
+    // saturating conversion) would be done one lane at a time.
+    let bits = k.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 

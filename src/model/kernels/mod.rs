@@ -13,6 +13,11 @@
 //! - [`bias_gelu`] / [`gelu()`]: erf-GELU with an optional bias;
 //! - [`dwconv3x3`]: the encoder's depthwise 3x3 convolution, channels-last.
 //!
+//! Inference-only kernels (no backward pass; the layers call them when no gradient is tracked and fall back to
+//! the ops above otherwise), which keep the encoder's large maps in cache: [`bottleneck`] (MBConv and patch
+//! merging in bands of rows), [`window_attention`] (TinyViT's windowed attention from the qkv map) and
+//! [`conv3x3`] (the neck's dense conv as nine matmuls on the padded map). They multiply through [`gemm`].
+//!
 //! All work on contiguous CPU f32/f64 tensors; anything else falls back to candle's ops (same numbers). Generic
 //! code is written once over [`float::Float`]; parallel work goes through [`par`] on rayon's pool. The module is
 //! crate-private: the model's layers (`super::common`) are the interface.
@@ -21,26 +26,35 @@
 //! `linear`; nothing here imports the model's layers.
 
 pub(crate) mod attention;
+pub(crate) mod conv3x3;
 pub(crate) mod cpu;
 pub(crate) mod dwconv;
 pub(crate) mod float;
 pub(crate) mod gelu;
+pub(crate) mod gemm;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod lora_linear;
+pub(crate) mod mbconv;
 pub(crate) mod par;
 pub(crate) mod readout;
+pub(crate) mod window_attn;
 
+#[cfg(test)]
+mod infer_tests;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use attention::attention;
+pub(crate) use conv3x3::conv3x3;
 pub(crate) use dwconv::dwconv3x3;
 pub(crate) use gelu::{bias_gelu, gelu};
 pub(crate) use layer_norm::ln_act;
 pub(crate) use linear::linear;
 pub(crate) use lora_linear::lora_linear;
+pub(crate) use mbconv::bottleneck;
 pub(crate) use readout::hyper_dot;
+pub(crate) use window_attn::window_attention;
 
 /// Below this many output elements a fused op runs on the calling thread (thread hand-off costs more).
 pub(crate) const PAR_MIN: usize = 1 << 15;

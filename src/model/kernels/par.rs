@@ -75,17 +75,74 @@ pub(crate) fn par_sum_rows<T: WithDType>(
     out
 }
 
-/// Run `f` compiled for AVX2+FMA when the CPU has them (the kernels it calls are inlined into it). Rust never
-/// contracts `a * b + c` into an FMA on its own, so the results are the same bits with or without it.
+/// Run `f` compiled for AVX-512, or else AVX2+FMA, when the CPU has them (the kernels it calls are inlined into
+/// it). Rust never contracts `a * b + c` into an FMA and never reorders a float sum on its own, so the results are
+/// the same bits whichever is used.
 #[inline(always)]
 pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: `simd_avx512` only requires AVX-512F, AVX2 and FMA, detected just above.
+            return unsafe { simd_avx512(f) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: `simd_avx2` only requires the CPU to support AVX2 and FMA, which was detected just above.
             return unsafe { simd_avx2(f) };
         }
     }
+    f()
+}
+
+/// `simd_fn!(fn wide = body<T: Bound>(a: A, b: B) -> R);` defines `wide`, which calls `body` (a function marked
+/// `#[inline(always)]`) compiled for AVX-512, or else AVX2+FMA, when the CPU has them, like [`simd`]. For large
+/// kernels: a closure passed to [`simd`] is inlined into the wide region only when the inliner finds it small.
+macro_rules! simd_fn {
+    ($vis:vis fn $name:ident = $imp:ident<$T:ident: $B:path>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$T: $B>($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// # Safety
+                /// The CPU must support AVX-512F, AVX2 and FMA.
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v4<$T: $B>($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                /// # Safety
+                /// The CPU must support AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v3<$T: $B>($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                let v3_ok = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+                if v3_ok && std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the features `v4` needs were detected just above.
+                    return unsafe { v4($($a),*) };
+                }
+                if v3_ok {
+                    // SAFETY: the features `v3` needs were detected just above.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+pub(crate) use simd_fn;
+
+/// `f()` compiled with AVX-512F, AVX2 and FMA enabled.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn simd_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 

@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::super::common::{fold_conv_bn, gelu, Linear, Param, Visit};
-use super::super::kernels::{bias_gelu, dwconv3x3};
+use super::super::kernels::{bias_gelu, bottleneck, dwconv3x3};
 use super::super::lora::Adapter;
 
 /// A Conv2d_BN with a 1x1 kernel, folded, as a linear layer on channels-last maps.
@@ -97,6 +97,9 @@ impl MbConv {
         })
     }
     pub(super) fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
+        if let Some(y) = fused(&self.conv1, &self.conv2, &self.conv3, x, ad, true)? {
+            return Ok(y);
+        }
         let y = self.conv1.forward_gelu(x, ad)?;
         let y = self.conv2.forward_gelu(&y)?;
         let y = self.conv3.forward_no_bias(&y, ad)?;
@@ -123,8 +126,34 @@ impl PatchMerging {
         })
     }
     pub(super) fn forward(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
+        if let Some(y) = fused(&self.conv1, &self.conv2, &self.conv3, x, ad, false)? {
+            return Ok(y);
+        }
         let y = self.conv1.forward_gelu(x, ad)?;
         let y = self.conv2.forward_gelu(&y)?;
         self.conv3.forward(&y, ad)
     }
+}
+
+/// `conv1 -> GELU -> conv2 (depthwise) -> GELU -> conv3` (with `residual_gelu`: then `+ x` and GELU) in the fused
+/// inference kernel, when no adapter modifies the 1x1 convs and no gradient is tracked; `None` otherwise.
+fn fused(
+    conv1: &Linear,
+    conv2: &DwConvBn,
+    conv3: &Linear,
+    x: &Tensor,
+    ad: Option<&Adapter>,
+    residual_gelu: bool,
+) -> Result<Option<Tensor>> {
+    if !(conv1.plain(ad) && conv3.plain(ad)) {
+        return Ok(None);
+    }
+    bottleneck(
+        x,
+        (&conv1.weight, conv1.bias_or_err()?),
+        (&conv2.weight, &conv2.bias),
+        (&conv3.weight, conv3.bias_or_err()?),
+        conv2.stride,
+        residual_gelu,
+    )
 }

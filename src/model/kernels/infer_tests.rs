@@ -1,0 +1,228 @@
+//! The inference-only kernels against the same computation from candle's ops, in f64, on sizes that exercise
+//! the edges: odd maps, partial bands and windows, stride 2, several images, and thread pools of 1 to 3.
+
+use candle_core::{Device, Tensor};
+
+use super::conv3x3::conv3x3;
+use super::mbconv::bottleneck;
+use super::window_attn::window_attention;
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Run `f` on rayon pools of 1, 2 and 3 threads.
+fn on_pools(f: impl Fn() + Sync) {
+    for n in 1..=3 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap();
+        pool.install(&f);
+    }
+}
+
+/// `gelu(x W^T + b)` (or without GELU) on channels-last maps, from candle's ops.
+fn pointwise(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Tensor {
+    let y = x
+        .broadcast_matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap();
+    if gelu {
+        y.gelu_erf().unwrap()
+    } else {
+        y
+    }
+}
+
+/// Depthwise 3x3 (padding 1) with bias and GELU, from candle's grouped conv2d; `wd` is `(9, C)` tap-major.
+fn depthwise(x: &Tensor, wd: &Tensor, bd: &Tensor, stride: usize) -> Tensor {
+    let c = x.dim(3).unwrap();
+    let k = wd.t().unwrap().reshape((c, 1, 3, 3)).unwrap();
+    x.permute((0, 3, 1, 2))
+        .unwrap()
+        .conv2d(&k, 1, stride, 1, c)
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .broadcast_add(bd)
+        .unwrap()
+        .gelu_erf()
+        .unwrap()
+}
+
+#[test]
+fn bottleneck_matches_candle() {
+    // (B, H, W, cin, hidden, cout, stride, residual): an MBConv and two patch mergings.
+    let cases = [
+        (2, 11, 9, 6, 12, 6, 1, true),
+        (1, 11, 9, 6, 10, 7, 2, false),
+        (2, 10, 6, 5, 8, 8, 2, false),
+    ];
+    for (i, &(b, h, w, cin, hid, cout, s, res)) in cases.iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = rand(&[b, h, w, cin], seed);
+        let (w1, b1) = (rand(&[hid, cin], seed + 1), rand(&[hid], seed + 2));
+        let (wd, bd) = (rand(&[9, hid], seed + 3), rand(&[hid], seed + 4));
+        let (w3, b3) = (rand(&[cout, hid], seed + 5), rand(&[cout], seed + 6));
+        let d = depthwise(&pointwise(&x, &w1, &b1, true), &wd, &bd, s);
+        let want = if res {
+            (pointwise(&d, &w3, &b3, false) + &x)
+                .unwrap()
+                .gelu_erf()
+                .unwrap()
+        } else {
+            pointwise(&d, &w3, &b3, false)
+        };
+        on_pools(|| {
+            let got = bottleneck(&x, (&w1, &b1), (&wd, &bd), (&w3, &b3), s, res)
+                .unwrap()
+                .expect("fused path on CPU f64");
+            let e = max_diff(&got, &want);
+            assert!(e < 1e-10, "case {i}: {e}");
+        });
+    }
+}
+
+/// TinyViT's windowed attention as the op-by-op path computes it: pad the qkv map with `pad`, cut windows,
+/// softmax(q k^T * scale + bias) v per head, put the windows back and crop.
+fn windows_reference(qkv: &Tensor, pad: &Tensor, bias: &Tensor, heads: usize, ws: usize) -> Tensor {
+    let (b, h, w, c3) = qkv.dims4().unwrap();
+    let kd = c3 / 3 / heads;
+    let (ph, pw) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+    let mut x = qkv.clone();
+    if pw > w {
+        let p = pad
+            .reshape((1, 1, 1, c3))
+            .unwrap()
+            .broadcast_as((b, h, pw - w, c3))
+            .unwrap();
+        x = Tensor::cat(&[&x, &p.contiguous().unwrap()], 2).unwrap();
+    }
+    if ph > h {
+        let p = pad
+            .reshape((1, 1, 1, c3))
+            .unwrap()
+            .broadcast_as((b, ph - h, pw, c3))
+            .unwrap();
+        x = Tensor::cat(&[&x, &p.contiguous().unwrap()], 1).unwrap();
+    }
+    let (nh, nw, n) = (ph / ws, pw / ws, ws * ws);
+    let win = x
+        .reshape((b, nh, ws, nw, ws, c3))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .reshape((b * nh * nw, n, heads, 3 * kd))
+        .unwrap();
+    let part = |i: usize| {
+        win.narrow(3, i * kd, kd)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (q, k, v) = (part(0), part(1), part(2));
+    let att = (q.matmul(&k.t().unwrap()).unwrap() * (kd as f64).powf(-0.5))
+        .unwrap()
+        .broadcast_add(&bias.unsqueeze(0).unwrap())
+        .unwrap();
+    let att = candle_nn::ops::softmax_last_dim(&att).unwrap();
+    att.matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, nh, nw, ws, ws, heads * kd))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .reshape((b, ph, pw, heads * kd))
+        .unwrap()
+        .narrow(1, 0, h)
+        .unwrap()
+        .narrow(2, 0, w)
+        .unwrap()
+}
+
+#[test]
+fn window_attention_matches_candle() {
+    // (B, H, W, heads, kd, ws): padded on both sides, on one side, not at all, and one window.
+    for (i, &(b, h, w, heads, kd, ws)) in [
+        (2, 9, 7, 2, 3, 4),
+        (1, 8, 10, 3, 2, 4),
+        (1, 8, 8, 2, 4, 4),
+        (2, 5, 5, 1, 3, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let qkv = rand(&[b, h, w, 3 * heads * kd], seed);
+        let pad = rand(&[3 * heads * kd], seed + 1);
+        let bias = rand(&[heads, ws * ws, ws * ws], seed + 2);
+        let want = windows_reference(&qkv, &pad, &bias, heads, ws);
+        on_pools(|| {
+            let scale = (kd as f64).powf(-0.5);
+            let got = window_attention(&qkv, &pad, &bias, heads, ws, scale)
+                .unwrap()
+                .expect("fused path on CPU f64");
+            let e = max_diff(&got, &want);
+            assert!(e < 1e-10, "case {i}: {e}");
+        });
+    }
+}
+
+#[test]
+fn conv3x3_matches_candle() {
+    for (i, &(b, h, w, cin, cout)) in [(2, 7, 5, 4, 6), (1, 1, 3, 2, 3)].iter().enumerate() {
+        let seed = 200 + 10 * i as u64;
+        let x = rand(&[b, h, w, cin], seed);
+        let k = rand(&[cout, cin, 3, 3], seed + 1);
+        let wt = k
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .reshape((cout, 9 * cin))
+            .unwrap();
+        let want = x
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .conv2d(&k, 1, 1, 1, 1)
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        on_pools(|| {
+            let got = conv3x3(&x, &wt).unwrap().expect("fused path on CPU f64");
+            let e = max_diff(&got, &want);
+            assert!(e < 1e-10, "case {i}: {e}");
+        });
+    }
+}
+
+#[test]
+fn tracked_inputs_take_the_op_by_op_path() {
+    let x = candle_core::Var::from_tensor(&rand(&[1, 4, 4, 2], 1)).unwrap();
+    let wt = rand(&[3, 18], 2);
+    assert!(conv3x3(x.as_tensor(), &wt).unwrap().is_none());
+    let f32x = rand(&[1, 4, 4, 2], 3)
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    assert!(conv3x3(&f32x, &wt).unwrap().is_none(), "mixed dtypes");
+}
