@@ -27,14 +27,27 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
-/// Run `f` on rayon pools of 1, 2 and 3 threads.
-fn on_pools(f: impl Fn() + Sync) {
+/// Run `f` on rayon pools of 1, 2 and 3 threads; the results must be the same bits on every pool.
+fn on_pools(f: impl Fn() -> Tensor + Sync) {
+    let mut first: Option<Vec<f64>> = None;
     for n in 1..=3 {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
             .unwrap();
-        pool.install(&f);
+        let got = pool
+            .install(&f)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        match &first {
+            None => first = Some(got),
+            Some(a) => assert!(
+                a.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "results differ between 1 and {n} threads"
+            ),
+        }
     }
 }
 
@@ -70,11 +83,14 @@ fn depthwise(x: &Tensor, wd: &Tensor, bd: &Tensor, stride: usize) -> Tensor {
 
 #[test]
 fn bottleneck_matches_candle() {
-    // (B, H, W, cin, hidden, cout, stride, residual): an MBConv and two patch mergings.
+    // (B, H, W, cin, hidden, cout, stride, residual): MBConvs and patch mergings.
     let cases = [
         (2, 11, 9, 6, 12, 6, 1, true),
         (1, 11, 9, 6, 10, 7, 2, false),
         (2, 10, 6, 5, 8, 8, 2, false),
+        // More output rows than one parallel run: halos across run boundaries.
+        (1, 70, 5, 3, 6, 3, 1, true),
+        (2, 75, 4, 3, 5, 4, 2, false),
     ];
     for (i, &(b, h, w, cin, hid, cout, s, res)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;
@@ -97,6 +113,7 @@ fn bottleneck_matches_candle() {
                 .expect("fused path on CPU f64");
             let e = max_diff(&got, &want);
             assert!(e < 1e-10, "case {i}: {e}");
+            got
         });
     }
 }
@@ -186,6 +203,7 @@ fn window_attention_matches_candle() {
                 .expect("fused path on CPU f64");
             let e = max_diff(&got, &want);
             assert!(e < 1e-10, "case {i}: {e}");
+            got
         });
     }
 }
@@ -212,6 +230,7 @@ fn conv3x3_matches_candle() {
             let got = conv3x3(&x, &wt).unwrap().expect("fused path on CPU f64");
             let e = max_diff(&got, &want);
             assert!(e < 1e-10, "case {i}: {e}");
+            got
         });
     }
 }

@@ -26,6 +26,10 @@ use super::par::simd_fn;
 /// the L2 cache at stage 0, large enough that each matmul has thousands of rows.
 const BAND: usize = 4;
 
+/// Output rows per parallel task (a multiple of [`BAND`]): enough tasks to balance two to eight threads at
+/// LiteMedSAM's first stage (256 rows), few enough that the halo rows computed twice (one per task) cost little.
+const RUN: usize = 32;
+
 /// The weights of one bottleneck, folded, as plain slices.
 pub(crate) struct Bottleneck<'a, T> {
     /// `(hidden, cin)`.
@@ -64,10 +68,9 @@ pub(crate) fn forward<T: Float>(x: &[T], d: Dims, k: &Bottleneck<'_, T>) -> Vec<
     assert_eq!(x.len(), d.b * d.h * d.w * d.cin, "bottleneck: input size");
     assert!(!k.residual_gelu || (s == 1 && d.cin == d.cout));
     let mut out = vec![T::z(); d.b * ho * wo * d.cout];
-    // Runs of output rows, one per thread and image; each walks its run in bands.
-    let threads = rayon::current_num_threads().max(1);
-    let runs = threads.div_ceil(d.b).max(1).min(ho);
-    let per = ho.div_ceil(runs);
+    // Runs of RUN output rows, the parallel tasks; each walks its run in bands. The split does not depend on
+    // the number of threads, so neither do the results (every matmul sees the same rows whatever the pool).
+    let per = RUN;
     let orow = wo * d.cout;
     let mut jobs: Vec<(usize, usize, &mut [T])> = Vec::new();
     for (bi, img) in out.chunks_mut(ho * orow).enumerate() {
