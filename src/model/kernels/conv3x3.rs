@@ -16,28 +16,21 @@ use super::cpu::{frozen_cpu, new_tensor, read_all};
 use super::float::{with_float, Float};
 use super::gemm::{gemm, Mat};
 
-/// Sizes of one call.
-#[derive(Clone, Copy)]
-pub(crate) struct Dims {
-    pub b: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cin: usize,
-    pub cout: usize,
-}
-
-/// The convolution; returns `(B, H, W, cout)` values.
-pub(crate) fn forward<T: Float>(x: &[T], wt: &[T], d: Dims) -> Vec<T> {
-    let (h, w, cin, cout) = (d.h, d.w, d.cin, d.cout);
-    assert_eq!(x.len(), d.b * h * w * cin, "conv3x3: input size");
+/// The convolution of `x (b, h, w, cin)`; returns `(b, h, w, cout)` values.
+pub(crate) fn forward<T: Float>(
+    x: &[T],
+    wt: &[T],
+    (b, h, w, cin, cout): (usize, usize, usize, usize, usize),
+) -> Vec<T> {
+    assert_eq!(x.len(), b * h * w * cin, "conv3x3: input size");
     assert_eq!(wt.len(), cout * 9 * cin, "conv3x3: weight size");
     let pw = w + 2;
     // Padded rows, plus two pixels so the last tap of the last extra column stays in bounds.
     let mut xp = vec![T::z(); ((h + 2) * pw + 2) * cin];
     let mut grid = vec![T::z(); h * pw * cout];
-    let mut out = vec![T::z(); d.b * h * w * cout];
+    let mut out = vec![T::z(); b * h * w * cout];
     let threads = rayon::current_num_threads();
-    for bi in 0..d.b {
+    for bi in 0..b {
         let img = &x[bi * h * w * cin..(bi + 1) * h * w * cin];
         for (y, row) in img.chunks_exact(w * cin).enumerate() {
             let at = ((y + 1) * pw + 1) * cin;
@@ -75,14 +68,7 @@ pub(crate) fn conv3x3(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     }
     let (b, h, wd, cin) = x.dims4()?;
     let cout = w.dim(0)?;
-    let d = Dims {
-        b,
-        h,
-        w: wd,
-        cin,
-        cout,
-    };
     with_float!(x.dtype(), "conv3x3", T => read_all::<T, _>(&ts, |v| {
-        new_tensor(forward(v[0], v[1], d), (b, h, wd, cout))
+        new_tensor(forward(v[0], v[1], (b, h, wd, cin, cout)), (b, h, wd, cout))
     }).map(Some))
 }

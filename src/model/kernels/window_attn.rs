@@ -46,20 +46,16 @@ pub(crate) fn forward<T: Float>(qkv: &[T], pad: &[T], bias: &[T], d: Dims, scale
     assert_eq!(bias.len(), d.heads * n * n, "window attention: bias size");
     let (nh, nw) = (d.h.div_ceil(d.ws), d.w.div_ceil(d.ws));
     let windows = d.b * nh * nw;
+    let inp = Inputs {
+        qkv,
+        pad,
+        bias,
+        d,
+        scale,
+    };
     let outs: Vec<Vec<T>> = (0..windows)
         .into_par_iter()
-        .map(|i| {
-            window_wide(
-                qkv,
-                pad,
-                bias,
-                d,
-                scale,
-                i / (nh * nw),
-                i % (nh * nw) / nw,
-                i % nw,
-            )
-        })
+        .map(|i| window_wide(&inp, (i / (nh * nw), i % (nh * nw) / nw, i % nw)))
         .collect();
     let mut out = vec![T::z(); d.b * d.h * d.w * c];
     for (i, o) in outs.iter().enumerate() {
@@ -74,30 +70,27 @@ pub(crate) fn forward<T: Float>(qkv: &[T], pad: &[T], bias: &[T], d: Dims, scale
     out
 }
 
-simd_fn!(fn window_wide = window<T: Float>(
-    qkv: &[T],
-    pad: &[T],
-    bias: &[T],
+/// One call's inputs, shared by every window.
+struct Inputs<'a, T> {
+    qkv: &'a [T],
+    pad: &'a [T],
+    bias: &'a [T],
     d: Dims,
     scale: T,
-    bi: usize,
-    wy: usize,
-    wx: usize,
-) -> Vec<T>);
+}
 
-/// One window: the outputs of its real tokens, row by row (`rows x cols x C`).
-#[allow(clippy::too_many_arguments)]
+simd_fn!(fn window_wide = window<T: Float>(inp: &Inputs<'_, T>, at: (usize, usize, usize)) -> Vec<T>);
+
+/// Window `(image, window row, window column)`: the outputs of its real tokens, row by row (`rows x cols x C`).
 #[inline(always)]
-fn window<T: Float>(
-    qkv: &[T],
-    pad: &[T],
-    bias: &[T],
-    d: Dims,
-    scale: T,
-    bi: usize,
-    wy: usize,
-    wx: usize,
-) -> Vec<T> {
+fn window<T: Float>(inp: &Inputs<'_, T>, (bi, wy, wx): (usize, usize, usize)) -> Vec<T> {
+    let Inputs {
+        qkv,
+        pad,
+        bias,
+        d,
+        scale,
+    } = *inp;
     let (kd, ws) = (d.kd, d.ws);
     let c = d.heads * kd;
     let n = ws * ws;
