@@ -59,8 +59,9 @@ fn scatter_head<T: Float>(dst: &mut [T], src: &[T], rows: usize, c: usize, d: us
     let _ = rows;
 }
 
+/// Softmax of each row of `n` values of `x` after scaling by `scale` (max-subtracted).
 #[inline(always)]
-fn softmax_rows<T: Float>(x: &mut [T], n: usize, scale: T) {
+pub(super) fn softmax_rows<T: Float>(x: &mut [T], n: usize, scale: T) {
     for row in x.chunks_exact_mut(n) {
         let mut mx = T::from_f64(f64::NEG_INFINITY);
         for v in row.iter_mut() {

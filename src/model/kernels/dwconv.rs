@@ -20,6 +20,52 @@ fn out_dim(n: usize, stride: usize) -> usize {
     (n - 1) / stride + 1
 }
 
+/// The (up to) three input rows that output row `oy` reads (`None` above and below the map), `row(iy)` giving
+/// input row `iy`.
+#[inline(always)]
+pub(crate) fn input_rows<'a, T>(
+    oy: usize,
+    stride: usize,
+    h: usize,
+    row: impl Fn(usize) -> &'a [T],
+) -> [Option<&'a [T]>; 3] {
+    std::array::from_fn(|ky| {
+        let iy = (oy * stride + ky) as isize - 1;
+        (iy >= 0 && iy < h as isize).then(|| row(iy as usize))
+    })
+}
+
+/// One output row: `orow[ox] += sum over taps of rows[ky][ox * stride + kx - 1] * w[ky * 3 + kx]`, per channel
+/// (`c` of them, `w` tap-major `(9, c)`), taps outside the map skipped, in the order ky, then kx.
+#[inline(always)]
+pub(crate) fn row_kernel<T: WithDType>(
+    orow: &mut [T],
+    rows: &[Option<&[T]>; 3],
+    w: &[T],
+    c: usize,
+    stride: usize,
+) {
+    let wo = orow.len() / c;
+    for ox in 0..wo {
+        let o = &mut orow[ox * c..(ox + 1) * c];
+        for (ky, xrow) in rows.iter().enumerate() {
+            let Some(xrow) = xrow else { continue };
+            let wd = xrow.len() / c;
+            for kx in 0..3 {
+                let ix = (ox * stride + kx) as isize - 1;
+                if ix < 0 || ix >= wd as isize {
+                    continue;
+                }
+                let xi = &xrow[ix as usize * c..(ix as usize + 1) * c];
+                let wk = &w[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                for ((o, &xv), &wv) in o.iter_mut().zip(xi).zip(wk) {
+                    *o += xv * wv;
+                }
+            }
+        }
+    }
+}
+
 fn fwd_kernel<T: WithDType>(
     x: &[T],
     w: &[T],
@@ -35,29 +81,8 @@ fn fwd_kernel<T: WithDType>(
         for (r, orow) in chunk.chunks_mut(wo * c).enumerate() {
             let row = row0 + r;
             let (bi, oy) = (row / ho, row % ho);
-            // The (up to) three input rows this output row reads.
-            let rows: [Option<&[T]>; 3] = std::array::from_fn(|ky| {
-                let iy = (oy * stride + ky) as isize - 1;
-                (iy >= 0 && iy < h as isize)
-                    .then(|| &x[(bi * h + iy as usize) * wd * c..][..wd * c])
-            });
-            for ox in 0..wo {
-                let o = &mut orow[ox * c..(ox + 1) * c];
-                for (ky, xrow) in rows.iter().enumerate() {
-                    let Some(xrow) = xrow else { continue };
-                    for kx in 0..3 {
-                        let ix = (ox * stride + kx) as isize - 1;
-                        if ix < 0 || ix >= wd as isize {
-                            continue;
-                        }
-                        let xi = &xrow[ix as usize * c..(ix as usize + 1) * c];
-                        let wk = &w[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                        for ((o, &xv), &wv) in o.iter_mut().zip(xi).zip(wk) {
-                            *o += xv * wv;
-                        }
-                    }
-                }
-            }
+            let rows = input_rows(oy, stride, h, |iy| &x[(bi * h + iy) * wd * c..][..wd * c]);
+            row_kernel(orow, &rows, w, c, stride);
         }
     });
     out

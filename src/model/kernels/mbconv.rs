@@ -10,7 +10,7 @@
 //!
 //! The same kernel serves the patch merging between stages (stride 2, no residual). Both layouts are
 //! channels-last: `x (B, H, W, C)`, output `(B, Ho, Wo, Cout)` with `Ho = (H - 1) / stride + 1`.
-//! It computes what the op-by-op path computes (same GELU, same taps in the same order); only the matmuls'
+//! It computes what the op-by-op path computes (same GELU, the depthwise conv's own row kernel); only the matmuls'
 //! summation order may differ in the last bits. Nothing here records a backward pass: the layers use it only
 //! when no gradient is tracked.
 
@@ -18,6 +18,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::cpu::{frozen_cpu, new_tensor, read_all};
+use super::dwconv::{input_rows, row_kernel};
 use super::float::{with_float, Float};
 use super::gemm::{gemm, Mat};
 use super::par::simd_fn;
@@ -70,12 +71,11 @@ pub(crate) fn forward<T: Float>(x: &[T], d: Dims, k: &Bottleneck<'_, T>) -> Vec<
     let mut out = vec![T::z(); d.b * ho * wo * d.cout];
     // Runs of RUN output rows, the parallel tasks; each walks its run in bands. The split does not depend on
     // the number of threads, so neither do the results (every matmul sees the same rows whatever the pool).
-    let per = RUN;
     let orow = wo * d.cout;
     let mut jobs: Vec<(usize, usize, &mut [T])> = Vec::new();
     for (bi, img) in out.chunks_mut(ho * orow).enumerate() {
-        for (ri, run) in img.chunks_mut(per * orow).enumerate() {
-            jobs.push((bi, ri * per, run));
+        for (ri, run) in img.chunks_mut(RUN * orow).enumerate() {
+            jobs.push((bi, ri * RUN, run));
         }
     }
     jobs.into_par_iter().for_each(|(bi, r0, run)| {
@@ -134,44 +134,16 @@ fn run_rows<T: Float>(x: &[T], d: Dims, k: &Bottleneck<'_, T>, r0: usize, run: &
             T::from_f64(1.0),
             1,
         );
-        for px in dst.chunks_exact_mut(hid) {
-            for (v, &b) in px.iter_mut().zip(k.b1) {
-                *v = (*v + b).gelu();
-            }
-        }
+        bias_gelu_rows(dst, k.b1);
         (have0, have1) = (lo, hi);
         // Depthwise 3x3 (padding 1) + bias + GELU into dbuf.
         let db = &mut dbuf[..n * wo * hid];
         db.fill(T::z());
         for (r, drow) in db.chunks_exact_mut(wo * hid).enumerate() {
-            let oy = oy0 + r;
-            for ky in 0..3 {
-                let iy = (oy * s + ky) as isize - 1;
-                if iy < 0 || iy >= d.h as isize {
-                    continue;
-                }
-                let hr = &hbuf[(iy as usize - lo) * hrow..][..hrow];
-                for ox in 0..wo {
-                    let od = &mut drow[ox * hid..(ox + 1) * hid];
-                    for kx in 0..3 {
-                        let ix = (ox * s + kx) as isize - 1;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let hv = &hr[ix as usize * hid..(ix as usize + 1) * hid];
-                        let wk = &k.wd[(ky * 3 + kx) * hid..(ky * 3 + kx + 1) * hid];
-                        for ((o, &a), &b) in od.iter_mut().zip(hv).zip(wk) {
-                            *o += a * b;
-                        }
-                    }
-                }
-            }
+            let rows = input_rows(oy0 + r, s, d.h, |iy| &hbuf[(iy - lo) * hrow..][..hrow]);
+            row_kernel(drow, &rows, k.wd, hid, s);
         }
-        for px in db.chunks_exact_mut(hid) {
-            for (v, &b) in px.iter_mut().zip(k.bd) {
-                *v = (*v + b).gelu();
-            }
-        }
+        bias_gelu_rows(db, k.bd);
         // Project back, then bias (+ residual and GELU).
         let y = &mut run[o * wo * d.cout..(o + n) * wo * d.cout];
         gemm(
@@ -204,10 +176,19 @@ fn run_rows<T: Float>(x: &[T], d: Dims, k: &Bottleneck<'_, T>, r0: usize, run: &
     }
 }
 
+/// `v <- gelu(v + b)` on every row of `b.len()` values.
+#[inline(always)]
+fn bias_gelu_rows<T: Float>(buf: &mut [T], b: &[T]) {
+    for px in buf.chunks_exact_mut(b.len()) {
+        for (v, &bv) in px.iter_mut().zip(b) {
+            *v = (*v + bv).gelu();
+        }
+    }
+}
+
 /// The bottleneck on a tensor `x (B, H, W, cin)` with folded weights `w1 (hidden, cin)`, `wd (9, hidden)`,
 /// `w3 (cout, hidden)` and their biases; `None` when the fused path does not apply (another device or dtype, or
 /// a gradient is tracked): the caller then runs the layers op by op.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bottleneck(
     x: &Tensor,
     (w1, b1): (&Tensor, &Tensor),

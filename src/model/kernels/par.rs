@@ -75,6 +75,31 @@ pub(crate) fn par_sum_rows<T: WithDType>(
     out
 }
 
+/// The widest vector instruction set [`simd`] and [`simd_fn!`] may use on this CPU.
+#[cfg(target_arch = "x86_64")]
+pub(crate) enum Wide {
+    /// AVX-512F with AVX2 and FMA.
+    Avx512,
+    /// AVX2 and FMA.
+    Avx2,
+    /// Neither: the baseline build.
+    Scalar,
+}
+
+/// Detect [`Wide`] (std caches the CPU's flags, so this is a few loads).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn wide() -> Wide {
+    let v3 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    if v3 && std::is_x86_feature_detected!("avx512f") {
+        Wide::Avx512
+    } else if v3 {
+        Wide::Avx2
+    } else {
+        Wide::Scalar
+    }
+}
+
 /// Run `f` compiled for AVX-512, or else AVX2+FMA, when the CPU has them (the kernels it calls are inlined into
 /// it). Rust never contracts `a * b + c` into an FMA and never reorders a float sum on its own, so the results are
 /// the same bits whichever is used.
@@ -82,16 +107,12 @@ pub(crate) fn par_sum_rows<T: WithDType>(
 pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: `simd_avx512` only requires AVX-512F, AVX2 and FMA, detected just above.
-            return unsafe { simd_avx512(f) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: `simd_avx2` only requires the CPU to support AVX2 and FMA, which was detected just above.
-            return unsafe { simd_avx2(f) };
+        match wide() {
+            // SAFETY: `simd_avx512` only requires AVX-512F, AVX2 and FMA, which `wide` detected.
+            Wide::Avx512 => return unsafe { simd_avx512(f) },
+            // SAFETY: `simd_avx2` only requires AVX2 and FMA, which `wide` detected.
+            Wide::Avx2 => return unsafe { simd_avx2(f) },
+            Wide::Scalar => {}
         }
     }
     f()
@@ -120,14 +141,12 @@ macro_rules! simd_fn {
                 unsafe fn v3<$T: $B>($($a: $t),*) $(-> $r)? {
                     $imp($($a),*)
                 }
-                let v3_ok = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-                if v3_ok && std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the features `v4` needs were detected just above.
-                    return unsafe { v4($($a),*) };
-                }
-                if v3_ok {
-                    // SAFETY: the features `v3` needs were detected just above.
-                    return unsafe { v3($($a),*) };
+                match $crate::model::kernels::par::wide() {
+                    // SAFETY: `wide` detected the features `v4` needs.
+                    $crate::model::kernels::par::Wide::Avx512 => return unsafe { v4($($a),*) },
+                    // SAFETY: `wide` detected the features `v3` needs.
+                    $crate::model::kernels::par::Wide::Avx2 => return unsafe { v3($($a),*) },
+                    $crate::model::kernels::par::Wide::Scalar => {}
                 }
             }
             $imp($($a),*)

@@ -16,6 +16,7 @@
 use candle_core::{Result, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::attention::softmax_rows;
 use super::cpu::{frozen_cpu, new_tensor, read_all};
 use super::float::{with_float, Float};
 use super::gemm::{gemm, Mat};
@@ -53,13 +54,15 @@ pub(crate) fn forward<T: Float>(qkv: &[T], pad: &[T], bias: &[T], d: Dims, scale
         d,
         scale,
     };
+    // Window i is (image, window row, window column).
+    let at = |i: usize| (i / (nh * nw), i % (nh * nw) / nw, i % nw);
     let outs: Vec<Vec<T>> = (0..windows)
         .into_par_iter()
-        .map(|i| window_wide(&inp, (i / (nh * nw), i % (nh * nw) / nw, i % nw)))
+        .map(|i| window_wide(&inp, at(i)))
         .collect();
     let mut out = vec![T::z(); d.b * d.h * d.w * c];
     for (i, o) in outs.iter().enumerate() {
-        let (bi, wy, wx) = (i / (nh * nw), i % (nh * nw) / nw, i % nw);
+        let (bi, wy, wx) = at(i);
         let (y0, x0) = (wy * d.ws, wx * d.ws);
         let cols = d.ws.min(d.w - x0);
         for (r, rows) in o.chunks(cols * c).enumerate() {
@@ -116,6 +119,7 @@ fn window<T: Float>(inp: &Inputs<'_, T>, (bi, wy, wx): (usize, usize, usize)) ->
     let mut s = vec![T::z(); nq * n];
     let mut o = vec![T::z(); nq * kd];
     let mut out = vec![T::z(); nq * c];
+    let one = T::from_f64(1.0);
     for h in 0..d.heads {
         let base = h * 3 * kd;
         for t in 0..n {
@@ -143,7 +147,7 @@ fn window<T: Float>(inp: &Inputs<'_, T>, (bi, wy, wx): (usize, usize, usize)) ->
             for (sv, &bv) in srow.iter_mut().zip(&bh[t * n..(t + 1) * n]) {
                 *sv += bv;
             }
-            softmax_row(srow);
+            softmax_rows(srow, n, one);
         }
         gemm(
             nq,
@@ -154,7 +158,7 @@ fn window<T: Float>(inp: &Inputs<'_, T>, (bi, wy, wx): (usize, usize, usize)) ->
             false,
             Mat::rows(&s, n),
             Mat::rows(&v, kd),
-            T::from_f64(1.0),
+            one,
             1,
         );
         for (orow, src) in out.chunks_exact_mut(c).zip(o.chunks_exact(kd)) {
@@ -162,26 +166,6 @@ fn window<T: Float>(inp: &Inputs<'_, T>, (bi, wy, wx): (usize, usize, usize)) ->
         }
     }
     out
-}
-
-/// In-place softmax of one row (max-subtracted).
-#[inline(always)]
-fn softmax_row<T: Float>(row: &mut [T]) {
-    let mut mx = row[0];
-    for &x in row.iter() {
-        if x > mx {
-            mx = x;
-        }
-    }
-    let mut sum = T::z();
-    for x in row.iter_mut() {
-        *x = (*x - mx).exp_();
-        sum += *x;
-    }
-    let inv = T::from_f64(1.0) / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
 }
 
 /// The attention on tensors: `qkv (B, H, W, 3C)`, `pad (3C)` (any shape of that size), `bias (heads, N, N)`;
