@@ -85,6 +85,15 @@ impl Linear {
         }
     }
 
+    /// The weight this layer applies, `W (+ (alpha/r) B A` when the active adapter has this path), as a
+    /// differentiable (out, in) tensor: for callers that fold the layer into another product.
+    pub fn effective_weight(&self, ad: Option<&Adapter>) -> Result<Tensor> {
+        match ad.and_then(|a| a.site(&self.path)) {
+            Some((a, bm, scale)) => self.weight.add(&(bm.matmul(a)? * scale)?),
+            None => Ok(self.weight.clone()),
+        }
+    }
+
     /// `x W^T` plus the LoRA term, without the bias.
     pub fn forward_no_bias(&self, x: &Tensor, ad: Option<&Adapter>) -> Result<Tensor> {
         let dims = x.dims().to_vec();

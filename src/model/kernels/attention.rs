@@ -84,7 +84,7 @@ pub(super) fn softmax_rows<T: Float>(x: &mut [T], n: usize, scale: T) {
 
 /// dS = P * (dP - rowsum(P * dP)) * scale, in place in dP.
 #[inline(always)]
-fn softmax_grad_rows<T: Float>(dp: &mut [T], p: &[T], n: usize, scale: T) {
+pub(super) fn softmax_grad_rows<T: Float>(dp: &mut [T], p: &[T], n: usize, scale: T) {
     for (dr, pr) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
         let s = dot(dr, pr);
         for (dv, &pv) in dr.iter_mut().zip(pr) {
@@ -152,6 +152,7 @@ impl AttnOp {
         sg: &CpuStorage,
         lg: &Layout,
         dm: AttnDims,
+        need: [bool; 3],
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
         let AttnDims { nb, nq, nk, c } = dm;
         let d = c / self.heads;
@@ -162,34 +163,46 @@ impl AttnOp {
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("fused attention: no forward".into()))?;
         let all_p = T::cpu_storage_as_slice(probs)?;
-        let mut dq = vec![T::z(); nb * nq * c];
-        let mut dk = vec![T::z(); nb * nk * c];
-        let mut dv = vec![T::z(); nb * nk * c];
+        // Only the gradients some variable needs (a constant key or value map costs nothing).
+        let mut dq = vec![T::z(); if need[0] { nb * nq * c } else { 0 }];
+        let mut dk = vec![T::z(); if need[1] { nb * nk * c } else { 0 }];
+        let mut dv = vec![T::z(); if need[2] { nb * nk * c } else { 0 }];
         let per = nb * nq * nk;
         for h in 0..self.heads {
             let p = &all_p[h * per..(h + 1) * per];
             let ph = h * per;
-            // dP = dO V^T
-            let dps = sg.matmul(
-                sv,
-                (nb, nq, nk, d),
-                &head_view(nb, nq, c, d, go, h),
-                &head_view_t(nb, nk, c, d, vo, h),
-            )?;
-            let mut ds = T::take(dps)?;
-            par_rows(&mut ds, nk, PAR_MIN, |r0, ch| {
-                softmax_grad_rows(ch, &p[r0 * nk..r0 * nk + ch.len()], nk, scale)
-            });
-            let dss = T::storage(ds);
-            let ds_l = Layout::contiguous((nb, nq, nk));
-            let ds_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], 0);
-            let gq = dss.matmul(sk, (nb, nq, d, nk), &ds_l, &head_view(nb, nk, c, d, ko, h))?;
-            scatter_head(&mut dq, T::cpu_storage_as_slice(&gq)?, nb * nq, c, d, h);
-            let gk = dss.matmul(sq, (nb, nk, d, nq), &ds_t, &head_view(nb, nq, c, d, qo, h))?;
-            scatter_head(&mut dk, T::cpu_storage_as_slice(&gk)?, nb * nk, c, d, h);
-            let p_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], ph);
-            let gv = probs.matmul(sg, (nb, nk, d, nq), &p_t, &head_view(nb, nq, c, d, go, h))?;
-            scatter_head(&mut dv, T::cpu_storage_as_slice(&gv)?, nb * nk, c, d, h);
+            if need[0] || need[1] {
+                // dP = dO V^T
+                let dps = sg.matmul(
+                    sv,
+                    (nb, nq, nk, d),
+                    &head_view(nb, nq, c, d, go, h),
+                    &head_view_t(nb, nk, c, d, vo, h),
+                )?;
+                let mut ds = T::take(dps)?;
+                par_rows(&mut ds, nk, PAR_MIN, |r0, ch| {
+                    softmax_grad_rows(ch, &p[r0 * nk..r0 * nk + ch.len()], nk, scale)
+                });
+                let dss = T::storage(ds);
+                let ds_l = Layout::contiguous((nb, nq, nk));
+                let ds_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], 0);
+                if need[0] {
+                    let gq =
+                        dss.matmul(sk, (nb, nq, d, nk), &ds_l, &head_view(nb, nk, c, d, ko, h))?;
+                    scatter_head(&mut dq, T::cpu_storage_as_slice(&gq)?, nb * nq, c, d, h);
+                }
+                if need[1] {
+                    let gk =
+                        dss.matmul(sq, (nb, nk, d, nq), &ds_t, &head_view(nb, nq, c, d, qo, h))?;
+                    scatter_head(&mut dk, T::cpu_storage_as_slice(&gk)?, nb * nk, c, d, h);
+                }
+            }
+            if need[2] {
+                let p_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], ph);
+                let gv =
+                    probs.matmul(sg, (nb, nk, d, nq), &p_t, &head_view(nb, nq, c, d, go, h))?;
+                scatter_head(&mut dv, T::cpu_storage_as_slice(&gv)?, nb * nk, c, d, h);
+            }
         }
         Ok((dq, dk, dv))
     }
@@ -233,28 +246,35 @@ impl CustomOp3 for AttnOp {
         else {
             bail!("fused attention: CPU only")
         };
-        let (dq, dk, dv) = with_float!(q.dtype(), "fused attention", T => {
-            let (a, b, c) = self.bwd_k::<T>(qs, lq, ks, lk, vs, lv, gs, lg, dm)?;
-            (
-                new_tensor(a, q.shape())?,
-                new_tensor(b, k.shape())?,
-                new_tensor(c, v.shape())?,
-            )
-        });
-        Ok((
-            q.track_op().then_some(dq),
-            k.track_op().then_some(dk),
-            v.track_op().then_some(dv),
-        ))
+        let need = [q.track_op(), k.track_op(), v.track_op()];
+        with_float!(q.dtype(), "fused attention", T => {
+            let (a, b, c) = self.bwd_k::<T>(qs, lq, ks, lk, vs, lv, gs, lg, dm, need)?;
+            let t = |g: Vec<T>, like: &Tensor, on: bool| -> Result<Option<Tensor>> {
+                on.then(|| new_tensor(g, like.shape())).transpose()
+            };
+            Ok((t(a, q, need[0])?, t(b, k, need[1])?, t(c, v, need[2])?))
+        })
     }
 }
 
 /// softmax(q_h k_h^T / sqrt(d)) v_h for every head h, on q (B, nq, C), k and v (B, nk, C); the
 /// result (B, nq, C) has the heads concatenated along C (as SAM's `_recombine_heads`).
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let d = q.dims3()?.2 / heads;
+    attention_scaled(q, k, v, heads, 1.0 / (d as f64).sqrt())
+}
+
+/// [`attention()`] with the scores multiplied by `scale` instead of `1/sqrt(C/heads)` (for queries whose
+/// projection was absorbed into them, whose width is no longer the head's).
+pub(crate) fn attention_scaled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, nq, c) = q.dims3()?;
     let d = c / heads;
-    let scale = 1.0 / (d as f64).sqrt();
     if !cpu_ok(&[q, k, v]) || k.dims3()?.2 != c || v.dims() != k.dims() {
         let split = |x: &Tensor| -> Result<Tensor> {
             let (b, n, c) = x.dims3()?;

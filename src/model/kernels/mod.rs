@@ -8,6 +8,8 @@
 //! - [`linear()`]: `act(x W^T + b)` (act: identity or erf-GELU), any leading dims or explicit rows;
 //! - [`lora_linear()`]: the same plus `scale (x A^T) B^T` with W and b frozen constants (A, B train);
 //! - [`attention()`]: multi-head scaled-dot-product attention on token-major (B, n, C) tensors;
+//! - [`grouped_attention`]: many queries over a few keys in softmax groups whose outputs are summed (the
+//!   decoder's image-to-token attention with its projections absorbed into the tokens);
 //! - [`ln_act`]: layer norm over rows of `w.len()` values, optionally followed by GELU;
 //! - [`hyper_dot`]: per-image dot products of rows with a (B, c) matrix (the mask read-out);
 //! - [`bias_gelu`] / [`gelu()`]: erf-GELU with an optional bias;
@@ -32,6 +34,7 @@ pub(crate) mod dwconv;
 pub(crate) mod float;
 pub(crate) mod gelu;
 pub(crate) mod gemm;
+pub(crate) mod grouped_attn;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod lora_linear;
@@ -45,10 +48,11 @@ mod infer_tests;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use attention::attention;
+pub(crate) use attention::{attention, attention_scaled};
 pub(crate) use conv3x3::conv3x3;
 pub(crate) use dwconv::dwconv3x3;
 pub(crate) use gelu::{bias_gelu, gelu};
+pub(crate) use grouped_attn::grouped_attention;
 pub(crate) use layer_norm::ln_act;
 pub(crate) use linear::linear;
 pub(crate) use lora_linear::lora_linear;

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::attention::attention;
+use super::attention::{attention, attention_scaled};
+use super::grouped_attn::grouped_attention;
 use super::layer_norm::{layer_norm_ops, ln_act};
 use super::linear::linear;
 use super::lora_linear::lora_linear;
@@ -175,6 +176,79 @@ fn attention_matches_candle() {
     let y1 = attention(x.as_tensor(), x.as_tensor(), x.as_tensor(), 2).unwrap();
     let g = y1.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     assert!(g.get(x.as_tensor()).is_some());
+}
+
+#[test]
+fn attention_with_constant_inputs_only_differentiates_the_rest() {
+    // A scaled single-head attention of a few tracked queries over constant keys and values (the decoder's
+    // absorbed token-to-image attention): only the queries' gradient is made, and it matches candle's ops.
+    let q = var(&[2, 4, 8], 20);
+    let k = Tensor::randn(0f64, 1.0, (2, 300, 8), &Device::Cpu).unwrap();
+    let v = Tensor::randn(0f64, 1.0, (2, 300, 8), &Device::Cpu).unwrap();
+    check(
+        &[&q],
+        &|| attention_scaled(q.as_tensor(), &k, &v, 1, 0.3).unwrap(),
+        &|| {
+            let s = (q.as_tensor().matmul(&k.t().unwrap()).unwrap() * 0.3).unwrap();
+            candle_nn::ops::softmax(&s, D::Minus1)
+                .unwrap()
+                .matmul(&v)
+                .unwrap()
+        },
+    );
+}
+
+#[test]
+fn grouped_attention_matches_candle() {
+    // 3 groups of 2 keys, over 300 queries (above the parallel threshold) and 5 (below it).
+    for n in [300, 5] {
+        let (x, kc, u) = (
+            var(&[2, n, 8], 21),
+            var(&[2, 6, 9], 22),
+            var(&[2, 6, 8], 23),
+        );
+        check(
+            &[&x, &kc, &u],
+            &|| grouped_attention(x.as_tensor(), kc.as_tensor(), u.as_tensor(), 3).unwrap(),
+            &|| {
+                let k = kc.as_tensor().narrow(2, 0, 8).unwrap();
+                let c = kc.as_tensor().narrow(2, 8, 1).unwrap();
+                let s = x
+                    .as_tensor()
+                    .matmul(&k.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&c.squeeze(2).unwrap().unsqueeze(1).unwrap())
+                    .unwrap();
+                let p = candle_nn::ops::softmax(&s.reshape((2, n, 3, 2)).unwrap(), D::Minus1)
+                    .unwrap()
+                    .reshape((2, n, 6))
+                    .unwrap();
+                p.matmul(u.as_tensor()).unwrap()
+            },
+        );
+    }
+    // Each group's probabilities sum to 1: with every value row equal to w, the output is groups x w.
+    let x = Tensor::randn(0f64, 1.0, (1, 4, 8), &Device::Cpu).unwrap();
+    let kc = Tensor::randn(0f64, 1.0, (1, 6, 9), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (1, 1, 8), &Device::Cpu).unwrap();
+    let y = grouped_attention(&x, &kc, &w.broadcast_as((1, 6, 8)).unwrap(), 3).unwrap();
+    let d = (y.broadcast_sub(&(w * 3.0).unwrap()).unwrap())
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(d < 1e-12, "{d}");
+    // Shapes that do not fit are an error, not a panic.
+    assert!(grouped_attention(&x, &kc, &kc, 3).is_err());
+    assert!(grouped_attention(
+        &x,
+        &kc,
+        &Tensor::zeros((1, 6, 8), candle_core::DType::F64, &Device::Cpu).unwrap(),
+        4
+    )
+    .is_err());
 }
 
 #[test]
