@@ -260,7 +260,7 @@ impl TwoWayAttentionBlock {
         };
         let queries = self.norm1.forward(&queries)?;
         let q = (&queries + query_pe)?;
-        let k = (keys + key_pe)?;
+        let k = kernels::add(keys, key_pe)?;
         let queries = (&queries + self.cross_attn_token_to_image.forward(&q, &k, keys, ad)?)?;
         let queries = self.norm2.forward(&queries)?;
         let mlp = self
@@ -271,7 +271,7 @@ impl TwoWayAttentionBlock {
         let attn = self
             .cross_attn_image_to_token
             .forward(&k, &q, &queries, ad)?;
-        let keys = self.norm4.forward(&(keys + attn)?)?;
+        let keys = self.norm4.forward(&kernels::add(keys, &attn)?)?;
         Ok((queries, keys))
     }
 }
@@ -333,7 +333,7 @@ impl TwoWayTransformer {
             (queries, keys) = l.forward(&queries, &keys, points, image_pe, ad)?;
         }
         let q = (&queries + points)?;
-        let k = keys.broadcast_add(image_pe)?;
+        let k = kernels::add(&keys, &image_pe.broadcast_as(keys.shape())?)?;
         let attn = self.final_attn_token_to_image.forward(&q, &k, &keys, ad)?;
         let queries = self.norm_final_attn.forward(&(queries + attn)?)?;
         Ok((queries, keys))

@@ -65,7 +65,7 @@ pub fn run_one_cell(spec: Spec, registry: &Registry, opts: &RunOptions, id: &str
     let reporter = Reporter::new(opts.quiet, 1).with_progress_files(&dir);
     let prep = setup::prepare(&spec, &reporter, &banner(&spec, cells.len(), 1, threads))?;
     let shared = shared_of(spec, registry, prep, &dir, reporter);
-    let outcomes = run_cells(&shared, std::slice::from_ref(&cell), 1)?;
+    let outcomes = run_cells(&shared, std::slice::from_ref(&cell), 1, threads)?;
     match outcomes.into_iter().next().map(|o| o.result) {
         Some(Err(e)) => Err(Error::internal(format!("cell {id} failed: {e}"))),
         _ => Ok(()),

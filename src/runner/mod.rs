@@ -86,7 +86,7 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
     let mut times = RunTimes::after_setup(t0, prep.embeddings_s);
     let shared = shared_of(spec, registry, prep, &folder.dir, reporter);
     let t_cells = std::time::Instant::now();
-    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1))?;
+    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1), threads)?;
     times.cells_wall_s = t_cells.elapsed().as_secs_f64();
     shared.reporter.finish();
     finish(

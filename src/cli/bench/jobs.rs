@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Barrier;
 use std::time::Instant;
 
-use super::common::{markdown, median, on_pool, thread_count};
+use super::common::{markdown, median, thread_count};
 use super::model::StepData;
 use evosam::model::{Adapter, LiteMedSam, LoraConfig};
 use evosam::train::{seg_loss, AdamW, LossWeights, ParamsAdamW};
@@ -50,6 +50,7 @@ pub fn steps_per_second(
     data: &StepData,
     jobs: usize,
     steps: usize,
+    pool: &rayon::ThreadPool,
 ) -> Result<f64> {
     let lora = LoraConfig {
         rank: 4,
@@ -67,24 +68,27 @@ pub fn steps_per_second(
         let handles: Vec<_> = (0..jobs)
             .map(|j| {
                 let (ready, lora, w) = (&ready, &lora, &w);
+                // Each loop runs inside the shared pool, as each cell of `evosam run` does.
                 s.spawn(move || -> Result<()> {
-                    let r = (|| {
-                        let ad = Adapter::new(model, lora, j as u64)?;
-                        let mut opt = AdamW::new(ad.vars(), params)?;
-                        let mut step = move || -> Result<()> {
-                            let out = model.decode(&data.emb, &data.prompts, Some(&ad))?;
-                            let g = seg_loss(&out, &data.target, w)?.backward()?;
-                            opt.step(&g)
-                        };
-                        step()?;
-                        Ok::<_, Error>(step)
-                    })();
-                    ready.wait();
-                    let mut step = r?;
-                    for _ in 0..steps {
-                        step()?;
-                    }
-                    Ok(())
+                    pool.install(|| {
+                        let r = (|| {
+                            let ad = Adapter::new(model, lora, j as u64)?;
+                            let mut opt = AdamW::new(ad.vars(), params)?;
+                            let mut step = move || -> Result<()> {
+                                let out = model.decode(&data.emb, &data.prompts, Some(&ad))?;
+                                let g = seg_loss(&out, &data.target, w)?.backward()?;
+                                opt.step(&g)
+                            };
+                            step()?;
+                            Ok::<_, Error>(step)
+                        })();
+                        ready.wait();
+                        let mut step = r?;
+                        for _ in 0..steps {
+                            step()?;
+                        }
+                        Ok(())
+                    })
                 })
             })
             .collect();
@@ -105,12 +109,17 @@ pub fn measure(
     jobs: &[usize],
     steps: usize,
     reps: usize,
+    threads: usize,
 ) -> Result<Vec<Throughput>> {
-    let data = StepData::new(model)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start {threads} threads: {e}")))?;
+    let data = pool.install(|| StepData::new(model))?;
     jobs.iter()
         .map(|&j| {
             let v = (0..reps.max(1))
-                .map(|_| steps_per_second(model, &data, j.max(1), steps.max(1)))
+                .map(|_| steps_per_second(model, &data, j.max(1), steps.max(1), &pool))
                 .collect::<Result<Vec<_>>>()?;
             Ok(Throughput {
                 jobs: j.max(1),
@@ -129,7 +138,7 @@ pub fn run(a: JobsArgs) -> Result<()> {
         "evosam bench jobs: {threads} threads, {} steps per loop, {} reps (medians)",
         a.steps, a.reps
     );
-    let t = on_pool(threads, || measure(&model, &a.jobs, a.steps, a.reps))?;
+    let t = measure(&model, &a.jobs, a.steps, a.reps, threads)?;
     let base = t.first().map(|x| x.steps_per_s).unwrap_or(f64::NAN);
     let rows: Vec<Vec<String>> = t
         .iter()
@@ -164,7 +173,7 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let cfg = evosam::model::LiteMedSamConfig::tiny();
         let model = evosam::model::LiteMedSam::random(&cfg, 0, &dev).unwrap();
-        let t = super::measure(&model, &[1, 2], 1, 1).unwrap();
+        let t = super::measure(&model, &[1, 2], 1, 1, 2).unwrap();
         assert_eq!(t.len(), 2);
         assert!(t
             .iter()

@@ -7,6 +7,7 @@
 //! Each op here is one graph node and computes only the gradients that some variable needs (`track_op`):
 //! - [`linear()`]: `act(x W^T + b)` (act: identity or erf-GELU), any leading dims or explicit rows;
 //! - [`lora_linear()`]: the same plus `scale (x A^T) B^T` with W and b frozen constants (A, B train);
+//! - [`add()`]: a sum whose gradient skips the constant side;
 //! - [`attention()`]: multi-head scaled-dot-product attention on token-major (B, n, C) tensors;
 //! - [`grouped_attention`]: many queries over a few keys in softmax groups whose outputs are summed (the
 //!   decoder's image-to-token attention with its projections absorbed into the tokens);
@@ -27,6 +28,7 @@
 //! Dependencies point one way: `float`, `par` and `cpu` at the bottom, the ops above them, `lora_linear` on
 //! `linear`; nothing here imports the model's layers.
 
+pub(crate) mod add;
 pub(crate) mod attention;
 pub(crate) mod conv3x3;
 pub(crate) mod cpu;
@@ -48,6 +50,7 @@ mod infer_tests;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use add::add;
 pub(crate) use attention::{attention, attention_scaled};
 pub(crate) use conv3x3::conv3x3;
 pub(crate) use dwconv::dwconv3x3;
