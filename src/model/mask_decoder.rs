@@ -79,6 +79,14 @@ impl ConvT2x2 {
             b: vb.get(cout, "bias")?,
         })
     }
+    /// `x` read as rows of `cin` values, `hyper` (B, cout) -> (B, rows / B x 4): erf-GELU of the sub-pixel
+    /// outputs, each pixel's `cout` channels dotted with its image's `hyper` (the mask read-out).
+    fn readout_gelu(&self, x: &Tensor, hyper: &Tensor) -> Result<Tensor> {
+        let b4 = Tensor::cat(&[&self.b, &self.b, &self.b, &self.b], 0)?;
+        let wb = Tensor::cat(&[&self.w, &b4.unsqueeze(1)?], 1)?;
+        super::kernels::readout_gelu(x, &wb, hyper)
+    }
+
     /// x read as rows of `cin` values -> (rows, 4 * cout), columns ordered (dy, dx, cout): the
     /// sub-pixel layout (no spatial interleave). With `act`, erf-GELU is applied.
     fn forward_subpixel(&self, x: &Tensor, act: bool) -> Result<Tensor> {
@@ -155,9 +163,9 @@ impl MaskDecoder {
         let x = self.up0.forward_subpixel(&keys, false)?; // (B*s*s, 4 * C/4)
                                                           // Layer norm over each sub-pixel's C/4 channels, then GELU.
         let x = super::kernels::ln_act(&x, &self.ln1.0, &self.ln1.1, 1e-6, true)?;
-        let x = self.up3.forward_subpixel(&x, true)?; // (B*s*s*4, 4 * C/8)
         let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
-        let masks = super::kernels::hyper_dot(&x, &hyper)?; // (B, s*s*16)
+                                                         // The second transposed conv, its GELU and the read-out with the hypernetwork's vector, as one node.
+        let masks = self.up3.readout_gelu(&x, &hyper)?; // (B, s*s*16)
         let masks = masks
             .reshape((b * s, s, 2, 2, 2, 2))?
             .permute((0, 2, 4, 1, 3, 5))?

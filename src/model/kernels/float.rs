@@ -170,14 +170,6 @@ pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
     s
 }
 
-/// `y += a x`.
-#[inline(always)]
-pub(crate) fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

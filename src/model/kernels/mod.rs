@@ -12,7 +12,7 @@
 //! - [`grouped_attention`]: many queries over a few keys in softmax groups whose outputs are summed (the
 //!   decoder's image-to-token attention with its projections absorbed into the tokens);
 //! - [`ln_act`]: layer norm over rows of `w.len()` values, optionally followed by GELU;
-//! - [`hyper_dot`]: per-image dot products of rows with a (B, c) matrix (the mask read-out);
+//! - [`readout_gelu`]: the last upscaling layer (linear + GELU) and the mask read-out as one node;
 //! - [`bias_gelu`] / [`gelu()`]: erf-GELU with an optional bias;
 //! - [`dwconv3x3`]: the encoder's depthwise 3x3 convolution, channels-last.
 //!
@@ -60,7 +60,7 @@ pub(crate) use layer_norm::ln_act;
 pub(crate) use linear::linear;
 pub(crate) use lora_linear::lora_linear;
 pub(crate) use mbconv::bottleneck;
-pub(crate) use readout::hyper_dot;
+pub(crate) use readout::readout_gelu;
 pub(crate) use window_attn::window_attention;
 
 /// Below this many output elements a fused op runs on the calling thread (thread hand-off costs more).

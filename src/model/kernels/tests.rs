@@ -8,7 +8,7 @@ use super::grouped_attn::grouped_attention;
 use super::layer_norm::{layer_norm_ops, ln_act};
 use super::linear::linear;
 use super::lora_linear::lora_linear;
-use super::readout::hyper_dot;
+use super::readout::readout_gelu;
 
 fn var(shape: &[usize], seed: u64) -> Var {
     use rand::{Rng, SeedableRng};
@@ -274,17 +274,50 @@ fn ln_act_matches_candle() {
 }
 
 #[test]
-fn hyper_dot_matches_candle() {
-    let (x, h) = (var(&[2, 6, 4], 17), var(&[2, 4], 18));
-    check(
-        &[&x, &h],
-        &|| hyper_dot(x.as_tensor(), h.as_tensor()).unwrap(),
-        &|| {
-            x.as_tensor()
-                .matmul(&h.as_tensor().unsqueeze(2).unwrap())
-                .unwrap()
-                .squeeze(2)
-                .unwrap()
-        },
-    );
+fn readout_gelu_matches_candle() {
+    // 2 images of 3300 rows (above the parallel threshold: parts of several bands, a part boundary inside an
+    // image) and of 3 rows; rows of 5 values, 3 sub-pixels of 4 channels.
+    for rows in [3300, 3] {
+        let (x, wb, h) = (var(&[2 * rows, 5], 17), var(&[12, 6], 18), var(&[2, 4], 19));
+        check(
+            &[&x, &wb, &h],
+            &|| readout_gelu(x.as_tensor(), wb.as_tensor(), h.as_tensor()).unwrap(),
+            &|| {
+                let w = wb.as_tensor().narrow(1, 0, 5).unwrap();
+                let b = wb.as_tensor().narrow(1, 5, 1).unwrap().squeeze(1).unwrap();
+                let z = x
+                    .as_tensor()
+                    .matmul(&w.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap();
+                // GELU from erf (whose backward is exact; candle's gelu_erf backward rounds 1/sqrt(2 pi), which
+                // sums to 1e-5 over this many rows).
+                let e = ((&z / std::f64::consts::SQRT_2).unwrap().erf().unwrap() + 1.0).unwrap();
+                let a = ((&z * 0.5).unwrap() * e).unwrap();
+                // (2 rows, 12) -> per image (rows x 3 pixels, 4 channels), dotted with the image's h.
+                a.reshape((2, rows * 3, 4))
+                    .unwrap()
+                    .matmul(&h.as_tensor().unsqueeze(2).unwrap())
+                    .unwrap()
+                    .squeeze(2)
+                    .unwrap()
+            },
+        );
+    }
+    let x = Tensor::zeros((4, 5), candle_core::DType::F64, &Device::Cpu).unwrap();
+    let h = Tensor::zeros((2, 4), candle_core::DType::F64, &Device::Cpu).unwrap();
+    // 12 outputs per row are not groups of 5 channels; a weight of 3 columns has no bias column for 5 inputs.
+    assert!(readout_gelu(
+        &x,
+        &Tensor::zeros((12, 6), candle_core::DType::F64, &Device::Cpu).unwrap(),
+        &Tensor::zeros((2, 5), candle_core::DType::F64, &Device::Cpu).unwrap()
+    )
+    .is_err());
+    assert!(readout_gelu(
+        &x,
+        &Tensor::zeros((12, 4), candle_core::DType::F64, &Device::Cpu).unwrap(),
+        &h
+    )
+    .is_err());
 }
