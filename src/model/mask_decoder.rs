@@ -150,8 +150,6 @@ impl MaskDecoder {
             .unsqueeze(0)?
             .broadcast_as((b, out_tokens.dim(0)?, c))?;
         let tokens = Tensor::cat(&[&out_tokens, &sparse.to_dtype(src.dtype())?], 1)?;
-        // Materialised once so that every `keys + pe` below is a contiguous add.
-        let pe = pe.broadcast_as((b, s * s, c))?.contiguous()?;
         let (hs, keys) =
             self.transformer
                 .forward(&src.reshape((b, s * s, c))?, &pe, &tokens, ad)?;

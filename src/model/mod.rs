@@ -301,7 +301,7 @@ impl LiteMedSam {
         prompts: &Prompts,
         adapter: Option<&Adapter>,
     ) -> Result<DecoderOutput> {
-        let (b, c, s, _) = emb.dims4()?;
+        let (b, c, _, _) = emb.dims4()?;
         if prompts.batch_size()? != b {
             return Err(Error::input(format!(
                 "{} prompts for {b} embeddings",
@@ -314,7 +314,6 @@ impl LiteMedSam {
             prompts.boxes.as_ref(),
         )?;
         let emb = common::to_dtype(emb, self.dtype)?;
-        let emb_cl = emb.permute((0, 2, 3, 1))?.contiguous()?;
         let src = match &prompts.masks {
             Some(m) => {
                 if m.dim(0)? != b {
@@ -323,21 +322,18 @@ impl LiteMedSam {
                         m.dim(0)?
                     )));
                 }
-                (emb_cl + pe.embed_masks(m)?)?
+                (emb.permute((0, 2, 3, 1))?.contiguous()? + pe.embed_masks(m)?)?
             }
-            None => {
-                let no_mask = pe
-                    .dense_embeddings(1)?
+            // The no-mask embedding on every pixel, channels-last, in one pass.
+            None => kernels::tokens_plus(
+                &emb,
+                &pe.dense_embeddings(1)?
                     .narrow(2, 0, 1)?
                     .narrow(3, 0, 1)?
-                    .reshape((1, 1, 1, c))?;
-                emb_cl.broadcast_add(&no_mask)?
-            }
+                    .reshape(c)?,
+            )?,
         };
-        let pos = pe
-            .get_dense_pe()
-            .permute((0, 2, 3, 1))?
-            .reshape((1, s * s, c))?;
+        let pos = pe.dense_pe_tokens();
         let (logits, iou) = self.mask_decoder.forward(&src, &pos, &sparse, adapter)?;
         Ok(DecoderOutput { logits, iou })
     }

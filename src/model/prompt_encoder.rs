@@ -109,7 +109,7 @@ pub struct PromptEncoder {
     point_embeddings: Vec<Tensor>, // 4 x (1, embed_dim)
     not_a_point_embed: Tensor,     // (1, embed_dim)
     no_mask_embed: Tensor,         // (1, embed_dim)
-    dense_pe: Tensor,              // (1, embed_dim, s, s)
+    dense_pe_tokens: Tensor,       // (1, s * s, embed_dim)
     mask_downscaling: MaskDownscaling,
 }
 
@@ -125,7 +125,8 @@ impl PromptEncoder {
         }
         let not_a_point_embed = vb.pp("not_a_point_embed").get((1, e), "weight")?;
         let no_mask_embed = vb.pp("no_mask_embed").get((1, e), "weight")?;
-        let dense_pe = Self::grid_pe(&pe_gauss, cfg.image_embedding_size)?;
+        let s = cfg.image_embedding_size;
+        let dense_pe_tokens = Self::grid_pe(&pe_gauss, s)?.reshape((1, s * s, e))?;
         let mask_downscaling =
             MaskDownscaling::new(cfg.mask_in_chans, e, vb.pp("mask_downscaling"))?;
         Ok(Self {
@@ -135,7 +136,7 @@ impl PromptEncoder {
             point_embeddings,
             not_a_point_embed,
             no_mask_embed,
-            dense_pe,
+            dense_pe_tokens,
             mask_downscaling,
         })
     }
@@ -161,15 +162,13 @@ impl PromptEncoder {
             }
         }
         let coords = Tensor::from_vec(v, (s, s, 2), g.device())?.to_dtype(g.dtype())?;
-        Self::pe_encoding(g, &coords)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .contiguous()
+        Self::pe_encoding(g, &coords)
     }
 
-    /// Dense positional encoding (1, embed_dim, s, s).
-    pub fn get_dense_pe(&self) -> &Tensor {
-        &self.dense_pe
+    /// Dense positional encoding of the image tokens: (1, s * s, embed_dim), channels-last (SAM's
+    /// `get_dense_pe()`, which is (1, embed_dim, s, s), permuted).
+    pub fn dense_pe_tokens(&self) -> &Tensor {
+        &self.dense_pe_tokens
     }
 
     /// Dense prompt embedding: the no-mask embedding broadcast to (B, embed_dim, s, s).

@@ -333,7 +333,7 @@ impl TwoWayTransformer {
             (queries, keys) = l.forward(&queries, &keys, points, image_pe, ad)?;
         }
         let q = (&queries + points)?;
-        let k = kernels::add(&keys, &image_pe.broadcast_as(keys.shape())?)?;
+        let k = kernels::add(&keys, image_pe)?;
         let attn = self.final_attn_token_to_image.forward(&q, &k, &keys, ad)?;
         let queries = self.norm_final_attn.forward(&(queries + attn)?)?;
         Ok((queries, keys))

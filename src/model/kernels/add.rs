@@ -11,14 +11,25 @@ use super::float::{with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
 
+/// `b` is added to each of `a`'s `b.len()`-element blocks (once when the shapes agree, once per batch entry when
+/// `b` has a leading 1).
 struct Add;
 
 impl Add {
-    fn fwd<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    /// `row`: the last dimension (the blocks are whole rows of it).
+    fn fwd<T: Float>(a: &[T], b: &[T], row: usize) -> Vec<T> {
+        let brows = b.len() / row;
         let mut out = vec![T::z(); a.len()];
-        par_rows(&mut out, 1, PAR_MIN, |r0, ch| {
-            for ((o, &x), &y) in ch.iter_mut().zip(&a[r0..]).zip(&b[r0..]) {
-                *o = x + y;
+        par_rows(&mut out, row, PAR_MIN, |r0, ch| {
+            for ((o, x), r) in ch
+                .chunks_exact_mut(row)
+                .zip(a[r0 * row..].chunks_exact(row))
+                .zip(r0..)
+            {
+                let y = &b[(r % brows) * row..(r % brows + 1) * row];
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                    *o = x + y;
+                }
             }
         });
         out
@@ -37,7 +48,8 @@ impl CustomOp2 for Add {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let s = with_float!(s1.dtype(), "fused add", T => {
-            T::storage(Self::fwd(slices::<T>(s1, l1)?, slices::<T>(s2, l2)?))
+            let row = l1.dims().last().copied().unwrap_or(1).max(1);
+            T::storage(Self::fwd(slices::<T>(s1, l1)?, slices::<T>(s2, l2)?, row))
         });
         Ok((s, l1.shape().clone()))
     }
@@ -48,16 +60,25 @@ impl CustomOp2 for Add {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((
-            a.track_op().then(|| g.clone()),
-            b.track_op().then(|| g.clone()),
-        ))
+        let gb = if b.track_op() {
+            Some(if b.dims() == a.dims() {
+                g.clone()
+            } else {
+                g.sum_keepdim(0)?
+            })
+        } else {
+            None
+        };
+        Ok((a.track_op().then(|| g.clone()), gb))
     }
 }
 
-/// `a + b` for tensors of one shape; the gradient goes only to the sides that track one.
+/// `a + b` for tensors of one shape, or `b` of `a`'s shape with a leading 1 (one for the whole batch); the
+/// gradient goes only to the sides that track one.
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !cpu_ok(&[a, b]) || a.dims() != b.dims() {
+    let batch =
+        a.rank() > 1 && b.rank() == a.rank() && b.dim(0)? == 1 && a.dims()[1..] == b.dims()[1..];
+    if !cpu_ok(&[a, b]) || !(a.dims() == b.dims() || batch) {
         return a.broadcast_add(b);
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, Add)

@@ -18,7 +18,7 @@
 //!
 //! Inference-only kernels (no backward pass; the layers call them when no gradient is tracked and fall back to
 //! the ops above otherwise), which keep the encoder's large maps in cache: [`bottleneck`] (MBConv and patch
-//! merging in bands of rows), [`window_attention`] (TinyViT's windowed attention from the qkv map) and
+//! merging in bands of rows), [`tokens_plus`] (a cached embedding to the decoder's tokens), [`window_attention`] (TinyViT's windowed attention from the qkv map) and
 //! [`conv3x3`] (the neck's dense conv as nine matmuls on the padded map). They multiply through [`gemm`].
 //!
 //! All work on contiguous CPU f32/f64 tensors; anything else falls back to candle's ops (same numbers). Generic
@@ -43,6 +43,7 @@ pub(crate) mod lora_linear;
 pub(crate) mod mbconv;
 pub(crate) mod par;
 pub(crate) mod readout;
+pub(crate) mod tokens;
 pub(crate) mod window_attn;
 
 #[cfg(test)]
@@ -61,6 +62,7 @@ pub(crate) use linear::linear;
 pub(crate) use lora_linear::lora_linear;
 pub(crate) use mbconv::bottleneck;
 pub(crate) use readout::readout_gelu;
+pub(crate) use tokens::tokens_plus;
 pub(crate) use window_attn::window_attention;
 
 /// Below this many output elements a fused op runs on the calling thread (thread hand-off costs more).

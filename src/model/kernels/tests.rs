@@ -3,12 +3,14 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
+use super::add::add;
 use super::attention::{attention, attention_scaled};
 use super::grouped_attn::grouped_attention;
 use super::layer_norm::{layer_norm_ops, ln_act};
 use super::linear::linear;
 use super::lora_linear::lora_linear;
 use super::readout::readout_gelu;
+use super::tokens::tokens_plus;
 
 fn var(shape: &[usize], seed: u64) -> Var {
     use rand::{Rng, SeedableRng};
@@ -249,6 +251,71 @@ fn grouped_attention_matches_candle() {
         4
     )
     .is_err());
+}
+
+#[test]
+fn add_matches_candle_and_skips_constants() {
+    // Same shapes, and a (1, n, c) term for the whole batch (the positional encoding); above and below the
+    // parallel threshold.
+    for n in [3, 5000] {
+        let (a, b, b1) = (
+            var(&[2, n, 8], 30),
+            var(&[2, n, 8], 31),
+            var(&[1, n, 8], 32),
+        );
+        check(
+            &[&a, &b],
+            &|| add(a.as_tensor(), b.as_tensor()).unwrap(),
+            &|| (a.as_tensor() + b.as_tensor()).unwrap(),
+        );
+        check(
+            &[&a, &b1],
+            &|| add(a.as_tensor(), b1.as_tensor()).unwrap(),
+            &|| a.as_tensor().broadcast_add(b1.as_tensor()).unwrap(),
+        );
+    }
+    // A constant side gets no gradient.
+    let a = var(&[2, 3, 4], 33);
+    let c = Tensor::ones((1, 3, 4), candle_core::DType::F64, &Device::Cpu).unwrap();
+    let y = add(a.as_tensor(), &c).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(a.as_tensor()).is_some() && g.get(&c).is_none());
+}
+
+#[test]
+fn tokens_plus_matches_candle() {
+    // 2 images of 3 x 37 pixels (blocks that end at an image's edge), 5 channels; and a map above the parallel
+    // threshold.
+    for (h, w) in [(3, 37), (64, 64)] {
+        let x = Tensor::randn(0f64, 1.0, (2, 5, h, w), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f64, 1.0, 5, &Device::Cpu).unwrap();
+        let y = tokens_plus(&x, &b).unwrap();
+        let r = x
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 1, 1, 5)).unwrap())
+            .unwrap();
+        assert_eq!(y.dims(), r.dims());
+        let d = (y - r)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(d, 0.0);
+    }
+    // A tracked map takes candle's ops (with their gradient).
+    let x = var(&[1, 5, 2, 3], 34);
+    let b = Tensor::zeros(5, candle_core::DType::F64, &Device::Cpu).unwrap();
+    let g = tokens_plus(x.as_tensor(), &b)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(x.as_tensor()).is_some());
 }
 
 #[test]
