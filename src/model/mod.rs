@@ -334,7 +334,7 @@ impl LiteMedSam {
             )?,
         };
         let pos = pe.dense_pe_tokens();
-        let (logits, iou) = self.mask_decoder.forward(&src, &pos, &sparse, adapter)?;
+        let (logits, iou) = self.mask_decoder.forward(&src, pos, &sparse, adapter)?;
         Ok(DecoderOutput { logits, iou })
     }
 
