@@ -13,9 +13,10 @@ pub struct Args {
     /// Results root; results go to DIR/<experiment name>/ (default: the spec's `output`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Cells (strategy x seed x order) to run concurrently; compute threads are shared, not multiplied.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub jobs: usize,
+    /// Cells (strategy x seed x order) to run concurrently; compute threads are shared, not multiplied
+    /// (default: 2 on a CPU with at least 2 threads, else 1; `evosam bench jobs` shows what more buy).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Continue an interrupted run in the same folder (finished stages are kept).
     #[arg(long)]
     pub resume: bool,
@@ -45,7 +46,7 @@ pub struct Args {
 /// ([`runner::threads_for`]) before any work starts: the binary sets `RAYON_NUM_THREADS` with it (the library
 /// itself never changes process-wide state).
 pub fn run(args: Args, set_threads: fn(usize)) -> evosam::Result<()> {
-    if args.jobs == 0 {
+    if args.jobs == Some(0) {
         return Err(evosam::Error::input("--jobs must be at least 1"));
     }
     let registry = Registry::default();
@@ -54,7 +55,7 @@ pub fn run(args: Args, set_threads: fn(usize)) -> evosam::Result<()> {
     spec.check_data()?;
     let opts = RunOptions {
         out: args.out,
-        jobs: args.jobs,
+        jobs: args.jobs.unwrap_or_else(|| runner::default_jobs(&spec)),
         resume: args.resume,
         quiet: args.quiet,
         report: !args.no_report,

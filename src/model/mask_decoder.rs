@@ -150,9 +150,9 @@ impl MaskDecoder {
             .unsqueeze(0)?
             .broadcast_as((b, out_tokens.dim(0)?, c))?;
         let tokens = Tensor::cat(&[&out_tokens, &sparse.to_dtype(src.dtype())?], 1)?;
-        let (hs, keys) =
-            self.transformer
-                .forward(&src.reshape((b, s * s, c))?, pe, &tokens, ad)?;
+        let (hs, keys) = self
+            .transformer
+            .forward(&src.reshape((b, s * s, c))?, pe, &tokens, ad)?;
         let iou_tok = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let mask_tok = hs.narrow(1, 1, 1)?.squeeze(1)?;
         // Output upscaling (two 2x2 stride-2 transposed convs) in sub-pixel layout: pixel

@@ -36,23 +36,26 @@ pub(super) struct Outcome {
     pub times: CellTimes,
 }
 
-/// Run `cells`, `jobs` at a time. Every cell runs inside one rayon pool of `threads` threads: its own thread is a
-/// worker of the pool that its kernels and matmuls split work on, so the serial parts of a step and the parallel
-/// ones never need more than `threads` cores (a cell on a thread outside the pool made it `threads + 1` busy
-/// threads, which on a small machine cost 5-10% of every training step).
+/// The run's compute pool: `threads` rayon threads. Everything that computes (embeddings, then every cell) runs
+/// inside it: the calling thread is then one of the pool's workers, which its kernels and matmuls split work on,
+/// so the serial parts of a step and the parallel ones never need more than `threads` cores (work started from a
+/// thread outside the pool kept `threads + 1` threads busy, which on a small machine cost 5-10% of every step).
+pub(super) fn compute_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("evosam-compute-{i}"))
+        .build()
+        .map_err(|e| Error::internal(format!("cannot start {threads} compute threads: {e}")))?;
+    Ok(Arc::new(pool))
+}
+
+/// Run `cells`, `jobs` at a time, each inside `pool` ([`compute_pool`]; jobs share its threads).
 pub(super) fn run_cells(
     shared: &Arc<Shared>,
     cells: &[Cell],
     jobs: usize,
-    threads: usize,
+    pool: &Arc<rayon::ThreadPool>,
 ) -> Result<Vec<Outcome>> {
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("evosam-compute-{i}"))
-            .build()
-            .map_err(|e| Error::internal(format!("cannot start {threads} compute threads: {e}")))?,
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(jobs)

@@ -10,8 +10,8 @@ use super::plan::{RunFile, RunFolder};
 use super::record::{stages_done, Attempt};
 use super::timing::RunTimes;
 use super::{
-    banner, cells_of, finish, run_cells, run_dir, setup, shared_of, spec_fingerprint, threads_for,
-    Outcome, Reporter, RunOptions, RunSummary,
+    banner, cells_of, compute_pool, finish, run_cells, run_dir, setup, shared_of, spec_fingerprint,
+    threads_for, Outcome, Reporter, RunOptions, RunSummary,
 };
 use crate::spec::Spec;
 use crate::strategy::Registry;
@@ -26,13 +26,15 @@ pub fn prepare_run(spec: Spec, opts: &RunOptions) -> Result<PathBuf> {
     let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, true)?;
     let n = cells_of(&spec).len();
     let reporter = Reporter::new(opts.quiet, n);
-    let prep = match setup::prepare(&spec, &reporter, &banner(&spec, n, 1, threads)) {
-        Ok(p) => p,
-        Err(e) => {
-            folder.abandon();
-            return Err(e);
-        }
-    };
+    let pool = compute_pool(threads)?;
+    let prep =
+        match pool.install(|| setup::prepare(&spec, &reporter, &banner(&spec, n, 1, threads))) {
+            Ok(p) => p,
+            Err(e) => {
+                folder.abandon();
+                return Err(e);
+            }
+        };
     reporter.info(&format!(
         "prepared {}: {} embeddings in {:.1} s",
         folder.dir.display(),
@@ -63,9 +65,11 @@ pub fn run_one_cell(spec: Spec, registry: &Registry, opts: &RunOptions, id: &str
         )));
     };
     let reporter = Reporter::new(opts.quiet, 1).with_progress_files(&dir);
-    let prep = setup::prepare(&spec, &reporter, &banner(&spec, cells.len(), 1, threads))?;
+    let pool = compute_pool(threads)?;
+    let prep =
+        pool.install(|| setup::prepare(&spec, &reporter, &banner(&spec, cells.len(), 1, threads)))?;
     let shared = shared_of(spec, registry, prep, &dir, reporter);
-    let outcomes = run_cells(&shared, std::slice::from_ref(&cell), 1, threads)?;
+    let outcomes = run_cells(&shared, std::slice::from_ref(&cell), 1, &pool)?;
     match outcomes.into_iter().next().map(|o| o.result) {
         Some(Err(e)) => Err(Error::internal(format!("cell {id} failed: {e}"))),
         _ => Ok(()),

@@ -46,7 +46,7 @@ use crate::results;
 use crate::spec::Spec;
 use crate::strategy::Registry;
 use crate::{Error, Result};
-use cell::{collect, collect_clicks, run_cells, Outcome};
+use cell::{collect, collect_clicks, compute_pool, run_cells, Outcome};
 use plan::RunFolder;
 use shared::Shared;
 use std::path::{Path, PathBuf};
@@ -76,7 +76,8 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
     let reporter = Reporter::new(opts.quiet, cells.len()).with_progress_files(&folder.dir);
     let banner = banner(&spec, cells.len(), opts.jobs.max(1), threads);
     // Everything before the first cell; a fresh run that fails here leaves no folder behind.
-    let prep = match setup::prepare(&spec, &reporter, &banner) {
+    let pool = compute_pool(threads)?;
+    let prep = match pool.install(|| setup::prepare(&spec, &reporter, &banner)) {
         Ok(p) => p,
         Err(e) => {
             folder.abandon();
@@ -86,7 +87,7 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
     let mut times = RunTimes::after_setup(t0, prep.embeddings_s);
     let shared = shared_of(spec, registry, prep, &folder.dir, reporter);
     let t_cells = std::time::Instant::now();
-    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1), threads)?;
+    let outcomes = run_cells(&shared, &cells, opts.jobs.max(1), &pool)?;
     times.cells_wall_s = t_cells.elapsed().as_secs_f64();
     shared.reporter.finish();
     finish(
@@ -98,6 +99,20 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
         threads,
         (t0, times),
     )
+}
+
+/// Cells to run at once when the caller does not say: 2 when the run is on the CPU with at least 2 compute
+/// threads and has at least 2 cells, else 1. Cells share one compute pool, so a second cell does not multiply the
+/// threads: it fills the cores while the first is in the serial parts of its step (the prompt tokens' small
+/// products, the optimiser, evaluation bookkeeping). `evosam bench jobs` measures what this buys on a machine.
+/// The tables are the same whatever the number of jobs.
+pub fn default_jobs(spec: &Spec) -> usize {
+    let cpu = matches!(crate::spec::parse_device(&spec.experiment.device), Ok(None));
+    if cpu && threads_for(spec) >= 2 && cells_of(spec).len() >= 2 {
+        2
+    } else {
+        1
+    }
 }
 
 /// `<out>/<experiment name>/`.
