@@ -1,31 +1,17 @@
 //! The inference-only kernels against the same computation from candle's ops, in f64, on sizes that exercise
 //! the edges: odd maps, partial bands and windows, stride 2, several images, and thread pools of 1 to 3.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::conv3x3::conv3x3;
 use super::mbconv::bottleneck;
 use super::window_attn::window_attention;
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    super::tests::var(shape, seed).as_tensor().detach()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
+use super::tests::max_abs as max_diff;
 
 /// Run `f` on rayon pools of 1, 2 and 3 threads; the results must be the same bits on every pool.
 fn on_pools(f: impl Fn() -> Tensor + Sync) {

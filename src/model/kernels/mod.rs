@@ -49,7 +49,7 @@ pub(crate) mod window_attn;
 #[cfg(test)]
 mod infer_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub(crate) use add::add;
 pub(crate) use attention::{attention, attention_scaled};

@@ -12,12 +12,26 @@ use super::lora_linear::lora_linear;
 use super::readout::readout_gelu;
 use super::tokens::tokens_plus;
 
-fn var(shape: &[usize], seed: u64) -> Var {
+/// A random f64 variable of `shape`, uniform in (-1, 1), from `seed` (also for the model's tests).
+pub(crate) fn var(shape: &[usize], seed: u64) -> Var {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
     Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// The largest absolute difference of two f64 tensors of one shape.
+pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// Forward values and the gradients of sum(y * r) agree between the fused op and candle's ops.
@@ -295,16 +309,7 @@ fn tokens_plus_matches_candle() {
             .unwrap()
             .broadcast_add(&b.reshape((1, 1, 1, 5)).unwrap())
             .unwrap();
-        assert_eq!(y.dims(), r.dims());
-        let d = (y - r)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert_eq!(d, 0.0);
+        assert_eq!(max_abs(&y, &r), 0.0);
     }
     // A tracked map takes candle's ops (with their gradient).
     let x = var(&[1, 5, 2, 3], 34);

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::{Attention, AttnPath};
+use crate::model::kernels::tests::{max_abs, var};
 use crate::model::lora::{Adapter, AdapterHost, LoraConfig};
 
 /// The layers of one attention module as an adapter host.
@@ -22,25 +23,6 @@ impl AdapterHost for Host {
     }
 }
 
-fn rand_var(shape: &[usize], seed: u64) -> Var {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
 /// `path` and the standard path agree on (nq, nk) tokens, with and without a LoRA adapter on all four
 /// projections; every gradient that one path makes the other makes too, except that a bias the path shows
 /// cannot matter (the key bias of few-queries attention, which the softmax cancels) must have a zero gradient.
@@ -52,8 +34,7 @@ fn agrees(path: AttnPath, nq: usize, nk: usize) {
     let att = Attention::new(dim, heads, 2, vb.pp("attn")).unwrap();
     // VarMap's default initialisation leaves biases at zero: make every weight random.
     for (i, (_, v)) in vm.data().lock().unwrap().iter().enumerate() {
-        v.set(rand_var(v.dims(), 100 + i as u64).as_tensor())
-            .unwrap();
+        v.set(var(v.dims(), 100 + i as u64).as_tensor()).unwrap();
     }
     assert_eq!(att.path(nq, nk), path, "the size rule picks {path:?}");
     let host = Host(
@@ -77,13 +58,12 @@ fn agrees(path: AttnPath, nq: usize, nk: usize) {
     };
     let ad = Adapter::new(&host, &cfg, 7).unwrap();
     for (i, v) in ad.vars().iter().enumerate() {
-        v.set(rand_var(v.dims(), 200 + i as u64).as_tensor())
-            .unwrap();
+        v.set(var(v.dims(), 200 + i as u64).as_tensor()).unwrap();
     }
     let (q, k, v) = (
-        rand_var(&[2, nq, dim], 1),
-        rand_var(&[2, nk, dim], 2),
-        rand_var(&[2, nk, dim], 3),
+        var(&[2, nq, dim], 1),
+        var(&[2, nk, dim], 2),
+        var(&[2, nk, dim], 3),
     );
     let r = Tensor::randn(0f64, 1.0, (2, nq, dim), &dev).unwrap();
     for adapter in [None, Some(&ad)] {
