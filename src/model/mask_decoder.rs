@@ -79,19 +79,22 @@ impl ConvT2x2 {
             b: vb.get(cout, "bias")?,
         })
     }
+    /// The bias of each of the four sub-pixels' outputs, (4 * cout), ordered as the weight's rows.
+    fn bias4(&self) -> Result<Tensor> {
+        Tensor::cat(&[&self.b, &self.b, &self.b, &self.b], 0)
+    }
+
     /// `x` read as rows of `cin` values, `hyper` (B, cout) -> (B, rows / B x 4): erf-GELU of the sub-pixel
     /// outputs, each pixel's `cout` channels dotted with its image's `hyper` (the mask read-out).
     fn readout_gelu(&self, x: &Tensor, hyper: &Tensor) -> Result<Tensor> {
-        let b4 = Tensor::cat(&[&self.b, &self.b, &self.b, &self.b], 0)?;
-        let wb = Tensor::cat(&[&self.w, &b4.unsqueeze(1)?], 1)?;
+        let wb = Tensor::cat(&[&self.w, &self.bias4()?.unsqueeze(1)?], 1)?;
         super::kernels::readout_gelu(x, &wb, hyper)
     }
 
     /// x read as rows of `cin` values -> (rows, 4 * cout), columns ordered (dy, dx, cout): the
-    /// sub-pixel layout (no spatial interleave). With `act`, erf-GELU is applied.
-    fn forward_subpixel(&self, x: &Tensor, act: bool) -> Result<Tensor> {
-        let b4 = Tensor::cat(&[&self.b, &self.b, &self.b, &self.b], 0)?;
-        super::kernels::linear(x, &self.w, Some(&b4), act)
+    /// sub-pixel layout (no spatial interleave).
+    fn forward_subpixel(&self, x: &Tensor) -> Result<Tensor> {
+        super::kernels::linear(x, &self.w, Some(&self.bias4()?), false)
     }
 }
 
@@ -158,8 +161,8 @@ impl MaskDecoder {
         // Output upscaling (two 2x2 stride-2 transposed convs) in sub-pixel layout: pixel
         // (4i + 2a + a', 4j + 2d + d') lives at [b, i, j, (a, d), (a', d')], so no large permute is
         // needed; only the final one-channel mask is interleaved.
-        let x = self.up0.forward_subpixel(&keys, false)?; // (B*s*s, 4 * C/4)
-                                                          // Layer norm over each sub-pixel's C/4 channels, then GELU.
+        let x = self.up0.forward_subpixel(&keys)?; // (B*s*s, 4 * C/4)
+                                                   // Layer norm over each sub-pixel's C/4 channels, then GELU.
         let x = super::kernels::ln_act(&x, &self.ln1.0, &self.ln1.1, 1e-6, true)?;
         let hyper = self.hyper0.forward(&mask_tok, ad)?; // (B, C/8)
                                                          // The second transposed conv, its GELU and the read-out with the hypernetwork's vector, as one node.

@@ -301,7 +301,7 @@ impl LiteMedSam {
         prompts: &Prompts,
         adapter: Option<&Adapter>,
     ) -> Result<DecoderOutput> {
-        let (b, c, _, _) = emb.dims4()?;
+        let (b, _, _, _) = emb.dims4()?;
         if prompts.batch_size()? != b {
             return Err(Error::input(format!(
                 "{} prompts for {b} embeddings",
@@ -325,13 +325,7 @@ impl LiteMedSam {
                 (emb.permute((0, 2, 3, 1))?.contiguous()? + pe.embed_masks(m)?)?
             }
             // The no-mask embedding on every pixel, channels-last, in one pass.
-            None => kernels::tokens_plus(
-                &emb,
-                &pe.dense_embeddings(1)?
-                    .narrow(2, 0, 1)?
-                    .narrow(3, 0, 1)?
-                    .reshape(c)?,
-            )?,
+            None => kernels::tokens_plus(&emb, pe.no_mask_embedding())?,
         };
         let pos = pe.dense_pe_tokens();
         let (logits, iou) = self.mask_decoder.forward(&src, pos, &sparse, adapter)?;

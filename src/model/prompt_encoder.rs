@@ -171,12 +171,10 @@ impl PromptEncoder {
         &self.dense_pe_tokens
     }
 
-    /// Dense prompt embedding: the no-mask embedding broadcast to (B, embed_dim, s, s).
-    pub fn dense_embeddings(&self, b: usize) -> Result<Tensor> {
-        let s = self.cfg.image_embedding_size;
-        self.no_mask_embed
-            .reshape((1, self.cfg.embed_dim, 1, 1))?
-            .broadcast_as((b, self.cfg.embed_dim, s, s))
+    /// The no-mask embedding (1, embed_dim): SAM's dense prompt embedding, the same on every pixel, when no mask
+    /// prompt is given.
+    pub fn no_mask_embedding(&self) -> &Tensor {
+        &self.no_mask_embed
     }
 
     /// Mask prompt: low-resolution logits (B, 1, 4s, 4s) -> dense embedding (B, s, s, embed_dim), channels-last.

@@ -40,7 +40,7 @@ pub(super) struct Outcome {
 /// inside it: the calling thread is then one of the pool's workers, which its kernels and matmuls split work on,
 /// so the serial parts of a step and the parallel ones never need more than `threads` cores (work started from a
 /// thread outside the pool kept `threads + 1` threads busy, which on a small machine cost 5-10% of every step).
-pub(super) fn compute_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+pub fn compute_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .thread_name(|i| format!("evosam-compute-{i}"))

@@ -36,7 +36,7 @@ pub use check::check_model;
 pub use eval::{case_dice, EVAL_BATCH};
 pub use jobs::{finalize_run, prepare_run, run_one_cell};
 
-pub use cell::STEPS_KEY;
+pub use cell::{compute_pool, STEPS_KEY};
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use progress::Reporter;
 pub use setup::{cuda_hint, device_of, load_model, open_device, threads_for};
@@ -46,7 +46,7 @@ use crate::results;
 use crate::spec::Spec;
 use crate::strategy::Registry;
 use crate::{Error, Result};
-use cell::{collect, collect_clicks, compute_pool, run_cells, Outcome};
+use cell::{collect, collect_clicks, run_cells, Outcome};
 use plan::RunFolder;
 use shared::Shared;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use evosam::{Error, Result};
+use evosam::Result;
 
 /// `threads`, or all cores when it is 0.
 pub fn thread_count(threads: usize) -> usize {
@@ -51,14 +51,11 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Run `f` on a rayon pool of `threads` threads: the kernels and candle's gemm run on the pool they are called
-/// from (candle's gemm also splits its work by RAYON_NUM_THREADS, which the binary sets to the same number).
+/// Run `f` on a rayon pool of `threads` threads, the pool `evosam run` computes in: the kernels and candle's gemm
+/// run on the pool they are called from (candle's gemm also splits its work by RAYON_NUM_THREADS, which the binary
+/// sets to the same number).
 pub fn on_pool<T: Send>(threads: usize, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::internal(format!("cannot start {threads} threads: {e}")))?;
-    pool.install(f)
+    evosam::runner::compute_pool(threads)?.install(f)
 }
 
 /// A Markdown table: a header row, its alignment row (first column left, the others right) and the rows.

@@ -111,10 +111,7 @@ pub fn measure(
     reps: usize,
     threads: usize,
 ) -> Result<Vec<Throughput>> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| Error::internal(format!("cannot start {threads} threads: {e}")))?;
+    let pool = evosam::runner::compute_pool(threads)?;
     let data = pool.install(|| StepData::new(model))?;
     jobs.iter()
         .map(|&j| {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 
-use super::cpu::{cpu_ok, lock, new_tensor};
+use super::cpu::{cpu_ok, grad_of, lock};
 use super::float::{dot, with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
@@ -249,10 +249,7 @@ impl CustomOp3 for AttnOp {
         let need = [q.track_op(), k.track_op(), v.track_op()];
         with_float!(q.dtype(), "fused attention", T => {
             let (a, b, c) = self.bwd_k::<T>(qs, lq, ks, lk, vs, lv, gs, lg, dm, need)?;
-            let t = |g: Vec<T>, like: &Tensor, on: bool| -> Result<Option<Tensor>> {
-                on.then(|| new_tensor(g, like.shape())).transpose()
-            };
-            Ok((t(a, q, need[0])?, t(b, k, need[1])?, t(c, v, need[2])?))
+            Ok((grad_of(a, q)?, grad_of(b, k)?, grad_of(c, v)?))
         })
     }
 }

@@ -39,6 +39,14 @@ pub(crate) fn new_tensor<T: Float>(v: Vec<T>, shape: impl Into<Shape>) -> Result
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
+/// The gradient `v` of `like` as a tensor of its shape, or `None` when `like` tracks no gradient (a custom op's
+/// backward returns only what some variable needs).
+pub(crate) fn grad_of<T: Float>(v: Vec<T>, like: &Tensor) -> Result<Option<Tensor>> {
+    like.track_op()
+        .then(|| new_tensor(v, like.shape()))
+        .transpose()
+}
+
 /// Lock a slot of values kept for the backward pass.
 pub(crate) fn lock<T>(slot: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     slot.lock()

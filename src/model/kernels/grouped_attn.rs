@@ -13,7 +13,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, D};
 
 use super::attention::{softmax_grad_rows, softmax_rows};
-use super::cpu::{cpu_ok, lock, new_tensor, read_all, slices};
+use super::cpu::{cpu_ok, grad_of, lock, read_all, slices};
 use super::float::{with_float, Float};
 use super::gemm::{gemm, Mat};
 use super::par::par_rows;
@@ -221,10 +221,7 @@ impl CustomOp3 for GroupedAttn {
             let (a, b, c) = read_all::<T, _>(&[x, kc, u, g], |v| {
                 Ok(self.bwd_k(v[0], v[1], v[2], p, v[3], need))
             })?;
-            let t = |v: Vec<T>, like: &Tensor, on: bool| -> Result<Option<Tensor>> {
-                on.then(|| new_tensor(v, like.shape())).transpose()
-            };
-            (t(a, x, need[0])?, t(b, kc, need[1])?, t(c, u, need[2])?)
+            (grad_of(a, x)?, grad_of(b, kc)?, grad_of(c, u)?)
         });
         Ok((dx, dkc, du))
     }

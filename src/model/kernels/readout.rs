@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::cpu::{cpu_ok, lock, new_tensor, read_all, slices};
+use super::cpu::{cpu_ok, grad_of, lock, read_all, slices};
 use super::float::{dot, with_float, Float};
 use super::gemm::{gemm, Mat};
 use super::par::{par_rows, simd_fn};
@@ -61,7 +61,9 @@ impl ReadoutGelu {
         (z, out)
     }
 
-    /// (dx, dwb, dh) for the output gradient `g`.
+    /// (dx, dwb, dh) for the output gradient `g`; dwb only with `need_w` (a frozen layer under a LoRA step is
+    /// not trained, and its weight gradient would cost as much as dx), else empty.
+    #[allow(clippy::too_many_arguments)]
     fn bwd_k<T: Float>(
         &self,
         x: &[T],
@@ -69,6 +71,7 @@ impl ReadoutGelu {
         h: &[T],
         z: &[T],
         g: &[T],
+        need_w: bool,
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (k, n, c) = (self.k, self.n, self.c);
         let sp = n / c;
@@ -78,7 +81,7 @@ impl ReadoutGelu {
         let mut dx = vec![T::z(); x.len()];
         // Each part: its rows in bands; returns its (dW | db) and dh sums.
         let parts = par_rows(&mut dx, k, PAR_MIN, |r0, ch| {
-            let mut dwb = vec![T::z(); n * (k + 1)];
+            let mut dwb = vec![T::z(); if need_w { n * (k + 1) } else { 0 }];
             let mut dh = vec![T::z(); self.nb * c];
             let mut dz = vec![T::z(); BAND * n];
             let nr = ch.len() / k;
@@ -94,7 +97,6 @@ impl ReadoutGelu {
                     &mut dz[..m * n],
                     (r, per_img, c, n),
                 );
-                let xb = &x[(r0 + lo) * k..(r0 + lo + m) * k];
                 // dx = dz W (W: the first k columns of wb).
                 gemm(
                     m,
@@ -108,29 +110,32 @@ impl ReadoutGelu {
                     one,
                     1,
                 );
-                // dW += dz^T x; db += column sums of dz.
-                gemm(
-                    n,
-                    k,
-                    m,
-                    &mut dwb,
-                    k + 1,
-                    true,
-                    Mat::t(&dz[..m * n], n),
-                    Mat::rows(xb, k),
-                    one,
-                    1,
-                );
-                for dzr in dz[..m * n].chunks_exact(n) {
-                    for (j, &v) in dzr.iter().enumerate() {
-                        dwb[j * (k + 1) + k] += v;
+                if need_w {
+                    // dW += dz^T x; db += column sums of dz.
+                    let xb = &x[r * k..(r + m) * k];
+                    gemm(
+                        n,
+                        k,
+                        m,
+                        &mut dwb,
+                        k + 1,
+                        true,
+                        Mat::t(&dz[..m * n], n),
+                        Mat::rows(xb, k),
+                        one,
+                        1,
+                    );
+                    for dzr in dz[..m * n].chunks_exact(n) {
+                        for (j, &v) in dzr.iter().enumerate() {
+                            dwb[j * (k + 1) + k] += v;
+                        }
                     }
                 }
                 lo += m;
             }
             (dwb, dh)
         });
-        let mut dwb = vec![T::z(); n * (k + 1)];
+        let mut dwb = vec![T::z(); if need_w { n * (k + 1) } else { 0 }];
         let mut dh = vec![T::z(); self.nb * c];
         for (pw, ph) in parts {
             for (a, v) in dwb.iter_mut().zip(pw) {
@@ -257,11 +262,11 @@ impl CustomOp3 for ReadoutGelu {
         };
         with_float!(x.dtype(), "fused read-out", T => {
             let z = z.as_slice::<T>()?;
-            let (a, b, c) = read_all::<T, _>(&[x, wb, h, g], |v| Ok(self.bwd_k(v[0], v[1], v[2], z, v[3])))?;
-            let t = |v: Vec<T>, like: &Tensor| -> Result<Option<Tensor>> {
-                like.track_op().then(|| new_tensor(v, like.shape())).transpose()
-            };
-            Ok((t(a, x)?, t(b, wb)?, t(c, h)?))
+            let need_w = wb.track_op();
+            let (a, b, c) = read_all::<T, _>(&[x, wb, h, g], |v| {
+                Ok(self.bwd_k(v[0], v[1], v[2], z, v[3], need_w))
+            })?;
+            Ok((grad_of(a, x)?, grad_of(b, wb)?, grad_of(c, h)?))
         })
     }
 }

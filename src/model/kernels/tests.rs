@@ -348,15 +348,26 @@ fn ln_act_matches_candle() {
 #[test]
 fn readout_gelu_matches_candle() {
     // 2 images of 3300 rows (above the parallel threshold: parts of several bands, a part boundary inside an
-    // image) and of 3 rows; rows of 5 values, 3 sub-pixels of 4 channels.
-    for rows in [3300, 3] {
-        let (x, wb, h) = (var(&[2 * rows, 5], 17), var(&[12, 6], 18), var(&[2, 4], 19));
+    // image) and of 3 rows; rows of 5 values, 3 sub-pixels of 4 channels. Last, a frozen weight (a LoRA step):
+    // the other gradients are unchanged.
+    for (rows, train_w) in [(3300, true), (3, true), (3300, false)] {
+        let (x, wv, h) = (var(&[2 * rows, 5], 17), var(&[12, 6], 18), var(&[2, 4], 19));
+        let wb = if train_w {
+            wv.as_tensor().clone()
+        } else {
+            wv.as_tensor().detach()
+        };
+        let vars = if train_w {
+            vec![&x, &wv, &h]
+        } else {
+            vec![&x, &h]
+        };
         check(
-            &[&x, &wb, &h],
-            &|| readout_gelu(x.as_tensor(), wb.as_tensor(), h.as_tensor()).unwrap(),
+            &vars,
+            &|| readout_gelu(x.as_tensor(), &wb, h.as_tensor()).unwrap(),
             &|| {
-                let w = wb.as_tensor().narrow(1, 0, 5).unwrap();
-                let b = wb.as_tensor().narrow(1, 5, 1).unwrap().squeeze(1).unwrap();
+                let w = wb.narrow(1, 0, 5).unwrap();
+                let b = wb.narrow(1, 5, 1).unwrap().squeeze(1).unwrap();
                 let z = x
                     .as_tensor()
                     .matmul(&w.t().unwrap())
