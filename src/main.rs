@@ -49,6 +49,13 @@ fn main() {
             e.exit();
         }
     };
+    // A forced instruction set the CPU lacks (or a misspelt one) is refused before any work, not ignored.
+    if let Err(e) = evosam::model::isa::Isa::from_env()
+        .and_then(|_| evosam::model::isa::Numerics::from_env())
+    {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
     let result = match cli.command {
         Command::Segment(a) => match a.tile.clone() {
             Some(t) => cli::segment_tiled::parse_tile(&t)

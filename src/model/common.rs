@@ -89,7 +89,7 @@ impl Linear {
     /// differentiable (out, in) tensor: for callers that fold the layer into another product.
     pub fn effective_weight(&self, ad: Option<&Adapter>) -> Result<Tensor> {
         match ad.and_then(|a| a.site(&self.path)) {
-            Some((a, bm, scale)) => self.weight.add(&(bm.matmul(a)? * scale)?),
+            Some((a, bm, scale)) => self.weight.add(&(kernels::matmul(bm, a)? * scale)?),
             None => Ok(self.weight.clone()),
         }
     }
@@ -100,9 +100,9 @@ impl Linear {
         let in_dim = *dims.last().expect("rank >= 1");
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((n, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = kernels::matmul(&x2, &self.weight.t()?)?;
         if let Some((a, bm, scale)) = ad.and_then(|a| a.site(&self.path)) {
-            let low = x2.matmul(&a.t()?)?.matmul(&bm.t()?)?;
+            let low = kernels::matmul(&kernels::matmul(&x2, &a.t()?)?, &bm.t()?)?;
             y = (y + (low * scale)?)?;
         }
         let mut out_dims = dims;

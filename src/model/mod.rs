@@ -3,6 +3,7 @@
 //! (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`); BatchNorm is folded at load time.
 
 pub mod alloc;
+pub mod isa;
 mod common;
 pub(crate) mod kernels;
 mod lora;

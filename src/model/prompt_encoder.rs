@@ -10,6 +10,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{self, Param, Visit};
+use super::kernels;
 
 /// Hyper-parameters of SAM's prompt encoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,17 +86,17 @@ impl MaskDownscaling {
             .reshape((b, h1, 2, w1, 2))?
             .permute((0, 1, 3, 2, 4))?
             .reshape((b * h1 * w1, 4))?;
-        let x = x.matmul(&self.w0)?.broadcast_add(&self.b0)?;
+        let x = kernels::matmul(&x, &self.w0)?.broadcast_add(&self.b0)?;
         let x = common::gelu(&common::layer_norm(&x, &self.ln1.0, &self.ln1.1, LN2D_EPS)?)?;
         let (h2, w2) = (h1 / 2, w1 / 2);
         let x = x
             .reshape((b, h2, 2, w2, 2, c1))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * h2 * w2, 4 * c1))?;
-        let x = x.matmul(&self.w3)?.broadcast_add(&self.b3)?;
+        let x = kernels::matmul(&x, &self.w3)?.broadcast_add(&self.b3)?;
         let x = common::gelu(&common::layer_norm(&x, &self.ln4.0, &self.ln4.1, LN2D_EPS)?)?;
         debug_assert_eq!(x.dim(1)?, c2);
-        x.matmul(&self.w6)?
+        kernels::matmul(&x, &self.w6)?
             .broadcast_add(&self.b6)?
             .reshape((b, h2, w2, e))
     }
@@ -146,7 +147,7 @@ impl PromptEncoder {
         let dims = coords.dims().to_vec();
         let n: usize = dims[..dims.len() - 1].iter().product();
         let c = ((coords.reshape((n, 2))? * 2.0)? - 1.0)?;
-        let c = (c.matmul(g)? * (2.0 * std::f64::consts::PI))?;
+        let c = (kernels::matmul(&c, g)? * (2.0 * std::f64::consts::PI))?;
         let out = Tensor::cat(&[c.sin()?, c.cos()?], 1)?;
         let mut od = dims;
         *od.last_mut().expect("rank") = out.dim(1)?;

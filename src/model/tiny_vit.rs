@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::common::{layer_norm, softmax_last, Linear, Param, Visit};
 use super::kernels::cpu::frozen_cpu;
-use super::kernels::{conv3x3, window_attention};
+use super::kernels::{self, conv3x3, window_attention};
 use super::lora::Adapter;
 
 mod conv;
@@ -172,9 +172,9 @@ impl Attention {
             self.ab.clone()
         };
         let attn =
-            (q.matmul(&k.t()?)? * (kd as f64).powf(-0.5))?.broadcast_add(&ab.unsqueeze(0)?)?;
+            (kernels::matmul(&q, &k.t()?)? * (kd as f64).powf(-0.5))?.broadcast_add(&ab.unsqueeze(0)?)?;
         let attn = softmax_last(&attn)?;
-        let y = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, h * kd))?;
+        let y = kernels::matmul(&attn, &v)?.transpose(1, 2)?.reshape((b, n, h * kd))?;
         self.proj.forward(&y, ad)
     }
 }
@@ -364,7 +364,7 @@ impl Neck {
             }
         }
         let cols = Tensor::cat(&cols, 3)?.reshape((b * h * w, 9 * c))?;
-        let y = cols.matmul(&self.conv2.t()?)?.reshape((b, h, w, c))?;
+        let y = kernels::matmul(&cols, &self.conv2.t()?)?.reshape((b, h, w, c))?;
         layer_norm(&y, &self.ln3.0, &self.ln3.1, 1e-6)
     }
 }

@@ -147,14 +147,12 @@ impl Attention {
         let qh = self.split(&self.q_proj.forward(q, ad)?)?; // (B, h, nq, d)
         let d = qh.dim(3)?;
         let wk = self.heads_of(&self.k_proj.effective_weight(ad)?)?; // (1, h, d, C)
-        let qt = qh.broadcast_matmul(&wk)?.reshape((b, h * nq, dim))?;
+        let qt = kernels::broadcast_matmul(&qh, &wk)?.reshape((b, h * nq, dim))?;
         let m = kernels::attention_scaled(&qt, k, v, 1, 1.0 / (d as f64).sqrt())?;
         let wv_t = self
             .heads_of(&self.v_proj.effective_weight(ad)?)?
             .transpose(2, 3)?; // (1, h, C, d)
-        let out = m
-            .reshape((b, h, nq, dim))?
-            .broadcast_matmul(&wv_t)?
+        let out = kernels::broadcast_matmul(&m.reshape((b, h, nq, dim))?, &wv_t)?
             .transpose(1, 2)?
             .reshape((b, nq, h * d))?;
         let out = match &self.v_proj.bias {
@@ -171,7 +169,7 @@ impl Attention {
         let d = kh.dim(3)?;
         let scale = 1.0 / (d as f64).sqrt();
         let wq = self.heads_of(&self.q_proj.effective_weight(ad)?)?; // (1, h, d, C)
-        let kt = kh.broadcast_matmul(&wq)?; // (B, h, nk, C)
+        let kt = kernels::broadcast_matmul(&kh, &wq)?; // (B, h, nk, C)
         let off = match &self.q_proj.bias {
             Some(bq) => kh
                 .broadcast_mul(&bq.reshape((1, h, 1, d))?)?
@@ -187,7 +185,7 @@ impl Attention {
             .reshape((dim, h, d))?
             .permute((1, 2, 0))?
             .unsqueeze(0)?;
-        let u = vh.broadcast_matmul(&wo_t)?;
+        let u = kernels::broadcast_matmul(&vh, &wo_t)?;
         let u = match &self.out_proj.bias {
             Some(bo) => u.broadcast_add(&(bo / h as f64)?)?,
             None => u,

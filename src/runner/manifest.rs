@@ -148,7 +148,13 @@ pub(super) fn write_manifest(sh: &Shared, dir: &Path, run: &RunRecord) -> Result
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "threads": threads,
             "device": sh.spec.experiment.device,
+            "cpu_model": crate::model::isa::cpu_model(),
+            "cpu_features": crate::model::isa::cpu_features(),
         },
+        // The kernels' arithmetic: portable (each product's terms in one fixed order, so the tables are the same
+        // bits on any x86-64 CPU and thread count); `isa` is the instruction set that ran them (EVOSAM_ISA or the
+        // widest the CPU has), which does not change a number.
+        "numerics": {"mode": crate::model::isa::Numerics::active().name(), "isa": crate::model::isa::Isa::active().name()},
         "jobs": opts.jobs.max(1),
         "started": started,
         "finished": chrono::Utc::now().to_rfc3339(),

@@ -7,6 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 
 use super::cpu::{cpu_ok, grad_of, lock};
+use super::matmul::{matmul, mm};
 use super::float::{dot, with_float, Float};
 use super::par::par_rows;
 use super::PAR_MIN;
@@ -118,8 +119,7 @@ impl AttnOp {
         let mut out = vec![T::z(); nb * nq * c];
         let mut probs: Vec<T> = Vec::with_capacity(self.heads * nb * nq * nk);
         for h in 0..self.heads {
-            let s = sq.matmul(
-                sk,
+            let s = mm(sq, sk,
                 (nb, nq, nk, d),
                 &head_view(nb, nq, c, d, qo, h),
                 &head_view_t(nb, nk, c, d, ko, h),
@@ -127,8 +127,7 @@ impl AttnOp {
             let mut p = T::take(s)?;
             par_rows(&mut p, nk, PAR_MIN, |_, ch| softmax_rows(ch, nk, scale));
             let ps = T::storage(p);
-            let o = ps.matmul(
-                sv,
+            let o = mm(&ps, sv,
                 (nb, nq, d, nk),
                 &Layout::contiguous((nb, nq, nk)),
                 &head_view(nb, nk, c, d, vo, h),
@@ -173,8 +172,7 @@ impl AttnOp {
             let ph = h * per;
             if need[0] || need[1] {
                 // dP = dO V^T
-                let dps = sg.matmul(
-                    sv,
+                let dps = mm(sg, sv,
                     (nb, nq, nk, d),
                     &head_view(nb, nq, c, d, go, h),
                     &head_view_t(nb, nk, c, d, vo, h),
@@ -188,19 +186,19 @@ impl AttnOp {
                 let ds_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], 0);
                 if need[0] {
                     let gq =
-                        dss.matmul(sk, (nb, nq, d, nk), &ds_l, &head_view(nb, nk, c, d, ko, h))?;
+                        mm(&dss, sk, (nb, nq, d, nk), &ds_l, &head_view(nb, nk, c, d, ko, h))?;
                     scatter_head(&mut dq, T::cpu_storage_as_slice(&gq)?, nb * nq, c, d, h);
                 }
                 if need[1] {
                     let gk =
-                        dss.matmul(sq, (nb, nk, d, nq), &ds_t, &head_view(nb, nq, c, d, qo, h))?;
+                        mm(&dss, sq, (nb, nk, d, nq), &ds_t, &head_view(nb, nq, c, d, qo, h))?;
                     scatter_head(&mut dk, T::cpu_storage_as_slice(&gk)?, nb * nk, c, d, h);
                 }
             }
             if need[2] {
                 let p_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], ph);
                 let gv =
-                    probs.matmul(sg, (nb, nk, d, nq), &p_t, &head_view(nb, nq, c, d, go, h))?;
+                    mm(probs, sg, (nb, nk, d, nq), &p_t, &head_view(nb, nq, c, d, go, h))?;
                 scatter_head(&mut dv, T::cpu_storage_as_slice(&gv)?, nb * nk, c, d, h);
             }
         }
@@ -280,10 +278,9 @@ pub(crate) fn attention_scaled(
                 .contiguous()
         };
         let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
-        let attn = (qh.matmul(&kh.t()?)? * scale)?;
+        let attn = (matmul(&qh, &kh.t()?)? * scale)?;
         let attn = candle_nn::ops::softmax(&attn, D::Minus1)?;
-        return attn
-            .matmul(&vh)?
+        return matmul(&attn, &vh)?
             .transpose(1, 2)?
             .reshape((b, nq, heads * d));
     }

@@ -250,9 +250,9 @@ pub(crate) fn grouped_attention(
     if !cpu_ok(&[x, kc, u]) {
         let k = kc.narrow(2, 0, c)?;
         let off = kc.narrow(2, c, 1)?.squeeze(2)?.unsqueeze(1)?;
-        let s = x.matmul(&k.t()?)?.broadcast_add(&off)?;
+        let s = super::matmul(x, &k.t()?)?.broadcast_add(&off)?;
         let p = candle_nn::ops::softmax(&s.reshape((nb, n, groups, m))?, D::Minus1)?;
-        return p.reshape((nb, n, gm))?.matmul(u);
+        return super::matmul(&p.reshape((nb, n, gm))?, u);
     }
     x.contiguous()?.apply_op3_arc(
         &kc.contiguous()?,

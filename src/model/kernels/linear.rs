@@ -8,6 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{cpu_ok, lock, new_tensor, read, slices, stash};
+use super::matmul::{matmul, mm};
 use super::float::{with_float, Float};
 use super::par::{par_rows, par_sum_rows, parts};
 use super::PAR_MIN;
@@ -50,7 +51,7 @@ pub(super) fn gemm_xwt(
         .ok_or_else(|| candle_core::Error::Msg("fused linear: w not contiguous".into()))?;
     let xl = Layout::contiguous_with_offset((rows, k), xo);
     let wl = Layout::contiguous_with_offset((n, k), wo).transpose(0, 1)?;
-    sx.matmul(sw, (1, rows, n, k), &xl, &wl)
+    mm(sx, sw, (1, rows, n, k), &xl, &wl)
 }
 
 #[inline(always)]
@@ -197,13 +198,13 @@ impl CustomOp3 for LinearOp {
         let rows = x.elem_count() / self.in_dim;
         let gz = act_grad(&self.pre, g, rows, self.out_dim)?;
         let gx = if x.track_op() {
-            Some(gz.matmul(&w.detach())?.reshape(x.shape())?)
+            Some(matmul(&gz, &w.detach())?.reshape(x.shape())?)
         } else {
             None
         };
         let gw = if w.track_op() {
             let x2 = x.detach().reshape((rows, self.in_dim))?;
-            Some(gz.t()?.matmul(&x2)?)
+            Some(matmul(&gz.t()?, &x2)?)
         } else {
             None
         };
@@ -244,10 +245,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: bool) -> R
     };
     if !cpu_ok(&[x, w, b]) || b.rank() != 1 {
         let rows = x.elem_count() / in_dim;
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&w.t()?)?
-            .broadcast_add(b)?;
+        let y = matmul(&x.reshape((rows, in_dim))?, &w.t()?)?.broadcast_add(b)?;
         let y = if act { y.gelu_erf()? } else { y };
         return y.reshape(shape);
     }

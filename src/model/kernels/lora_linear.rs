@@ -8,6 +8,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, T
 
 use super::cpu::{cpu_ok, lock, slices, stash};
 use super::float::{with_float, Float};
+use super::matmul::matmul;
 use super::linear::{act_grad, epilogue, gemm_xwt, out_shape};
 
 /// `act(x W^T + b + scale (x A^T) B^T)` with W, b frozen: the node's inputs are x, A and B.
@@ -85,15 +86,15 @@ impl CustomOp3 for LoraOp {
         let rows = x.elem_count() / self.in_dim;
         let gz = act_grad(&self.pre, g, rows, self.out_dim)?;
         let (a, bm) = (a.detach(), bm.detach());
-        let gzb = gz.matmul(&bm)?; // (rows, r)
+        let gzb = matmul(&gz, &bm)?; // (rows, r)
         let h = lock(&self.h)?
             .clone()
             .ok_or_else(|| candle_core::Error::Msg("fused lora: no forward".into()))?;
         let x2 = x.detach().reshape((rows, self.in_dim))?;
-        let ga = (gzb.t()?.matmul(&x2)? * self.scale)?;
-        let gb = (gz.t()?.matmul(&h)? * self.scale)?;
+        let ga = (matmul(&gzb.t()?, &x2)? * self.scale)?;
+        let gb = (matmul(&gz.t()?, &h)? * self.scale)?;
         let gx = if x.track_op() {
-            let gx = (gz.matmul(&self.w)? + (gzb.matmul(&a)? * self.scale)?)?;
+            let gx = (matmul(&gz, &self.w)? + (matmul(&gzb, &a)? * self.scale)?)?;
             Some(gx.reshape(x.shape())?)
         } else {
             None
@@ -128,8 +129,8 @@ pub(crate) fn lora_linear(
     if !frozen || !cpu_ok(&[x, w, bias, a, bm]) || bias.rank() != 1 {
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let y = x2.matmul(&w.t()?)?.broadcast_add(bias)?;
-        let low = x2.matmul(&a.t()?)?.matmul(&bm.t()?)?;
+        let y = matmul(&x2, &w.t()?)?.broadcast_add(bias)?;
+        let low = matmul(&matmul(&x2, &a.t()?)?, &bm.t()?)?;
         let y = (y + (low * scale)?)?;
         let y = if act { y.gelu_erf()? } else { y };
         return y.reshape(shape);

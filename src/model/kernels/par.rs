@@ -4,21 +4,26 @@
 //! Work runs on the rayon pool the caller is in (the global pool, sized by `RAYON_NUM_THREADS`, unless a caller
 //! installs its own), the same pool candle's matmuls use, so kernels and gemm never oversubscribe the cores.
 //!
-//! Determinism: the number of parts is fixed before any work starts (1 below a size threshold, else the pool's
-//! thread count, at most one part per row), parts are contiguous row ranges, and per-part results come back in
-//! range order and are added in that order. A reduction therefore gives the same bits on every run with the same
+//! Determinism: the number of parts is fixed before any work starts (1 below a size threshold, else [`SPLIT`],
+//! at most one part per row, whatever the pool's size), parts are contiguous row ranges, and per-part results come back in
+//! range order and are added in that order. A reduction therefore gives the same bits on every run and with any
 //! thread count, whatever the scheduling; element-wise outputs do not depend on the split at all.
 
 use candle_core::WithDType;
 use rayon::prelude::*;
 
+/// The number of parts work above the size threshold is split into, whatever the thread count: a reduction's
+/// partial sums (and the bands a part cuts its rows into) then fall in the same places on 1 thread or 64, so the
+/// result is the same bits. 16 keeps up to 16 threads busy; rayon spreads the parts over fewer.
+pub(crate) const SPLIT: usize = 16;
+
 /// How many contiguous parts `rows` rows (of `len` elements in all) are split into: 1 below `min_len` elements,
-/// else the pool's thread count, never more than one part per row.
+/// else [`SPLIT`], never more than one part per row. Independent of the pool's size (see [`SPLIT`]).
 pub(crate) fn parts(len: usize, rows: usize, min_len: usize) -> usize {
     if len < min_len {
         1
     } else {
-        rayon::current_num_threads().min(rows).max(1)
+        SPLIT.min(rows).max(1)
     }
 }
 
@@ -77,6 +82,7 @@ pub(crate) fn par_sum_rows<T: WithDType>(
 
 /// The widest vector instruction set [`simd`] and [`simd_fn!`] may use on this CPU.
 #[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
 pub(crate) enum Wide {
     /// AVX-512F with AVX2 and FMA.
     Avx512,
@@ -86,17 +92,15 @@ pub(crate) enum Wide {
     Scalar,
 }
 
-/// Detect [`Wide`] (std caches the CPU's flags, so this is a few loads).
+/// The instruction set in use ([`crate::model::isa::Isa::active`]: `EVOSAM_ISA` where set, else detected once).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn wide() -> Wide {
-    let v3 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-    if v3 && std::is_x86_feature_detected!("avx512f") {
-        Wide::Avx512
-    } else if v3 {
-        Wide::Avx2
-    } else {
-        Wide::Scalar
+    use crate::model::isa::Isa;
+    match Isa::active() {
+        Isa::Avx512 => Wide::Avx512,
+        Isa::Avx2 => Wide::Avx2,
+        Isa::Scalar => Wide::Scalar,
     }
 }
 
@@ -193,11 +197,13 @@ mod tests {
                 }
                 r0
             });
-            assert_eq!(firsts, vec![0, 3, 6]);
+            // 7 rows, at most one part per row: 7 parts of one row, on 3 threads or 1.
+            assert_eq!(firsts, (0..7).collect::<Vec<_>>());
             for (r, row) in out.chunks(5000).enumerate() {
                 assert!(row.iter().all(|&v| v == r));
             }
             // 5 rows in 3 parts of 2: ranges [0,2), [2,4), [4,5).
+            assert_eq!(parts(1 << 20, 1000, 10), SPLIT, "the split follows no pool size");
             let s = par_sum_rows(5, 3, 2, |r0, r1| vec![(r1 - r0) as f64, r0 as f64]);
             assert_eq!(s, vec![5.0, 6.0]);
         });

@@ -14,6 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use super::cpu::{cpu_ok, grad_of, lock, read_all, slices};
 use super::float::{dot, with_float, Float};
 use super::gemm::{gemm, Mat};
+use super::matmul::matmul;
 use super::par::{par_rows, simd_fn};
 use super::PAR_MIN;
 
@@ -288,13 +289,11 @@ pub(crate) fn readout_gelu(x: &Tensor, wb: &Tensor, h: &Tensor) -> Result<Tensor
     }
     let rows = x.elem_count() / k;
     if !cpu_ok(&[x, wb, h]) {
-        let z = x
-            .reshape((rows, k))?
-            .matmul(&wb.narrow(1, 0, k)?.t()?)?
+        let z = matmul(&x.reshape((rows, k))?, &wb.narrow(1, 0, k)?.t()?)?
             .broadcast_add(&wb.narrow(1, k, 1)?.squeeze(1)?)?
             .gelu_erf()?;
         let z = z.reshape((nb, rows / nb * (n / c), c))?;
-        return z.matmul(&h.unsqueeze(2)?)?.squeeze(2);
+        return matmul(&z, &h.unsqueeze(2)?)?.squeeze(2);
     }
     x.contiguous()?.apply_op3_arc(
         &wb.contiguous()?,
