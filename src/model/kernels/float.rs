@@ -17,6 +17,9 @@ pub(crate) trait Float: WithDType {
     fn gelu_grad(self) -> Self;
     /// `e^x` (f32: polynomial, vectorises).
     fn exp_(self) -> Self;
+    /// `self * b + c` with one rounding (an FMA instruction where the caller is compiled with FMA, else libm's
+    /// correctly rounded `fma`: the same bits either way).
+    fn mul_add_(self, b: Self, c: Self) -> Self;
     /// Square root.
     fn sqrt_(self) -> Self;
     /// Absolute value.
@@ -58,6 +61,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn exp_(self) -> Self {
                 ($exp)(self)
+            }
+            #[inline(always)]
+            fn mul_add_(self, b: Self, c: Self) -> Self {
+                self.mul_add(b, c)
             }
             #[inline(always)]
             fn sqrt_(self) -> Self {

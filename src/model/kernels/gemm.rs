@@ -6,19 +6,21 @@
 //! partial sums whose size follows the cache sizes. The same spec then gives other tables on another machine.
 //!
 //! The rule that makes the result portable: every output element is `sum_k a[i][k] * b[k][j]`, accumulated from
-//! zero in increasing `k`, one rounded multiply and one rounded add per term (Rust never fuses `a * b + c` into
-//! an FMA on its own), then `dst = scale * sum` (or `dst + scale * sum`). Nothing else of the computation can
+//! zero in increasing `k` with one fused multiply-add per term (one rounding, whatever the vector width: see
+//! [`super::tile`]), then `dst = scale * sum` (or `dst + scale * sum`). Nothing else of the computation can
 //! change an output bit: the register tile (`MR` x `NR`, chosen per instruction set for speed), the vector
-//! width (each lane is one output column), the packing, and the split of rows over threads only decide which
-//! elements are computed together and where, never the order of one element's terms. So the scalar, AVX2 and
-//! AVX-512 builds and any thread count give the same bits (tested in `kernels::tests`).
+//! width (each lane is one output column), the packing, the blocking of k (a block continues from the stored
+//! sum, which is the same as not stopping), and the split of rows over threads only decide which elements are
+//! computed together and where, never the order of one element's terms. So the scalar, AVX2 and AVX-512 paths
+//! and any thread count give the same bits (tested below and by `tests/portable.rs`). On a CPU without FMA the
+//! scalar path calls libm's correctly rounded `fma`: the same bits, slowly.
 
+use candle_core::DType;
 use rayon::prelude::*;
 
 use super::float::Float;
-use crate::model::isa::Numerics;
-#[cfg(target_arch = "x86_64")]
-use super::par::{wide, Wide};
+use super::tile::{self, ASrc, BSrc, Tile};
+use crate::model::isa::{Isa, Numerics};
 
 /// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -56,9 +58,6 @@ impl<'a, T> Mat<'a, T> {
         self.data[i * self.rs + j * self.cs]
     }
 }
-
-/// Rows of the output one task computes (a multiple of every `MR` below, so tiles never straddle tasks).
-const MC: usize = 48;
 
 /// `dst = scale * a b` (or `dst += scale * a b` with `acc`), `a` (m x k), `b` (k x n), `dst` (m x n) row-major
 /// with rows `ld` apart. `threads` > 1 splits the rows on rayon's pool (the caller's pool); the result is the same
@@ -98,6 +97,7 @@ pub(crate) fn gemm<T: Float>(
         return;
     }
     let p = Problem {
+        m,
         n,
         k,
         ld,
@@ -108,17 +108,17 @@ pub(crate) fn gemm<T: Float>(
         threads,
     };
     let dst = &mut dst[..(m - 1) * ld + n];
+    let isa = Isa::active();
     #[cfg(target_arch = "x86_64")]
-    {
-        match wide() {
-            // SAFETY: `wide` detected AVX-512F, AVX2 and FMA.
-            Wide::Avx512 => return unsafe { run_avx512(&p, dst) },
-            // SAFETY: `wide` detected AVX2 and FMA.
-            Wide::Avx2 => return unsafe { run_avx2(&p, dst) },
-            Wide::Scalar => {}
-        }
+    if T::DTYPE == DType::F32 && isa != Isa::Scalar {
+        // SAFETY: T is f32 (checked just above), so the casts reinterpret f32 slices as themselves.
+        let (p32, d32) = unsafe { (p.cast::<f32>(), cast_mut::<T, f32>(dst)) };
+        return match isa {
+            Isa::Avx512 => drive::<f32, tile::Avx512>(&p32, d32, isa),
+            _ => drive::<f32, tile::Avx2>(&p32, d32, isa),
+        };
     }
-    run::<T, 4, 8>(&p, dst)
+    drive::<T, tile::Plain>(&p, dst, isa)
 }
 
 /// The same product on the `gemm` crate (`EVOSAM_NUMERICS=fast`): its AVX-512 or AVX2 microkernels and cache
@@ -171,6 +171,7 @@ fn fast<T: Float>(
 
 /// One product's operands and options (everything but the destination).
 struct Problem<'a, T> {
+    m: usize,
     n: usize,
     k: usize,
     ld: usize,
@@ -181,122 +182,307 @@ struct Problem<'a, T> {
     threads: usize,
 }
 
+/// Rows of the output one task computes (a multiple of every tile's `MR`: 4, 6, 8).
+const MC: usize = 48;
+/// Terms of k per block: a block of packed B (`KC` x n) stays in the L2 cache while the row blocks sweep it.
+const KC: usize = 256;
+
+/// Reinterpret a slice of `T` as `U` (same type, checked by the caller through `DType`).
+///
 /// # Safety
-/// The CPU must support AVX-512F, AVX2 and FMA.
+/// `T` and `U` must be the same type.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn run_avx512<T: Float>(p: &Problem<'_, T>, dst: &mut [T]) {
-    run::<T, 6, 32>(p, dst)
+unsafe fn cast<T, U>(s: &[T]) -> &[U] {
+    std::slice::from_raw_parts(s.as_ptr() as *const U, s.len())
 }
 
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// As [`cast`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<T: Float>(p: &Problem<'_, T>, dst: &mut [T]) {
-    run::<T, 4, 16>(p, dst)
+unsafe fn cast_mut<T, U>(s: &mut [T]) -> &mut [U] {
+    std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut U, s.len())
 }
 
-/// Pack `b` into panels of `NR` columns, each `k` rows of `NR` values (zero beyond column `n`).
-#[inline(always)]
-fn pack_b<T: Float, const NR: usize>(b: Mat<'_, T>, k: usize, n: usize) -> Vec<T> {
-    let panels = n.div_ceil(NR);
-    let mut bp = vec![T::z(); panels * k * NR];
-    for (p, panel) in bp.chunks_exact_mut(k * NR).enumerate() {
-        let j0 = p * NR;
-        let nc = NR.min(n - j0);
+impl<'a, T> Problem<'a, T> {
+    /// The same problem over `U` (the same type as `T`).
+    ///
+    /// # Safety
+    /// `T` and `U` must be the same type.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn cast<U: Copy>(&self) -> Problem<'a, U>
+    where
+        T: Copy,
+    {
+        let mat = |m: &Mat<'a, T>| Mat {
+            data: cast::<T, U>(m.data),
+            rs: m.rs,
+            cs: m.cs,
+        };
+        Problem {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            ld: self.ld,
+            acc: self.acc,
+            a: mat(&self.a),
+            b: mat(&self.b),
+            scale: *(&self.scale as *const T as *const U),
+            threads: self.threads,
+        }
+    }
+}
+
+/// How the tiles read B: packed panels (by blocks of `KC` rows, then panels of `nr` columns: block `k0` starts at
+/// `k0 * np * nr`, its panel `p` at `+ p * kc * nr`), or B itself where it is row-major (only the last, partial
+/// panel packed, `k` x `nr`).
+struct BPanels<'a, T> {
+    b: Mat<'a, T>,
+    nr: usize,
+    np: usize,
+    /// Row-major B read in place (its whole panels).
+    direct: bool,
+    /// Whole panels (direct B).
+    full: usize,
+    packed: Vec<T>,
+}
+
+impl<'a, T: Float> BPanels<'a, T> {
+    fn new(b: Mat<'a, T>, k: usize, n: usize, nr: usize) -> Self {
+        let np = n.div_ceil(nr);
         if b.cs == 1 {
-            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-                let s = kk * b.rs + j0;
-                row[..nc].copy_from_slice(&b.data[s..s + nc]);
+            // Only the partial last panel needs copying (zero beyond column n).
+            let full = n / nr;
+            let nc = n - full * nr;
+            let mut packed = vec![T::z(); if nc > 0 { k * nr } else { 0 }];
+            if nc > 0 {
+                for (kk, row) in packed.chunks_exact_mut(nr).enumerate() {
+                    let s = kk * b.rs + full * nr;
+                    row[..nc].copy_from_slice(&b.data[s..s + nc]);
+                }
             }
-        } else {
-            for c in 0..nc {
-                for kk in 0..k {
-                    panel[kk * NR + c] = b.at(kk, j0 + c);
+            return Self {
+                b,
+                nr,
+                np,
+                direct: true,
+                full,
+                packed,
+            };
+        }
+        let mut packed = vec![T::z(); k * np * nr];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let blk = &mut packed[k0 * np * nr..(k0 + kc) * np * nr];
+            for (p, panel) in blk.chunks_exact_mut(kc * nr).enumerate() {
+                let j0 = p * nr;
+                for c in 0..nr.min(n - j0) {
+                    for kk in 0..kc {
+                        panel[kk * nr + c] = b.at(k0 + kk, j0 + c);
+                    }
                 }
             }
         }
+        Self {
+            b,
+            nr,
+            np,
+            direct: false,
+            full: 0,
+            packed,
+        }
     }
-    bp
-}
 
-#[inline(always)]
-fn run<T: Float, const MR: usize, const NR: usize>(p: &Problem<'_, T>, dst: &mut [T]) {
-    let bp = pack_b::<T, NR>(p.b, p.k, p.n);
-    let rows_of = |len: usize| len.div_ceil(p.ld);
-    if p.threads > 1 && dst.len() > MC * p.ld {
-        dst.par_chunks_mut(MC * p.ld)
-            .enumerate()
-            .for_each(|(t, ch)| block::<T, MR, NR>(p, &bp, t * MC, rows_of(ch.len()), ch));
-    } else {
-        for (t, ch) in dst.chunks_mut(MC * p.ld).enumerate() {
-            block::<T, MR, NR>(p, &bp, t * MC, rows_of(ch.len()), ch);
+    /// Panel `p` of the k-block starting at `k0` (`kc` terms).
+    fn src(&self, k0: usize, kc: usize, p: usize) -> BSrc<T> {
+        let nr = self.nr;
+        if !self.direct {
+            let off = k0 * self.np * nr + p * kc * nr;
+            return BSrc {
+                ptr: self.packed[off..].as_ptr(),
+                ld: nr,
+            };
+        }
+        if p < self.full {
+            BSrc {
+                ptr: self.b.data[k0 * self.b.rs + p * nr..].as_ptr(),
+                ld: self.b.rs,
+            }
+        } else {
+            BSrc {
+                ptr: self.packed[k0 * nr..].as_ptr(),
+                ld: nr,
+            }
         }
     }
 }
 
-/// Rows `i0..i0 + rows` of the product into `out` (those rows of the destination).
-#[inline(always)]
-fn block<T: Float, const MR: usize, const NR: usize>(
+/// The product with tile `M`. Where B would need a transposing copy and A has few rows (fewer than terms: a handful of prompt
+/// tokens against thousands of image tokens), the transposed product `C^T = B^T A^T` is computed instead: each
+/// element is the same FMA chain (`fma(a, b, c) = fma(b, a, c)`), so the bits are too, and only the small side
+/// is copied.
+fn drive<T: Float, M: Tile<T>>(p: &Problem<'_, T>, dst: &mut [T], isa: Isa) {
+    if p.b.cs != 1 && p.m < p.k && p.m * 4 <= p.n {
+        let (m, n) = (p.m, p.n);
+        let q = Problem {
+            m: n,
+            n: m,
+            k: p.k,
+            ld: m,
+            acc: false,
+            a: Mat {
+                data: p.b.data,
+                rs: p.b.cs,
+                cs: p.b.rs,
+            },
+            b: Mat {
+                data: p.a.data,
+                rs: p.a.cs,
+                cs: p.a.rs,
+            },
+            scale: T::from_f64(1.0),
+            threads: p.threads,
+        };
+        let mut ct = vec![T::z(); n * m];
+        drive_rows::<T, M>(&q, &mut ct, isa);
+        for i in 0..m {
+            let o = &mut dst[i * p.ld..i * p.ld + n];
+            for (j, d) in o.iter_mut().enumerate() {
+                let s = ct[j * m + i];
+                *d = if p.acc { *d + p.scale * s } else { p.scale * s };
+            }
+        }
+        return;
+    }
+    drive_rows::<T, M>(p, dst, isa)
+}
+
+/// Blocks of `MC` rows (on rayon's pool when `threads` > 1) over B's panels.
+fn drive_rows<T: Float, M: Tile<T>>(p: &Problem<'_, T>, dst: &mut [T], isa: Isa) {
+    let bp = BPanels::new(p.b, p.k, p.n, M::NR);
+    let rows_of = |len: usize| len.div_ceil(p.ld);
+    let one = |t: usize, ch: &mut [T]| {
+        let rows = rows_of(ch.len());
+        // SAFETY: `isa` is the active instruction set, which the CPU supports (`Isa::active`).
+        unsafe { block_for::<T, M>(isa, p, &bp, t * MC, rows, ch) }
+    };
+    if p.threads > 1 && dst.len() > MC * p.ld {
+        dst.par_chunks_mut(MC * p.ld)
+            .enumerate()
+            .for_each(|(t, ch)| one(t, ch));
+    } else {
+        for (t, ch) in dst.chunks_mut(MC * p.ld).enumerate() {
+            one(t, ch);
+        }
+    }
+}
+
+/// [`block`] compiled for `isa` (so that the tile's intrinsics inline into it).
+///
+/// # Safety
+/// The CPU supports `isa`.
+unsafe fn block_for<T: Float, M: Tile<T>>(
+    isa: Isa,
     p: &Problem<'_, T>,
-    bp: &[T],
+    bp: &BPanels<'_, T>,
+    i0: usize,
+    rows: usize,
+    out: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn v4<T: Float, M: Tile<T>>(
+            p: &Problem<'_, T>,
+            bp: &BPanels<'_, T>,
+            i0: usize,
+            rows: usize,
+            out: &mut [T],
+        ) {
+            block::<T, M>(p, bp, i0, rows, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v3<T: Float, M: Tile<T>>(
+            p: &Problem<'_, T>,
+            bp: &BPanels<'_, T>,
+            i0: usize,
+            rows: usize,
+            out: &mut [T],
+        ) {
+            block::<T, M>(p, bp, i0, rows, out)
+        }
+        // The scalar tile with hardware FMA (one lane at a time, as the ISA says; the same bits as libm's fma).
+        #[target_feature(enable = "fma")]
+        unsafe fn v1<T: Float, M: Tile<T>>(
+            p: &Problem<'_, T>,
+            bp: &BPanels<'_, T>,
+            i0: usize,
+            rows: usize,
+            out: &mut [T],
+        ) {
+            block::<T, M>(p, bp, i0, rows, out)
+        }
+        match isa {
+            Isa::Avx512 => return v4::<T, M>(p, bp, i0, rows, out),
+            Isa::Avx2 => return v3::<T, M>(p, bp, i0, rows, out),
+            Isa::Scalar if std::is_x86_feature_detected!("fma") => {
+                return v1::<T, M>(p, bp, i0, rows, out)
+            }
+            Isa::Scalar => {}
+        }
+    }
+    let _ = isa;
+    block::<T, M>(p, bp, i0, rows, out)
+}
+
+/// Rows `i0..i0 + rows` of the product into `out` (those rows of the destination): for each block of k, every
+/// (row tile, column panel) pair, accumulating in `acc`; then the epilogue.
+#[inline(always)]
+fn block<T: Float, M: Tile<T>>(
+    p: &Problem<'_, T>,
+    bp: &BPanels<'_, T>,
     i0: usize,
     rows: usize,
     out: &mut [T],
 ) {
     let (k, n, ld) = (p.k, p.n, p.ld);
-    let mut ap = vec![T::z(); MR * k];
-    let mut tile = [[T::z(); NR]; MR];
-    for r0 in (0..rows).step_by(MR) {
-        let mr = MR.min(rows - r0);
-        for (kk, col) in ap.chunks_exact_mut(MR).enumerate() {
-            for (r, v) in col.iter_mut().enumerate() {
-                *v = if r < mr {
-                    p.a.at(i0 + r0 + r, kk)
-                } else {
-                    T::z()
-                };
+    let (mr, nr) = (M::MR, M::NR);
+    let np = n.div_ceil(nr);
+    let tiles = rows.div_ceil(mr);
+    let mut acc = vec![T::z(); tiles * np * mr * nr];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for t in 0..tiles {
+            let r0 = i0 + t * mr;
+            let a = ASrc {
+                ptr: p.a.data[r0 * p.a.rs + k0 * p.a.cs..].as_ptr(),
+                rs: p.a.rs,
+                cs: p.a.cs,
+                rows: mr.min(rows - t * mr),
+            };
+            for pi in 0..np {
+                let c = &mut acc[(t * np + pi) * mr * nr..(t * np + pi + 1) * mr * nr];
+                // SAFETY: A's rows (clamped to the real ones) and B's panel hold `kc` terms inside their slices
+                // (the views were checked to fit); the caller compiled this for the tile's instruction set.
+                unsafe { M::tile(kc, a, bp.src(k0, kc, pi), c, k0 == 0) };
             }
         }
-        for (pi, panel) in bp.chunks_exact(k * NR).enumerate() {
-            micro::<T, MR, NR>(&ap, panel, &mut tile);
-            let j0 = pi * NR;
-            let nc = NR.min(n - j0);
-            for (r, t) in tile.iter().enumerate().take(mr) {
-                let o = &mut out[(r0 + r) * ld + j0..(r0 + r) * ld + j0 + nc];
-                if p.acc {
-                    for (d, &s) in o.iter_mut().zip(t) {
-                        *d += p.scale * s;
-                    }
-                } else {
-                    for (d, &s) in o.iter_mut().zip(t) {
-                        *d = p.scale * s;
-                    }
+    }
+    for i in 0..rows {
+        let (t, r) = (i / mr, i % mr);
+        let o = &mut out[i * ld..i * ld + n];
+        for (pi, oc) in o.chunks_mut(nr).enumerate() {
+            let c = &acc[(t * np + pi) * mr * nr + r * nr..][..oc.len()];
+            if p.acc {
+                for (d, &s) in oc.iter_mut().zip(c) {
+                    *d += p.scale * s;
+                }
+            } else {
+                for (d, &s) in oc.iter_mut().zip(c) {
+                    *d = p.scale * s;
                 }
             }
         }
     }
-}
-
-/// `tile[r][c] = sum_k ap[k][r] * bp[k][c]`, from zero, in increasing k: the one place a product's terms are
-/// added (each `c` is a lane of its own, so the vector width never changes the order).
-#[inline(always)]
-fn micro<T: Float, const MR: usize, const NR: usize>(ap: &[T], bp: &[T], tile: &mut [[T; NR]; MR]) {
-    let mut c = [[T::z(); NR]; MR];
-    for (a, b) in ap.chunks_exact(MR).zip(bp.chunks_exact(NR)) {
-        // Fixed-length views: the loops below unroll into register tiles with no bounds checks.
-        let (Ok(a), Ok(b)) = (<&[T; MR]>::try_from(a), <&[T; NR]>::try_from(b)) else {
-            unreachable!("chunks_exact gives whole chunks")
-        };
-        for r in 0..MR {
-            let av = a[r];
-            for j in 0..NR {
-                c[r][j] = c[r][j] + av * b[j];
-            }
-        }
-    }
-    *tile = c;
 }
 
 #[cfg(test)]
@@ -314,21 +500,18 @@ mod tests {
         let len = (m - 1) * p.ld + p.n;
         let mut outs = Vec::new();
         let mut d = vec![0.5f32; len];
-        run::<f32, 4, 8>(p, &mut d);
+        drive::<f32, tile::Plain>(p, &mut d, Isa::Scalar);
         outs.push(("scalar", d));
         #[cfg(target_arch = "x86_64")]
         {
-            use crate::model::isa::Isa;
             if Isa::Avx2.supported() {
                 let mut d = vec![0.5f32; len];
-                // SAFETY: AVX2 and FMA were detected.
-                unsafe { run_avx2(p, &mut d) };
+                drive::<f32, tile::Avx2>(p, &mut d, Isa::Avx2);
                 outs.push(("avx2", d));
             }
             if Isa::Avx512.supported() {
                 let mut d = vec![0.5f32; len];
-                // SAFETY: AVX-512F, AVX2 and FMA were detected.
-                unsafe { run_avx512(p, &mut d) };
+                drive::<f32, tile::Avx512>(p, &mut d, Isa::Avx512);
                 outs.push(("avx512", d));
             }
         }
@@ -358,6 +541,7 @@ mod tests {
                     .build()
                     .unwrap();
                 let p = Problem {
+                    m,
                     n,
                     k,
                     ld,
@@ -387,6 +571,50 @@ mod tests {
         }
     }
 
+    /// Speed against the `gemm` crate on the decoder's and encoder's typical shapes (prints GFLOP/s; asserts
+    /// nothing): `cargo test --release --lib gemm_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "micro-benchmark: prints timings, asserts nothing"]
+    fn micro_bench_gemm_speed() {
+        for &(m, n, k, ta, tb, th) in &[
+            (16384, 256, 256, false, true, 2),
+            (256, 256, 16384, true, false, 2),
+            (4096, 64, 256, false, true, 2),
+            (256, 1024, 64, false, true, 1),
+            (49, 49, 32, false, true, 1),
+            (4096, 4096, 16, false, true, 2),
+        ] {
+            let a = rand_vec(m * k, 1);
+            let b = rand_vec(k * n, 2);
+            let av = if ta { Mat::t(&a, m) } else { Mat::rows(&a, k) };
+            let bv = if tb { Mat::t(&b, k) } else { Mat::rows(&b, n) };
+            let mut d = vec![0f32; m * n];
+            let reps = (2e9 / (2.0 * (m * n * k) as f64)).clamp(1.0, 200.0) as usize;
+            let time = |f: &mut dyn FnMut()| {
+                let mut v: Vec<f64> = (0..5)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        for _ in 0..reps {
+                            f();
+                        }
+                        t.elapsed().as_secs_f64() / reps as f64
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[2]
+            };
+            let tp = time(&mut || gemm(m, n, k, &mut d, n, false, av, bv, 1.0, th));
+            let tf = time(&mut || fast(m, n, k, &mut d, n, false, av, bv, 1.0, th));
+            let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+            eprintln!(
+                "{m}x{n}x{k} (a^T {ta}, b^T {tb}, {th} thr): portable {:.1} GFLOP/s, gemm crate {:.1} GFLOP/s, ratio {:.2}",
+                gf(tp),
+                gf(tf),
+                tp / tf
+            );
+        }
+    }
+
     /// The summation order is part of the contract: adding the terms in another order (here: from the last k)
     /// changes some bits, which is what this test (and the golden tables) would catch.
     #[test]
@@ -399,16 +627,16 @@ mod tests {
         let reversed: Vec<f32> = (0..m * n)
             .map(|e| {
                 let (i, j) = (e / n, e % n);
-                (0..k).rev().fold(0f32, |s, kk| s + a[i * k + kk] * b[kk * n + j])
+                (0..k).rev().fold(0f32, |s, kk| a[i * k + kk].mul_add(b[kk * n + j], s))
             })
             .collect();
         let forward: Vec<f32> = (0..m * n)
             .map(|e| {
                 let (i, j) = (e / n, e % n);
-                (0..k).fold(0f32, |s, kk| s + a[i * k + kk] * b[kk * n + j])
+                (0..k).fold(0f32, |s, kk| a[i * k + kk].mul_add(b[kk * n + j], s))
             })
             .collect();
-        assert_eq!(d, forward, "the gemm adds its terms from k = 0 up");
+        assert_eq!(d, forward, "the gemm adds its terms from k = 0 up, one FMA each");
         assert_ne!(d, reversed);
     }
 }

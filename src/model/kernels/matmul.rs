@@ -165,7 +165,7 @@ impl CustomOp2 for MatMul {
 
 /// `a` x `b` for tensors of one batch shape (as candle's `Tensor::matmul`), portable on the CPU.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !cpu_ok(&[a, b]) {
+    if !cpu_ok(&[a, b]) || Numerics::active() == Numerics::Fast {
         return a.matmul(b);
     }
     a.apply_op2(b, MatMul)
@@ -173,6 +173,9 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `a` x `b` with the batch dimensions broadcast (as candle's `Tensor::broadcast_matmul`).
 pub(crate) fn broadcast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if Numerics::active() == Numerics::Fast {
+        return a.broadcast_matmul(b);
+    }
     let (da, db) = (a.dims(), b.dims());
     let (ra, rb) = (da.len(), db.len());
     if ra < 2 || rb < 2 {

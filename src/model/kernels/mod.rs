@@ -44,6 +44,7 @@ pub(crate) mod matmul;
 pub(crate) mod mbconv;
 pub(crate) mod par;
 pub(crate) mod readout;
+pub(crate) mod tile;
 pub(crate) mod tokens;
 pub(crate) mod window_attn;
 
