@@ -50,8 +50,8 @@ fn main() {
         }
     };
     // A forced instruction set the CPU lacks (or a misspelt one) is refused before any work, not ignored.
-    if let Err(e) = evosam::model::isa::Isa::from_env()
-        .and_then(|_| evosam::model::isa::Numerics::from_env())
+    if let Err(e) =
+        evosam::model::isa::Isa::from_env().and_then(|_| evosam::model::isa::Numerics::from_env())
     {
         eprintln!("error: {e}");
         std::process::exit(e.exit_code());

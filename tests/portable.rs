@@ -37,7 +37,11 @@ fn run(spec: &Path, out: &Path, isa: Option<&str>, threads: usize) -> Vec<(Strin
         .args(["--quiet", "--no-report", "--jobs", "1"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "isa {isa:?}, {threads} threads: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "isa {isa:?}, {threads} threads: {}",
+        text(&o)
+    );
     TABLES
         .iter()
         .map(|t| {
@@ -85,11 +89,17 @@ fn same_tables_on_every_isa_and_thread_count_and_equal_to_golden() {
     let mut runs: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for isa in &isas {
         let out = tmp.path().join(format!("isa-{isa}"));
-        runs.push((format!("EVOSAM_ISA={isa}, 2 threads"), run(&spec, &out, Some(isa), 2)));
+        runs.push((
+            format!("EVOSAM_ISA={isa}, 2 threads"),
+            run(&spec, &out, Some(isa), 2),
+        ));
     }
     for threads in [1, 3] {
         let out = tmp.path().join(format!("threads-{threads}"));
-        runs.push((format!("default ISA, {threads} threads"), run(&spec, &out, None, threads)));
+        runs.push((
+            format!("default ISA, {threads} threads"),
+            run(&spec, &out, None, threads),
+        ));
     }
     let golden = golden_dir();
     if std::env::var("EVOSAM_BLESS").is_ok_and(|v| v == "1") {
@@ -123,7 +133,10 @@ fn same_tables_on_every_isa_and_thread_count_and_equal_to_golden() {
     eprintln!(
         "{} runs ({}) gave the golden tables byte for byte",
         runs.len(),
-        runs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join("; ")
+        runs.iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
     );
 }
 

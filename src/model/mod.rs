@@ -3,8 +3,8 @@
 //! (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`); BatchNorm is folded at load time.
 
 pub mod alloc;
-pub mod isa;
 mod common;
+pub mod isa;
 pub(crate) mod kernels;
 mod lora;
 mod mask_decoder;

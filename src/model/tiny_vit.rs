@@ -171,10 +171,12 @@ impl Attention {
         } else {
             self.ab.clone()
         };
-        let attn =
-            (kernels::matmul(&q, &k.t()?)? * (kd as f64).powf(-0.5))?.broadcast_add(&ab.unsqueeze(0)?)?;
+        let attn = (kernels::matmul(&q, &k.t()?)? * (kd as f64).powf(-0.5))?
+            .broadcast_add(&ab.unsqueeze(0)?)?;
         let attn = softmax_last(&attn)?;
-        let y = kernels::matmul(&attn, &v)?.transpose(1, 2)?.reshape((b, n, h * kd))?;
+        let y = kernels::matmul(&attn, &v)?
+            .transpose(1, 2)?
+            .reshape((b, n, h * kd))?;
         self.proj.forward(&y, ad)
     }
 }

@@ -7,8 +7,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 
 use super::cpu::{cpu_ok, grad_of, lock};
-use super::matmul::{matmul, mm};
 use super::float::{dot, with_float, Float};
+use super::matmul::{matmul, mm};
 use super::par::par_rows;
 use super::PAR_MIN;
 
@@ -119,7 +119,9 @@ impl AttnOp {
         let mut out = vec![T::z(); nb * nq * c];
         let mut probs: Vec<T> = Vec::with_capacity(self.heads * nb * nq * nk);
         for h in 0..self.heads {
-            let s = mm(sq, sk,
+            let s = mm(
+                sq,
+                sk,
                 (nb, nq, nk, d),
                 &head_view(nb, nq, c, d, qo, h),
                 &head_view_t(nb, nk, c, d, ko, h),
@@ -127,7 +129,9 @@ impl AttnOp {
             let mut p = T::take(s)?;
             par_rows(&mut p, nk, PAR_MIN, |_, ch| softmax_rows(ch, nk, scale));
             let ps = T::storage(p);
-            let o = mm(&ps, sv,
+            let o = mm(
+                &ps,
+                sv,
                 (nb, nq, d, nk),
                 &Layout::contiguous((nb, nq, nk)),
                 &head_view(nb, nk, c, d, vo, h),
@@ -172,7 +176,9 @@ impl AttnOp {
             let ph = h * per;
             if need[0] || need[1] {
                 // dP = dO V^T
-                let dps = mm(sg, sv,
+                let dps = mm(
+                    sg,
+                    sv,
                     (nb, nq, nk, d),
                     &head_view(nb, nq, c, d, go, h),
                     &head_view_t(nb, nk, c, d, vo, h),
@@ -185,20 +191,35 @@ impl AttnOp {
                 let ds_l = Layout::contiguous((nb, nq, nk));
                 let ds_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], 0);
                 if need[0] {
-                    let gq =
-                        mm(&dss, sk, (nb, nq, d, nk), &ds_l, &head_view(nb, nk, c, d, ko, h))?;
+                    let gq = mm(
+                        &dss,
+                        sk,
+                        (nb, nq, d, nk),
+                        &ds_l,
+                        &head_view(nb, nk, c, d, ko, h),
+                    )?;
                     scatter_head(&mut dq, T::cpu_storage_as_slice(&gq)?, nb * nq, c, d, h);
                 }
                 if need[1] {
-                    let gk =
-                        mm(&dss, sq, (nb, nk, d, nq), &ds_t, &head_view(nb, nq, c, d, qo, h))?;
+                    let gk = mm(
+                        &dss,
+                        sq,
+                        (nb, nk, d, nq),
+                        &ds_t,
+                        &head_view(nb, nq, c, d, qo, h),
+                    )?;
                     scatter_head(&mut dk, T::cpu_storage_as_slice(&gk)?, nb * nk, c, d, h);
                 }
             }
             if need[2] {
                 let p_t = Layout::new(Shape::from((nb, nk, nq)), vec![nq * nk, 1, nk], ph);
-                let gv =
-                    mm(probs, sg, (nb, nk, d, nq), &p_t, &head_view(nb, nq, c, d, go, h))?;
+                let gv = mm(
+                    probs,
+                    sg,
+                    (nb, nk, d, nq),
+                    &p_t,
+                    &head_view(nb, nq, c, d, go, h),
+                )?;
                 scatter_head(&mut dv, T::cpu_storage_as_slice(&gv)?, nb * nk, c, d, h);
             }
         }

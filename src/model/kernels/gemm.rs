@@ -565,7 +565,10 @@ mod tests {
                         .sum();
                     let want = if acc { 0.5 } else { 0.0 } + 0.75 * s;
                     let got = first[i * ld + j] as f64;
-                    assert!((got - want).abs() < 1e-4 * (1.0 + k as f64).sqrt(), "{got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + k as f64).sqrt(),
+                        "{got} vs {want}"
+                    );
                 }
             }
         }
@@ -623,11 +626,24 @@ mod tests {
         let a = rand_vec(m * k, 3);
         let b = rand_vec(k * n, 4);
         let mut d = vec![0f32; m * n];
-        gemm(m, n, k, &mut d, n, false, Mat::rows(&a, k), Mat::rows(&b, n), 1.0, 1);
+        gemm(
+            m,
+            n,
+            k,
+            &mut d,
+            n,
+            false,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            1.0,
+            1,
+        );
         let reversed: Vec<f32> = (0..m * n)
             .map(|e| {
                 let (i, j) = (e / n, e % n);
-                (0..k).rev().fold(0f32, |s, kk| a[i * k + kk].mul_add(b[kk * n + j], s))
+                (0..k)
+                    .rev()
+                    .fold(0f32, |s, kk| a[i * k + kk].mul_add(b[kk * n + j], s))
             })
             .collect();
         let forward: Vec<f32> = (0..m * n)
@@ -636,7 +652,10 @@ mod tests {
                 (0..k).fold(0f32, |s, kk| a[i * k + kk].mul_add(b[kk * n + j], s))
             })
             .collect();
-        assert_eq!(d, forward, "the gemm adds its terms from k = 0 up, one FMA each");
+        assert_eq!(
+            d, forward,
+            "the gemm adds its terms from k = 0 up, one FMA each"
+        );
         assert_ne!(d, reversed);
     }
 }

@@ -8,8 +8,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::cpu::{cpu_ok, lock, new_tensor, read, slices, stash};
-use super::matmul::{matmul, mm};
 use super::float::{with_float, Float};
+use super::matmul::{matmul, mm};
 use super::par::{par_rows, par_sum_rows, parts};
 use super::PAR_MIN;
 

@@ -8,8 +8,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, T
 
 use super::cpu::{cpu_ok, lock, slices, stash};
 use super::float::{with_float, Float};
-use super::matmul::matmul;
 use super::linear::{act_grad, epilogue, gemm_xwt, out_shape};
+use super::matmul::matmul;
 
 /// `act(x W^T + b + scale (x A^T) B^T)` with W, b frozen: the node's inputs are x, A and B.
 struct LoraOp {

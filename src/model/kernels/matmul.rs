@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::cpu::cpu_ok;
 use super::float::Float;
-use crate::model::isa::Numerics;
 use super::gemm::{gemm, Mat};
+use crate::model::isa::Numerics;
 
 /// The start offset of every batch of a `(batch..., rows, cols)` layout, in batch order.
 fn batch_offsets(l: &Layout, batch: usize) -> Result<Vec<usize>> {
@@ -31,14 +31,7 @@ fn batch_offsets(l: &Layout, batch: usize) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(batch);
     let mut idx = vec![0usize; bd.len()];
     for _ in 0..batch {
-        out.push(
-            l.start_offset()
-                + idx
-                    .iter()
-                    .zip(stride)
-                    .map(|(i, s)| i * s)
-                    .sum::<usize>(),
-        );
+        out.push(l.start_offset() + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>());
         for d in (0..bd.len()).rev() {
             idx[d] += 1;
             if idx[d] < bd[d] {
@@ -151,14 +144,8 @@ impl CustomOp2 for MatMul {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let ga = a
-            .track_op()
-            .then(|| matmul(g, &b.t()?))
-            .transpose()?;
-        let gb = b
-            .track_op()
-            .then(|| matmul(&a.t()?, g))
-            .transpose()?;
+        let ga = a.track_op().then(|| matmul(g, &b.t()?)).transpose()?;
+        let gb = b.track_op().then(|| matmul(&a.t()?, g)).transpose()?;
         Ok((ga, gb))
     }
 }
@@ -195,10 +182,22 @@ pub(crate) fn broadcast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         };
     }
     let full = |d: &[usize], r: usize| -> Vec<usize> {
-        batch.iter().copied().chain(d[r - 2..].iter().copied()).collect()
+        batch
+            .iter()
+            .copied()
+            .chain(d[r - 2..].iter().copied())
+            .collect()
     };
     let (sa, sb) = (full(da, ra), full(db, rb));
-    let a = if sa != da { a.broadcast_as(sa)? } else { a.clone() };
-    let b = if sb != db { b.broadcast_as(sb)? } else { b.clone() };
+    let a = if sa != da {
+        a.broadcast_as(sa)?
+    } else {
+        a.clone()
+    };
+    let b = if sb != db {
+        b.broadcast_as(sb)?
+    } else {
+        b.clone()
+    };
     matmul(&a, &b)
 }

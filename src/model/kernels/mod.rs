@@ -21,6 +21,10 @@
 //! merging in bands of rows), [`tokens_plus`] (a cached embedding to the decoder's tokens), [`window_attention`] (TinyViT's windowed attention from the qkv map) and
 //! [`conv3x3`] (the neck's dense conv as nine matmuls on the padded map). They multiply through [`gemm`].
 //!
+//! Every matrix product of the model on the CPU ends in [`gemm`] ([`matmul()`] for tensors, [`matmul::mm`] for
+//! storages), whose results are the same bits on every instruction set, vector width and thread count
+//! ([`tile`] has the register tiles); see `gemm.rs` for the rule a new kernel must keep.
+//!
 //! All work on contiguous CPU f32/f64 tensors; anything else falls back to candle's ops (same numbers). Generic
 //! code is written once over [`float::Float`]; parallel work goes through [`par`] on rayon's pool. The module is
 //! crate-private: the model's layers (`super::common`) are the interface.

@@ -203,7 +203,11 @@ mod tests {
                 assert!(row.iter().all(|&v| v == r));
             }
             // 5 rows in 3 parts of 2: ranges [0,2), [2,4), [4,5).
-            assert_eq!(parts(1 << 20, 1000, 10), SPLIT, "the split follows no pool size");
+            assert_eq!(
+                parts(1 << 20, 1000, 10),
+                SPLIT,
+                "the split follows no pool size"
+            );
             let s = par_sum_rows(5, 3, 2, |r0, r1| vec![(r1 - r0) as f64, r0 as f64]);
             assert_eq!(s, vec![5.0, 6.0]);
         });
