@@ -215,3 +215,27 @@ fn shipped_specs_parse() {
         }
     }
 }
+
+/// EvoSAM's presets bring their own validation split (its keep-the-start guard needs held-out images), which a
+/// spec's `[train] val_fraction` or the entry's overrides; the other presets train on every image.
+#[test]
+fn evosam_presets_hold_out_validation_images_unless_the_spec_says_otherwise() {
+    let entries = "[[strategy]]\npreset = \"finetune\"\n\n[[strategy]]\npreset = \"evosam\"\n\n\
+                   [[strategy]]\npreset = \"evosam-oracle\"\n";
+    let base = GOOD[..GOOD.find("[[strategy]]").unwrap()].to_string();
+    let vf = |s: &Spec| -> Vec<f64> { s.strategies.iter().map(|x| x.train.val_fraction).collect() };
+    let s = parse(&format!("{base}{entries}")).unwrap();
+    assert_eq!(vf(&s), vec![0.0, 0.25, 0.25]);
+    let own = base.replace("lr = 0.01", "lr = 0.01\nval_fraction = 0.1");
+    assert_eq!(
+        vf(&parse(&format!("{own}{entries}")).unwrap()),
+        vec![0.1, 0.1, 0.1]
+    );
+    let off = base.replace("lr = 0.01", "lr = 0.01\nval_fraction = 0.0");
+    assert_eq!(
+        vf(&parse(&format!("{off}{entries}")).unwrap()),
+        vec![0.0, 0.0, 0.0]
+    );
+    let entry = format!("{base}{entries}[strategy.train]\nval_fraction = 0.5\n");
+    assert_eq!(vf(&parse(&entry).unwrap()), vec![0.0, 0.25, 0.5]);
+}

@@ -172,7 +172,7 @@ pub(crate) fn broadcast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     // Batch dimensions, right-aligned; each pair equal or one of them 1.
     let mut batch = vec![1usize; rank - 2];
     for (i, o) in batch.iter_mut().enumerate() {
-        let pick = |d: &[usize], r: usize| (i + r >= rank).then(|| d[i + r - rank]).unwrap_or(1);
+        let pick = |d: &[usize], r: usize| if i + r >= rank { d[i + r - rank] } else { 1 };
         let (x, y) = (pick(da, ra), pick(db, rb));
         *o = match (x, y) {
             _ if x == y => x,
