@@ -22,7 +22,45 @@ pub const DEFINITIONS: &[(&str, &str)] = &[
     ("fwt", "mean_{j>=2} (R[j-1][j] - R[0][j]); null when T = 1"),
     ("forgetting", "mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])"),
     ("matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
+    ("route_seen_own", "extras.csv, per stage k >= 1 (routing strategies): fraction of the test cases of the tasks trained so far (positions 1..k) routed to their own task's expert"),
+    ("route_seen_base", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far sent to the base model"),
+    ("route_seen_chain", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far judged novel and sent to the chain (routed_to = \"chain\")"),
+    ("route_new_base", "extras.csv, per stage k < T: fraction of the test cases of the tasks not trained yet (positions k+1..T) sent to the base model"),
 ];
+
+/// Per-stage routing shares of one stage's test cases (the `route_*` keys of [`DEFINITIONS`]), from each case's
+/// position in the order (1-based), its task and where it was routed (`None`: the strategy does not route; then
+/// nothing is returned). `stage` is the number of tasks trained.
+pub fn routing_shares<'a>(
+    cases: impl IntoIterator<Item = (usize, &'a str, Option<&'a str>)>,
+    stage: usize,
+) -> Vec<(&'static str, f64)> {
+    let (mut seen, mut own, mut seen_base, mut seen_chain) = (0usize, 0usize, 0usize, 0usize);
+    let (mut new, mut new_base) = (0usize, 0usize);
+    for (pos, task, to) in cases {
+        let Some(to) = to else { return Vec::new() };
+        if pos <= stage {
+            seen += 1;
+            own += usize::from(to == task);
+            seen_base += usize::from(to == "base");
+            seen_chain += usize::from(to == "chain");
+        } else {
+            new += 1;
+            new_base += usize::from(to == "base");
+        }
+    }
+    let share = |a: usize, n: usize| a as f64 / n as f64;
+    let mut out = Vec::new();
+    if stage >= 1 && seen > 0 {
+        out.push(("route_seen_own", share(own, seen)));
+        out.push(("route_seen_base", share(seen_base, seen)));
+        out.push(("route_seen_chain", share(seen_chain, seen)));
+    }
+    if new > 0 {
+        out.push(("route_new_base", share(new_base, new)));
+    }
+    out
+}
 
 /// The continual-learning metrics of one run (see the module docs for the formulas).
 #[derive(Clone, Debug, PartialEq)]
@@ -154,5 +192,34 @@ mod tests {
         );
         assert!(cl_metrics(&[vec![0.3]]).is_err());
         assert!(cl_metrics(&[vec![0.3, 0.2], vec![0.1]]).is_err());
+    }
+
+    #[test]
+    fn routing_shares_by_hand() {
+        // stage 2 of 3 tasks: a, b seen (4 cases), c new (2 cases)
+        let cases = [
+            (1, "a", Some("a")),
+            (1, "a", Some("base")),
+            (2, "b", Some("chain")),
+            (2, "b", Some("b")),
+            (3, "c", Some("base")),
+            (3, "c", Some("b")),
+        ];
+        let got = routing_shares(cases, 2);
+        assert_eq!(
+            got,
+            vec![
+                ("route_seen_own", 0.5),
+                ("route_seen_base", 0.25),
+                ("route_seen_chain", 0.25),
+                ("route_new_base", 0.5),
+            ]
+        );
+        // stage 0: every task is new; a strategy that does not route gives nothing
+        assert_eq!(
+            routing_shares(cases, 0),
+            vec![("route_new_base", 2.0 / 6.0)]
+        );
+        assert!(routing_shares([(1, "a", None)], 1).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use super::cases::StudyCase;
 use crate::embed_cache::EmbeddingCache;
 use crate::model::{LiteMedSam, Prompts};
 use crate::preprocess::{postprocess_logits, to_model_input, Image, PrepMeta};
-use crate::strategy::evosam::{pooled_features, ExpertSet};
+use crate::strategy::evosam::{pooled_features, Choice, ExpertSet};
 use crate::{Error, Result};
 
 /// One arm of the study: a label for the logs and an expert set (None = the base model).
@@ -35,8 +35,8 @@ pub struct Prepared {
     pub emb: Tensor,
     /// The image as PNG (what the page shows).
     pub png: Vec<u8>,
-    /// Expert index in the arm's set (None = base model).
-    pub expert: Option<usize>,
+    /// The arm's routing decision (None = base model, no expert set).
+    pub choice: Option<Choice>,
     /// Its name for the logs.
     pub expert_name: String,
 }
@@ -86,19 +86,20 @@ impl Engine {
             None => self.model.encode(&x)?,
         };
         let emb = emb.to_dtype(DType::F32)?;
-        let (expert, expert_name) = match &self.arms[arm].experts {
+        let (choice, expert_name) = match &self.arms[arm].experts {
             None => (None, "base".to_string()),
             Some(set) if set.is_empty() => (None, "base".to_string()),
             Some(set) => {
                 let choice = set.decide(&pooled_features(&emb)?[0])?;
-                (choice.expert, set.target_name(choice.expert))
+                let name = set.name_for(&choice);
+                (Some(choice), name)
             }
         };
         Ok(Prepared {
             meta,
             emb,
             png: display_png(&img)?,
-            expert,
+            choice,
             expert_name,
         })
     }
@@ -144,8 +145,8 @@ impl Engine {
         if self.mask_prompt {
             out.masks = mask_in.cloned();
         }
-        let adapter = match (&self.arms[arm].experts, p.expert) {
-            (Some(set), k) => set.serving(k),
+        let adapter = match (&self.arms[arm].experts, &p.choice) {
+            (Some(set), Some(c)) => set.adapter_for(c),
             _ => None,
         };
         let logits = self.model.decode(&p.emb, &out, adapter)?.logits.detach();

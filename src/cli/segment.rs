@@ -11,7 +11,7 @@ use evosam::model::{LiteMedSam, Prompts};
 use evosam::preprocess::{
     load_image, mask_u8, postprocess_logits, scale_box, to_model_input, validate_box, PrepMeta,
 };
-use evosam::strategy::evosam::ExpertSet;
+use evosam::strategy::evosam::{Choice, ExpertSet};
 use evosam::weights::{resolve_weights, sha256_file};
 use evosam::{Error, Result};
 
@@ -169,13 +169,19 @@ pub(crate) fn load_experts(
     }
 }
 
-/// The expert for this image: by name with `--expert`, otherwise the matcher's choice (None = base model).
-pub(crate) fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<usize>> {
+/// The routing decision for this image: the expert named by `--expert`, otherwise the router's choice (None:
+/// the set is empty, the base model).
+pub(crate) fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Result<Option<Choice>> {
     if let Some(name) = &args.expert {
         return match set.names.iter().position(|n| n == name) {
             Some(k) => {
                 eprintln!("expert: {name} (chosen with --expert)");
-                Ok(Some(k))
+                Ok(Some(Choice {
+                    expert: Some(k),
+                    score: None,
+                    novelty: None,
+                    to_chain: false,
+                }))
             }
             None => Err(Error::input(format!(
                 "--expert `{name}`: not in {} (experts: {})",
@@ -193,12 +199,17 @@ pub(crate) fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Resul
     let route = set.matcher.decide(&scores);
     let choice = set.decide(&pooled[0])?;
     if route.expert.is_some() && choice.expert.is_none() {
+        let to = if choice.to_chain {
+            "chain (the stream showed forward transfer, so novel images go to the chain's newest state)"
+        } else {
+            "base"
+        };
         eprintln!(
-            "expert: base (novelty score {:.3} is above the threshold {:.3}: no expert has seen such images)",
+            "expert: {to} (novelty score {:.3} is above the threshold {:.3}: no expert has seen such images)",
             choice.novelty.unwrap_or(f64::NAN),
             set.novelty_threshold().unwrap_or(f64::NAN)
         );
-        return Ok(None);
+        return Ok(Some(choice));
     }
     let all: Vec<String> = set
         .names
@@ -218,7 +229,7 @@ pub(crate) fn choose_expert(args: &Args, set: &ExpertSet, emb: &Tensor) -> Resul
             all.join(", ")
         ),
     }
-    Ok(route.expert)
+    Ok(Some(choice))
 }
 
 /// Segment one image and write the mask (`--tile`: see `segment_tiled`, which `main` calls instead).
@@ -236,16 +247,18 @@ pub fn run(args: Args) -> Result<()> {
     let emb = model.encode(&x.unsqueeze(0)?)?;
     let ad = match &experts {
         Some(set) => {
-            let k = choose_expert(&args, set, &emb)?;
-            if args.expert.is_some() {
-                k.map(|k| &set.adapters[k])
-            } else {
-                if set.chain_serves_expert(k) {
-                    eprintln!(
-                        "served by the chain's newest state (serve_chain: the stream showed transfer)"
-                    );
+            let choice = choose_expert(&args, set, &emb)?;
+            match choice {
+                None => None,
+                Some(c) if args.expert.is_some() => c.expert.map(|k| &set.adapters[k]),
+                Some(c) => {
+                    if set.chain_serves_expert(c.expert) {
+                        eprintln!(
+                            "served by the chain's newest state (serve_chain: the stream showed transfer)"
+                        );
+                    }
+                    set.adapter_for(&c)
                 }
-                set.serving(k)
             }
         }
         None => None,

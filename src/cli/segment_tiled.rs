@@ -104,21 +104,18 @@ pub fn run(args: &Args, size: usize, overlap: usize) -> Result<()> {
         let (x, meta) = to_model_input(&crop_image(&img, r), model.input_size())?;
         let emb = model.encode(&x.unsqueeze(0)?)?;
         let ad = match &experts {
-            Some(set) if !set.is_empty() => {
-                let k = match fixed {
-                    Some(k) => Some(k),
-                    None => {
-                        let pooled = evosam::strategy::evosam::pooled_features(&emb)?;
-                        set.decide(&pooled[0])?.expert
-                    }
-                };
-                let name = k.map_or("base".to_string(), |k| set.names[k].clone());
-                *routed.entry(name).or_default() += 1;
-                match fixed {
-                    Some(k) => Some(&set.adapters[k]),
-                    None => set.serving(k),
+            Some(set) if !set.is_empty() => match fixed {
+                Some(k) => {
+                    *routed.entry(set.names[k].clone()).or_default() += 1;
+                    Some(&set.adapters[k])
                 }
-            }
+                None => {
+                    let pooled = evosam::strategy::evosam::pooled_features(&emb)?;
+                    let c = set.decide(&pooled[0])?;
+                    *routed.entry(set.name_for(&c)).or_default() += 1;
+                    set.adapter_for(&c)
+                }
+            },
             _ => None,
         };
         let prompts = Prompts::from_box_slice(&[scale_box(b, &meta)], &dev)?;

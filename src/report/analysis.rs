@@ -13,12 +13,12 @@ pub use super::stats::Stat;
 mod steps;
 mod types;
 use steps::{
-    confusions, count_non_finite, curves, final_stages, growth, heatmaps, run_key, summary_bars,
-    table_rows,
+    confusions, count_non_finite, curves, extras_series, final_stages, heatmaps, run_key,
+    summary_bars, table_rows,
 };
 pub use types::{
     ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, SummaryTable, TableRow,
-    GROWTH_KEYS, METRICS,
+    GROWTH_KEYS, METRICS, ROUTING_KEYS,
 };
 
 /// Strategies whose position (and so colour and marker) is fixed: the built-in presets, in the registry's
@@ -66,6 +66,8 @@ pub struct ReportData {
     pub confusions: Vec<ConfusionData>,
     /// Parameter growth series.
     pub growth: Vec<GrowthSeries>,
+    /// Routing shares per stage ([`ROUTING_KEYS`]), for routing strategies.
+    pub routing: Vec<GrowthSeries>,
     /// The summary table.
     pub table: SummaryTable,
     /// Data-quality notes for the report (left-out values, skipped tests, dropped duplicates).
@@ -107,7 +109,8 @@ impl ReportData {
             final_scores.get(&run_key(&r.strategy, r.seed, &r.order)) == Some(&r.stage)
         };
         let confusions = confusions(rs, &strategies, &tasks, &is_final);
-        let growth = growth(rs, &strategies);
+        let growth = extras_series(rs, &strategies, &GROWTH_KEYS);
+        let routing = extras_series(rs, &strategies, &ROUTING_KEYS);
         if rs.extras.is_empty() {
             notes.push("extras.csv absent or empty: no parameter-growth figure".into());
         }
@@ -148,6 +151,7 @@ impl ReportData {
             summary,
             confusions,
             growth,
+            routing,
             table: SummaryTable {
                 tasks,
                 rows,

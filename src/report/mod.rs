@@ -132,6 +132,9 @@ pub fn write_report_data(data: &ReportData, out_dir: &Path) -> Result<ReportSumm
         &tables_dir.join("wilcoxon.csv"),
         &tables::wilcoxon_csv(&data.table),
     )?);
+    if let Some(md) = tables::routing_markdown(&data.routing, &data.strategies) {
+        files.push(write_file(&tables_dir.join("routing.md"), &md)?);
+    }
     if let Some(it) = &data.interactive {
         let fig = plots::ClicksFigure {
             curves: &it.curves,

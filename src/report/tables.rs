@@ -422,3 +422,51 @@ pub fn wilcoxon_csv(t: &SummaryTable) -> String {
     }
     s
 }
+
+/// `tables/routing.md`: per routing strategy and stage, where test images went (mean ± std over runs of the
+/// `route_*` keys of extras.csv; see the results contract). None when no strategy routes.
+pub fn routing_markdown(
+    series: &[crate::report::analysis::GrowthSeries],
+    strategies: &[String],
+) -> Option<String> {
+    use crate::report::analysis::ROUTING_KEYS;
+    let mut out = String::from(
+        "Where test images went, per stage (mean ± std over seeds and orders): `seen`: the tasks trained so \
+         far, `new`: the tasks not trained yet.\n\n| strategy | stage | seen: own expert | seen: base | seen: \
+         chain (novel) | new: base | runs |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for s in strategies {
+        let of = |key: &str| series.iter().find(|g| &g.strategy == s && g.key == key);
+        let Some(stages) = ROUTING_KEYS
+            .iter()
+            .filter_map(|k| of(k))
+            .map(|g| g.stages.clone())
+            .max_by_key(|v| v.len())
+        else {
+            continue;
+        };
+        for st in stages {
+            let mut runs = 0;
+            let cells: Vec<String> = ROUTING_KEYS
+                .iter()
+                .map(|k| {
+                    of(k)
+                        .and_then(|g| g.stages.iter().position(|x| *x == st).map(|i| (g, i)))
+                        .map(|(g, i)| {
+                            runs = runs.max(g.n[i]);
+                            format!("{:.3} ± {:.3}", g.mean[i], g.std[i])
+                        })
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            out += &format!(
+                "| {} | {st} | {} | {runs} |\n",
+                md_escape(s),
+                cells.join(" | ")
+            );
+            any = true;
+        }
+    }
+    any.then_some(out)
+}

@@ -225,6 +225,16 @@ fn run_cell_stages(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()
         // a stage without a study counts no study time
         let study_s = Some(laps.lap()).filter(|_| clicks.is_some()).unwrap_or(0.0);
         let mut extra = strat.extra_metrics();
+        let routed = rows.iter().map(|r| {
+            (
+                r.eval_index as usize,
+                r.eval_task.as_str(),
+                r.routed_to.as_deref(),
+            )
+        });
+        for (key, v) in crate::metrics::routing_shares(routed, k) {
+            extra.insert(key.to_string(), v);
+        }
         if k > 0 {
             let n = steps_taken.load(std::sync::atomic::Ordering::Relaxed);
             extra.insert(STEPS_KEY.to_string(), n as f64);

@@ -15,7 +15,7 @@
 
 pub mod birth;
 mod experts;
-pub use experts::{pooled_features, Choice, ExpertSet};
+pub use experts::{pooled_features, Choice, ExpertSet, CHAIN_TARGET};
 
 use super::matcher::MatcherConfig;
 use super::novelty::NoveltyConfig;
@@ -311,18 +311,25 @@ impl Strategy for EvoSam {
         if self.params.routing == Routing::Quality && !self.set.is_empty() {
             return self.predict_by_quality(ctx, batch, novelty);
         }
-        let choices: Vec<Option<usize>> = match self.params.routing {
+        let choices: Vec<Choice> = match self.params.routing {
             Routing::Oracle => {
                 let e = (task_index < self.set.len()).then_some(task_index);
-                vec![e; b]
+                let oracle = Choice {
+                    expert: e,
+                    score: None,
+                    novelty: None,
+                    to_chain: false,
+                };
+                vec![oracle; b]
             }
-            Routing::Matcher | Routing::Quality => routed.iter().map(|c| c.expert).collect(),
+            Routing::Matcher | Routing::Quality => routed,
         };
-        let routes: Vec<Option<&Adapter>> = choices.iter().map(|&c| self.set.serving(c)).collect();
+        let routes: Vec<Option<&Adapter>> =
+            choices.iter().map(|c| self.set.adapter_for(c)).collect();
         let out = super::decode_cases(ctx, batch, &routes)?;
         let routed_to = match self.params.routing {
             Routing::Matcher | Routing::Quality => {
-                Some(choices.iter().map(|&c| self.set.target_name(c)).collect())
+                Some(choices.iter().map(|c| self.set.name_for(c)).collect())
             }
             Routing::Oracle => None,
         };
@@ -383,6 +390,12 @@ impl Strategy for EvoSam {
                 "chain_serves".into(),
                 f64::from(u8::from(self.set.chain_serves())),
             );
+            if self.set.novelty.enabled {
+                m.insert(
+                    "novel_to_chain".into(),
+                    f64::from(u8::from(self.set.novel_to_chain())),
+                );
+            }
         }
         if let Some(th) = self.set.novelty_threshold() {
             m.insert("novelty_threshold".into(), th);

@@ -160,6 +160,11 @@ impl RidgeMatcher {
         })
     }
 
+    /// Length of the pooled embeddings it routes.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
     /// Dimension of the regression features (projection or input, plus the bias).
     pub fn feature_dim(&self) -> usize {
         if self.config.projection_dim > 0 {

@@ -10,8 +10,10 @@
 //!
 //! Calibration: in-sample distances are biased low (a feature helped estimate its own mean and covariance), so
 //! when a task is added each of its training features is scored leave-one-out (its task's sums without it).
-//! These scalars are kept (one per training image); the threshold is their `quantile`. An image scoring above it
-//! is judged novel and goes to the base model. The scores of earlier tasks were computed under the covariance of
+//! These scalars are kept (one per training image); the threshold is a finite-sample upper bound at level
+//! `quantile` ([`Calibration::threshold`]: split-conformal with enough scores, a Student-t prediction bound on
+//! the log scores with few). An image scoring above it is judged novel and goes to the base model or the chain
+//! ([`Fallback`]). The scores of earlier tasks were computed under the covariance of
 //! their time; refitting them would need their features, which are not kept.
 
 use crate::{Error, Result};
@@ -31,6 +33,29 @@ pub struct NoveltyConfig {
     /// Shrinkage of the pooled covariance towards a scaled identity, in [0, 1].
     #[serde(default = "d_shrinkage")]
     pub shrinkage: f64,
+    /// Where an image judged novel goes (`fallback = "base" | "chain" | "auto"`).
+    #[serde(default)]
+    pub fallback: Fallback,
+}
+
+/// Where EvoSAM sends an image its novelty detector judges unlike every seen task.
+///
+/// Why not always the base model: with a handful of images per task the detector also flags images of *seen*
+/// tasks (a threshold from 2-3 images per task is rough), and on a stream whose tasks share knowledge the chain,
+/// trained through every task so far, is far better on them than the base. Which of the two serves an image of a
+/// domain not trained yet is exactly what the chain's forward-transfer evidence measures: before training on each
+/// new task, the chain and the base model were scored on that task's held-out images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// The frozen base model (the paper's open-set rule).
+    #[default]
+    Base,
+    /// The chain's newest state (`init = "previous"`; the base model where there is no chain).
+    Chain,
+    /// The chain when the stream has shown forward transfer (the chain, before training on each new task, beat the
+    /// base model on that task's held-out images on average), else the base model.
+    Auto,
 }
 
 fn d_quantile() -> f64 {
@@ -46,6 +71,7 @@ impl Default for NoveltyConfig {
             enabled: false,
             quantile: d_quantile(),
             shrinkage: d_shrinkage(),
+            fallback: Fallback::Base,
         }
     }
 }
@@ -114,6 +140,15 @@ impl Sums {
     }
 }
 
+/// The pooled within-task covariance from the scatter `w` with `df` degrees of freedom (zero without any).
+fn sigma_of(w: &DMatrix<f64>, df: usize) -> DMatrix<f64> {
+    if df > 0 {
+        w / df as f64
+    } else {
+        DMatrix::zeros(w.nrows(), w.ncols())
+    }
+}
+
 /// Task means and the factorised shrunk pooled covariance: what scoring needs.
 pub struct Model {
     means: Vec<DVector<f64>>,
@@ -145,11 +180,7 @@ impl Model {
             return Err(Error::internal("novelty: every task is empty"));
         }
         let df = n_all.saturating_sub(t_all);
-        let sigma = if df > 0 {
-            w / df as f64
-        } else {
-            DMatrix::zeros(d, d)
-        };
+        let sigma = sigma_of(&w, df);
         let tr = sigma.trace() / d as f64;
         // No spread to learn from (one image per task): plain Euclidean distance.
         let (a, scale) = if tr > 0.0 && tr.is_finite() {
@@ -202,7 +233,7 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     /// Per task, in training order: the leave-one-out scores of its training features (the threshold is a
-    /// quantile of all of them together).
+    /// bound over all of them together).
     pub scores: Vec<Vec<f64>>,
 }
 
@@ -217,7 +248,11 @@ impl Calibration {
             let loo = last.without(x);
             let mut all: Vec<&Sums> = rest.to_vec();
             all.push(&loo);
-            if all.iter().all(|t| t.n == 0) {
+            // Without two features of one task there is no spread to measure distances in (the model falls back
+            // to plain Euclidean units, which later scores do not share): no evidence, no calibration score.
+            let df = all.iter().map(|t| t.n).sum::<usize>();
+            let tasks = all.iter().filter(|t| t.n > 0).count();
+            if df <= tasks {
                 continue;
             }
             out.push(Model::fit(&all, shrinkage)?.score(x));
@@ -226,10 +261,38 @@ impl Calibration {
         Ok(())
     }
 
-    /// The threshold: the `q` quantile of every calibration score (None before any).
+    /// The threshold at level `q`: a score a new image of a seen task exceeds with probability at most about
+    /// 1 - q. None before there is evidence (fewer than two calibration scores): nothing is novel then.
+    ///
+    /// - With enough scores (n >= q (n + 1)): the split-conformal threshold, the ceil(q (n + 1))-th smallest
+    ///   score. For exchangeable scores this bounds the false-novel rate by 1 - q exactly, at any n.
+    /// - With fewer (n < 99 at q = 0.99: every stream of a few images per task), no order statistic has that
+    ///   guarantee; a quantile of 6 scores read as "the 0.99 quantile" is really their maximum, which a seen
+    ///   image exceeds with probability 1/7. Then the threshold is the upper `q` prediction bound of a new score
+    ///   under a log-normal model of the scores with both parameters estimated: `exp(m + t_{q, n-1} s sqrt(1 +
+    ///   1/n))`, with m, s the mean and standard deviation of the log scores and t Student's quantile. The t
+    ///   quantile carries the uncertainty of so few scores (t_{0.99,1} = 31.8, t_{0.99,5} = 3.36, t_{0.99,50} =
+    ///   2.40), so the bound is wide when evidence is thin and tightens as it grows.
     pub fn threshold(&self, q: f64) -> Option<f64> {
-        let all: Vec<f64> = self.scores.iter().flatten().copied().collect();
-        quantile(&all, q)
+        let mut all: Vec<f64> = self.scores.iter().flatten().copied().collect();
+        all.retain(|v| v.is_finite() && *v > 0.0);
+        let n = all.len();
+        if n < 2 {
+            return None;
+        }
+        all.sort_by(|a, b| a.total_cmp(b));
+        let rank = (q * (n + 1) as f64).ceil() as usize;
+        if (1..=n).contains(&rank) {
+            return Some(all[rank - 1]);
+        }
+        let logs: Vec<f64> = all.iter().map(|v| v.ln()).collect();
+        let m = logs.iter().sum::<f64>() / n as f64;
+        let var = logs.iter().map(|l| (l - m) * (l - m)).sum::<f64>() / (n - 1) as f64;
+        use statrs::distribution::ContinuousCDF;
+        let t = statrs::distribution::StudentsT::new(0.0, 1.0, (n - 1) as f64)
+            .ok()?
+            .inverse_cdf(q.min(1.0 - 1e-12));
+        Some((m + t * var.sqrt() * (1.0 + 1.0 / n as f64).sqrt()).exp())
     }
 }
 
@@ -338,6 +401,38 @@ mod tests {
             .map(|x| x.iter().map(|v| v + 6.0).collect())
             .collect();
         assert!(far.iter().all(|x| m.score(x) > th));
+    }
+
+    #[test]
+    fn threshold_is_conformal_with_enough_scores_and_a_t_bound_with_few() {
+        let cal = |v: Vec<f64>| Calibration { scores: vec![v] };
+        // 199 scores at q = 0.99: rank ceil(0.99 * 200) = 198
+        let many: Vec<f64> = (1..=199).rev().map(f64::from).collect();
+        assert_eq!(cal(many).threshold(0.99), Some(198.0));
+        // two scores e^0 and e^1: m = 0.5, s = sqrt(0.5), t_{0.99,1} = 31.820516, sqrt(1 + 1/2)
+        let want = (0.5 + 31.820_515_953_773_96 * 0.5f64.sqrt() * 1.5f64.sqrt()).exp();
+        let got = cal(vec![1.0, 1f64.exp()]).threshold(0.99).unwrap();
+        assert!((got / want - 1.0).abs() < 1e-9, "{got} vs {want}");
+        // no evidence: none or one score
+        assert_eq!(cal(vec![3.0]).threshold(0.99), None);
+        assert_eq!(Calibration::default().threshold(0.99), None);
+        // Coverage at n = 6 (log-normal scores): a fresh score exceeds the bound about 1% of the time, while the
+        // interpolated 0.99 quantile of six scores (nearly their maximum) is exceeded about 1/7 of the time.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut over, mut over_q, reps) = (0, 0, 4000);
+        for _ in 0..reps {
+            let mut draw = || -> f64 {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                (2.0 + 0.3 * z).exp()
+            };
+            let v: Vec<f64> = (0..6).map(|_| draw()).collect();
+            let fresh = draw();
+            over += usize::from(fresh > cal(v.clone()).threshold(0.99).unwrap());
+            over_q += usize::from(fresh > quantile(&v, 0.99).unwrap());
+        }
+        let (rate, rate_q) = (over as f64 / reps as f64, over_q as f64 / reps as f64);
+        assert!(rate < 0.02, "{rate}");
+        assert!(rate_q > 0.10, "{rate_q}");
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn measure(
         .collect::<Result<Vec<_>>>()?;
     let infer = |emb: &Tensor| -> Result<Option<usize>> {
         let choice = set.route(emb)?.remove(0);
-        let ad = set.serving(choice.expert);
+        let ad = set.adapter_for(&choice);
         model.decode(emb, &prompt, ad)?;
         Ok(choice.expert)
     };

@@ -7,8 +7,7 @@ use super::super::load::{ResultsSet, ScoreRow};
 use super::super::stats::Stat;
 use super::super::stats::{wilcoxon_signed_rank, Wilcoxon};
 use super::types::{
-    ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, TableRow, GROWTH_KEYS,
-    METRICS,
+    ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, TableRow, METRICS,
 };
 
 pub(super) type RunKey = (String, i64, String); // strategy, seed, order
@@ -230,11 +229,16 @@ pub(super) fn confusions(
     confusions
 }
 
-/// Parameter growth from extras.csv, per (growth key, strategy).
-pub(super) fn growth(rs: &ResultsSet, strategies: &[String]) -> Vec<GrowthSeries> {
+/// Series of extras.csv `keys` against stage, per (key, strategy), over runs (parameter growth: [`super::GROWTH_KEYS`];
+/// routing: [`super::ROUTING_KEYS`]).
+pub(super) fn extras_series(
+    rs: &ResultsSet,
+    strategies: &[String],
+    keys: &[&str],
+) -> Vec<GrowthSeries> {
     let mut gg: BTreeMap<(String, String, i64), Vec<f64>> = BTreeMap::new();
     for r in &rs.extras {
-        if GROWTH_KEYS.contains(&r.key.as_str()) {
+        if keys.contains(&r.key.as_str()) {
             gg.entry((r.strategy.clone(), r.key.clone(), r.stage))
                 .or_default()
                 .push(r.value);
@@ -242,7 +246,7 @@ pub(super) fn growth(rs: &ResultsSet, strategies: &[String]) -> Vec<GrowthSeries
     }
     let gs = stats_by(gg);
     let mut growth = Vec::new();
-    for key in GROWTH_KEYS {
+    for key in keys {
         for s in strategies {
             let pts = series_points(&gs, s, key);
             if pts.is_empty() {

@@ -68,7 +68,7 @@ pub struct ConfusionData {
 pub struct GrowthSeries {
     /// Strategy name.
     pub strategy: String,
-    /// One of [`GROWTH_KEYS`].
+    /// One of [`GROWTH_KEYS`] or [`ROUTING_KEYS`].
     pub key: String,
     /// Stages, ascending.
     pub stages: Vec<i64>,
@@ -82,6 +82,16 @@ pub struct GrowthSeries {
 
 /// The extras.csv keys drawn as parameter growth.
 pub const GROWTH_KEYS: [&str; 2] = ["trainable_params", "n_experts"];
+
+/// The extras.csv keys of the routing table (`tables/routing.md`): per stage, where the test images of the tasks
+/// trained so far went (their own expert, the base model, the chain) and the share of not-yet-trained tasks'
+/// images sent to the base model (definitions in the results contract).
+pub const ROUTING_KEYS: [&str; 4] = [
+    "route_seen_own",
+    "route_seen_base",
+    "route_seen_chain",
+    "route_new_base",
+];
 
 /// One row of the summary table.
 #[derive(Clone, Debug, PartialEq, Serialize)]

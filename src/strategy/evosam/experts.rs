@@ -6,7 +6,7 @@ use super::{Routing, ServeChain};
 use crate::model::{Adapter, LiteMedSam};
 use crate::strategy::ewc::EwcMemory;
 use crate::strategy::matcher::{MatcherConfig, RidgeMatcher};
-use crate::strategy::novelty::{Calibration, NoveltyConfig};
+use crate::strategy::novelty::{Calibration, Fallback, NoveltyConfig};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,8 @@ const NOVELTY: &str = "novelty.json";
 const FORMAT: &str = "evosam-experts-v1";
 const CHAIN: &str = "experts/chain.safetensors";
 const CHAIN_EWC: &str = "chain_ewc.safetensors";
+/// `routed_to` of a novel image sent to the chain's newest state.
+pub const CHAIN_TARGET: &str = "chain";
 
 /// Trained experts (in task order) and the matcher: what EvoSAM keeps after each task.
 pub struct ExpertSet {
@@ -98,6 +100,9 @@ pub struct Choice {
     pub score: Option<f64>,
     /// Novelty score of the image (None before the first task); higher is more novel.
     pub novelty: Option<f64>,
+    /// The image was judged novel and goes to the chain's newest state instead of the base model
+    /// (`[novelty] fallback`, see [`ExpertSet::novel_to_chain`]); `expert` is None then.
+    pub to_chain: bool,
 }
 
 impl ExpertSet {
@@ -168,6 +173,40 @@ impl ExpertSet {
         }
     }
 
+    /// Whether images judged novel go to the chain's newest state rather than the base model: `[novelty]
+    /// fallback = "chain"`, or `"auto"` when the chain has shown forward transfer (the same evidence as
+    /// `serve_chain = "auto"`: the chain, before training on each new task, beat the base model on that task's
+    /// held-out images on average). Never without a chain.
+    pub fn novel_to_chain(&self) -> bool {
+        if self.chain.is_none() {
+            return false;
+        }
+        match self.novelty.fallback {
+            Fallback::Base => false,
+            Fallback::Chain => true,
+            Fallback::Auto => self.mean_transfer().is_some_and(|m| m > 0.0),
+        }
+    }
+
+    /// The adapter that decodes an image routed by `c` (None = the base model).
+    pub fn adapter_for(&self, c: &Choice) -> Option<&Adapter> {
+        if c.to_chain {
+            self.chain.as_ref()
+        } else {
+            self.serving(c.expert)
+        }
+    }
+
+    /// The `routed_to` name of a routing decision: the expert's task, "chain" (a novel image sent to the chain) or
+    /// "base".
+    pub fn name_for(&self, c: &Choice) -> String {
+        if c.to_chain {
+            CHAIN_TARGET.to_string()
+        } else {
+            self.target_name(c.expert)
+        }
+    }
+
     /// Whether the chain's newest state decodes the images routed to `expert`: an earlier task's expert while
     /// [`ExpertSet::chain_serves`].
     pub fn chain_serves_expert(&self, expert: Option<usize>) -> bool {
@@ -225,7 +264,7 @@ impl ExpertSet {
     }
 
     /// The routing decision for one pooled embedding: the matcher's expert, unless the novelty detector is on and
-    /// judges the image novel (then the base model).
+    /// judges the image novel (then the base model, or the chain: [`ExpertSet::novel_to_chain`]).
     pub fn decide(&self, pooled: &[f64]) -> Result<Choice> {
         let r = self.matcher.route(pooled)?;
         let nov = self.novelty_score(pooled)?;
@@ -237,6 +276,7 @@ impl ExpertSet {
             expert: if novel { None } else { r.expert },
             score: Some(r.score),
             novelty: nov,
+            to_chain: novel && self.novel_to_chain(),
         })
     }
 
@@ -259,6 +299,7 @@ impl ExpertSet {
                     expert: None,
                     score: None,
                     novelty: None,
+                    to_chain: false,
                 };
                 b
             ]);

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::strategy::kinds_tests::{noop, Kit};
-use crate::strategy::novelty::{Model, Sums};
+use crate::strategy::novelty::{Fallback, Model, Sums};
 use crate::train::budget::split_validation;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -322,6 +322,40 @@ fn serve_chain_follows_the_measured_transfer_and_survives_a_reload() {
         );
         assert!(evo.set.serving(None).is_none());
     }
+    // Novel images follow the same evidence with `[novelty] fallback = "auto"`; "base" and "chain" are fixed.
+    let novel = Choice {
+        expert: None,
+        score: None,
+        novelty: None,
+        to_chain: true,
+    };
+    for (fallback, evidence, to_chain) in [
+        (Fallback::Auto, 0.1, true),
+        (Fallback::Auto, -0.1, false),
+        (Fallback::Base, 0.1, false),
+        (Fallback::Chain, -0.1, true),
+    ] {
+        evo.set.novelty.fallback = fallback;
+        evo.set.births[1].base_val_dice = Some(start - evidence);
+        assert_eq!(
+            evo.set.novel_to_chain(),
+            to_chain,
+            "{fallback:?} {evidence}"
+        );
+        // an image far from both tasks is judged novel and goes where the evidence says
+        evo.set.novelty.enabled = true;
+        let far = vec![1e3; evo.set.matcher.in_dim()];
+        let c = evo.set.decide(&far).unwrap();
+        assert_eq!((c.expert, c.to_chain), (None, to_chain), "{c:?}");
+        assert_eq!(
+            evo.set.name_for(&c),
+            if to_chain { "chain" } else { "base" }
+        );
+    }
+    assert_eq!(
+        ptr(evo.set.adapter_for(&novel)),
+        Some(evo.set.chain.as_ref().unwrap() as *const _)
+    );
     evo.set.serve_chain = ServeChain::Never;
     assert!(!evo.set.chain_serves());
     evo.set.serve_chain = ServeChain::Always;
@@ -350,4 +384,126 @@ fn serve_chain_follows_the_measured_transfer_and_survives_a_reload() {
     }
     assert_eq!(values(&p.set.adapters[0]), values(&evo.set.adapters[0]));
     assert_ne!(values(p.set.chain.as_ref().unwrap()), values(chain));
+}
+
+/// Features of a few sites of one modality (a shared centre, a site offset, anisotropic per-image noise) and of
+/// another modality (another centre), d = 32: the routing rule's test bed.
+struct Sites {
+    centre: Vec<f64>,
+    offsets: Vec<Vec<f64>>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Sites {
+    fn new(seed: u64, sites: usize) -> Self {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut normal = |s: f64| -> Vec<f64> { (0..32).map(|_| s * gauss(&mut rng)).collect() };
+        let centre = normal(1.0);
+        let offsets = (0..sites).map(|_| normal(1.5)).collect();
+        Self {
+            centre,
+            offsets,
+            rng,
+        }
+    }
+
+    /// `n` images of site `t` (None: the other modality, whose centre is 5 per dimension away).
+    fn draw(&mut self, t: Option<usize>, n: usize) -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|_| {
+                (0..32)
+                    .map(|j| {
+                        let at = match t {
+                            Some(t) => self.centre[j] + self.offsets[t][j],
+                            None => self.centre[j] + 8.0,
+                        };
+                        at + 0.3 * (1.0 + j as f64 / 8.0) * gauss(&mut self.rng)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn gauss(rng: &mut rand_chacha::ChaCha8Rng) -> f64 {
+    rand_distr::Distribution::sample(&rand_distr::StandardNormal, rng)
+}
+
+#[test]
+fn routing_at_2_3_5_and_50_images_per_task_keeps_seen_tasks_and_flags_another_modality() {
+    let model = LiteMedSam::random(
+        &crate::model::LiteMedSamConfig::tiny(),
+        0,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let lora = crate::model::LoraConfig {
+        rank: 1,
+        alpha: 1.0,
+        targets: vec!["mask_decoder".into()],
+    };
+    for n in [2, 3, 5, 50] {
+        for seed in 0..3u64 {
+            let mut sites = Sites::new(seed, 3);
+            let novelty = NoveltyConfig {
+                enabled: true,
+                ..Default::default()
+            };
+            let mut set = ExpertSet::new(
+                Routing::Matcher,
+                32,
+                MatcherConfig {
+                    lambda: 1e-3,
+                    class_balanced: true,
+                    ..Default::default()
+                },
+                novelty,
+            )
+            .unwrap();
+            for t in 0..3 {
+                let feats = sites.draw(Some(t), n);
+                let ad = Adapter::new(&model, &lora, t as u64).unwrap();
+                set.push(&format!("t{t}"), ad, birth::Birth::default(), &feats)
+                    .unwrap();
+                if t == 0 && n == 2 {
+                    // two images of one task: no spread to calibrate on, so no evidence to call anything novel
+                    assert_eq!(set.novelty_threshold(), None);
+                }
+            }
+            // fresh images of the seen tasks go to their own expert (not to the base as novel)
+            let (mut own, mut total) = (0, 0);
+            for t in 0..3 {
+                for x in sites.draw(Some(t), 30) {
+                    own += usize::from(set.decide(&x).unwrap().expert == Some(t));
+                    total += 1;
+                }
+            }
+            assert!(
+                own as f64 >= 0.95 * total as f64,
+                "n = {n}, seed {seed}: {own}/{total} routed to their task (threshold {:?})",
+                set.novelty_threshold()
+            );
+            // images of another modality are novel; with two images per task the evidence can be too thin to
+            // say so at level 0.99 (each task's two leave-one-out scores are one distance): then the bound is
+            // wide, never a threshold below the other modality's scores that also cuts into the seen tasks
+            let th = set.novelty_threshold().unwrap();
+            let widest = set
+                .calibration
+                .scores
+                .iter()
+                .flatten()
+                .fold(0.0f64, |a, &b| a.max(b));
+            for x in sites.draw(None, 20) {
+                let c = set.decide(&x).unwrap();
+                if n == 2 && th > 5.0 * widest {
+                    continue;
+                }
+                assert_eq!(
+                    c.expert, None,
+                    "n = {n}, seed {seed}: {c:?}, threshold {th}"
+                );
+            }
+        }
+    }
 }
