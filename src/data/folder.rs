@@ -76,6 +76,12 @@ pub struct FolderSpec {
     /// What an image without a mask (or without a field-of-view mask) does: stop (default) or be skipped.
     #[serde(default, skip_serializing_if = "Unpaired::is_error")]
     pub unpaired: Unpaired,
+    /// `width = [min, max]`: only the images whose width in pixels is in this range (inclusive, read from each
+    /// file's header); the others are left out before the split. Why: a collection gathered from several
+    /// devices (Kvasir-SEG's endoscopes) has no site labels, but its frame sizes tell the devices apart, so one
+    /// folder gives several pseudo-sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<[u32; 2]>,
 }
 
 /// `unpaired`: the rule for an image that has no mask.
@@ -181,6 +187,14 @@ impl FolderSpec {
         if let Some(t) = &self.tile {
             t.validate()?;
         }
+        if let Some([lo, hi]) = self.width {
+            if lo > hi {
+                return Err(Diag::at(
+                    "width",
+                    format!("`width` = [{lo}, {hi}]: the minimum is above the maximum"),
+                ));
+            }
+        }
         if self.fov_eval && self.fov.is_none() {
             return Err(Diag::at("fov_eval", "`fov_eval = true` needs `fov` masks"));
         }
@@ -284,6 +298,24 @@ impl FolderSpec {
                 mask,
                 fov,
             });
+        }
+        if let Some([lo, hi]) = self.width {
+            let mut kept = Vec::new();
+            for it in items {
+                let (w, _) = image::image_dimensions(&it.image).map_err(|e| {
+                    Error::input(format!("{what}: image {}: {e}", it.image.display()))
+                })?;
+                if (lo..=hi).contains(&w) {
+                    kept.push(it);
+                }
+            }
+            if kept.is_empty() {
+                return Err(Error::input(format!(
+                    "{what}: no image under {} has a width in `width` = [{lo}, {hi}]",
+                    root.display()
+                )));
+            }
+            items = kept;
         }
         let (mut train, mut test) = (Vec::new(), Vec::new());
         if let Some(g) = &self.test_glob {
@@ -408,6 +440,49 @@ mod tests {
     fn folder(extra: &str) -> FolderSpec {
         let t = format!("root = \"data\"\nimages = \"img/*.png\"\nmasks = \"lbl/*.png\"\nstrip = [\"_seg\"]\n{extra}");
         toml::from_str(&t).unwrap()
+    }
+
+    #[test]
+    fn width_keeps_the_images_of_one_frame_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        std::fs::create_dir_all(d.join("img")).unwrap();
+        std::fs::create_dir_all(d.join("lbl")).unwrap();
+        for (i, w) in [12, 30, 12, 31, 40].into_iter().enumerate() {
+            write_png(&d.join(format!("img/c{i}.png")), w, 10, |_, _| 9);
+            write_png(&d.join(format!("lbl/c{i}_seg.png")), w, 10, |_, _| 255);
+        }
+        let spec = spec_in(dir.path());
+        let keys = |f: FolderSpec| {
+            let p = f.plan(&spec, "a").unwrap();
+            let mut k: Vec<String> = p
+                .train
+                .iter()
+                .chain(&p.test)
+                .map(|i| i.key.clone())
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(folder("test_fraction = 0.5\nwidth = [30, 31]")),
+            ["c1", "c3"]
+        );
+        assert_eq!(
+            keys(folder("test_fraction = 0.5\nwidth = [0, 12]")),
+            ["c0", "c2"]
+        );
+        let e = folder("test_fraction = 0.5\nwidth = [50, 60]")
+            .plan(&spec, "a")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no image") && e.contains("[50, 60]"), "{e}");
+        let e = folder("test_fraction = 0.5\nwidth = [5, 4]")
+            .validate()
+            .err()
+            .unwrap();
+        assert!(format!("{e:?}").contains("width"), "{e:?}");
     }
 
     #[test]

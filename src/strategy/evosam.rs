@@ -58,7 +58,8 @@ pub enum ServeChain {
     Never,
     /// The chain's newest state serves the earlier tasks when the stream has shown forward transfer: on the
     /// held-out images of the tasks learned so far (from the second on), the chain before training on the task
-    /// beat the base model on average ([`ExpertSet::transfer_evidence`]). Measured, not assumed; off until then.
+    /// beat the base model, image by image, with a one-sided 90% lower confidence bound above zero
+    /// ([`ExpertSet::transfer_bound`]). Measured, not assumed; off until then.
     Auto,
     /// The chain's newest state always serves the earlier tasks.
     Always,
@@ -233,6 +234,7 @@ impl Strategy for EvoSam {
             fov: task.fov_eval,
             keep_start: false,
             start_margin: 0.0,
+            clicks: ctx.spec.train.prompt.clicks,
         };
         let saved_rng = std::mem::replace(
             &mut ctx.rng,
@@ -268,6 +270,11 @@ impl Strategy for EvoSam {
             }
             self.set.chain = Some(adapter.deep_clone()?);
         }
+        // The starting point's score on each validation image, before it is possibly kept (moved) below.
+        let start_cases = match birth.parent {
+            Some(_) if !val.is_empty() => sel.scores(Some(&start))?,
+            _ => Vec::new(),
+        };
         // Never worse than where it started: keep the start when no trained epoch beats it on validation.
         let margin = self.params.keep_start_margin;
         let mut adapter = adapter;
@@ -281,14 +288,13 @@ impl Strategy for EvoSam {
         // base model, else the expert is the base (a fresh adapter, B = 0). The base's score is also the
         // forward-transfer evidence of `serve_chain = "auto"`.
         if let (Some(_), Some(chosen)) = (birth.parent, fit.chosen_val_dice()) {
-            let base = crate::train::select::validation_dice(
-                ctx.model,
-                ctx.embeddings,
-                ctx.device,
-                None,
-                &val,
-                task.fov_eval,
-            )?;
+            let base_cases = sel.scores(None)?;
+            let base = base_cases.iter().sum::<f64>() / base_cases.len() as f64;
+            birth.transfer_cases = start_cases
+                .iter()
+                .zip(&base_cases)
+                .map(|(s, b)| s - b)
+                .collect();
             birth.base_val_dice = Some(base);
             if self.params.keep_start && chosen <= base + margin {
                 adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
@@ -385,6 +391,9 @@ impl Strategy for EvoSam {
         if self.set.chain.is_some() {
             if let Some(t) = self.set.mean_transfer() {
                 m.insert("chain_transfer".into(), t);
+            }
+            if let Some(b) = self.set.transfer_bound() {
+                m.insert("chain_transfer_lcb".into(), b);
             }
             m.insert(
                 "chain_serves".into(),

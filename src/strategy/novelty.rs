@@ -54,7 +54,8 @@ pub enum Fallback {
     /// The chain's newest state (`init = "previous"`; the base model where there is no chain).
     Chain,
     /// The chain when the stream has shown forward transfer (the chain, before training on each new task, beat the
-    /// base model on that task's held-out images on average), else the base model.
+    /// base model on that task's held-out images: the same evidence as `serve_chain = "auto"`), else the base
+    /// model.
     Auto,
 }
 

@@ -87,6 +87,7 @@ impl SingleAdapter {
             fov: current.is_some_and(|t| t.fov_eval),
             keep_start: false,
             start_margin: 0.0,
+            clicks: ctx.spec.train.prompt.clicks,
         };
         let report = crate::train::select::fit_selected(
             ctx,

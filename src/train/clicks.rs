@@ -168,11 +168,11 @@ pub fn box_only_masks(
     model: &LiteMedSam,
     emb: &Tensor,
     boxes: &[[f32; 4]],
-    adapter: &Adapter,
+    adapter: Option<&Adapter>,
     device: &Device,
 ) -> Result<Vec<Vec<bool>>> {
     let prompts = labeled_prompts(boxes, None, device)?;
-    let out = model.decode(&emb.detach(), &prompts, Some(adapter))?;
+    let out = model.decode(&emb.detach(), &prompts, adapter)?;
     let logits = out.logits.detach().to_dtype(candle_core::DType::F32)?;
     let b = logits.dim(0)?;
     (0..b)

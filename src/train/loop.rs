@@ -228,7 +228,7 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
                 .iter()
                 .map(|c| jittered_box(c, train.prompt.jitter, &mut *ctx.rng))
                 .collect();
-            let mut predict = || box_only_masks(ctx.model, &emb, &boxes, adapter, ctx.device);
+            let mut predict = || box_only_masks(ctx.model, &emb, &boxes, Some(adapter), ctx.device);
             let pts = batch_points(&batch, &boxes, &train.prompt, &mut *ctx.rng, &mut predict)?;
             let prompts = labeled_prompts(&boxes, pts.as_deref(), ctx.device)?;
             let masks: Vec<Tensor> = batch.iter().map(|c| c.mask.clone()).collect();

@@ -40,6 +40,10 @@ pub struct Birth {
     /// Validation Dice of the base model, when it was weighed against a copied expert.
     #[serde(default)]
     pub base_val_dice: Option<f64>,
+    /// Per validation image (a copied expert only): the starting point's Dice (the chain, or the parent, before
+    /// training on this task) minus the base model's. The paired values behind the forward-transfer evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfer_cases: Vec<f64>,
     /// The expert was replaced by the base model (B = 0): neither the trained copy nor its parent beat the base
     /// on validation.
     #[serde(default)]

@@ -306,10 +306,28 @@ fn serve_chain_follows_the_measured_transfer_and_survives_a_reload() {
     let chain = evo.set.chain.as_ref().unwrap().deep_clone().unwrap();
     let chain = &chain;
     let ptr = |a: Option<&Adapter>| a.map(|a| a as *const Adapter);
-    // the gate follows the sign of the evidence; the newest task always keeps its own expert
-    for (evidence, serves) in [(0.1, true), (-0.1, false), (0.0, false)] {
-        evo.set.births[1].base_val_dice = Some(start - evidence);
-        assert_eq!(evo.set.chain_serves(), serves, "evidence {evidence}");
+    // one paired value per validation image: the chain's start minus the base
+    assert_eq!(b.transfer_cases.len(), tasks[1].val.len());
+    let mean = b.transfer_cases.iter().sum::<f64>() / b.transfer_cases.len() as f64;
+    assert!((mean - (start - b.base_val_dice.unwrap())).abs() < 1e-12);
+    // the gate follows the lower confidence bound of the evidence; the newest task always keeps its own expert
+    for (cases, serves) in [
+        (vec![0.1, 0.1, 0.1], true),
+        (vec![0.12, 0.08, 0.1], true),
+        (vec![-0.1, -0.1], false),
+        (vec![0.0, 0.0], false),
+        // a positive mean that is noise: +0.02 from +0.3, -0.25, +0.01 (bound -0.17)
+        (vec![0.3, -0.25, 0.01], false),
+        // one image is no evidence
+        (vec![0.5], false),
+    ] {
+        let evidence = cases.iter().sum::<f64>() / cases.len() as f64;
+        evo.set.births[1].transfer_cases = cases.clone();
+        assert_eq!(
+            evo.set.chain_serves(),
+            serves,
+            "evidence {cases:?}, mean {evidence}"
+        );
         let want0 = if serves {
             evo.set.chain.as_ref().unwrap()
         } else {
@@ -336,7 +354,7 @@ fn serve_chain_follows_the_measured_transfer_and_survives_a_reload() {
         (Fallback::Chain, -0.1, true),
     ] {
         evo.set.novelty.fallback = fallback;
-        evo.set.births[1].base_val_dice = Some(start - evidence);
+        evo.set.births[1].transfer_cases = vec![evidence; 3];
         assert_eq!(
             evo.set.novel_to_chain(),
             to_chain,
@@ -359,7 +377,7 @@ fn serve_chain_follows_the_measured_transfer_and_survives_a_reload() {
     evo.set.serve_chain = ServeChain::Never;
     assert!(!evo.set.chain_serves());
     evo.set.serve_chain = ServeChain::Always;
-    evo.set.births[1].base_val_dice = Some(1.0);
+    evo.set.births[1].transfer_cases = vec![-1.0; 3];
     assert!(evo.set.chain_serves());
     // Saved and loaded: the chain, its EWC memory and the setting come back bit for bit.
     let d = tempfile::tempdir().unwrap();
@@ -506,4 +524,25 @@ fn routing_at_2_3_5_and_50_images_per_task_keeps_seen_tasks_and_flags_another_mo
             }
         }
     }
+}
+
+#[test]
+fn validation_with_clicks_scores_box_and_clicks_the_same_way_for_every_model() {
+    use crate::train::select::{validation_dices, validation_scores};
+    let kit = Kit::new(4, 1);
+    let tasks = split_validation(&kit.tasks, 0, 0.5);
+    let val: Vec<&Case> = tasks[0].val.iter().collect();
+    assert!(val.len() >= 2);
+    let scores = |clicks| {
+        validation_scores(&kit.model, &kit.store, &kit.dev, None, &val, false, clicks).unwrap()
+    };
+    let boxes = validation_dices(&kit.model, &kit.store, &kit.dev, None, &val, false).unwrap();
+    // without clicks: the box Dice itself
+    assert_eq!(scores(0), boxes);
+    // with clicks: one value per case in [0, 1], the same draw every time, and not the box Dice alone
+    let two = scores(2);
+    assert_eq!(two.len(), val.len());
+    assert!(two.iter().all(|v| (0.0..=1.0).contains(v)), "{two:?}");
+    assert_eq!(two, scores(2));
+    assert_ne!(two, boxes);
 }
