@@ -89,14 +89,15 @@ pub fn validation_scores(
     clicks: usize,
 ) -> Result<Vec<f64>> {
     use rand::SeedableRng;
-    if clicks == 0 {
-        return validation_dices(model, store, device, adapter, val, fov);
-    }
     let mut out = Vec::with_capacity(val.len());
     for chunk in val.chunks(VAL_BATCH) {
         let emb = embed_with(model, store, chunk, adapter)?;
         let boxes: Vec<[f32; 4]> = chunk.iter().map(|c| c.gt_box()).collect();
-        let preds = crate::train::clicks::box_only_masks(model, &emb, &boxes, adapter, device)?;
+        let preds = if clicks > 0 {
+            crate::train::clicks::box_only_masks(model, &emb, &boxes, adapter, device)?
+        } else {
+            Vec::new()
+        };
         let mut sums = vec![0.0; chunk.len()];
         for n in 0..=clicks {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(VAL_CLICK_SEED ^ n as u64);
@@ -136,16 +137,7 @@ pub fn validation_dices(
     val: &[&Case],
     fov: bool,
 ) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(val.len());
-    for chunk in val.chunks(VAL_BATCH) {
-        let emb = embed_with(model, store, chunk, adapter)?;
-        let prompts = crate::train::r#loop::eval_prompts(chunk, device)?;
-        let o = model.decode(&emb, &prompts, adapter)?;
-        for (i, c) in chunk.iter().enumerate() {
-            out.push(crate::metrics::case_dice(&o.logits.get(i)?, c, fov)?);
-        }
-    }
-    Ok(out)
+    validation_scores(model, store, device, adapter, val, fov, 0)
 }
 
 /// Copies of an adapter's values (to restore the best epoch).

@@ -390,37 +390,25 @@ unsafe fn block_for<T: Float, M: Tile<T>>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn v4<T: Float, M: Tile<T>>(
-            p: &Problem<'_, T>,
-            bp: &BPanels<'_, T>,
-            i0: usize,
-            rows: usize,
-            out: &mut [T],
-        ) {
-            block::<T, M>(p, bp, i0, rows, out)
+        // `block` compiled once per instruction set: the same code, with the features it may use enabled.
+        macro_rules! block_with {
+            ($name:ident, $features:literal) => {
+                #[target_feature(enable = $features)]
+                unsafe fn $name<T: Float, M: Tile<T>>(
+                    p: &Problem<'_, T>,
+                    bp: &BPanels<'_, T>,
+                    i0: usize,
+                    rows: usize,
+                    out: &mut [T],
+                ) {
+                    block::<T, M>(p, bp, i0, rows, out)
+                }
+            };
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn v3<T: Float, M: Tile<T>>(
-            p: &Problem<'_, T>,
-            bp: &BPanels<'_, T>,
-            i0: usize,
-            rows: usize,
-            out: &mut [T],
-        ) {
-            block::<T, M>(p, bp, i0, rows, out)
-        }
+        block_with!(v4, "avx512f,avx2,fma");
+        block_with!(v3, "avx2,fma");
         // The scalar tile with hardware FMA (one lane at a time, as the ISA says; the same bits as libm's fma).
-        #[target_feature(enable = "fma")]
-        unsafe fn v1<T: Float, M: Tile<T>>(
-            p: &Problem<'_, T>,
-            bp: &BPanels<'_, T>,
-            i0: usize,
-            rows: usize,
-            out: &mut [T],
-        ) {
-            block::<T, M>(p, bp, i0, rows, out)
-        }
+        block_with!(v1, "fma");
         match isa {
             Isa::Avx512 => return v4::<T, M>(p, bp, i0, rows, out),
             Isa::Avx2 => return v3::<T, M>(p, bp, i0, rows, out),
