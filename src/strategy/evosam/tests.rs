@@ -242,7 +242,10 @@ fn a_steps_budget_counts_exactly_for_every_kind() {
         for k in 0..2 {
             let mut ctx = kit.ctx_with(&sp, k + 1, &progress);
             s.train_task(&mut ctx, k, &kit.tasks[k]).unwrap();
-            assert_eq!(steps.swap(0, Ordering::Relaxed), 4, "{label} task {k}");
+            // EvoSAM with a penalised chain trains two adapters from the second task on (the expert apart from
+            // the chain), each under the budget
+            let want = if label == "evosam" && k >= 1 { 8 } else { 4 };
+            assert_eq!(steps.swap(0, Ordering::Relaxed), want, "{label} task {k}");
         }
     }
 }
