@@ -81,6 +81,40 @@ fn assert_whole(full: &Path, reference: &Path, rel: &Path) {
         }
     } else if name.ends_with("done") {
         assert_eq!(bytes, b"ok\n", "{name}");
+    } else if name.ends_with(".csv") && !name.contains('/') {
+        // The run's tables: after a failed cell the runner writes the tables of every committed stage (results
+        // that survive a crash), so a whole table may hold fewer rows (and `metrics.csv` fewer optional columns)
+        // than the uninterrupted run's; each of its rows must match one of them in every column it has, and the
+        // last line must be complete.
+        let r = std::fs::read_to_string(reference.join(rel))
+            .unwrap_or_else(|e| panic!("{name}: not in the uninterrupted run ({e})"));
+        let got = String::from_utf8(bytes).unwrap();
+        assert!(got.ends_with('\n'), "{name}: truncated (no final newline)");
+        let rows = |t: &str| -> Vec<std::collections::BTreeMap<String, String>> {
+            let mut lines = t.lines();
+            let head: Vec<String> = lines
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(String::from)
+                .collect();
+            lines
+                .map(|l| {
+                    head.iter()
+                        .cloned()
+                        .zip(l.split(',').map(String::from))
+                        .collect()
+                })
+                .collect()
+        };
+        let want = rows(&r);
+        for row in rows(&got) {
+            assert!(
+                want.iter()
+                    .any(|w| row.iter().all(|(k, v)| w.get(k) == Some(v))),
+                "{name}: a row not in the uninterrupted run: {row:?}"
+            );
+        }
     } else if name.ends_with(".csv") || name.ends_with(".md") || name.ends_with(".tex") {
         same_as_reference();
     } else if name.ends_with(".png") {
