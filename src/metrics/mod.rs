@@ -9,6 +9,8 @@
 //!
 //! With T = 1, BWT and forgetting are 0 and FWT is None.
 
+pub mod surface;
+
 use crate::data::{self, Case};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
