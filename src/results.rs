@@ -30,6 +30,12 @@ pub struct ScoreRow {
     /// Dice, stored as its bit pattern in checkpoints so that resumed runs reproduce it exactly.
     #[serde(with = "f64_bits")]
     pub dice: f64,
+    /// Normalised surface Dice (see `metrics::DEFINITIONS`); None in results of versions before it existed.
+    #[serde(default)]
+    pub nsd: Option<f64>,
+    /// 95th-percentile Hausdorff distance in mm (pixels without spacing); None as `nsd`.
+    #[serde(default)]
+    pub hd95: Option<f64>,
     /// Expert the case was routed to (routing strategies).
     pub routed_to: Option<String>,
     /// Novelty score of the case under a routing strategy's novelty detector (EvoSAM), else None.
@@ -111,6 +117,8 @@ pub fn scores_frame(rows: &[ScoreRow]) -> Result<DataFrame> {
         col_of("eval_index", rows, |r| r.eval_index),
         col_of("case", rows, |r| r.case.clone()),
         col_of("dice", rows, |r| r.dice),
+        col_of("nsd", rows, |r| r.nsd),
+        col_of("hd95", rows, |r| r.hd95),
         col_of("routed_to", rows, |r| r.routed_to.clone()),
         col_of("novelty", rows, |r| r.novelty),
     ])?)
@@ -358,6 +366,8 @@ mod tests {
             eval_index: j,
             case: case.into(),
             dice,
+            nsd: Some(dice * 0.9),
+            hd95: Some(10.0 * (1.0 - dice)),
             routed_to: None,
             novelty: None,
         }
@@ -463,7 +473,7 @@ mod tests {
         let csv = std::fs::read_to_string(dir.path().join("scores.csv")).unwrap();
         assert!(
             csv.starts_with(
-                "strategy,seed,order,stage,trained_task,eval_task,eval_index,case,dice,routed_to"
+                "strategy,seed,order,stage,trained_task,eval_task,eval_index,case,dice,nsd,hd95,routed_to"
             ),
             "{csv}"
         );

@@ -113,7 +113,15 @@ pub fn from_spec(spec_path: &Path, task: &str) -> Result<Vec<StudyCase>> {
     let (test, fov_eval) = match SourceSpec::of(&spec, t)? {
         SourceSpec::Synthetic(s) => (s.generate()?.1, false),
         SourceSpec::Folder(s) => (s.load(&spec, &t.name)?.1, s.fov_eval),
-        SourceSpec::Nifti(s) => (s.load(&spec, &t.name)?.1, false),
+        // the annotation page shows slices: every prompted slice of every test volume
+        SourceSpec::Nifti(s) => (
+            s.load(&spec, &t.name)?
+                .1
+                .into_iter()
+                .flat_map(|v| v.slices.into_iter().map(|(_, c)| c))
+                .collect(),
+            false,
+        ),
     };
     if test.is_empty() {
         return Err(Error::input(format!(

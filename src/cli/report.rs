@@ -13,14 +13,21 @@ pub struct Args {
     /// Output folder for plots/ and tables/ (default: the run folder; required with several folders).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// The per-case metric of the matrix, curves and tables: dice, nsd (normalised surface Dice) or hd95 (mm;
+    /// lower is better). Another metric than Dice defaults to writing into `<run>/report-<metric>/`.
+    #[arg(long, value_name = "METRIC", default_value = "dice", value_parser = ["dice", "nsd", "hd95"])]
+    pub metric: String,
 }
 
 /// Write the report and list the files written.
 pub fn run(args: Args) -> evosam::Result<()> {
+    let metric = evosam::metrics::Metric::parse(&args.metric)
+        .ok_or_else(|| Error::input(format!("--metric {}: use dice, nsd or hd95", args.metric)))?;
     let out =
         match (&args.out, args.run_dirs.as_slice()) {
             (Some(o), _) => o.clone(),
-            (None, [one]) => one.clone(),
+            (None, [one]) if metric == evosam::metrics::Metric::Dice => one.clone(),
+            (None, [one]) => one.join(format!("report-{}", metric.column())),
             (None, _) => return Err(Error::input(
                 "several results folders given: choose where the merged report goes with --out DIR",
             )),
@@ -38,7 +45,7 @@ pub fn run(args: Args) -> evosam::Result<()> {
             return Ok(());
         }
     }
-    let summary = evosam::report::write_report(&args.run_dirs, &out)?;
+    let summary = evosam::report::write_report_in(&args.run_dirs, &out, metric)?;
     for n in &summary.notes {
         eprintln!("note: {n}");
     }

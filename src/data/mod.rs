@@ -143,8 +143,36 @@ pub struct TaskData {
     /// A tiled task's test images (empty otherwise): evaluation stitches each image's tiles back and scores the
     /// whole image.
     pub test_images: Vec<TiledImage>,
-    /// Score Dice only inside the field of view (folder sources with `fov_eval = true`).
+    /// A NIfTI task's test volumes (empty otherwise): evaluation stacks each volume's slice predictions and
+    /// scores the volume in 3-D; its slices are entries of `test` (or of `test_images` when tiled).
+    pub test_volumes: Vec<TestVolume>,
+    /// Score only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,
+    /// Spacing of the task's 2-D images and the NSD tolerance (volumes carry their own spacing).
+    pub scoring: crate::metrics::Scoring,
+}
+
+/// A test volume of a NIfTI task: its label volume in the slice frame and the test entries that are its
+/// prompted slices.
+#[derive(Clone, Debug)]
+pub struct TestVolume {
+    /// The volume's case key (its row's `case` in the scores).
+    pub id: String,
+    /// The image volume: saved predictions take its header (affine, spacing).
+    pub image: std::path::PathBuf,
+    /// The task's slice axis.
+    pub axis: usize,
+    /// NIfTI dims [X, Y, Z].
+    pub nifti_dims: [usize; 3],
+    /// (slices, rows, cols) in the slice frame.
+    pub dims: [usize; 3],
+    /// Physical spacing between slices, rows and columns (mm).
+    pub spacing: [f64; 3],
+    /// Ground truth (0/1), slice-major in the slice frame.
+    pub gt: Vec<u8>,
+    /// (slice index, index into [`TaskData::test`], or into [`TaskData::test_images`] for a tiled task), in
+    /// slice order.
+    pub slices: Vec<(usize, usize)>,
 }
 
 /// Turn a raw image into the model's image type.

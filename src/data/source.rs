@@ -155,6 +155,11 @@ pub fn load_task(
     device: &Device,
 ) -> Result<TaskData> {
     let source = SourceSpec::of(spec, t)?;
+    let mut scoring = crate::metrics::Scoring {
+        nsd_tolerance: spec.eval.nsd_tolerance_mm,
+        ..Default::default()
+    };
+    let mut volumes = Vec::new();
     let (train, test, fov_eval) = match &source {
         SourceSpec::Synthetic(s) => {
             let (a, b) = s.generate()?;
@@ -162,11 +167,32 @@ pub fn load_task(
         }
         SourceSpec::Folder(s) => {
             let (a, b) = s.load(spec, &t.name)?;
+            if let Some(sp) = s.spacing {
+                scoring.spacing = sp;
+            }
             (a, b, s.fov_eval)
         }
         SourceSpec::Nifti(s) => {
-            let (a, b) = s.load(spec, &t.name)?;
-            (a, b, false)
+            let (a, vols) = s.load(spec, &t.name)?;
+            let mut test = Vec::new();
+            for v in vols {
+                let mut slices = Vec::with_capacity(v.slices.len());
+                for (z, c) in v.slices {
+                    slices.push((z, test.len()));
+                    test.push(c);
+                }
+                volumes.push(super::TestVolume {
+                    id: v.id,
+                    image: v.image,
+                    axis: v.axis,
+                    nifti_dims: v.nifti_dims,
+                    dims: v.dims,
+                    spacing: v.spacing,
+                    gt: v.gt,
+                    slices,
+                });
+            }
+            (a, test, false)
         }
     };
     if train.is_empty() || test.is_empty() {
@@ -194,7 +220,9 @@ pub fn load_task(
             val: Vec::new(),
             test,
             test_images,
+            test_volumes: volumes,
             fov_eval,
+            scoring,
         });
     }
     let conv = |v: Vec<RawCase>, aug: bool| -> Result<Vec<Case>> {
@@ -234,6 +262,8 @@ pub fn load_task(
         val: Vec::new(),
         test: conv(test, false)?,
         test_images: Vec::new(),
+        test_volumes: volumes,
         fov_eval,
+        scoring,
     })
 }

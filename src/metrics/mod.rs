@@ -23,6 +23,10 @@ pub const DEFINITIONS: &[(&str, &str)] = &[
     ("bwt", "mean_{j<T} (R[T][j] - R[j][j])"),
     ("fwt", "mean_{j>=2} (R[j-1][j] - R[0][j]); null when T = 1"),
     ("forgetting", "mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])"),
+    ("nsd", "normalised surface Dice at tolerance tau (`[eval] nsd_tolerance_mm`, default 2; mm for volumes and for folder tasks with `spacing`, else pixels): (#{border(P) within tau of border(G)} + #{border(G) within tau of border(P)}) / (|border(P)| + |border(G)|); border = foreground voxels with a background or outside 4/6-neighbour; both empty 1, one empty 0"),
+    ("hd95", "95th-percentile Hausdorff distance in mm (pixels without spacing): max of the two directed 95th percentiles (linear interpolation) of border-to-border distances; both empty 0, one empty the grid's diagonal; lower is better"),
+    ("volume case", "a NIfTI task's test case is a volume: every slice with foreground in the label is predicted with the box of its label, the predictions (background elsewhere) are stacked and Dice, NSD and HD95 are computed in 3-D with the voxel spacing"),
+    ("lower-is-better metrics", "for `evosam report --metric hd95`: BWT = mean_{j<T} (R[j][j] - R[T][j]), FWT = mean_{j>=2} (R[0][j] - R[j-1][j]), forgetting = mean_{j<T} (R[T][j] - min_{j<=l<T} R[l][j]): positive BWT/FWT improve, positive forgetting loses"),
     ("matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
     ("route_seen_own", "extras.csv, per stage k >= 1 (routing strategies): fraction of the test cases of the tasks trained so far (positions 1..k) routed to their own task's expert"),
     ("route_seen_base", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far sent to the base model"),
@@ -120,9 +124,31 @@ pub fn cl_metrics(r: &[Vec<f64>]) -> Result<ClMetrics> {
     })
 }
 
-/// Dice of one case from its low-res logits (1,S,S): crop + bilinear resize to the original size, threshold at 0
-/// (sigmoid > 0.5); inside the field of view only when `fov_eval`.
-pub fn case_dice(logits: &Tensor, c: &Case, fov_eval: bool) -> Result<f64> {
+/// How a task's cases are scored besides Dice: the grid's physical spacing (rows, columns; mm, or 1 = pixels)
+/// and the NSD tolerance in the same unit (`[eval] nsd_tolerance_mm`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Scoring {
+    /// Spacing between rows and between columns.
+    pub spacing: [f64; 2],
+    /// NSD tolerance.
+    pub nsd_tolerance: f64,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Scoring {
+            spacing: [1.0, 1.0],
+            nsd_tolerance: DEFAULT_NSD_TOLERANCE,
+        }
+    }
+}
+
+/// `[eval] nsd_tolerance_mm` when the spec does not set it.
+pub const DEFAULT_NSD_TOLERANCE: f64 = 2.0;
+
+/// A case's prediction at original resolution from its low-res logits (1,S,S): crop + bilinear resize to the
+/// original size, threshold at 0 (sigmoid > 0.5).
+pub fn case_mask(logits: &Tensor, c: &Case) -> Result<Vec<bool>> {
     let full = crate::preprocess::postprocess_logits(logits, &c.meta)?;
     let v: Vec<f32> = full.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
     if v.len() != c.gt.h * c.gt.w {
@@ -134,12 +160,101 @@ pub fn case_dice(logits: &Tensor, c: &Case, fov_eval: bool) -> Result<f64> {
             c.gt.h
         )));
     }
-    let pred: Vec<bool> = v.iter().map(|&x| x > 0.0).collect();
+    Ok(v.iter().map(|&x| x > 0.0).collect())
+}
+
+/// Dice of one case from its low-res logits ([`case_mask`]), inside the field of view only when `fov_eval`.
+pub fn case_dice(logits: &Tensor, c: &Case, fov_eval: bool) -> Result<f64> {
+    let pred = case_mask(logits, c)?;
     Ok(data::dice(
         &pred,
         &c.gt,
         if fov_eval { c.fov.as_ref() } else { None },
     ))
+}
+
+/// Dice, NSD and HD95 of a 2-D prediction at original resolution; with a field of view, both masks are cut to
+/// it first (so Dice equals [`data::dice`] inside the FOV).
+pub fn image_scores(
+    pred: &[bool],
+    gt: &data::Mask2D,
+    fov: Option<&data::Mask2D>,
+    sc: &Scoring,
+) -> surface::CaseScores {
+    let inside = |i: usize| fov.is_none_or(|f| f.data[i] != 0);
+    let p: Vec<bool> = (0..pred.len()).map(|i| pred[i] && inside(i)).collect();
+    let g: Vec<bool> = (0..pred.len())
+        .map(|i| gt.data[i] != 0 && inside(i))
+        .collect();
+    surface::case_scores(&p, &g, &[gt.h, gt.w], &sc.spacing, sc.nsd_tolerance)
+}
+
+/// Which per-case score a report is drawn in (`evosam report --metric`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Dice (higher is better): the runner's accuracy matrix.
+    #[default]
+    Dice,
+    /// Normalised surface Dice (higher is better).
+    Nsd,
+    /// 95th-percentile Hausdorff distance in mm or pixels (lower is better).
+    Hd95,
+}
+
+impl Metric {
+    /// Every metric, by name.
+    pub const ALL: [Metric; 3] = [Metric::Dice, Metric::Nsd, Metric::Hd95];
+
+    /// The name of its scores column (`dice`, `nsd`, `hd95`).
+    pub fn column(self) -> &'static str {
+        match self {
+            Metric::Dice => "dice",
+            Metric::Nsd => "nsd",
+            Metric::Hd95 => "hd95",
+        }
+    }
+
+    /// The label in tables and figures.
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Dice => "Dice",
+            Metric::Nsd => "NSD",
+            Metric::Hd95 => "HD95",
+        }
+    }
+
+    /// Direction of "better".
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::Hd95)
+    }
+
+    /// The metric named `s` (`dice`, `nsd`, `hd95`).
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.column() == s)
+    }
+
+    /// This metric's value in a score row (None: the row has none, e.g. results of an older version).
+    pub fn of(self, r: &crate::results::ScoreRow) -> Option<f64> {
+        match self {
+            Metric::Dice => Some(r.dice),
+            Metric::Nsd => r.nsd,
+            Metric::Hd95 => r.hd95,
+        }
+    }
+}
+
+/// [`cl_metrics`] for a metric where lower is better (HD95): ACC is the mean final value, and the signs follow
+/// the direction so that a positive BWT or FWT is still an improvement and a positive forgetting still a loss:
+/// BWT = mean_{j<T} (R[j][j] - R[T][j]), FWT = mean_{j>=2} (R[0][j] - R[j-1][j]), forgetting =
+/// mean_{j<T} (R[T][j] - min_{j<=l<T} R[l][j]).
+pub fn cl_metrics_lower_better(r: &[Vec<f64>]) -> Result<ClMetrics> {
+    let neg: Vec<Vec<f64>> = r
+        .iter()
+        .map(|row| row.iter().map(|v| -v).collect())
+        .collect();
+    let m = cl_metrics(&neg)?;
+    Ok(ClMetrics { acc: -m.acc, ..m })
 }
 
 #[cfg(test)]

@@ -135,10 +135,7 @@ pub fn border(mask: &[bool], dims: &[usize]) -> Vec<bool> {
             }
             unravel(i, dims, &mut idx);
             (0..dims.len()).any(|a| {
-                idx[a] == 0
-                    || idx[a] + 1 == dims[a]
-                    || !mask[i - st[a]]
-                    || !mask[i + st[a]]
+                idx[a] == 0 || idx[a] + 1 == dims[a] || !mask[i - st[a]] || !mask[i + st[a]]
             })
         })
         .collect()

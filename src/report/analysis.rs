@@ -52,6 +52,8 @@ pub fn strategy_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
 /// Everything the report draws and tabulates.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReportData {
+    /// The per-case metric everything is drawn in (`evosam report --metric`).
+    pub metric: crate::metrics::Metric,
     /// Strategies in display order.
     pub strategies: Vec<String>,
     /// Tasks in display order.
@@ -153,12 +155,33 @@ impl ReportData {
             growth,
             routing,
             table: SummaryTable {
+                metric: crate::metrics::Metric::Dice,
                 tasks,
                 rows,
                 reference,
             },
             notes,
+            metric: crate::metrics::Metric::Dice,
         }
+    }
+
+    /// [`ReportData::compute`] in another per-case metric: the scores re-expressed in it
+    /// ([`ResultsSet::in_metric`]), the matrix and ACC/BWT/FWT/forgetting recomputed.
+    pub fn compute_metric(
+        rs: &ResultsSet,
+        metric: crate::metrics::Metric,
+    ) -> crate::Result<ReportData> {
+        let mut d = Self::compute(&rs.in_metric(metric)?);
+        d.metric = metric;
+        d.table.metric = metric;
+        if !metric.higher_is_better() {
+            d.notes.push(format!(
+                "{}: lower is better; BWT = mean (R[j][j] - R[T][j]), FWT = mean (R[0][j] - R[j-1][j]) and \
+                 forgetting = mean (R[T][j] - min_l R[l][j]), so that positive BWT/FWT still improve",
+                metric.label()
+            ));
+        }
+        Ok(d)
     }
 }
 

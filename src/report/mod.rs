@@ -47,8 +47,17 @@ fn write_file(path: &Path, text: &str) -> Result<PathBuf> {
 
 /// Read the results folder(s), merge them, and write `out_dir/plots/` and `out_dir/tables/`.
 pub fn write_report(run_dirs: &[PathBuf], out_dir: &Path) -> Result<ReportSummary> {
+    write_report_in(run_dirs, out_dir, crate::metrics::Metric::Dice)
+}
+
+/// [`write_report`] with the matrix, curves and tables in another per-case metric (`--metric nsd|hd95`).
+pub fn write_report_in(
+    run_dirs: &[PathBuf],
+    out_dir: &Path,
+    metric: crate::metrics::Metric,
+) -> Result<ReportSummary> {
     let rs = load_results(run_dirs)?;
-    let data = ReportData::compute(&rs);
+    let data = ReportData::compute_metric(&rs, metric)?;
     write_report_data(&data, out_dir)
 }
 
@@ -67,13 +76,17 @@ pub fn write_report_data(data: &ReportData, out_dir: &Path) -> Result<ReportSumm
             curves: &data.curves,
             tasks: &data.tasks,
             strategies: &data.strategies,
+            metric: data.metric,
         };
         files.extend(plots::save(&fig, &plots_dir, "forgetting_curves")?);
     } else {
         notes.push("matrix.csv has no rows: no forgetting curves or heatmaps".into());
     }
     for h in &data.heatmaps {
-        let fig = plots::HeatmapFigure { data: h };
+        let fig = plots::HeatmapFigure {
+            data: h,
+            metric: data.metric,
+        };
         files.extend(plots::save(
             &fig,
             &plots_dir,

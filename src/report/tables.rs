@@ -43,6 +43,8 @@ pub struct TableCells {
     pub p_all: Vec<Option<Wilcoxon>>,
     /// The reference strategy of the tests, if any.
     pub reference: Option<String>,
+    /// The per-case metric of the table.
+    pub metric: crate::metrics::Metric,
 }
 
 fn round(v: f64) -> f64 {
@@ -58,10 +60,11 @@ fn row_stats(r: &TableRow) -> Vec<Option<Stat>> {
 
 /// The statistic columns of a summary table: the metrics, then final Dice per task.
 pub fn columns(t: &SummaryTable) -> Vec<ColumnSpec> {
+    let up = t.metric.higher_is_better();
     let mut c = vec![
         ColumnSpec {
             header: "ACC".into(),
-            higher_is_better: true,
+            higher_is_better: up,
         },
         ColumnSpec {
             header: "BWT".into(),
@@ -78,8 +81,8 @@ pub fn columns(t: &SummaryTable) -> Vec<ColumnSpec> {
     ];
     for task in &t.tasks {
         c.push(ColumnSpec {
-            header: format!("Dice {task}"),
-            higher_is_better: true,
+            header: format!("{} {task}", t.metric.label()),
+            higher_is_better: up,
         });
     }
     c
@@ -135,6 +138,7 @@ pub fn build_cells(t: &SummaryTable) -> TableCells {
         cells,
         p_all: t.rows.iter().map(|r| r.test_all.clone()).collect(),
         reference: t.reference.clone(),
+        metric: t.metric,
     }
 }
 
@@ -167,15 +171,26 @@ pub fn footnote(tc: &TableCells, tex: bool) -> Vec<String> {
     } else {
         (format!("p < {ALPHA}"), "n-1")
     };
+    let m = tc.metric.label();
+    let best = if tc.metric.higher_is_better() {
+        "highest; lowest for forgetting".to_string()
+    } else {
+        format!("lowest for ACC, {m} and forgetting; highest for BWT and FWT")
+    };
+    let of = if tc.metric == crate::metrics::Metric::Dice {
+        String::new()
+    } else {
+        format!(" of {m}")
+    };
     let mut v = vec![format!(
         "Values: mean {pm} sample standard deviation (denominator {n1}; 0 for a single run) over runs (seeds x orders); n = runs. \
-         ACC, BWT, FWT, forgetting as defined in the results contract; Dice columns: Dice of each task after the last stage. \
-         Bold: best per column at the shown precision (highest; lowest for forgetting)."
+         ACC, BWT, FWT, forgetting{of} as defined in the results contract; {m} columns: {m} of each task after the last stage. \
+         Bold: best per column at the shown precision ({best})."
     )];
     match &tc.reference {
         Some(r) => v.push(format!(
             "{dag} {p_lt} against {r}: two-sided paired Wilcoxon signed-rank test over (seed, order, case) pairs at the final stage \
-             (Dice columns: the cases of that task; p column: all tasks pooled, n = non-zero pairs used). Zero differences are dropped (Wilcoxon's method); \
+             ({m} columns: the cases of that task; p column: all tasks pooled, n = non-zero pairs used). Zero differences are dropped (Wilcoxon's method); \
              exact null distribution for {le} {EXACT_MAX_N} non-zero differences without ties, otherwise normal approximation with tie and continuity correction."
         )),
         None => v.push("No strategy named \"evosam\" in these results: significance tests skipped.".into()),

@@ -93,6 +93,8 @@ pub(crate) fn synthetic_with(
                                 eval_index: pos,
                                 case: case.into(),
                                 dice,
+                                nsd: Some((dice * 0.9 + 0.05).min(1.0)),
+                                hd95: Some(20.0 * (1.0 - dice)),
                                 routed_to,
                                 novelty: None,
                             });
@@ -1098,4 +1100,56 @@ fn large_results_timing() {
         summary.files.len(),
         t0.elapsed()
     );
+}
+
+/// `--metric hd95`: the same files, task columns named HD95, lower is bold, and the numbers are those of the
+/// hd95 column (the fixture's hd95 = 20 (1 - dice): ACC in HD95 = 20 (1 - ACC in Dice)).
+#[test]
+fn report_in_hd95_and_nsd() {
+    let syn = synthetic(&["given"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, &syn, true);
+    let out = tmp.path().join("hd95");
+    let metric = crate::metrics::Metric::Hd95;
+    let summary = crate::report::write_report_in(std::slice::from_ref(&dir), &out, metric).unwrap();
+    assert!(summary
+        .files
+        .iter()
+        .any(|f| f.ends_with("plots/forgetting_curves.svg")));
+    let rs = load_results(std::slice::from_ref(&dir)).unwrap();
+    let dice = ReportData::compute(&rs);
+    let hd = ReportData::compute_metric(&rs, metric).unwrap();
+    assert_eq!(hd.metric, metric);
+    for (d, h) in dice.table.rows.iter().zip(&hd.table.rows) {
+        let (a, b) = (d.acc.unwrap().mean, h.acc.unwrap().mean);
+        assert!(
+            (b - 20.0 * (1.0 - a)).abs() < 1e-9,
+            "{} {a} {b}",
+            d.strategy
+        );
+        // lower is better: BWT keeps its sign (scaled by 20), forgetting too
+        assert!((h.bwt.unwrap().mean - 20.0 * d.bwt.unwrap().mean).abs() < 1e-9);
+        assert!((h.forgetting.unwrap().mean - 20.0 * d.forgetting.unwrap().mean).abs() < 1e-9);
+    }
+    let cells = crate::report::tables::build_cells(&hd.table);
+    assert!(cells.columns[0].header == "ACC" && !cells.columns[0].higher_is_better);
+    assert!(cells.columns.iter().any(|c| c.header.starts_with("HD95 ")));
+    // the bold ACC is the lowest mean
+    let accs: Vec<f64> = cells
+        .cells
+        .iter()
+        .map(|r| r[0].stat.unwrap().mean)
+        .collect();
+    let best = accs.iter().copied().fold(f64::INFINITY, f64::min);
+    for (r, a) in cells.cells.iter().zip(&accs) {
+        assert_eq!(r[0].bold, (a * 1000.0).round() == (best * 1000.0).round());
+    }
+    let md = std::fs::read_to_string(out.join("tables/summary.md")).unwrap();
+    assert!(md.contains("HD95") && md.contains("lowest for ACC"), "{md}");
+    let nsd = ReportData::compute_metric(&rs, crate::metrics::Metric::Nsd).unwrap();
+    assert!(crate::report::tables::build_cells(&nsd.table)
+        .columns
+        .iter()
+        .any(|c| c.header.starts_with("NSD ")));
 }

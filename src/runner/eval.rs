@@ -1,11 +1,13 @@
-//! Evaluation of one stage: every test case of every task of the order, scored by Dice at original resolution.
-//! A tiled task's tiles are predicted, stitched back to their image ([`stitch_image`]) and scored per image.
+//! Evaluation of one stage: every test case of every task of the order, scored by Dice, NSD and HD95 at original
+//! resolution. A tiled task's tiles are predicted, stitched back to their image ([`stitch_image`]) and scored per
+//! image; a NIfTI task's slice predictions are stacked into their volume and scored in 3-D ([`volume_case`]).
 
 use super::plan::Cell;
 use super::shared::Shared;
 use crate::data::tiling::Stitcher;
-use crate::data::{Case, TaskData, TiledImage};
+use crate::data::{Case, TaskData, TestVolume, TiledImage};
 pub use crate::metrics::case_dice;
+use crate::metrics::surface::{self, CaseScores};
 use crate::results::ScoreRow;
 use crate::strategy::{Batch, Strategy, StrategyCtx};
 use crate::Result;
@@ -13,7 +15,15 @@ use crate::Result;
 /// Test cases per prediction batch.
 pub const EVAL_BATCH: usize = 8;
 
-/// Score every test case of every task of the order at stage `k`.
+/// One 2-D test image's prediction at original resolution, and where it was routed.
+struct ImagePred {
+    mask: Vec<bool>,
+    routed_to: Option<String>,
+    novelty: Option<f64>,
+}
+
+/// Score every test case of every task of the order at stage `k`; at the last stage, with `[eval]
+/// save_predictions`, also write each test volume's prediction as NIfTI under `predictions/<cell>/<task>/`.
 pub(super) fn evaluate(
     sh: &Shared,
     strat: &dyn Strategy,
@@ -24,11 +34,12 @@ pub(super) fn evaluate(
 ) -> Result<Vec<ScoreRow>> {
     let order = &sh.spec.orders[cell.order];
     let label = &sh.spec.strategies[cell.strategy].label;
+    let save = sh.spec.eval.save_predictions && k == order.tasks.len();
     let mut rows = Vec::new();
     for (j, &ti) in order.tasks.iter().enumerate() {
         let task = &sh.tasks[ti];
-        let row =
-            |case: String, dice: f64, routed_to: Option<String>, novelty: Option<f64>| ScoreRow {
+        let row = |case: String, s: CaseScores, routed_to: Option<String>, novelty: Option<f64>| {
+            ScoreRow {
                 strategy: label.clone(),
                 seed: cell.seed as i64,
                 order: order.label.clone(),
@@ -37,43 +48,96 @@ pub(super) fn evaluate(
                 eval_task: task.name.clone(),
                 eval_index: (j + 1) as i64,
                 case,
-                dice,
+                dice: s.dice,
+                nsd: Some(s.nsd),
+                hd95: Some(s.hd95),
                 routed_to,
                 novelty,
-            };
-        if !task.test_images.is_empty() {
-            for img in &task.test_images {
-                let (d, routed, novelty) = stitch_image(sh, strat, ctx, j, task, img)?;
-                rows.push(row(img.id.clone(), d, routed, novelty));
+            }
+        };
+        let preds = predict_images(sh, strat, ctx, j, task)?;
+        if !task.test_volumes.is_empty() {
+            for v in &task.test_volumes {
+                let (s, mask, routed, novelty) =
+                    volume_case(v, &preds, task.scoring.nsd_tolerance)?;
+                if save {
+                    let path = sh
+                        .dir
+                        .join("predictions")
+                        .join(&cell.id)
+                        .join(&task.name)
+                        .join(format!("{}.nii.gz", v.id));
+                    save_volume(&path, v, &mask)?;
+                }
+                rows.push(row(v.id.clone(), s, routed, novelty));
             }
             continue;
         }
-        for chunk in task.test.chunks(EVAL_BATCH) {
-            let cases: Vec<&Case> = chunk.iter().collect();
-            let batch = Batch {
-                embeddings: sh.store.batch(&cases)?,
-                prompts: crate::train::r#loop::eval_prompts(&cases, &sh.device)?,
-                cases,
-            };
-            let pred = strat.predict(ctx, j, &batch)?;
-            for (i, c) in batch.cases.iter().enumerate() {
-                let d = case_dice(&pred.logits.get(i)?, c, task.fov_eval)?;
-                rows.push(row(
-                    c.id.clone(),
-                    d,
-                    pred.routed_to.as_ref().and_then(|r| r.get(i).cloned()),
-                    pred.novelty.as_ref().and_then(|r| r.get(i).copied()),
-                ));
+        let fov = |f: &Option<crate::data::Mask2D>| f.clone().filter(|_| task.fov_eval);
+        if !task.test_images.is_empty() {
+            for (img, p) in task.test_images.iter().zip(preds) {
+                let s = crate::metrics::image_scores(
+                    &p.mask,
+                    &img.gt,
+                    fov(&img.fov).as_ref(),
+                    &task.scoring,
+                );
+                rows.push(row(img.id.clone(), s, p.routed_to, p.novelty));
+            }
+        } else {
+            for (c, p) in task.test.iter().zip(preds) {
+                let s = crate::metrics::image_scores(
+                    &p.mask,
+                    &c.gt,
+                    fov(&c.fov).as_ref(),
+                    &task.scoring,
+                );
+                rows.push(row(c.id.clone(), s, p.routed_to, p.novelty));
             }
         }
     }
     Ok(rows)
 }
 
-/// Predict every tile of one test image, stitch the logits (resized to each tile's original extent) with the
-/// blending weights of [`crate::data::tiling`], and score Dice on the whole image's ground truth (inside the FOV
-/// when the task says so). The image's `routed_to` is the expert most of its tiles went to (ties: the first
-/// name); its novelty the mean over its tiles.
+/// Predictions of a task's test images at original resolution: one per entry of `test` (untiled) or of
+/// `test_images` (tiled, stitched).
+fn predict_images(
+    sh: &Shared,
+    strat: &dyn Strategy,
+    ctx: &StrategyCtx,
+    j: usize,
+    task: &TaskData,
+) -> Result<Vec<ImagePred>> {
+    if !task.test_images.is_empty() {
+        return task
+            .test_images
+            .iter()
+            .map(|img| stitch_image(sh, strat, ctx, j, task, img))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(task.test.len());
+    for chunk in task.test.chunks(EVAL_BATCH) {
+        let cases: Vec<&Case> = chunk.iter().collect();
+        let batch = Batch {
+            embeddings: sh.store.batch(&cases)?,
+            prompts: crate::train::r#loop::eval_prompts(&cases, &sh.device)?,
+            cases,
+        };
+        let pred = strat.predict(ctx, j, &batch)?;
+        for (i, c) in batch.cases.iter().enumerate() {
+            out.push(ImagePred {
+                mask: crate::metrics::case_mask(&pred.logits.get(i)?, c)?,
+                routed_to: pred.routed_to.as_ref().and_then(|r| r.get(i).cloned()),
+                novelty: pred.novelty.as_ref().and_then(|r| r.get(i).copied()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Predict every tile of one test image and stitch the logits (resized to each tile's original extent) with
+/// the blending weights of [`crate::data::tiling`]. The image's `routed_to` is the expert most of its tiles went
+/// to (ties: the first name); its novelty the mean over its tiles.
 fn stitch_image(
     sh: &Shared,
     strat: &dyn Strategy,
@@ -81,7 +145,7 @@ fn stitch_image(
     j: usize,
     task: &TaskData,
     img: &TiledImage,
-) -> Result<(f64, Option<String>, Option<f64>)> {
+) -> Result<ImagePred> {
     let mut st = Stitcher::new(img.gt.h, img.gt.w, img.overlap);
     let (mut routes, mut novelty) = (Vec::new(), Vec::new());
     for chunk in img.tiles.chunks(EVAL_BATCH) {
@@ -103,16 +167,62 @@ fn stitch_image(
         novelty.extend(pred.novelty.unwrap_or_default());
     }
     let logits = st.finish()?;
-    let pred: Vec<bool> = logits.iter().map(|&x| x > 0.0).collect();
-    let fov = if task.fov_eval {
-        img.fov.as_ref()
-    } else {
-        None
-    };
-    let d = crate::data::dice(&pred, &img.gt, fov);
-    let routed = majority(&routes);
-    let nov = (!novelty.is_empty()).then(|| novelty.iter().sum::<f64>() / novelty.len() as f64);
-    Ok((d, routed, nov))
+    Ok(ImagePred {
+        mask: logits.iter().map(|&x| x > 0.0).collect(),
+        routed_to: majority(&routes),
+        novelty: mean(&novelty),
+    })
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Stack a volume's slice predictions (background on slices not prompted) and score it in 3-D with its voxel
+/// spacing. Returns the scores, the prediction (slice-major, slice frame), the majority route and the mean
+/// novelty over its slices.
+fn volume_case(
+    v: &TestVolume,
+    preds: &[ImagePred],
+    tau: f64,
+) -> Result<(CaseScores, Vec<bool>, Option<String>, Option<f64>)> {
+    let [ns, rows, cols] = v.dims;
+    let plane = rows * cols;
+    let mut mask = vec![false; ns * plane];
+    let (mut routes, mut novelty) = (Vec::new(), Vec::new());
+    for &(z, i) in &v.slices {
+        let p = preds
+            .get(i)
+            .filter(|p| p.mask.len() == plane && z < ns)
+            .ok_or_else(|| {
+                crate::Error::internal(format!(
+                    "volume {}: slice {z} has no prediction of {rows}x{cols}",
+                    v.id
+                ))
+            })?;
+        mask[z * plane..(z + 1) * plane].copy_from_slice(&p.mask);
+        routes.extend(p.routed_to.clone());
+        novelty.extend(p.novelty);
+    }
+    let gt: Vec<bool> = v.gt.iter().map(|&g| g != 0).collect();
+    let s = surface::case_scores(&mask, &gt, &v.dims, &v.spacing, tau);
+    Ok((s, mask, majority(&routes), mean(&novelty)))
+}
+
+/// Write a volume's prediction (slice frame) back in NIfTI order with the image volume's header.
+fn save_volume(path: &std::path::Path, v: &TestVolume, mask: &[bool]) -> Result<()> {
+    let [_, ny, nz] = v.nifti_dims;
+    let [ns, rows, cols] = v.dims;
+    let mut out = vec![0u8; mask.len()];
+    for s in 0..ns {
+        for r in 0..rows {
+            for c in 0..cols {
+                let (x, y, z) = crate::data::nifti::to_xyz(v.axis, s, r, c);
+                out[(x * ny + y) * nz + z] = mask[(s * rows + r) * cols + c] as u8;
+            }
+        }
+    }
+    crate::data::nifti::write_mask_volume(path, v.nifti_dims, &out, &v.image)
 }
 
 /// The most frequent name (ties: the one seen first); None for none.
@@ -129,14 +239,56 @@ fn majority(names: &[String]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn majority_route() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            super::majority(&s(&["b", "a", "a", "b", "a"])),
-            Some("a".into())
-        );
-        assert_eq!(super::majority(&s(&["b", "a"])), Some("b".into()));
-        assert_eq!(super::majority(&[]), None);
+        assert_eq!(majority(&s(&["b", "a", "a", "b", "a"])), Some("a".into()));
+        assert_eq!(majority(&s(&["b", "a"])), Some("b".into()));
+        assert_eq!(majority(&[]), None);
+    }
+
+    /// Slice predictions listed out of order (as workers may finish them) are stacked at their own slice index;
+    /// unprompted slices stay background.
+    #[test]
+    fn volume_stacks_slices_in_place() {
+        let (ns, rows, cols) = (4usize, 3usize, 2usize);
+        let plane = rows * cols;
+        let mut gt = vec![0u8; ns * plane];
+        for z in [1usize, 2] {
+            gt[z * plane..(z + 1) * plane].fill(1);
+        }
+        let v = TestVolume {
+            id: "v".into(),
+            image: "x.nii".into(),
+            axis: 2,
+            nifti_dims: [cols, rows, ns],
+            dims: [ns, rows, cols],
+            spacing: [3.0, 0.5, 0.5],
+            gt,
+            // slice 2 is prediction 0, slice 1 prediction 1
+            slices: vec![(2, 0), (1, 1)],
+        };
+        let p = |on: bool, to: &str| ImagePred {
+            mask: vec![on; plane],
+            routed_to: Some(to.into()),
+            novelty: Some(if on { 1.0 } else { 3.0 }),
+        };
+        // slice 2 predicted fully, slice 1 empty: Dice 2*6/(6+12) = 2/3
+        let (s, mask, routed, nov) = volume_case(&v, &[p(true, "a"), p(false, "b")], 2.0).unwrap();
+        assert!((s.dice - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(mask.iter().filter(|&&m| m).count(), plane);
+        assert!(mask[2 * plane..3 * plane].iter().all(|&m| m));
+        assert_eq!(routed.as_deref(), Some("a"));
+        assert_eq!(nov, Some(2.0));
+        // the missing slice 1 is 3 mm from the predicted one: HD95 3 (every other border distance is 0)
+        assert!((s.hd95 - 3.0).abs() < 1e-12, "{}", s.hd95);
+        // a slice index pointing past the predictions is an internal error, not a panic
+        let bad = TestVolume {
+            slices: vec![(0, 5)],
+            ..v
+        };
+        assert!(volume_case(&bad, &[], 2.0).is_err());
     }
 }

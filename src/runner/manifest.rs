@@ -187,5 +187,19 @@ fn task_json(t: &crate::data::TaskData) -> serde_json::Value {
             "test_tiles": t.test.len(),
         });
     }
+    if !t.test_volumes.is_empty() {
+        // the intensity clipping is in the recorded spec's source (`intensity.clip`)
+        v["volumes"] = serde_json::json!(t
+            .test_volumes
+            .iter()
+            .map(|x| serde_json::json!({
+                "id": x.id,
+                "slices_rows_cols": x.dims,
+                "spacing_mm": x.spacing,
+                "prompted_slices": x.slices.len(),
+            }))
+            .collect::<Vec<_>>());
+    }
+    v["scoring"] = serde_json::json!(t.scoring);
     v
 }

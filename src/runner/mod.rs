@@ -185,7 +185,11 @@ fn finish(
     }
     let failed = failures(outcomes);
     if failed.is_empty() && opts.report {
-        write_report(&dir, &shared.reporter);
+        write_report(&dir, &shared.reporter, crate::metrics::Metric::Dice);
+        // volume tasks: the boundary metric the field reports beside Dice, in its own folder
+        if shared.tasks.iter().any(|t| !t.test_volumes.is_empty()) {
+            write_report(&dir, &shared.reporter, crate::metrics::Metric::Nsd);
+        }
         times.report_s = Some(laps.lap());
     }
     times.total_s = t0.elapsed().as_secs_f64();
@@ -232,16 +236,22 @@ fn failures(outcomes: &[Outcome]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The report of a complete run. A failure here is a warning: the results are complete and safe, only the
-/// derived figures are missing.
-fn write_report(dir: &std::path::Path, reporter: &Reporter) {
-    match crate::report::write_report(std::slice::from_ref(&dir.to_path_buf()), dir) {
+/// The report of a complete run in `metric` (Dice: in the run folder; others in `report-<metric>/`). A failure
+/// here is a warning: the results are complete and safe, only the derived figures are missing.
+fn write_report(dir: &std::path::Path, reporter: &Reporter, metric: crate::metrics::Metric) {
+    let out = if metric == crate::metrics::Metric::Dice {
+        dir.to_path_buf()
+    } else {
+        dir.join(format!("report-{}", metric.column()))
+    };
+    match crate::report::write_report_in(std::slice::from_ref(&dir.to_path_buf()), &out, metric) {
         Ok(r) => {
             reporter.info(&format!(
-                "report: {} files in {} and {}",
+                "report ({}): {} files in {} and {}",
+                metric.label(),
                 r.files.len(),
-                dir.join("plots").display(),
-                dir.join("tables").display()
+                out.join("plots").display(),
+                out.join("tables").display()
             ));
             for n in &r.notes {
                 reporter.info(&format!("report: {n}"));

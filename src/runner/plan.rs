@@ -78,6 +78,9 @@ struct Fingerprinted<'a> {
     model: &'a ModelSpec,
     strategies: &'a [StrategySpec],
     seeds: &'a [u64],
+    /// `[eval] nsd_tolerance_mm` when not the default (so specs without it keep their fingerprint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nsd_tolerance_mm: Option<f64>,
 }
 
 /// sha256 of everything that changes results (tasks and their sources, orders, model, strategies, seeds).
@@ -93,6 +96,8 @@ pub fn spec_fingerprint(spec: &Spec) -> String {
         model: &spec.model,
         strategies: &spec.strategies,
         seeds: &spec.experiment.seeds,
+        nsd_tolerance_mm: (spec.eval.nsd_tolerance_mm != crate::metrics::DEFAULT_NSD_TOLERANCE)
+            .then_some(spec.eval.nsd_tolerance_mm),
     };
     let s = serde_json::to_string(&f).unwrap_or_default();
     hex::encode(Sha256::digest(s.as_bytes()))

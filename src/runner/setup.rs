@@ -120,11 +120,19 @@ pub(super) fn prepare(spec: &Spec, reporter: &Reporter, banner: &str) -> Result<
     let mut tasks = Vec::new();
     for t in &spec.stream.tasks {
         let td = data::load_task(spec, t, size, augment, &device)?;
+        let test = if td.test_volumes.is_empty() {
+            format!("{} test", td.test.len())
+        } else {
+            format!(
+                "{} test volumes ({} prompted slices), scored in 3-D",
+                td.test_volumes.len(),
+                td.test.len()
+            )
+        };
         reporter.info(&format!(
-            "task {}: {} train, {} test",
+            "task {}: {} train, {test}",
             td.name,
-            td.train.len(),
-            td.test.len()
+            td.train.len()
         ));
         let skipped = data::skipped_inputs(spec, t)?;
         if !skipped.is_empty() {

@@ -106,12 +106,40 @@ pub struct Spec {
     pub model: ModelSpec,
     /// `[[strategy]]` entries, presets resolved and merged.
     pub strategies: Vec<StrategySpec>,
+    /// `[eval]`: NSD tolerance and saved predictions.
+    #[serde(skip_serializing_if = "EvalSettings::is_default")]
+    pub eval: EvalSettings,
     /// `[eval.interactive]`: the simulated-clinician study (None: not run).
     pub interactive: Option<InteractiveSpec>,
     /// The optional `[slurm]` table: defaults for `evosam submit` (its flags override them). Not part of the
     /// results: resubmitting with other resources resumes the same run.
     #[serde(skip_serializing_if = "SlurmSettings::is_empty")]
     pub slurm: SlurmSettings,
+}
+
+/// `[eval]`'s own keys.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalSettings {
+    /// NSD tolerance, in mm for volumes and folder tasks with `spacing`, else pixels (default 2).
+    pub nsd_tolerance_mm: f64,
+    /// Write each final-stage prediction volume of a NIfTI task as NIfTI under `predictions/` of the run.
+    pub save_predictions: bool,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            nsd_tolerance_mm: crate::metrics::DEFAULT_NSD_TOLERANCE,
+            save_predictions: false,
+        }
+    }
+}
+
+impl EvalSettings {
+    /// The defaults (kept out of the serialised spec, so older fingerprints hold).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `[experiment]`.

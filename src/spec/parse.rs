@@ -33,10 +33,14 @@ struct RawSpec {
     slurm: Option<Spanned<super::SlurmSettings>>,
 }
 
-/// `[eval]`: evaluation extras beyond the per-stage Dice (today the interactive study).
+/// `[eval]`: the surface-metric tolerance, saved predictions and the interactive study.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEval {
+    #[serde(default)]
+    nsd_tolerance_mm: Option<f64>,
+    #[serde(default)]
+    save_predictions: bool,
     #[serde(default)]
     interactive: Option<Table>,
 }
@@ -194,7 +198,7 @@ pub(super) fn parse(
     // ranges of the spec's own [train], reported at [train] (an entry or preset may still override them)
     super::presets::validate_train(&train).map_err(train_err)?;
 
-    let interactive = parse_eval(&src, raw.eval)?;
+    let (eval, interactive) = parse_eval(&src, raw.eval)?;
 
     // [[strategy]]
     if raw.strategy.is_empty() {
@@ -252,20 +256,38 @@ pub(super) fn parse(
         orders,
         model,
         strategies,
+        eval,
         interactive,
         slurm,
     })
 }
 
 /// `[eval]` and its `[eval.interactive]` table, checked strictly (unknown keys, types, ranges).
-fn parse_eval(src: &SpecSource, e: Option<Spanned<Table>>) -> Result<Option<InteractiveSpec>> {
+fn parse_eval(
+    src: &SpecSource,
+    e: Option<Spanned<Table>>,
+) -> Result<(super::EvalSettings, Option<InteractiveSpec>)> {
     let Some(e) = e else {
-        return Ok(None);
+        return Ok((super::EvalSettings::default(), None));
     };
     let start = e.span().start;
-    let raw: RawEval =
-        from_table(e.get_ref()).map_err(|d| src.err_diag(&[key("eval")], start, "[eval]", &d))?;
-    raw.interactive
+    let fail = |d: Diag| src.err_diag(&[key("eval")], start, "[eval]", &d);
+    let raw: RawEval = from_table(e.get_ref()).map_err(fail)?;
+    let mut eval = super::EvalSettings {
+        save_predictions: raw.save_predictions,
+        ..Default::default()
+    };
+    if let Some(t) = raw.nsd_tolerance_mm {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(fail(Diag::at(
+                "nsd_tolerance_mm",
+                format!("`nsd_tolerance_mm` = {t} must be a finite distance >= 0"),
+            )));
+        }
+        eval.nsd_tolerance_mm = t;
+    }
+    let interactive = raw
+        .interactive
         .map(|t| {
             InteractiveSpec::from_table(&t).map_err(|d| {
                 src.err_diag(
@@ -276,7 +298,8 @@ fn parse_eval(src: &SpecSource, e: Option<Spanned<Table>>) -> Result<Option<Inte
                 )
             })
         })
-        .transpose()
+        .transpose()?;
+    Ok((eval, interactive))
 }
 
 fn parse_experiment(src: &SpecSource, e: Spanned<ExperimentSpec>) -> Result<ExperimentSpec> {

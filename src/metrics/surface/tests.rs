@@ -57,7 +57,10 @@ fn two_squares_by_hand() {
     assert!(close(s.nsd, 24.0 / 28.0), "{}", s.nsd);
     // p95 of d(P->G) over 16 values: position 14.25 between 2 and 2; of d(G->P) over 12: 10.45 between 1 and 1
     assert!(close(s.hd95, 2.0), "{}", s.hd95);
-    assert!(close(case_scores(&p, &g, &dims, &[1.0, 1.0], 0.5).nsd, 20.0 / 28.0));
+    assert!(close(
+        case_scores(&p, &g, &dims, &[1.0, 1.0], 0.5).nsd,
+        20.0 / 28.0
+    ));
     // two parallel lines 3 apart: every border distance is 3
     let a = grid(&dims, |i| i[1] == 2);
     let b = grid(&dims, |i| i[1] == 5);
@@ -72,8 +75,12 @@ fn two_squares_by_hand() {
 fn cubes_and_spheres_in_3d() {
     // a cube shifted by one slice with 3 mm slices and 0.5 mm in plane: the z faces are 3 mm apart
     let dims = [8, 10, 10];
-    let g = grid(&dims, |i| (2..5).contains(&i[0]) && (2..8).contains(&i[1]) && (2..8).contains(&i[2]));
-    let p = grid(&dims, |i| (3..6).contains(&i[0]) && (2..8).contains(&i[1]) && (2..8).contains(&i[2]));
+    let g = grid(&dims, |i| {
+        (2..5).contains(&i[0]) && (2..8).contains(&i[1]) && (2..8).contains(&i[2])
+    });
+    let p = grid(&dims, |i| {
+        (3..6).contains(&i[0]) && (2..8).contains(&i[1]) && (2..8).contains(&i[2])
+    });
     let s = case_scores(&p, &g, &dims, &[3.0, 0.5, 0.5], 2.0);
     assert!(close(s.dice, 2.0 * 2.0 / 6.0));
     assert!(close(s.hd95, 3.0), "{}", s.hd95);
@@ -145,7 +152,8 @@ fn distance_transform_equals_brute_force() {
                 best = best.min(d2);
             }
             assert!(
-                (d[i] - best).abs() <= 1e-9 * best.max(1.0) || (d[i].is_infinite() && best.is_infinite()),
+                (d[i] - best).abs() <= 1e-9 * best.max(1.0)
+                    || (d[i].is_infinite() && best.is_infinite()),
                 "{dims:?} voxel {i}: {} vs brute force {best}",
                 d[i]
             );
@@ -177,7 +185,11 @@ fn matches_scipy_reference() {
         };
         let gt = random_blobs(&dims, 100 + k, 3);
         // a prediction near the ground truth: the same blobs' generator with other radii, or an empty one
-        let pred = if k == 11 { vec![false; gt.len()] } else { random_blobs(&dims, 100 + k + 50 * (k % 2), 3) };
+        let pred = if k == 11 {
+            vec![false; gt.len()]
+        } else {
+            random_blobs(&dims, 100 + k + 50 * (k % 2), 3)
+        };
         let tau = [1.0, 2.0, 2.5][(k % 3) as usize];
         let s = case_scores(&pred, &gt, &dims, &spacing, tau);
         ours.push([s.dice, s.nsd, s.hd95]);
@@ -203,10 +215,20 @@ fn matches_scipy_reference() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "reference script failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for (k, (r, o)) in v["scores"].as_array().unwrap().iter().zip(&ours).enumerate() {
+    for (k, (r, o)) in v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&ours)
+        .enumerate()
+    {
         for m in 0..3 {
             let want = r[m].as_f64().unwrap();
-            assert!((want - o[m]).abs() < 1e-9, "case {k} metric {m}: ours {} scipy {want}", o[m]);
+            assert!(
+                (want - o[m]).abs() < 1e-9,
+                "case {k} metric {m}: ours {} scipy {want}",
+                o[m]
+            );
         }
     }
     eprintln!("{} cases match SciPy (Dice, NSD, HD95)", ours.len());

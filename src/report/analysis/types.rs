@@ -119,6 +119,8 @@ pub struct TableRow {
 /// The summary table: one row per strategy.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SummaryTable {
+    /// The per-case metric of the task columns and of ACC/BWT/FWT/forgetting.
+    pub metric: crate::metrics::Metric,
     /// Task columns, in display order.
     pub tasks: Vec<String>,
     /// One row per strategy, in display order.

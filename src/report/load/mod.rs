@@ -15,6 +15,7 @@ use crate::{Error, Result};
 
 mod folder;
 mod merge;
+mod metric;
 mod rows;
 mod table;
 

@@ -81,11 +81,14 @@ pub(super) fn scores_rows(t: &Table) -> Result<Vec<ScoreRow>> {
     let dice = t.f64s_required("dice")?;
     let routed = t.strs("routed_to", true)?;
     // optional (results written before the column existed have none)
-    let novelty = if t.df.column("novelty").is_ok() {
-        t.f64s("novelty")?
-    } else {
-        vec![None; strategy.len()]
+    let optional = |name: &str| -> Result<Vec<Option<f64>>> {
+        if t.df.column(name).is_ok() {
+            t.f64s(name)
+        } else {
+            Ok(vec![None; strategy.len()])
+        }
     };
+    let (novelty, nsd, hd95) = (optional("novelty")?, optional("nsd")?, optional("hd95")?);
     let mut out = Vec::with_capacity(strategy.len());
     for i in 0..strategy.len() {
         out.push(ScoreRow {
@@ -98,6 +101,8 @@ pub(super) fn scores_rows(t: &Table) -> Result<Vec<ScoreRow>> {
             eval_index: eval_index[i],
             case: case[i].clone(),
             dice: dice[i],
+            nsd: nsd[i],
+            hd95: hd95[i],
             routed_to: routed[i].clone().filter(|s| !s.is_empty()),
             novelty: novelty[i],
         });

@@ -22,6 +22,8 @@ impl ClicksFigure<'_> {
         TaskLines {
             title: "Dice against simulated clicks (mean ± std over seeds and orders)",
             x_desc: "Clicks after the box (0 = box only)",
+            y_desc: "Dice",
+            unit_range: true,
             lines: self
                 .curves
                 .iter()

@@ -35,6 +35,7 @@ impl ConfusionFigure<'_> {
             y_desc: "True task",
             cmap: &BLUES,
             bar_label: "Fraction of the true task's cases",
+            ticks: unit_ticks(),
         }
     }
 }

@@ -6,6 +6,7 @@ use plotters::prelude::*;
 use super::super::analysis::CurveSeries;
 use super::task_lines::{TaskLine, TaskLines};
 use super::{DrawResult, Figure};
+use crate::metrics::Metric;
 
 /// The forgetting-curves figure: one panel per task, one line per strategy.
 pub struct CurvesFigure<'a> {
@@ -15,13 +16,26 @@ pub struct CurvesFigure<'a> {
     pub tasks: &'a [String],
     /// All strategies of the report (their order fixes colours and markers).
     pub strategies: &'a [String],
+    /// The per-case metric of the curves.
+    pub metric: crate::metrics::Metric,
 }
 
 impl CurvesFigure<'_> {
     fn lines(&self) -> TaskLines<'_> {
         TaskLines {
-            title: "Dice per task against training stage (mean ± std over seeds and orders)",
+            title: match self.metric {
+                Metric::Dice => "Dice per task against training stage (mean ± std over seeds and orders)",
+                Metric::Nsd => "NSD per task against training stage (mean ± std over seeds and orders)",
+                Metric::Hd95 => {
+                    "HD95 per task against training stage (mean ± std over seeds and orders; lower is better)"
+                }
+            },
             x_desc: "Training stage (0 = before training)",
+            y_desc: match self.metric {
+                Metric::Hd95 => "HD95 (mm or px)",
+                m => m.label(),
+            },
+            unit_range: self.metric.higher_is_better(),
             lines: self
                 .curves
                 .iter()

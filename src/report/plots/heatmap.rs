@@ -12,11 +12,35 @@ use super::{DrawResult, Figure};
 pub struct HeatmapFigure<'a> {
     /// Its numbers.
     pub data: &'a HeatmapData,
+    /// The per-case metric of the cells.
+    pub metric: crate::metrics::Metric,
 }
 
 impl HeatmapFigure<'_> {
     fn spec(&self) -> MatrixSpec<'static> {
         let d = self.data;
+        // a [0, 1] score is its own colour; a distance (HD95) is scaled by the largest mean, reversed so that
+        // better is the same colour as a high Dice
+        let vmax = d
+            .cells
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|s| s.mean)
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let higher = self.metric.higher_is_better();
+        let colour = move |v: f64| if higher { v } else { 1.0 - v / vmax };
+        let ticks = if higher {
+            unit_ticks()
+        } else {
+            vec![
+                (1.0, "0".to_string()),
+                (0.5, format!("{:.1}", vmax / 2.0)),
+                (0.0, format!("{vmax:.1}")),
+            ]
+        };
         MatrixSpec {
             row_labels: d
                 .stages
@@ -41,7 +65,7 @@ impl HeatmapFigure<'_> {
                                 if s.n > 1 {
                                     lines.push(format!("± {:.2}", s.std));
                                 }
-                                (s.mean, lines)
+                                (colour(s.mean), lines)
                             })
                         })
                         .collect()
@@ -50,7 +74,8 @@ impl HeatmapFigure<'_> {
             x_desc: "Evaluated task (position in the order)",
             y_desc: "Stage",
             cmap: &VIRIDIS,
-            bar_label: "Dice",
+            bar_label: self.metric.label(),
+            ticks: ticks.clone(),
         }
     }
 }

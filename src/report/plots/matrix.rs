@@ -67,6 +67,15 @@ pub(super) struct MatrixSpec<'a> {
     pub(super) y_desc: &'a str,
     pub(super) cmap: &'a [(f64, (u8, u8, u8))],
     pub(super) bar_label: &'a str,
+    /// Colour-bar ticks: (position in [0, 1], label).
+    pub(super) ticks: Vec<(f64, String)>,
+}
+
+/// Ticks of a [0, 1] colour bar.
+pub(super) fn unit_ticks() -> Vec<(f64, String)> {
+    [(1.0, "1.0"), (0.5, "0.5"), (0.0, "0.0")]
+        .map(|(v, t)| (v, t.to_string()))
+        .to_vec()
 }
 
 pub(super) const CELL_W_MIN: u32 = 250;
@@ -219,7 +228,7 @@ pub(super) fn draw_matrix<DB: DrawingBackend>(
         BLACK.stroke_width(1),
     ))
     .map_err(de)?;
-    for (v, t) in [(1.0, "1.0"), (0.5, "0.5"), (0.0, "0.0")] {
+    for (v, t) in spec.ticks.iter().map(|(v, t)| (*v, t.as_str())) {
         let y = y0 + ((1.0 - v) * bh as f64) as i32;
         area.draw(&PathElement::new(
             vec![(bx + 40, y), (bx + 50, y)],

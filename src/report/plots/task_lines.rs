@@ -21,6 +21,9 @@ pub(super) struct TaskLine<'a> {
 pub(super) struct TaskLines<'a> {
     pub title: &'a str,
     pub x_desc: &'a str,
+    /// The y axis: its label and whether it is a [0, 1] score (else it spans the data, from 0).
+    pub y_desc: &'a str,
+    pub unit_range: bool,
     pub lines: Vec<TaskLine<'a>>,
     pub tasks: &'a [String],
     pub strategies: &'a [String],
@@ -60,6 +63,16 @@ impl Figure for TaskLines<'_> {
             .flat_map(|c| c.mean.iter().zip(c.std.iter()).map(|(m, s)| m - s))
             .fold(0.0f64, f64::min)
             .max(-0.05);
+        let hi = if self.unit_range {
+            1.02
+        } else {
+            self.lines
+                .iter()
+                .flat_map(|c| c.mean.iter().zip(c.std.iter()).map(|(m, s)| m + s))
+                .filter(|v| v.is_finite())
+                .fold(1.0f64, f64::max)
+                * 1.05
+        };
         for (task, panel) in tasks.iter().zip(panels.iter()) {
             let series: Vec<Line> = names
                 .iter()
@@ -75,9 +88,9 @@ impl Figure for TaskLines<'_> {
                 panel,
                 task,
                 self.x_desc,
-                "Dice",
+                self.y_desc,
                 &series,
-                (lo.min(0.0), 1.02),
+                (lo.min(0.0), hi),
                 self.strategies,
                 &|y| format!("{y:.1}"),
             )?;

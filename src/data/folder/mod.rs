@@ -14,7 +14,9 @@
 //! # test_fraction = 0.3      # a seeded fraction (split_seed)
 //! max_train = 8              # optional limits (seeded subsets)
 //! max_test = 4
-//! mask_threshold = 127       # mask pixels > threshold (8-bit grey) are foreground
+//! mask_threshold = 127       # mask pixels > threshold (8-bit grey) are foreground, or
+//! # mask_values = [0, 128]   # these 8-bit grey values are (REFUGE-style class codes: 0 cup + 128 rim = disc)
+//! # spacing = [0.5, 0.5]     # optional pixel spacing (rows, columns) in mm: NSD and HD95 in mm, else pixels
 //! fov_eval = false           # score Dice inside the FOV only
 //! unpaired = "error"         # an image without a mask (or FOV mask) stops the run; "skip" leaves it out
 //! # tile = { size = 256, overlap = 32, prompt = "tile", keep_empty = 0.25 } # optional: native-resolution tiles
@@ -49,6 +51,12 @@ pub struct FolderSpec {
     /// Mask pixels above this 8-bit grey value are foreground.
     #[serde(default = "d_thr")]
     pub mask_threshold: u8,
+    /// Instead of a threshold: the 8-bit grey values that are foreground (masks that code classes as values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_values: Option<Vec<u8>>,
+    /// Pixel spacing (rows, columns), e.g. in mm: NSD tolerance and HD95 are in this unit (default: pixels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing: Option<[f64; 2]>,
     /// Split rule: images whose path under `root` matches this glob are the test set.
     #[serde(default)]
     pub test_glob: Option<String>,
@@ -186,6 +194,25 @@ impl FolderSpec {
         }
         if let Some(t) = &self.tile {
             t.validate()?;
+        }
+        if let Some(v) = &self.mask_values {
+            if v.is_empty() {
+                return Err(Diag::at("mask_values", "`mask_values` is empty"));
+            }
+            if self.mask_threshold != d_thr() {
+                return Err(Diag::at(
+                    "mask_values",
+                    "give either `mask_values` or `mask_threshold`, not both",
+                ));
+            }
+        }
+        if let Some(sp) = self.spacing {
+            if sp.iter().any(|d| !(d.is_finite() && *d > 0.0)) {
+                return Err(Diag::at(
+                    "spacing",
+                    format!("`spacing` = {sp:?} must be two positive distances (rows, columns)"),
+                ));
+            }
         }
         if let Some([lo, hi]) = self.width {
             if lo > hi {
@@ -368,6 +395,10 @@ impl FolderSpec {
     /// List, pair and split the files: (train, test) cases, images read lazily.
     pub fn load(&self, spec: &Spec, task: &str) -> Result<(Vec<RawCase>, Vec<RawCase>)> {
         let plan = self.plan(spec, task)?;
+        let mask = |p: &Path| match &self.mask_values {
+            Some(v) => load_mask_values(p, v),
+            None => load_mask(p, self.mask_threshold),
+        };
         let conv = |items: Vec<Item>| -> Result<Vec<RawCase>> {
             items
                 .into_iter()
@@ -375,7 +406,7 @@ impl FolderSpec {
                     Ok(RawCase {
                         id: it.key.clone(),
                         image: ImageSource::File(it.image.clone()),
-                        mask: load_mask(&it.mask, self.mask_threshold)?,
+                        mask: mask(&it.mask)?,
                         fov: match &it.fov {
                             Some(f) => Some(load_mask(f, self.mask_threshold)?),
                             None => None,
@@ -384,7 +415,16 @@ impl FolderSpec {
                 })
                 .collect()
         };
-        Ok((conv(plan.train)?, conv(plan.test)?))
+        let (train, test) = (conv(plan.train)?, conv(plan.test)?);
+        if let Some(v) = &self.mask_values {
+            if train.iter().chain(&test).all(|c| c.mask.count() == 0) {
+                return Err(Error::input(format!(
+                    "task {task:?}: `mask_values` = {v:?} marks no pixel of any mask as foreground (check the \
+                     grey values the masks use)"
+                )));
+            }
+        }
+        Ok((train, test))
     }
 }
 
@@ -423,187 +463,22 @@ pub fn load_mask(path: &Path, threshold: u8) -> Result<Mask2D> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
-        let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)]));
-        img.save(path).unwrap();
-    }
-
-    fn spec_in(dir: &Path) -> Spec {
-        let text = "[experiment]\nname = \"x\"\n[stream]\n[[stream.task]]\nname = \"a\"\nsource = \"synthetic\"\nfamily = \"vessels\"\n[[strategy]]\npreset = \"zeroshot\"\n";
-        Spec::from_str_at(text, &dir.join("spec.toml"), dir).unwrap()
-    }
-
-    fn folder(extra: &str) -> FolderSpec {
-        let t = format!("root = \"data\"\nimages = \"img/*.png\"\nmasks = \"lbl/*.png\"\nstrip = [\"_seg\"]\n{extra}");
-        toml::from_str(&t).unwrap()
-    }
-
-    #[test]
-    fn width_keeps_the_images_of_one_frame_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("data");
-        std::fs::create_dir_all(d.join("img")).unwrap();
-        std::fs::create_dir_all(d.join("lbl")).unwrap();
-        for (i, w) in [12, 30, 12, 31, 40].into_iter().enumerate() {
-            write_png(&d.join(format!("img/c{i}.png")), w, 10, |_, _| 9);
-            write_png(&d.join(format!("lbl/c{i}_seg.png")), w, 10, |_, _| 255);
-        }
-        let spec = spec_in(dir.path());
-        let keys = |f: FolderSpec| {
-            let p = f.plan(&spec, "a").unwrap();
-            let mut k: Vec<String> = p
-                .train
-                .iter()
-                .chain(&p.test)
-                .map(|i| i.key.clone())
-                .collect();
-            k.sort();
-            k
-        };
-        assert_eq!(
-            keys(folder("test_fraction = 0.5\nwidth = [30, 31]")),
-            ["c1", "c3"]
-        );
-        assert_eq!(
-            keys(folder("test_fraction = 0.5\nwidth = [0, 12]")),
-            ["c0", "c2"]
-        );
-        let e = folder("test_fraction = 0.5\nwidth = [50, 60]")
-            .plan(&spec, "a")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("no image") && e.contains("[50, 60]"), "{e}");
-        let e = folder("test_fraction = 0.5\nwidth = [5, 4]")
-            .validate()
-            .err()
-            .unwrap();
-        assert!(format!("{e:?}").contains("width"), "{e:?}");
-    }
-
-    #[test]
-    fn pairs_splits_and_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("data");
-        std::fs::create_dir_all(d.join("img")).unwrap();
-        std::fs::create_dir_all(d.join("lbl")).unwrap();
-        for i in 0..5 {
-            write_png(&d.join(format!("img/c{i}.png")), 12, 10, |x, y| {
-                (x * 10 + y) as u8
-            });
-            write_png(&d.join(format!("lbl/c{i}_seg.png")), 12, 10, |x, _| {
-                if x < 3 {
-                    255
-                } else {
-                    0
-                }
-            });
-        }
-        let spec = spec_in(dir.path());
-        let f = folder("test_ids = [\"c1\", \"c3\"]");
-        f.validate().unwrap();
-        let p = f.plan(&spec, "a").unwrap();
-        assert_eq!(
-            p.train.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["c0", "c2", "c4"]
-        );
-        assert_eq!(
-            p.test.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["c1", "c3"]
-        );
-        let (tr, te) = f.load(&spec, "a").unwrap();
-        assert_eq!((tr.len(), te.len()), (3, 2));
-        assert_eq!((tr[0].mask.w, tr[0].mask.h), (12, 10));
-        assert_eq!(tr[0].mask.count(), 30);
-
-        let f = folder("test_fraction = 0.4\nsplit_seed = 3\nmax_train = 2");
-        let p = f.plan(&spec, "a").unwrap();
-        assert_eq!((p.train.len(), p.test.len()), (2, 2));
-        let f = folder("test_glob = \"img/c4*\"");
-        let p = f.plan(&spec, "a").unwrap();
-        assert_eq!(p.test.len(), 1);
-        assert_eq!(p.test[0].key, "c4");
-
-        // a missing mask is named
-        std::fs::remove_file(d.join("lbl/c2_seg.png")).unwrap();
-        let e = folder("test_fraction = 0.5")
-            .plan(&spec, "a")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("c2.png") && e.contains("no mask"), "{e}");
-        // unknown test id
-        write_png(&d.join("lbl/c2_seg.png"), 12, 10, |_, _| 0);
-        let e = folder("test_ids = [\"zz\"]")
-            .plan(&spec, "a")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("zz"), "{e}");
-        // nothing matches
-        let f: FolderSpec = toml::from_str(
-            "root = \"data\"\nimages = \"*.jpg\"\nmasks = \"lbl/*.png\"\ntest_fraction = 0.5",
-        )
-        .unwrap();
-        let e = f.plan(&spec, "a").err().unwrap().to_string();
-        assert!(e.contains("no image matches"), "{e}");
-        // missing root
-        let f: FolderSpec = toml::from_str(
-            "root = \"nope\"\nimages = \"*.jpg\"\nmasks = \"*.png\"\ntest_fraction = 0.5",
-        )
-        .unwrap();
-        assert!(f
-            .plan(&spec, "a")
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("does not exist"));
-        // split rules
-        assert!(folder("").validate().is_err());
-        assert!(folder("test_fraction = 0.5\ntest_ids = [\"c1\"]")
-            .validate()
-            .is_err());
-        assert!(folder("test_fraction = 1.5").validate().is_err());
-        assert!(toml::from_str::<FolderSpec>("images = \"a\"\nmasks = \"b\"\nbogus = 1").is_err());
-        // unpaired images: an error by default, left out and listed with `unpaired = "skip"`
-        std::fs::remove_file(d.join("lbl/c2_seg.png")).unwrap();
-        let e = folder("test_fraction = 0.5")
-            .plan(&spec, "a")
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("unpaired = \"skip\""), "{e}");
-        assert_eq!(e.exit_code(), 2);
-        let p = folder("test_fraction = 0.5\nunpaired = \"skip\"")
-            .plan(&spec, "a")
-            .unwrap();
-        assert_eq!(p.train.len() + p.test.len(), 4);
-        assert_eq!(p.skipped, vec![d.join("img/c2.png")]);
-        assert!(!p.train.iter().chain(&p.test).any(|i| i.key == "c2"));
-        assert!(toml::from_str::<FolderSpec>(
-            "images = \"a\"\nmasks = \"b\"\ntest_fraction = 0.5\nunpaired = \"maybe\""
-        )
-        .is_err());
-        assert!(folder("test_glob = \"[\"").validate().is_err());
-    }
-
-    #[test]
-    fn relative_paths_ignore_dot_components() {
-        let r = |p: &str, root: &str| relative_to(Path::new(p), Path::new(root));
-        assert_eq!(
-            r("../data/test/a.png", "./../data"),
-            Path::new("test/a.png")
-        );
-        assert_eq!(
-            r("./../data/test/a.png", "../data"),
-            Path::new("test/a.png")
-        );
-        assert_eq!(r("/x/data/test/a.png", "/x/data"), Path::new("test/a.png"));
-        assert_eq!(r("data/a.png", "."), Path::new("data/a.png"));
-        // not under the root: unchanged
-        assert_eq!(r("/y/a.png", "/x"), Path::new("/y/a.png"));
-    }
+/// Read a mask whose listed 8-bit grey values are foreground (after conversion to grey).
+pub fn load_mask_values(path: &Path, values: &[u8]) -> Result<Mask2D> {
+    let img = image::open(path)
+        .map_err(|e| Error::input(format!("{}: cannot read mask: {e}", path.display())))?;
+    let g = img.to_luma8();
+    let (w, h) = (g.width() as usize, g.height() as usize);
+    Ok(Mask2D {
+        h,
+        w,
+        data: g
+            .into_raw()
+            .into_iter()
+            .map(|v| values.contains(&v) as u8)
+            .collect(),
+    })
 }
+
+#[cfg(test)]
+mod tests;
