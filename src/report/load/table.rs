@@ -15,11 +15,22 @@ pub(super) fn read_csv_as_strings(path: &Path) -> Result<DataFrame> {
         .map_err(|e| Error::input(format!("{}: cannot read CSV: {e}", path.display())))
 }
 
+/// Read a Parquet file. A damaged file can trip an assertion inside Polars' decoder (a panic, not an error):
+/// that is caught and reported as bad input naming the file.
 pub(super) fn read_parquet(path: &Path) -> Result<DataFrame> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    ParquetReader::new(f)
-        .finish()
-        .map_err(|e| Error::input(format!("{}: cannot read Parquet: {e}", path.display())))
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ParquetReader::new(f).finish()
+    }));
+    match read {
+        Ok(r) => {
+            r.map_err(|e| Error::input(format!("{}: cannot read Parquet: {e}", path.display())))
+        }
+        Err(_) => Err(Error::input(format!(
+            "{}: cannot read Parquet (damaged file)",
+            path.display()
+        ))),
+    }
 }
 
 /// A table read from one file, with typed column accessors that name the file in their errors.
