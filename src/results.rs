@@ -330,6 +330,14 @@ pub fn write_tables(
     Ok(met)
 }
 
+/// `slice_scores.parquet` + `.csv`: the secondary per-slice table of volume tasks (the scores columns; case
+/// `<volume>/<slice>`, each slice scored in 2-D with the in-plane spacing). Never enters the matrix.
+pub fn write_slice_scores(dir: &Path, rows: &[ScoreRow]) -> Result<()> {
+    let mut s = scores_frame(rows)?;
+    write_parquet(&dir.join("slice_scores.parquet"), &mut s)?;
+    write_csv(&dir.join("slice_scores.csv"), &mut s)
+}
+
 /// A lock on a results folder (`DIR/.lock`), held by the process that writes the folder's tables. It records
 /// host, pid and start time and is kept fresh by a heartbeat ([`crate::lock`]), so it is correct on a shared file
 /// system: a dead owner on this host is taken over at once, one on another host when its heartbeat stops.

@@ -100,6 +100,14 @@ fn volume_scores_match_saved_predictions() {
         }
         check_affine_with_nibabel(&pred_path, &data.join("RUNMC/Case02.nii.gz"));
     }
+    // the secondary per-slice table: one row per prompted slice of Case02, per strategy and stage
+    let slices = read(&dir.join("slice_scores.csv"));
+    let n_slices = slices
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(",Case02/0"))
+        .count();
+    assert!(n_slices >= 2 * 2 * 5 && n_slices % 4 == 0, "{slices}");
     assert!(dir.join("report-nsd/tables/summary.md").is_file());
     let md = read(&dir.join("report-nsd/tables/summary.md"));
     assert!(md.contains("NSD RUNMC"), "{md}");

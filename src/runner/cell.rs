@@ -8,7 +8,6 @@ use super::record::Attempt;
 use super::shared::Shared;
 use super::study::{study_stage, CLICKS_FILE};
 use super::timing::{CellTimes, Laps, StageTimes};
-use crate::interactive::rows::ClickRow;
 use crate::results::{ExtraRow, ScoreRow};
 use crate::strategy::{BuildEnv, Progress, Strategy, StrategyCtx};
 use crate::util::{derive_seed, write_atomic};
@@ -219,7 +218,8 @@ fn run_cell_stages(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()
         // stage 0 trains nothing (what it spent building the context goes to no part)
         let train_s = Some(laps.lap()).filter(|_| k > 0).unwrap_or(0.0);
         sh.reporter.stage(&cell.id, k, n, "evaluating");
-        let rows = evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
+        let super::eval::Evaluation { rows, slice_rows } =
+            evaluate(sh, strat.as_ref(), &ctx, cell, k, &trained)?;
         let eval_s = laps.lap();
         let clicks = study_stage(sh, strat.as_ref(), &ctx, cell, k)?;
         // a stage without a study counts no study time
@@ -257,6 +257,9 @@ fn run_cell_stages(sh: &Shared, cell: &Cell, times: &mut CellTimes) -> Result<()
                 strat.save_state(&sdir)?;
             }
             write_json(&tmp.join("scores.json"), &rows)?;
+            if !slice_rows.is_empty() {
+                write_json(&tmp.join(SLICE_SCORES_FILE), &slice_rows)?;
+            }
             write_json(&tmp.join("extras.json"), &extras)?;
             if let Some(c) = &clicks {
                 write_json(&tmp.join(CLICKS_FILE), c)?;
@@ -335,8 +338,16 @@ pub(super) fn collect(sh: &Shared, cells: &[Cell]) -> Result<(Vec<ScoreRow>, Vec
     Ok((scores, extras))
 }
 
-/// Every committed stage's interactive-study rows, in canonical cell order.
-pub(super) fn collect_clicks(sh: &Shared, cells: &[Cell]) -> Result<Vec<ClickRow>> {
+/// A volume task's per-slice scores of one stage (`slice_scores.csv`), beside `scores.json`.
+pub(super) const SLICE_SCORES_FILE: &str = "slice_scores.json";
+
+/// Every committed stage's rows of an optional stage file (`clicks.json`, `slice_scores.json`), in canonical cell
+/// order.
+pub(super) fn collect_optional<T: serde::de::DeserializeOwned>(
+    sh: &Shared,
+    cells: &[Cell],
+    file: &str,
+) -> Result<Vec<T>> {
     let mut rows = Vec::new();
     for cell in cells {
         let cdir = cell_dir(sh, cell);
@@ -346,9 +357,9 @@ pub(super) fn collect_clicks(sh: &Shared, cells: &[Cell]) -> Result<Vec<ClickRow
             if !sd.join("done").is_file() {
                 break;
             }
-            let f = sd.join(CLICKS_FILE);
+            let f = sd.join(file);
             if f.is_file() {
-                rows.extend(read_json::<Vec<ClickRow>>(&f)?);
+                rows.extend(read_json::<Vec<T>>(&f)?);
             }
         }
     }

@@ -22,6 +22,13 @@ struct ImagePred {
     novelty: Option<f64>,
 }
 
+/// One stage's scores: a row per test case (per volume for NIfTI tasks) and, for volume tasks, the secondary
+/// per-slice rows (each prompted slice scored in 2-D with the in-plane spacing; case `<volume>/<slice>`).
+pub(super) struct Evaluation {
+    pub rows: Vec<ScoreRow>,
+    pub slice_rows: Vec<ScoreRow>,
+}
+
 /// Score every test case of every task of the order at stage `k`; at the last stage, with `[eval]
 /// save_predictions`, also write each test volume's prediction as NIfTI under `predictions/<cell>/<task>/`.
 pub(super) fn evaluate(
@@ -31,11 +38,11 @@ pub(super) fn evaluate(
     cell: &Cell,
     k: usize,
     trained: &str,
-) -> Result<Vec<ScoreRow>> {
+) -> Result<Evaluation> {
     let order = &sh.spec.orders[cell.order];
     let label = &sh.spec.strategies[cell.strategy].label;
     let save = sh.spec.eval.save_predictions && k == order.tasks.len();
-    let mut rows = Vec::new();
+    let (mut rows, mut slice_rows) = (Vec::new(), Vec::new());
     for (j, &ti) in order.tasks.iter().enumerate() {
         let task = &sh.tasks[ti];
         let row = |case: String, s: CaseScores, routed_to: Option<String>, novelty: Option<f64>| {
@@ -70,6 +77,22 @@ pub(super) fn evaluate(
                     save_volume(&path, v, &mask)?;
                 }
                 rows.push(row(v.id.clone(), s, routed, novelty));
+                let in_plane = crate::metrics::Scoring {
+                    spacing: [v.spacing[1], v.spacing[2]],
+                    nsd_tolerance: task.scoring.nsd_tolerance,
+                };
+                let plane = v.dims[1] * v.dims[2];
+                for &(z, i) in &v.slices {
+                    let gt = crate::data::Mask2D {
+                        h: v.dims[1],
+                        w: v.dims[2],
+                        data: v.gt[z * plane..(z + 1) * plane].to_vec(),
+                    };
+                    let p = &preds[i];
+                    let s = crate::metrics::image_scores(&p.mask, &gt, None, &in_plane);
+                    let id = format!("{}/{z:03}", v.id);
+                    slice_rows.push(row(id, s, p.routed_to.clone(), p.novelty));
+                }
             }
             continue;
         }
@@ -96,7 +119,7 @@ pub(super) fn evaluate(
             }
         }
     }
-    Ok(rows)
+    Ok(Evaluation { rows, slice_rows })
 }
 
 /// Predictions of a task's test images at original resolution: one per entry of `test` (untiled) or of

@@ -46,7 +46,7 @@ use crate::results;
 use crate::spec::Spec;
 use crate::strategy::Registry;
 use crate::{Error, Result};
-use cell::{collect, collect_clicks, run_cells, Outcome};
+use cell::{collect, collect_optional, run_cells, Outcome, SLICE_SCORES_FILE};
 use plan::RunFolder;
 use shared::Shared;
 use std::path::{Path, PathBuf};
@@ -175,8 +175,13 @@ fn finish(
     // Collect every stage written (also the completed stages of failed cells), in canonical order.
     let (scores, extras) = collect(shared, cells)?;
     let metrics = results::write_tables(&dir, &scores, &extras, shared.spec.stream.tasks.len())?;
+    let slices: Vec<results::ScoreRow> = collect_optional(shared, cells, SLICE_SCORES_FILE)?;
+    if !slices.is_empty() {
+        results::write_slice_scores(&dir, &slices)?;
+    }
     if let Some(ispec) = &shared.spec.interactive {
-        let clicks = collect_clicks(shared, cells)?;
+        let clicks: Vec<crate::interactive::rows::ClickRow> =
+            collect_optional(shared, cells, study::CLICKS_FILE)?;
         crate::interactive::rows::write_tables(&dir, &clicks, ispec)?;
     }
     times.tables_s = laps.lap();
