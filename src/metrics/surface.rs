@@ -83,8 +83,8 @@ fn crop_to_union(dims: &[usize], masks: [&[bool]; 2]) -> (Vec<usize>, [Vec<bool>
     let mut lo = dims.to_vec();
     let mut hi = vec![0usize; n];
     let mut idx = vec![0usize; n];
-    for i in 0..masks[0].len() {
-        if masks[0][i] || masks[1][i] {
+    for (i, (&a, &b)) in masks[0].iter().zip(masks[1]).enumerate() {
+        if a || b {
             unravel(i, dims, &mut idx);
             for a in 0..n {
                 lo[a] = lo[a].min(idx[a]);
@@ -94,7 +94,7 @@ fn crop_to_union(dims: &[usize], masks: [&[bool]; 2]) -> (Vec<usize>, [Vec<bool>
     }
     let bdims: Vec<usize> = (0..n).map(|a| hi[a] - lo[a] + 1).collect();
     let total: usize = bdims.iter().product();
-    let mut out = [vec![false; total], vec![false; total]];
+    let (mut p, mut g) = (Vec::with_capacity(total), Vec::with_capacity(total));
     let mut bidx = vec![0usize; n];
     for j in 0..total {
         unravel(j, &bdims, &mut bidx);
@@ -103,10 +103,10 @@ fn crop_to_union(dims: &[usize], masks: [&[bool]; 2]) -> (Vec<usize>, [Vec<bool>
             .zip(&lo)
             .zip(dims)
             .fold(0, |acc, ((&b, &l), &d)| acc * d + b + l);
-        out[0][j] = masks[0][i];
-        out[1][j] = masks[1][i];
+        p.push(masks[0][i]);
+        g.push(masks[1][i]);
     }
-    (bdims, out)
+    (bdims, [p, g])
 }
 
 fn unravel(mut i: usize, dims: &[usize], idx: &mut [usize]) {

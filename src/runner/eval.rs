@@ -201,14 +201,13 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
+/// A volume's scores, its stacked prediction, its majority route and mean novelty.
+type VolumeCase = (CaseScores, Vec<bool>, Option<String>, Option<f64>);
+
 /// Stack a volume's slice predictions (background on slices not prompted) and score it in 3-D with its voxel
 /// spacing. Returns the scores, the prediction (slice-major, slice frame), the majority route and the mean
 /// novelty over its slices.
-fn volume_case(
-    v: &TestVolume,
-    preds: &[ImagePred],
-    tau: f64,
-) -> Result<(CaseScores, Vec<bool>, Option<String>, Option<f64>)> {
+fn volume_case(v: &TestVolume, preds: &[ImagePred], tau: f64) -> Result<VolumeCase> {
     let [ns, rows, cols] = v.dims;
     let plane = rows * cols;
     let mut mask = vec![false; ns * plane];

@@ -74,25 +74,26 @@ pub fn write_mask_volume(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// A decoded file: shape, values, pixdim[1..=3].
+type Decoded = (Vec<usize>, Vec<f32>, [f32; 3]);
+
 /// Read a `.nii`/`.nii.gz` volume as f32 (scaling applied). 4-D volumes with one time point are accepted.
 pub fn read_volume(path: &Path) -> Result<Volume> {
     use nifti::{IntoNdArray, NiftiObject};
     let p = path.to_path_buf();
-    let res = std::panic::catch_unwind(
-        move || -> std::result::Result<(Vec<usize>, Vec<f32>, [f32; 3]), String> {
-            let obj = nifti::ReaderOptions::new()
-                .read_file(&p)
-                .map_err(|e| e.to_string())?;
-            let pd = obj.header().pixdim;
-            let arr = obj
-                .into_volume()
-                .into_ndarray::<f32>()
-                .map_err(|e| e.to_string())?;
-            let shape = arr.shape().to_vec();
-            let data: Vec<f32> = arr.iter().copied().collect();
-            Ok((shape, data, [pd[1], pd[2], pd[3]]))
-        },
-    );
+    let res = std::panic::catch_unwind(move || -> std::result::Result<Decoded, String> {
+        let obj = nifti::ReaderOptions::new()
+            .read_file(&p)
+            .map_err(|e| e.to_string())?;
+        let pd = obj.header().pixdim;
+        let arr = obj
+            .into_volume()
+            .into_ndarray::<f32>()
+            .map_err(|e| e.to_string())?;
+        let shape = arr.shape().to_vec();
+        let data: Vec<f32> = arr.iter().copied().collect();
+        Ok((shape, data, [pd[1], pd[2], pd[3]]))
+    });
     let (shape, data, pixdim) = match res {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
@@ -178,7 +179,7 @@ pub(crate) fn write_nifti_f32_spaced(
     h[72..74].copy_from_slice(&32i16.to_le_bytes());
     let pixdim = [1.0, spacing[0], spacing[1], spacing[2], 1.0, 1.0, 1.0, 1.0];
     for (i, v) in pixdim.iter().enumerate() {
-        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&(*v as f32).to_le_bytes());
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&v.to_le_bytes());
     }
     // sform_code 1 (scanner) with a diagonal affine and an offset, so that saved predictions can be checked to
     // carry it

@@ -141,7 +141,7 @@ fn distance_transform_equals_brute_force() {
             .collect::<Vec<_>>();
         let d = distance_sq(&f, &dims, &spacing);
         let (mut ia, mut ib) = (vec![0; dims.len()], vec![0; dims.len()]);
-        for i in 0..f.len() {
+        for (i, &di) in d.iter().enumerate() {
             unravel(i, &dims, &mut ia);
             let mut best = f64::INFINITY;
             for j in (0..f.len()).filter(|&j| f[j]) {
@@ -152,10 +152,9 @@ fn distance_transform_equals_brute_force() {
                 best = best.min(d2);
             }
             assert!(
-                (d[i] - best).abs() <= 1e-9 * best.max(1.0)
-                    || (d[i].is_infinite() && best.is_infinite()),
-                "{dims:?} voxel {i}: {} vs brute force {best}",
-                d[i]
+                (di - best).abs() <= 1e-9 * best.max(1.0)
+                    || (di.is_infinite() && best.is_infinite()),
+                "{dims:?} voxel {i}: {di} vs brute force {best}"
             );
         }
     }

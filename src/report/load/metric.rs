@@ -9,6 +9,9 @@ use super::{MetricsRow, ResultsSet};
 use crate::metrics::{cl_metrics, cl_metrics_lower_better, Metric};
 use crate::{Error, Result};
 
+/// One run's matrix R[k][j] (None where a stage is missing).
+type Grid = Vec<Vec<Option<f64>>>;
+
 impl ResultsSet {
     /// The same results in `metric` (a clone for Dice). An input error when some score row has no value for
     /// it (results written before the column existed).
@@ -31,7 +34,7 @@ impl ResultsSet {
             })?;
         }
         rs.matrix = crate::results::matrix_rows(&rs.scores);
-        let mut runs: BTreeMap<(String, i64, String), Vec<Vec<Option<f64>>>> = BTreeMap::new();
+        let mut runs: BTreeMap<(String, i64, String), Grid> = BTreeMap::new();
         let n_tasks = rs.matrix.iter().map(|m| m.eval_index).max().unwrap_or(0) as usize;
         for m in &rs.matrix {
             let r = runs
