@@ -96,27 +96,23 @@ pub(super) fn evaluate(
             }
             continue;
         }
-        let fov = |f: &Option<crate::data::Mask2D>| f.clone().filter(|_| task.fov_eval);
-        if !task.test_images.is_empty() {
-            for (img, p) in task.test_images.iter().zip(preds) {
-                let s = crate::metrics::image_scores(
-                    &p.mask,
-                    &img.gt,
-                    fov(&img.fov).as_ref(),
-                    &task.scoring,
-                );
-                rows.push(row(img.id.clone(), s, p.routed_to, p.novelty));
-            }
-        } else {
-            for (c, p) in task.test.iter().zip(preds) {
-                let s = crate::metrics::image_scores(
-                    &p.mask,
-                    &c.gt,
-                    fov(&c.fov).as_ref(),
-                    &task.scoring,
-                );
-                rows.push(row(c.id.clone(), s, p.routed_to, p.novelty));
-            }
+        // each 2-D test image: its id, ground truth and field of view (tiled: whole images; else the cases)
+        let images: Vec<(&str, &crate::data::Mask2D, Option<&crate::data::Mask2D>)> =
+            if task.test_images.is_empty() {
+                task.test
+                    .iter()
+                    .map(|c| (c.id.as_str(), &c.gt, c.fov.as_ref()))
+                    .collect()
+            } else {
+                let t = &task.test_images;
+                t.iter()
+                    .map(|i| (i.id.as_str(), &i.gt, i.fov.as_ref()))
+                    .collect()
+            };
+        for ((id, gt, fov), p) in images.into_iter().zip(preds) {
+            let fov = fov.filter(|_| task.fov_eval);
+            let s = crate::metrics::image_scores(&p.mask, gt, fov, &task.scoring);
+            rows.push(row(id.to_string(), s, p.routed_to, p.novelty));
         }
     }
     Ok(Evaluation { rows, slice_rows })
@@ -140,13 +136,7 @@ fn predict_images(
     }
     let mut out = Vec::with_capacity(task.test.len());
     for chunk in task.test.chunks(EVAL_BATCH) {
-        let cases: Vec<&Case> = chunk.iter().collect();
-        let batch = Batch {
-            embeddings: sh.store.batch(&cases)?,
-            prompts: crate::train::r#loop::eval_prompts(&cases, &sh.device)?,
-            cases,
-        };
-        let pred = strat.predict(ctx, j, &batch)?;
+        let (batch, pred) = predict_cases(sh, strat, ctx, j, chunk.iter().collect())?;
         for (i, c) in batch.cases.iter().enumerate() {
             out.push(ImagePred {
                 mask: crate::metrics::case_mask(&pred.logits.get(i)?, c)?,
@@ -156,6 +146,23 @@ fn predict_images(
         }
     }
     Ok(out)
+}
+
+/// One batch of test cases with their cached embeddings and evaluation prompts, and the strategy's prediction.
+fn predict_cases<'a>(
+    sh: &Shared,
+    strat: &dyn Strategy,
+    ctx: &StrategyCtx,
+    j: usize,
+    cases: Vec<&'a Case>,
+) -> Result<(Batch<'a>, crate::strategy::Prediction)> {
+    let batch = Batch {
+        embeddings: sh.store.batch(&cases)?,
+        prompts: crate::train::r#loop::eval_prompts(&cases, &sh.device)?,
+        cases,
+    };
+    let pred = strat.predict(ctx, j, &batch)?;
+    Ok((batch, pred))
 }
 
 /// Predict every tile of one test image and stitch the logits (resized to each tile's original extent) with
@@ -173,12 +180,7 @@ fn stitch_image(
     let (mut routes, mut novelty) = (Vec::new(), Vec::new());
     for chunk in img.tiles.chunks(EVAL_BATCH) {
         let cases: Vec<&Case> = chunk.iter().map(|&i| &task.test[i]).collect();
-        let batch = Batch {
-            embeddings: sh.store.batch(&cases)?,
-            prompts: crate::train::r#loop::eval_prompts(&cases, &sh.device)?,
-            cases,
-        };
-        let pred = strat.predict(ctx, j, &batch)?;
+        let (batch, pred) = predict_cases(sh, strat, ctx, j, cases)?;
         for (i, c) in batch.cases.iter().enumerate() {
             let rect = c.tile.as_ref().map(|t| t.rect).ok_or_else(|| {
                 crate::Error::internal(format!("test case {} of a tiled task is no tile", c.id))

@@ -448,23 +448,16 @@ pub(crate) fn relative_to(path: &Path, root: &Path) -> PathBuf {
 
 /// Load a mask as 8-bit grey and binarise: value > threshold.
 pub fn load_mask(path: &Path, threshold: u8) -> Result<Mask2D> {
-    let img = image::open(path)
-        .map_err(|e| Error::input(format!("{}: cannot read mask: {e}", path.display())))?;
-    let g = img.to_luma8();
-    let (w, h) = (g.width() as usize, g.height() as usize);
-    Ok(Mask2D {
-        h,
-        w,
-        data: g
-            .into_raw()
-            .into_iter()
-            .map(|v| (v > threshold) as u8)
-            .collect(),
-    })
+    load_grey_mask(path, |v| v > threshold)
 }
 
 /// Read a mask whose listed 8-bit grey values are foreground (after conversion to grey).
 pub fn load_mask_values(path: &Path, values: &[u8]) -> Result<Mask2D> {
+    load_grey_mask(path, |v| values.contains(&v))
+}
+
+/// A mask file as 8-bit grey, foreground where `fg` holds.
+fn load_grey_mask(path: &Path, fg: impl Fn(u8) -> bool) -> Result<Mask2D> {
     let img = image::open(path)
         .map_err(|e| Error::input(format!("{}: cannot read mask: {e}", path.display())))?;
     let g = img.to_luma8();
@@ -472,11 +465,7 @@ pub fn load_mask_values(path: &Path, values: &[u8]) -> Result<Mask2D> {
     Ok(Mask2D {
         h,
         w,
-        data: g
-            .into_raw()
-            .into_iter()
-            .map(|v| values.contains(&v) as u8)
-            .collect(),
+        data: g.into_raw().into_iter().map(|v| fg(v) as u8).collect(),
     })
 }
 
