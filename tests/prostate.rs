@@ -42,7 +42,8 @@ fn volume_scores_match_saved_predictions() {
             "labels = \"Case0[0-2]_Segmentation.nii.gz\"",
         )
         .replace("test_fraction = 0.3", "test_ids = [\"Case02\"]")
-        .replace("max_train = 48", "max_train = 8")
+        .replace("max_train = 32", "max_train = 8")
+        .replace("max_test_volumes = 5\n", "")
         .replace("seeds = [0, 1, 2]", "seeds = [0]")
         .replace("orders = [\"given\", \"reverse\"]", "orders = [\"given\"]");
     let spec = format!(

@@ -91,8 +91,9 @@ impl Spec {
                 Some(ts) => format!(", tiles of {} px, overlap {}", ts.size, ts.overlap),
                 None => String::new(),
             };
+            let unit = if t.source.kind == "nifti" { " volumes" } else { "" };
             out.push(format!(
-                "{}: {} train, {} test ({}{tiles}){note}",
+                "{}: {} train{unit}, {} test{unit} ({}{tiles}){note}",
                 t.name, ntr, nte, t.source.kind
             ));
         }
@@ -130,7 +131,8 @@ pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
         }
         SourceSpec::Nifti(s) => {
             let p = s.plan(spec, &t.name)?;
-            (p.train.len(), p.test.len())
+            let te = p.test.len();
+            (p.train.len(), s.max_test_volumes.map_or(te, |m| te.min(m)))
         }
     };
     if tr == 0 || te == 0 {
