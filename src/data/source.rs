@@ -91,7 +91,11 @@ impl Spec {
                 Some(ts) => format!(", tiles of {} px, overlap {}", ts.size, ts.overlap),
                 None => String::new(),
             };
-            let unit = if t.source.kind == "nifti" { " volumes" } else { "" };
+            let unit = if t.source.kind == "nifti" {
+                " volumes"
+            } else {
+                ""
+            };
             out.push(format!(
                 "{}: {} train{unit}, {} test{unit} ({}{tiles}){note}",
                 t.name, ntr, nte, t.source.kind

@@ -56,23 +56,33 @@ impl Figure for TaskLines<'_> {
         let main = frame(root, self.title, Some((&names, self.strategies, true)))?;
         let tasks = self.panel_tasks();
         let panels = main.split_evenly(grid_dims(tasks.len(), 3));
-        // Dice lies in [0, 1]; bands are clipped to the plotting area.
-        let lo = self
+        // The y range: a [0, 1] score from 0 to 1, zoomed onto the data when every band lies above 0.5 (scores that
+        // differ in the second decimal, e.g. prostate Dice around 0.93, would otherwise be one line); a distance
+        // from 0 to the data's top. Bands are clipped to the plotting area.
+        let (dmin, dmax) = self
             .lines
             .iter()
-            .flat_map(|c| c.mean.iter().zip(c.std.iter()).map(|(m, s)| m - s))
-            .fold(0.0f64, f64::min)
-            .max(-0.05);
-        let hi = if self.unit_range {
-            1.02
+            .flat_map(|c| {
+                c.mean
+                    .iter()
+                    .zip(c.std.iter())
+                    .flat_map(|(m, s)| [m - s, m + s])
+            })
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        let (lo, hi) = if !dmin.is_finite() {
+            (0.0, 1.02)
+        } else if self.unit_range && dmin > 0.5 {
+            let pad = (0.1 * (dmax - dmin)).max(0.01);
+            ((dmin - pad).max(0.0), (dmax + pad).min(1.02))
+        } else if self.unit_range {
+            (dmin.clamp(-0.05, 0.0), 1.02)
         } else {
-            self.lines
-                .iter()
-                .flat_map(|c| c.mean.iter().zip(c.std.iter()).map(|(m, s)| m + s))
-                .filter(|v| v.is_finite())
-                .fold(1.0f64, f64::max)
-                * 1.05
+            (0.0, dmax.max(1.0) * 1.05)
         };
+        let decimals = if hi - lo < 0.3 { 2 } else { 1 };
         for (task, panel) in tasks.iter().zip(panels.iter()) {
             let series: Vec<Line> = names
                 .iter()
@@ -90,9 +100,9 @@ impl Figure for TaskLines<'_> {
                 self.x_desc,
                 self.y_desc,
                 &series,
-                (lo.min(0.0), hi),
+                (lo, hi),
                 self.strategies,
-                &|y| format!("{y:.1}"),
+                &|y| format!("{y:.decimals$}"),
             )?;
         }
         Ok(())

@@ -549,3 +549,24 @@ fn validation_with_clicks_scores_box_and_clicks_the_same_way_for_every_model() {
     assert_eq!(two, scores(2));
     assert_ne!(two, boxes);
 }
+
+/// The keep rules by hand: the mean rule keeps the start on any non-positive mean; the harm rule only when the
+/// one-sided 90% upper bound of the mean difference is below the margin (t(0.9, 3) = 1.6377), and falls back to
+/// the mean rule below three validation images.
+#[test]
+fn keep_rules_by_hand() {
+    use super::KeepEvidence::{Harm, Mean};
+    let noisy = [0.01, -0.02, 0.005, 0.001]; // mean -0.001, sd 0.0129: no harm shown
+    assert!(Mean.keep_reference(&noisy, 0.0));
+    assert!(!Harm.keep_reference(&noisy, 0.0));
+    // mean -0.105, sd 0.0129, upper bound -0.105 + 1.6377 * 0.0129 / 2 = -0.0944
+    let hurts = [-0.1, -0.12, -0.09, -0.11];
+    assert!(Harm.keep_reference(&hurts, 0.0) && Mean.keep_reference(&hurts, 0.0));
+    assert!(!Harm.keep_reference(&hurts, -0.095));
+    assert!(Harm.keep_reference(&hurts, -0.094));
+    // two images: the mean rule
+    assert!(Harm.keep_reference(&[-0.01, 0.0], 0.0));
+    assert!(!Harm.keep_reference(&[0.01, 0.0], 0.0));
+    // no validation: never keep
+    assert!(!Harm.keep_reference(&[], 0.0) && !Mean.keep_reference(&[], 0.0));
+}
