@@ -179,3 +179,47 @@ fn relative_paths_ignore_dot_components() {
     // not under the root: unchanged
     assert_eq!(r("/y/a.png", "/x"), Path::new("/y/a.png"));
 }
+
+/// `mask_values`: REFUGE-style class codes (0 cup, 128 rim, 255 background) read as the disc; a list that marks
+/// nothing is an input error naming the task; a threshold and a value list together are refused.
+#[test]
+fn mask_values_pick_class_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    std::fs::create_dir_all(d.join("lbl")).unwrap();
+    for i in 0..4 {
+        write_png(&d.join(format!("img/c{i}.png")), 8, 6, |x, y| {
+            (x * 10 + y) as u8
+        });
+        // columns 0-1 cup (0), 2-4 rim (128), 5-7 background (255)
+        write_png(&d.join(format!("lbl/c{i}_seg.png")), 8, 6, |x, _| match x {
+            0..=1 => 0,
+            2..=4 => 128,
+            _ => 255,
+        });
+    }
+    let spec = spec_in(dir.path());
+    let disc = folder("test_fraction = 0.5\nmask_values = [0, 128]");
+    disc.validate().unwrap();
+    let (tr, te) = disc.load(&spec, "disc").unwrap();
+    assert!(tr.iter().chain(&te).all(|c| c.mask.count() == 5 * 6));
+    assert_eq!(tr[0].mask.data[..8], [1, 1, 1, 1, 1, 0, 0, 0]);
+    let cup = folder("test_fraction = 0.5\nmask_values = [0]");
+    let (tr, _) = cup.load(&spec, "cup").unwrap();
+    assert_eq!(tr[0].mask.count(), 2 * 6);
+    // a threshold reads the same masks as "brighter than 127": the background
+    let (tr, _) = folder("test_fraction = 0.5").load(&spec, "t").unwrap();
+    assert_eq!(tr[0].mask.count(), 6 * 6);
+    let none = folder("test_fraction = 0.5\nmask_values = [7]");
+    let e = none.load(&spec, "refuge").err().unwrap().to_string();
+    assert!(e.contains("\"refuge\"") && e.contains("mask_values"), "{e}");
+    let both = folder("test_fraction = 0.5\nmask_values = [0]\nmask_threshold = 10");
+    assert_eq!(both.validate().unwrap_err().path.to_string(), "mask_values");
+    assert!(folder("test_fraction = 0.5\nmask_values = []")
+        .validate()
+        .is_err());
+    assert!(folder("test_fraction = 0.5\nspacing = [0.0, 1.0]")
+        .validate()
+        .is_err());
+}

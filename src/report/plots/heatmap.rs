@@ -6,6 +6,7 @@ use plotters::prelude::*;
 use super::super::analysis::HeatmapData;
 use super::matrix::*;
 use super::panel::*;
+use super::style::{text_width, FS_TITLE};
 use super::{DrawResult, Figure};
 
 /// The accuracy-matrix figure of one strategy.
@@ -80,15 +81,24 @@ impl HeatmapFigure<'_> {
     }
 }
 
+impl HeatmapFigure<'_> {
+    fn title(&self) -> String {
+        format!(
+            "Accuracy matrix: {} ({}, mean ± std over runs)",
+            self.data.strategy,
+            self.metric.label()
+        )
+    }
+}
+
 impl Figure for HeatmapFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        matrix_size(&self.spec())
+        // wide enough for the title (a two-task matrix is narrower than its title)
+        let (w, h) = matrix_size(&self.spec());
+        (w.max(text_width(&self.title(), FS_TITLE) + 80), h)
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        let title = format!(
-            "Accuracy matrix: {} (Dice, mean ± std over runs)",
-            self.data.strategy
-        );
+        let title = self.title();
         let main = frame(root, &title, None)?;
         draw_matrix(&main, &self.spec())
     }
