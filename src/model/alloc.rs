@@ -221,4 +221,38 @@ mod tests {
             );
         }
     }
+
+    /// A freed large block comes back for the next request of its exact layout (a layout no other test uses, so
+    /// no other thread can take it in between), and `alloc_zeroed` zeroes a reused block.
+    #[test]
+    fn freed_block_is_reused_for_the_same_layout() {
+        let a = BlockCache;
+        let layout = Layout::from_size_align(MIN_BLOCK * 5 + 12_345, 4096).expect("layout");
+        // SAFETY: non-zero size; every block is freed once, with the layout it was allocated with.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            p.add(100).write(42);
+            a.dealloc(p, layout);
+            let q = a.alloc(layout);
+            assert_eq!(q, p, "the cached block was not reused");
+            assert_eq!(
+                q.add(100).read(),
+                42,
+                "a plain alloc reuses the block as it was"
+            );
+            a.dealloc(q, layout);
+            let z = a.alloc_zeroed(layout);
+            assert_eq!(z, p, "alloc_zeroed did not reuse the cached block");
+            assert!(std::slice::from_raw_parts(z, layout.size())
+                .iter()
+                .all(|&b| b == 0));
+            // another alignment is another key: not the cached block
+            a.dealloc(z, layout);
+            let other = Layout::from_size_align(layout.size(), 64).expect("layout");
+            let o = a.alloc(other);
+            assert_ne!(o, p);
+            a.dealloc(o, other);
+        }
+    }
 }
