@@ -43,6 +43,18 @@ pub struct ScoreRow {
     pub novelty: Option<f64>,
 }
 
+impl ScoreRow {
+    /// The row's value of a per-case metric (None: the row has none, e.g. results of an older version).
+    pub fn value(&self, metric: crate::metrics::Metric) -> Option<f64> {
+        use crate::metrics::Metric;
+        match metric {
+            Metric::Dice => Some(self.dice),
+            Metric::Nsd => self.nsd,
+            Metric::Hd95 => self.hd95,
+        }
+    }
+}
+
 /// One extra per-stage value (extras.csv).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ExtraRow {

@@ -149,7 +149,17 @@ pub struct TaskData {
     /// Score only inside the field of view (folder sources with `fov_eval = true`).
     pub fov_eval: bool,
     /// Spacing of the task's 2-D images and the NSD tolerance (volumes carry their own spacing).
-    pub scoring: crate::metrics::Scoring,
+    pub scoring: Scoring,
+}
+
+/// How a task's cases are scored besides Dice: the grid's physical spacing (rows, columns; mm, or 1 = pixels)
+/// and the NSD tolerance in the same unit (`[eval] nsd_tolerance_mm`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Scoring {
+    /// Spacing between rows and between columns.
+    pub spacing: [f64; 2],
+    /// NSD tolerance.
+    pub nsd_tolerance: f64,
 }
 
 /// A test volume of a NIfTI task: its label volume in the slice frame and the test entries that are its

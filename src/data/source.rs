@@ -161,9 +161,9 @@ pub fn load_task(
     device: &Device,
 ) -> Result<TaskData> {
     let source = SourceSpec::of(spec, t)?;
-    let mut scoring = crate::metrics::Scoring {
+    let mut scoring = super::Scoring {
+        spacing: [1.0, 1.0],
         nsd_tolerance: spec.eval.nsd_tolerance_mm,
-        ..Default::default()
     };
     let mut volumes = Vec::new();
     let (train, test, fov_eval) = match &source {

@@ -124,27 +124,7 @@ pub fn cl_metrics(r: &[Vec<f64>]) -> Result<ClMetrics> {
     })
 }
 
-/// How a task's cases are scored besides Dice: the grid's physical spacing (rows, columns; mm, or 1 = pixels)
-/// and the NSD tolerance in the same unit (`[eval] nsd_tolerance_mm`).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct Scoring {
-    /// Spacing between rows and between columns.
-    pub spacing: [f64; 2],
-    /// NSD tolerance.
-    pub nsd_tolerance: f64,
-}
-
-impl Default for Scoring {
-    fn default() -> Self {
-        Scoring {
-            spacing: [1.0, 1.0],
-            nsd_tolerance: DEFAULT_NSD_TOLERANCE,
-        }
-    }
-}
-
-/// `[eval] nsd_tolerance_mm` when the spec does not set it.
-pub const DEFAULT_NSD_TOLERANCE: f64 = 2.0;
+use crate::data::Scoring;
 
 /// A case's prediction at original resolution from its low-res logits (1,S,S): crop + bilinear resize to the
 /// original size, threshold at 0 (sigmoid > 0.5).
@@ -232,15 +212,6 @@ impl Metric {
     /// The metric named `s` (`dice`, `nsd`, `hd95`).
     pub fn parse(s: &str) -> Option<Metric> {
         Metric::ALL.into_iter().find(|m| m.column() == s)
-    }
-
-    /// This metric's value in a score row (None: the row has none, e.g. results of an older version).
-    pub fn of(self, r: &crate::results::ScoreRow) -> Option<f64> {
-        match self {
-            Metric::Dice => Some(r.dice),
-            Metric::Nsd => r.nsd,
-            Metric::Hd95 => r.hd95,
-        }
     }
 }
 

@@ -77,7 +77,7 @@ pub(super) fn evaluate(
                     save_volume(&path, v, &mask)?;
                 }
                 rows.push(row(v.id.clone(), s, routed, novelty));
-                let in_plane = crate::metrics::Scoring {
+                let in_plane = crate::data::Scoring {
                     spacing: [v.spacing[1], v.spacing[2]],
                     nsd_tolerance: task.scoring.nsd_tolerance,
                 };

@@ -96,7 +96,7 @@ pub fn spec_fingerprint(spec: &Spec) -> String {
         model: &spec.model,
         strategies: &spec.strategies,
         seeds: &spec.experiment.seeds,
-        nsd_tolerance_mm: (spec.eval.nsd_tolerance_mm != crate::metrics::DEFAULT_NSD_TOLERANCE)
+        nsd_tolerance_mm: (spec.eval.nsd_tolerance_mm != crate::spec::DEFAULT_NSD_TOLERANCE_MM)
             .then_some(spec.eval.nsd_tolerance_mm),
     };
     let s = serde_json::to_string(&f).unwrap_or_default();

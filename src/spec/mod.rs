@@ -117,6 +117,9 @@ pub struct Spec {
     pub slurm: SlurmSettings,
 }
 
+/// `[eval] nsd_tolerance_mm` when the spec does not set it.
+pub const DEFAULT_NSD_TOLERANCE_MM: f64 = 2.0;
+
 /// `[eval]`'s own keys.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvalSettings {
@@ -129,7 +132,7 @@ pub struct EvalSettings {
 impl Default for EvalSettings {
     fn default() -> Self {
         EvalSettings {
-            nsd_tolerance_mm: crate::metrics::DEFAULT_NSD_TOLERANCE,
+            nsd_tolerance_mm: DEFAULT_NSD_TOLERANCE_MM,
             save_predictions: false,
         }
     }

@@ -14,6 +14,7 @@
 //! order with their files and births), `matcher.json`, `novelty.json`, `experts/<k>.safetensors`.
 
 pub mod birth;
+mod bound;
 mod experts;
 pub use experts::{pooled_features, Choice, ExpertSet, CHAIN_TARGET};
 
@@ -88,7 +89,7 @@ impl KeepEvidence {
         let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
         match self {
             KeepEvidence::Harm if diffs.len() >= 3 => {
-                experts::mean_bound(diffs, true).is_some_and(|ub| ub < margin)
+                bound::mean_bound(diffs, true).is_some_and(|ub| ub < margin)
             }
             _ => mean <= margin,
         }

@@ -21,7 +21,7 @@ impl ResultsSet {
             return Ok(rs);
         }
         for r in &mut rs.scores {
-            r.dice = metric.of(r).ok_or_else(|| {
+            r.dice = r.value(metric).ok_or_else(|| {
                 Error::input(format!(
                     "{}: scores have no `{}` column (results of an older evosam): rerun, or report in Dice",
                     self.run_dirs

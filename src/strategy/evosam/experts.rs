@@ -173,7 +173,7 @@ impl ExpertSet {
             }
         }
         v.retain(|x| x.is_finite());
-        mean_bound(&v, false)
+        super::bound::mean_bound(&v, false)
     }
 
     /// Whether the stream has shown forward transfer of the chain: [`ExpertSet::transfer_bound`] above zero.
@@ -511,21 +511,4 @@ impl ExpertSet {
             .map_err(|e| Error::input(format!("{}: {e}", dir.display())))?;
         Ok(set)
     }
-}
-
-/// A one-sided 90% confidence bound (Student t) of the mean of paired differences: the lower bound, or the upper
-/// one with `upper`. None with fewer than two values.
-pub(super) fn mean_bound(v: &[f64], upper: bool) -> Option<f64> {
-    let n = v.len();
-    if n < 2 {
-        return None;
-    }
-    let m = v.iter().sum::<f64>() / n as f64;
-    let sd = (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64).sqrt();
-    use statrs::distribution::ContinuousCDF;
-    let t = statrs::distribution::StudentsT::new(0.0, 1.0, (n - 1) as f64)
-        .ok()?
-        .inverse_cdf(0.9);
-    let half = t * sd / (n as f64).sqrt();
-    Some(if upper { m + half } else { m - half })
 }
