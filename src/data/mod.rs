@@ -394,6 +394,32 @@ pub fn match_key(path: &std::path::Path, strip: &[String]) -> String {
     }
 }
 
+/// A task's data folder (resolved against the spec) and the files its `pattern` matches there; errors say the folder
+/// is missing or nothing matches (`noun`: what the pattern lists, for the message).
+pub(crate) fn list_inputs(
+    spec: &crate::spec::Spec,
+    root: &std::path::Path,
+    pattern: &str,
+    what: &str,
+    noun: &str,
+) -> Result<(std::path::PathBuf, Vec<std::path::PathBuf>)> {
+    let root = spec.resolve_path(root);
+    if !root.is_dir() {
+        return Err(Error::input(format!(
+            "{what}: data folder {} does not exist",
+            root.display()
+        )));
+    }
+    let files = glob_files(&root, pattern, what)?;
+    if files.is_empty() {
+        return Err(Error::input(format!(
+            "{what}: no {noun} matches {pattern:?} under {}",
+            root.display()
+        )));
+    }
+    Ok((root, files))
+}
+
 /// Expand a glob relative to `root`, sorted. Errors name the pattern.
 pub fn glob_files(
     root: &std::path::Path,

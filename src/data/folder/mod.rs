@@ -242,22 +242,8 @@ impl FolderSpec {
 
     /// List and pair files, then split. Errors name the task, the pattern and the file at fault.
     pub fn plan(&self, spec: &Spec, task: &str) -> Result<Plan> {
-        let root = spec.resolve_path(&self.root);
         let what = format!("task {task:?}");
-        if !root.is_dir() {
-            return Err(Error::input(format!(
-                "{what}: data folder {} does not exist",
-                root.display()
-            )));
-        }
-        let images = glob_files(&root, &self.images, &what)?;
-        if images.is_empty() {
-            return Err(Error::input(format!(
-                "{what}: no image matches {:?} under {}",
-                self.images,
-                root.display()
-            )));
-        }
+        let (root, images) = super::list_inputs(spec, &self.root, &self.images, &what, "image")?;
         let index = |pattern: &str, kind: &str| -> Result<BTreeMap<String, PathBuf>> {
             let mut m = BTreeMap::new();
             for p in glob_files(&root, pattern, &what)? {

@@ -209,22 +209,8 @@ impl NiftiSpec {
 
     /// Pair the volumes and split them; errors name the task and the folder.
     pub fn plan(&self, spec: &Spec, task: &str) -> Result<Plan> {
-        let root = spec.resolve_path(&self.root);
         let what = format!("task {task:?}");
-        if !root.is_dir() {
-            return Err(Error::input(format!(
-                "{what}: data folder {} does not exist",
-                root.display()
-            )));
-        }
-        let images = glob_files(&root, &self.images, &what)?;
-        if images.is_empty() {
-            return Err(Error::input(format!(
-                "{what}: no volume matches {:?} under {}",
-                self.images,
-                root.display()
-            )));
-        }
+        let (root, images) = super::list_inputs(spec, &self.root, &self.images, &what, "volume")?;
         let mut labels = BTreeMap::new();
         for p in glob_files(&root, &self.labels, &what)? {
             labels.insert(match_key(&p, &self.strip), p);
