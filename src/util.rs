@@ -37,9 +37,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Linear-interpolation quantile (NumPy's default) of unsorted values, `q` in [0, 1] (clamped); None when empty.
+/// Reorders `v`: the order statistics are found by selection, not a full sort (a whole MRI volume's percentiles
+/// are O(n)).
+pub fn quantile_in_place(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let (_, &mut a, above) = v.select_nth_unstable_by(lo, f64::total_cmp);
+    // the next order statistic is the smallest value above position `lo`
+    let b = if pos > lo as f64 {
+        above.iter().copied().fold(f64::INFINITY, f64::min)
+    } else {
+        a
+    };
+    Some(a + (b - a) * (pos - lo as f64))
+}
+
+/// [`quantile_in_place`] on a copy.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    quantile_in_place(&mut values.to_vec(), q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantile_is_numpys_linear() {
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
+        assert_eq!(quantile(&[1.0, 2.0], 0.25), Some(1.25));
+        assert_eq!(quantile(&[1.0, 2.0], 1.0), Some(2.0));
+        assert_eq!(quantile(&[], 0.5), None);
+        // numpy.percentile([1, 2, 3, 4, 10], 95) = 4 + 0.8 * 6 = 8.8
+        assert!((quantile(&[10.0, 1.0, 3.0, 2.0, 4.0], 0.95).unwrap() - 8.8).abs() < 1e-12);
+        assert_eq!(quantile(&[7.0], 0.95), Some(7.0));
+    }
 
     #[test]
     fn seeds_are_stable_and_separated() {

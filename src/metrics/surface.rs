@@ -14,7 +14,7 @@
 //! - empty masks: both empty gives Dice 1, NSD 1, HD95 0; exactly one empty gives Dice 0, NSD 0 and HD95 = the
 //!   grid's diagonal (the largest distance on it), so that every case has a finite value to average.
 //!
-//! The module is a leaf (plain slices in, numbers out); [`super`] turns predictions into these calls.
+//! The module is a leaf (plain slices in, numbers out; percentiles from `util::quantile_in_place`); [`super`] turns predictions into these calls.
 
 /// Dice, NSD and HD95 of one case.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,7 +73,8 @@ pub fn case_scores(
     let dg = directed(&bg, &bp, &bdims, spacing);
     let within = |d: &[f64]| d.iter().filter(|&&x| x <= tau).count();
     let nsd = (within(&dp) + within(&dg)) as f64 / (dp.len() + dg.len()) as f64;
-    let hd95 = percentile(dp, 95.0).max(percentile(dg, 95.0));
+    let p95 = |mut d: Vec<f64>| crate::util::quantile_in_place(&mut d, 0.95).unwrap_or(0.0);
+    let hd95 = p95(dp).max(p95(dg));
     CaseScores { dice, nsd, hd95 }
 }
 
@@ -226,17 +227,6 @@ fn envelope(f: &[f64], s: f64, out: &mut [f64], v: &mut Vec<usize>, z: &mut Vec<
         let d = x(q) - x(v[k]);
         *o = d * d + f[v[k]];
     }
-}
-
-/// The `q`-th percentile with linear interpolation between order statistics (NumPy's default); `v` not empty.
-pub fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let pos = q / 100.0 * (v.len() - 1) as f64;
-    let (i, frac) = (pos.floor() as usize, pos - pos.floor());
-    if i + 1 >= v.len() {
-        return v[v.len() - 1];
-    }
-    v[i] + (v[i + 1] - v[i]) * frac
 }
 
 #[cfg(test)]

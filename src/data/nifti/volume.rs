@@ -20,27 +20,14 @@ pub fn clip_percentiles(data: &mut [f32], lo: f64, hi: f64) -> (f32, f32) {
     if data.is_empty() {
         return (0.0, 0.0);
     }
-    let mut scratch = data.to_vec();
-    let a = percentile_in_place(&mut scratch, lo);
-    let b = percentile_in_place(&mut scratch, hi);
+    let mut scratch: Vec<f64> = data.iter().map(|&v| v as f64).collect();
+    let mut at =
+        |q: f64| crate::util::quantile_in_place(&mut scratch, q / 100.0).unwrap_or(0.0) as f32;
+    let (a, b) = (at(lo), at(hi));
     for v in data.iter_mut() {
         *v = v.clamp(a, b);
     }
     (a, b)
-}
-
-/// The `q`-th percentile (linear interpolation) of `v` by selection (reorders `v`).
-fn percentile_in_place(v: &mut [f32], q: f64) -> f32 {
-    let n = v.len();
-    let pos = q / 100.0 * (n - 1) as f64;
-    let i = (pos.floor() as usize).min(n - 1);
-    let frac = pos - i as f64;
-    let (_, &mut a, rest) = v.select_nth_unstable_by(i, f32::total_cmp);
-    if frac == 0.0 || rest.is_empty() {
-        return a;
-    }
-    let b = rest.iter().copied().fold(f32::INFINITY, f32::min);
-    (a as f64 + (b as f64 - a as f64) * frac) as f32
 }
 
 /// Write a {0,1} mask volume (dims [X,Y,Z], logical C order as [`Volume`]) as uint8 NIfTI with the header of

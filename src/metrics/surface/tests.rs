@@ -160,13 +160,6 @@ fn distance_transform_equals_brute_force() {
     }
 }
 
-#[test]
-fn percentile_is_numpys_linear() {
-    // numpy.percentile([1, 2, 3, 4, 10], 95) = 4 + 0.8 * 6 = 8.8
-    assert!(close(percentile(vec![10.0, 1.0, 3.0, 2.0, 4.0], 95.0), 8.8));
-    assert_eq!(percentile(vec![7.0], 95.0), 7.0);
-}
-
 /// The same cases scored by `scripts/surface_reference.py` (SciPy's distance transform). Needs a Python with
 /// NumPy and SciPy: `EVOSAM_PYTHON` names it (`.ci/run` builds one); ignored elsewhere.
 #[test]

@@ -42,11 +42,9 @@ pub struct BoxStat {
     pub mean: f64,
 }
 
-/// Quantile with linear interpolation (numpy's default) of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+/// Quantile with linear interpolation (NumPy's default) of non-empty values.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    crate::util::quantile(values, q).unwrap_or(f64::NAN)
 }
 
 impl BoxStat {
