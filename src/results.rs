@@ -224,6 +224,26 @@ pub fn matrix_frame(m: &[MatrixRow]) -> Result<DataFrame> {
     ])?)
 }
 
+/// R[k][j] (stages 0..=n_tasks x tasks of the order) of one run from its matrix rows; None when an entry is
+/// missing (an incomplete cell).
+pub(crate) fn run_matrix(
+    m: &[MatrixRow],
+    (strategy, seed, order): &(String, i64, String),
+    n_tasks: usize,
+) -> Option<Vec<Vec<f64>>> {
+    let mut r = vec![vec![f64::NAN; n_tasks]; n_tasks + 1];
+    for x in m
+        .iter()
+        .filter(|x| &x.strategy == strategy && x.seed == *seed && &x.order == order)
+    {
+        let (k, j) = (x.stage as usize, x.eval_index as usize);
+        if k <= n_tasks && (1..=n_tasks).contains(&j) {
+            r[k][j - 1] = x.dice;
+        }
+    }
+    (!r.iter().flatten().any(|v| v.is_nan())).then_some(r)
+}
+
 /// metrics.csv: one row per complete cell; optional columns from the final stage's extras and, for routing
 /// strategies, `matcher_acc` from the routed_to column (unless the strategy reports it itself).
 pub fn metrics_frame(
@@ -242,19 +262,9 @@ pub fn metrics_frame(
     let mut extra_keys: BTreeSet<String> = BTreeSet::new();
     let mut rows: Vec<(CellKey, crate::metrics::ClMetrics, BTreeMap<String, f64>)> = Vec::new();
     for c in cells {
-        let mut r = vec![vec![f64::NAN; n_tasks]; n_tasks + 1];
-        for x in m
-            .iter()
-            .filter(|x| x.strategy == c.0 && x.seed == c.1 && x.order == c.2)
-        {
-            let (k, j) = (x.stage as usize, x.eval_index as usize);
-            if k <= n_tasks && (1..=n_tasks).contains(&j) {
-                r[k][j - 1] = x.dice;
-            }
-        }
-        if r.iter().flatten().any(|v| v.is_nan()) {
+        let Some(r) = run_matrix(m, &c, n_tasks) else {
             continue; // incomplete cell (failed): no metrics
-        }
+        };
         let met = cl_metrics(&r)?;
         let fin = n_tasks as i64;
         let mut ex: BTreeMap<String, f64> = extras

@@ -178,8 +178,8 @@ pub struct TestVolume {
     pub dims: [usize; 3],
     /// Physical spacing between slices, rows and columns (mm).
     pub spacing: [f64; 3],
-    /// Ground truth (0/1), slice-major in the slice frame.
-    pub gt: Vec<u8>,
+    /// Ground truth, slice-major in the slice frame.
+    pub gt: Vec<bool>,
     /// (slice index, index into [`TaskData::test`], or into [`TaskData::test_images`] for a tiled task), in
     /// slice order.
     pub slices: Vec<(usize, usize)>,

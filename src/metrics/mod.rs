@@ -11,7 +11,7 @@
 
 pub mod surface;
 
-use crate::data::{self, Case};
+use crate::data::{self, Case, Scoring};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 
@@ -123,8 +123,6 @@ pub fn cl_metrics(r: &[Vec<f64>]) -> Result<ClMetrics> {
         forgetting,
     })
 }
-
-use crate::data::Scoring;
 
 /// A case's prediction at original resolution from its low-res logits (1,S,S): crop + bilinear resize to the
 /// original size, threshold at 0 (sigmoid > 0.5).

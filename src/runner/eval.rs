@@ -63,40 +63,8 @@ pub(super) fn evaluate(
             }
         };
         let preds = predict_images(sh, strat, ctx, j, task)?;
-        if !task.test_volumes.is_empty() {
-            for v in &task.test_volumes {
-                let (s, mask, routed, novelty) =
-                    volume_case(v, &preds, task.scoring.nsd_tolerance)?;
-                if save {
-                    let path = sh
-                        .dir
-                        .join("predictions")
-                        .join(&cell.id)
-                        .join(&task.name)
-                        .join(format!("{}.nii.gz", v.id));
-                    save_volume(&path, v, &mask)?;
-                }
-                rows.push(row(v.id.clone(), s, routed, novelty));
-                let in_plane = crate::data::Scoring {
-                    spacing: [v.spacing[1], v.spacing[2]],
-                    nsd_tolerance: task.scoring.nsd_tolerance,
-                };
-                let plane = v.dims[1] * v.dims[2];
-                for &(z, i) in &v.slices {
-                    let gt = crate::data::Mask2D {
-                        h: v.dims[1],
-                        w: v.dims[2],
-                        data: v.gt[z * plane..(z + 1) * plane].to_vec(),
-                    };
-                    let p = &preds[i];
-                    let s = crate::metrics::image_scores(&p.mask, &gt, None, &in_plane);
-                    let id = format!("{}/{z:03}", v.id);
-                    slice_rows.push(row(id, s, p.routed_to.clone(), p.novelty));
-                }
-            }
-            continue;
-        }
-        // each 2-D test image: its id, ground truth and field of view (tiled: whole images; else the cases)
+        // each 2-D test image: its id, ground truth and field of view (tiled: whole images; else the cases); a
+        // volume task's are its prompted slices
         let images: Vec<(&str, &crate::data::Mask2D, Option<&crate::data::Mask2D>)> =
             if task.test_images.is_empty() {
                 task.test
@@ -109,10 +77,36 @@ pub(super) fn evaluate(
                     .map(|i| (i.id.as_str(), &i.gt, i.fov.as_ref()))
                     .collect()
             };
-        for ((id, gt, fov), p) in images.into_iter().zip(preds) {
-            let fov = fov.filter(|_| task.fov_eval);
-            let s = crate::metrics::image_scores(&p.mask, gt, fov, &task.scoring);
-            rows.push(row(id.to_string(), s, p.routed_to, p.novelty));
+        if task.test_volumes.is_empty() {
+            for ((id, gt, fov), p) in images.into_iter().zip(preds) {
+                let fov = fov.filter(|_| task.fov_eval);
+                let s = crate::metrics::image_scores(&p.mask, gt, fov, &task.scoring);
+                rows.push(row(id.to_string(), s, p.routed_to, p.novelty));
+            }
+            continue;
+        }
+        for v in &task.test_volumes {
+            let (s, mask, routed, novelty) = volume_case(v, &preds, task.scoring.nsd_tolerance)?;
+            if save {
+                let path = sh
+                    .dir
+                    .join("predictions")
+                    .join(&cell.id)
+                    .join(&task.name)
+                    .join(format!("{}.nii.gz", v.id));
+                save_volume(&path, v, &mask)?;
+            }
+            rows.push(row(v.id.clone(), s, routed, novelty));
+            // the secondary per-slice rows: each prompted slice (case `<volume>/<slice>`) in 2-D, in-plane spacing
+            let in_plane = crate::data::Scoring {
+                spacing: [v.spacing[1], v.spacing[2]],
+                nsd_tolerance: task.scoring.nsd_tolerance,
+            };
+            for &(_, i) in &v.slices {
+                let ((id, gt, _), p) = (images[i], &preds[i]);
+                let s = crate::metrics::image_scores(&p.mask, gt, None, &in_plane);
+                slice_rows.push(row(id.to_string(), s, p.routed_to.clone(), p.novelty));
+            }
         }
     }
     Ok(Evaluation { rows, slice_rows })
@@ -228,8 +222,7 @@ fn volume_case(v: &TestVolume, preds: &[ImagePred], tau: f64) -> Result<VolumeCa
         routes.extend(p.routed_to.clone());
         novelty.extend(p.novelty);
     }
-    let gt: Vec<bool> = v.gt.iter().map(|&g| g != 0).collect();
-    let s = surface::case_scores(&mask, &gt, &v.dims, &v.spacing, tau);
+    let s = surface::case_scores(&mask, &v.gt, &v.dims, &v.spacing, tau);
     Ok((s, mask, majority(&routes), mean(&novelty)))
 }
 
@@ -279,9 +272,9 @@ mod tests {
     fn volume_stacks_slices_in_place() {
         let (ns, rows, cols) = (4usize, 3usize, 2usize);
         let plane = rows * cols;
-        let mut gt = vec![0u8; ns * plane];
+        let mut gt = vec![false; ns * plane];
         for z in [1usize, 2] {
-            gt[z * plane..(z + 1) * plane].fill(1);
+            gt[z * plane..(z + 1) * plane].fill(true);
         }
         let v = TestVolume {
             id: "v".into(),

@@ -328,10 +328,11 @@ impl Strategy for EvoSam {
         }
         // The starting point's score on each validation image, before it is possibly kept (moved) below.
         let evidence = self.params.keep_start_evidence;
-        let start_cases = match birth.parent {
-            Some(_) if !val.is_empty() => sel.scores(Some(&start))?,
-            _ if evidence == KeepEvidence::Harm && !val.is_empty() => sel.scores(Some(&start))?,
-            _ => Vec::new(),
+        let harm_rule = self.params.keep_start && evidence == KeepEvidence::Harm;
+        let start_cases = if !val.is_empty() && (birth.parent.is_some() || harm_rule) {
+            sel.scores(Some(&start))?
+        } else {
+            Vec::new()
         };
         // Never worse than where it started: keep the start when training does not beat it on validation (the
         // mean rule), or when validation shows it hurts (`keep_start_evidence = "harm"`).
@@ -339,17 +340,22 @@ impl Strategy for EvoSam {
         let mut adapter = adapter;
         let paired =
             |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f64>>();
-        let keep = match evidence {
-            KeepEvidence::Mean => {
-                crate::train::select::select_epoch(&fit.val_dice, true, margin) == Some(0)
-            }
-            KeepEvidence::Harm if fit.val_dice.len() > 1 => {
-                let trained = sel.scores(Some(&adapter))?;
-                evidence.keep_reference(&paired(&trained, &start_cases), margin)
-            }
-            KeepEvidence::Harm => false,
-        };
-        if self.params.keep_start && keep {
+        // (harm rule) the served expert's score on each validation image, reused by the base check below
+        let mut served_cases: Option<Vec<f64>> = None;
+        let keep = self.params.keep_start
+            && match evidence {
+                KeepEvidence::Mean => {
+                    crate::train::select::select_epoch(&fit.val_dice, true, margin) == Some(0)
+                }
+                KeepEvidence::Harm if fit.val_dice.len() > 1 => {
+                    let trained = sel.scores(Some(&adapter))?;
+                    let keep = evidence.keep_reference(&paired(&trained, &start_cases), margin);
+                    served_cases = Some(if keep { start_cases.clone() } else { trained });
+                    keep
+                }
+                KeepEvidence::Harm => false,
+            };
+        if keep {
             adapter = start;
             fit.chosen_epoch = 0;
         }
@@ -365,14 +371,18 @@ impl Strategy for EvoSam {
                 .map(|(s, b)| s - b)
                 .collect();
             birth.base_val_dice = Some(base);
-            let below_base = match evidence {
-                KeepEvidence::Mean => chosen <= base + margin,
-                KeepEvidence::Harm => {
-                    let served = sel.scores(Some(&adapter))?;
-                    evidence.keep_reference(&paired(&served, &base_cases), margin)
-                }
-            };
-            if self.params.keep_start && below_base {
+            let below_base = self.params.keep_start
+                && match evidence {
+                    KeepEvidence::Mean => chosen <= base + margin,
+                    KeepEvidence::Harm => {
+                        let served = match served_cases.take() {
+                            Some(s) => s,
+                            None => sel.scores(Some(&adapter))?,
+                        };
+                        evidence.keep_reference(&paired(&served, &base_cases), margin)
+                    }
+                };
+            if below_base {
                 adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
                 birth.kept_base = true;
             }

@@ -144,7 +144,7 @@ pub struct RawTestVolume {
     /// Physical spacing between slices, rows and columns.
     pub spacing: [f64; 3],
     /// Ground truth, slice-major in the slice frame.
-    pub gt: Vec<u8>,
+    pub gt: Vec<bool>,
     /// The prompted slices: (slice index, the slice as a 2-D case).
     pub slices: Vec<(usize, RawCase)>,
 }
@@ -305,8 +305,8 @@ impl NiftiSpec {
         let mut test = Vec::new();
         for p in &test_pairs {
             let (vol, lab) = self.read_pair(p)?;
-            let slices = self.slice_case(&p.key, &vol, &lab);
             let (dims, gt) = self.label_frame(&lab);
+            let slices = self.slices(&p.key, &vol, &gt);
             test.push(RawTestVolume {
                 id: p.key.clone(),
                 image: p.image.clone(),
@@ -318,7 +318,7 @@ impl NiftiSpec {
                 slices,
             });
         }
-        let fg = |v: &RawTestVolume| v.gt.iter().any(|&x| x != 0);
+        let fg = |v: &RawTestVolume| v.gt.iter().any(|&x| x);
         if !test.is_empty() && !test.iter().any(fg) {
             return Err(Error::input(format!(
                 "task {task:?}: no test volume has foreground with `label_values` = {:?}",
@@ -329,7 +329,7 @@ impl NiftiSpec {
     }
 
     /// The label volume as foreground bits in the slice frame: ((slices, rows, cols), slice-major values).
-    fn label_frame(&self, lab: &Volume) -> ([usize; 3], Vec<u8>) {
+    fn label_frame(&self, lab: &Volume) -> ([usize; 3], Vec<bool>) {
         let [_, ny, nz] = lab.dims;
         let (ns, rows, cols) = frame_dims(self.axis, lab.dims);
         let mut gt = Vec::with_capacity(ns * rows * cols);
@@ -337,7 +337,7 @@ impl NiftiSpec {
             for r in 0..rows {
                 for c in 0..cols {
                     let (x, y, z) = to_xyz(self.axis, s, r, c);
-                    gt.push(self.is_fg(lab.data[(x * ny + y) * nz + z]) as u8);
+                    gt.push(self.is_fg(lab.data[(x * ny + y) * nz + z]));
                 }
             }
         }
@@ -354,25 +354,31 @@ impl NiftiSpec {
     /// 2-D slices along `axis` (rows follow the later remaining axis, columns the earlier one), with their slice
     /// index; with `foreground_only`, only those with at least `min_foreground` label pixels.
     pub fn slice_case(&self, key: &str, vol: &Volume, lab: &Volume) -> Vec<(usize, RawCase)> {
+        let (_, gt) = self.label_frame(lab);
+        self.slices(key, vol, &gt)
+    }
+
+    /// [`NiftiSpec::slice_case`] with the label already in the slice frame ([`NiftiSpec::label_frame`]).
+    fn slices(&self, key: &str, vol: &Volume, gt: &[bool]) -> Vec<(usize, RawCase)> {
         let [_, ny, nz] = vol.dims;
-        let idx = |x: usize, y: usize, z: usize| (x * ny + y) * nz + z;
         let (ns, rows, cols) = frame_dims(self.axis, vol.dims);
+        let plane = rows * cols;
         let mut out = Vec::new();
         for s in 0..ns {
-            let mut img = Vec::with_capacity(rows * cols);
-            let mut m = Vec::with_capacity(rows * cols);
+            let mut img = Vec::with_capacity(plane);
             for r in 0..rows {
                 for c in 0..cols {
                     let (x, y, z) = to_xyz(self.axis, s, r, c);
-                    let i = idx(x, y, z);
-                    img.push(vol.data[i]);
-                    m.push(self.is_fg(lab.data[i]) as u8);
+                    img.push(vol.data[(x * ny + y) * nz + z]);
                 }
             }
             let mask = Mask2D {
                 h: rows,
                 w: cols,
-                data: m,
+                data: gt[s * plane..(s + 1) * plane]
+                    .iter()
+                    .map(|&g| g as u8)
+                    .collect(),
             };
             if self.foreground_only && mask.count() < self.min_foreground.max(1) {
                 continue;

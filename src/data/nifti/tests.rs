@@ -74,7 +74,7 @@ fn reads_slices_and_splits_by_case() {
     assert!(tr.iter().all(|c| !c.id.starts_with("case2/")));
     // the volume keeps its whole label in the slice frame (4 slices of 5 rows x 6 columns)
     assert_eq!(te[0].dims, [4, 5, 6]);
-    assert_eq!(te[0].gt.iter().filter(|&&g| g != 0).count(), 2 * 5 + 3 * 5);
+    assert_eq!(te[0].gt.iter().filter(|&&g| g).count(), 2 * 5 + 3 * 5);
     assert_eq!(
         te[0].slices.iter().map(|(z, _)| *z).collect::<Vec<_>>(),
         [1, 2]
@@ -96,7 +96,7 @@ fn reads_slices_and_splits_by_case() {
     assert_eq!((tr.len(), te.len()), (2, 2));
     assert!(te
         .iter()
-        .all(|v| v.slices.len() == 1 && v.gt.iter().filter(|&&g| g != 0).count() == 3 * 5));
+        .all(|v| v.slices.len() == 1 && v.gt.iter().filter(|&&g| g).count() == 3 * 5));
     assert!(tr
         .iter()
         .all(|c| !te.iter().any(|v| c.id.starts_with(&format!("{}/", v.id)))));

@@ -3,14 +3,9 @@
 //! forgetting are recomputed from it (with the signs of a lower-is-better metric for HD95; see
 //! `metrics::cl_metrics_lower_better`). Optional metrics columns (matcher accuracy, ...) are kept.
 
-use std::collections::BTreeMap;
-
 use super::{MetricsRow, ResultsSet};
 use crate::metrics::{cl_metrics, cl_metrics_lower_better, Metric};
 use crate::{Error, Result};
-
-/// One run's matrix R[k][j] (None where a stage is missing).
-type Grid = Vec<Vec<Option<f64>>>;
 
 impl ResultsSet {
     /// The same results in `metric` (a clone for Dice). An input error when some score row has no value for
@@ -24,38 +19,17 @@ impl ResultsSet {
             r.dice = r.value(metric).ok_or_else(|| {
                 Error::input(format!(
                     "{}: scores have no `{}` column (results of an older evosam): rerun, or report in Dice",
-                    self.run_dirs
-                        .iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    crate::data::list_paths(&self.run_dirs),
                     metric.column()
                 ))
             })?;
         }
         rs.matrix = crate::results::matrix_rows(&rs.scores);
-        let mut runs: BTreeMap<(String, i64, String), Grid> = BTreeMap::new();
         let n_tasks = rs.matrix.iter().map(|m| m.eval_index).max().unwrap_or(0) as usize;
-        for m in &rs.matrix {
-            let r = runs
-                .entry((m.strategy.clone(), m.seed, m.order.clone()))
-                .or_insert_with(|| vec![vec![None; n_tasks]; n_tasks + 1]);
-            if let Some(cell) = r
-                .get_mut(m.stage as usize)
-                .and_then(|row| row.get_mut(m.eval_index as usize - 1))
-            {
-                *cell = Some(m.dice);
-            }
-        }
         let mut metrics = Vec::new();
         for old in &rs.metrics {
-            let key = (old.strategy.clone(), old.seed, old.order.clone());
-            let Some(r) = runs.get(&key) else { continue };
-            let Some(full) = r
-                .iter()
-                .map(|row| row.iter().copied().collect::<Option<Vec<f64>>>())
-                .collect::<Option<Vec<Vec<f64>>>>()
-            else {
+            let run = (old.strategy.clone(), old.seed, old.order.clone());
+            let Some(full) = crate::results::run_matrix(&rs.matrix, &run, n_tasks) else {
                 continue; // an incomplete run has no metrics row in Dice either
             };
             let m = if metric.higher_is_better() {
