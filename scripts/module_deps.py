@@ -3,6 +3,7 @@
 
     python3 scripts/module_deps.py            # report; exit 1 when top-level modules form a cycle
     python3 scripts/module_deps.py --edges    # also print every top-level arrow with one example file
+    python3 scripts/module_deps.py --check    # also enforce the layer order of docs/ARCHITECTURE.md (exit 1)
 
 What counts as a dependency: a path `crate::a::b...` (in `use` lines, braces included, or inline), a
 `super::...` path, and a bare `child::...` path to a module the file itself declares. Test code is left out:
@@ -20,6 +21,37 @@ import sys
 from collections import defaultdict
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+ARCHITECTURE = os.path.join(ROOT, "..", "docs", "ARCHITECTURE.md")
+
+
+def documented_layers():
+    """The layer list of docs/ARCHITECTURE.md: the fenced block after the line `<!-- layers -->`, lowest layer
+    first, one layer per line (module names separated by spaces; text after `#` is a comment)."""
+    text = open(ARCHITECTURE).read()
+    at = text.find("<!-- layers -->")
+    if at < 0:
+        sys.exit("docs/ARCHITECTURE.md has no `<!-- layers -->` block")
+    block = text[at:].split("```")[1]
+    layers = []
+    for line in block.split("\n"):
+        names = line.split("#")[0].split()
+        if names:
+            layers.append(names)
+    return layers
+
+
+def layer_violations(top, layers):
+    """Arrows that point up the documented order (a module may import its own layer and the layers below), and
+    top-level modules the list does not name."""
+    rank = {m: i for i, layer in enumerate(layers) for m in layer}
+    problems = []
+    for m in sorted({x for a in top for x in [a, *top[a]]} - set(rank)):
+        problems.append(f"  module `{m}` is missing from the layer list in docs/ARCHITECTURE.md")
+    for a in sorted(top):
+        for b in sorted(top[a]):
+            if a in rank and b in rank and rank[b] > rank[a]:
+                problems.append(f"  {a} -> {b} points up the layers ({a} is layer {rank[a]}, {b} is layer {rank[b]}; e.g. {top[a][b]})")
+    return problems
 
 
 def module_of(path):
@@ -216,7 +248,17 @@ def main():
     for c in sorted(fsccs, key=len, reverse=True):
         names = sorted(os.path.relpath(files[x], os.path.join(ROOT, "..")) for x in c)
         print(f"  {len(c)} files: {', '.join(names)}")
-    return 1 if top_sccs else 0
+    status = 1 if top_sccs else 0
+    if "--check" in sys.argv:
+        layers = documented_layers()
+        problems = layer_violations(top, layers)
+        print(f"layers (docs/ARCHITECTURE.md): {' < '.join(', '.join(l) for l in layers)}")
+        if problems:
+            print("\n".join(problems))
+            status = 1
+        else:
+            print("  every arrow points down the documented layers")
+    return status
 
 
 def sccs(g):

@@ -10,10 +10,10 @@
 //!   [`Prediction`]), describe it with a [`StrategyKind`] (params type, builder, presets) and
 //!   [`Registry::register`] it. `examples/custom_strategy.rs` does all four end to end.
 //!
-//! Layers (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py` checks that arrows point one way):
-//! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`], [`embed_cache`] < [`spec`] < [`data`] <
-//! [`train`] < [`strategy`] < [`metrics`], [`results`] < [`interactive`] < [`runner`] < [`report`], [`cluster`]; the
-//! binary's subcommands (`src/cli/`) use only this public surface.
+//! Layers, lowest first (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py --check` enforces them):
+//! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`] < [`embed_cache`] < [`spec`] < [`data`] <
+//! [`metrics`] < [`train`] < [`strategy`] < [`results`] < [`interactive`] < [`annotate`] < [`report`] < [`runner`] <
+//! [`cluster`]; the binary's subcommands (`src/cli/`) use only this public surface.
 
 #![warn(missing_docs)]
 
