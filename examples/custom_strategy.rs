@@ -109,11 +109,7 @@ impl Strategy for FreshLora {
         let out = ctx
             .model
             .decode(&batch.embeddings, &batch.prompts, self.adapter.as_ref())?;
-        Ok(Prediction {
-            logits: (out.logits * self.params.scale)?,
-            routed_to: None,
-            novelty: None,
-        })
+        Ok(Prediction::new((out.logits * self.params.scale)?))
     }
 
     fn save_state(&self, dir: &Path) -> evosam::Result<()> {
@@ -186,12 +182,10 @@ fn main() -> evosam::Result<()> {
 
     let out = tempfile::tempdir().map_err(|e| evosam::Error::io(std::env::temp_dir(), e))?;
     let spec = Spec::parse(SPEC, Path::new("custom.toml"), out.path(), &registry)?;
-    let opts = RunOptions {
-        out: Some(out.path().to_path_buf()),
-        quiet: true,
-        report: false,
-        ..RunOptions::default()
-    };
+    let mut opts = RunOptions::default();
+    opts.out = Some(out.path().to_path_buf());
+    opts.quiet = true;
+    opts.report = false;
     let summary = evosam::run(spec, &registry, &opts)?;
 
     let results = evosam::load_results(std::slice::from_ref(&summary.dir))?;

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every error of the library; [`Error::exit_code`] sorts them into bad input and internal failure.
+///
+/// `#[non_exhaustive]`: new variants may come in a minor release, so a `match` outside this crate ends with a
+/// wildcard arm. A downstream strategy's own error travels as [`Error::Other`] (see [`Error::other`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Bad user input: an unreadable image, a malformed argument, a missing file.
     #[error("{0}")]
@@ -44,6 +48,10 @@ pub enum Error {
     /// An internal failure.
     #[error("{0}")]
     Internal(String),
+    /// An error of code outside this crate (a custom strategy or data source), kept whole: its message is shown
+    /// and its `source()` chain stays reachable. Counts as an internal failure (exit code 1).
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl Error {
@@ -74,5 +82,26 @@ impl Error {
     /// An internal failure (a bug or a broken invariant).
     pub fn internal(msg: impl Into<String>) -> Self {
         Error::Internal(msg.into())
+    }
+
+    /// Wrap an error of downstream code (a custom strategy's own error type) without losing it.
+    ///
+    /// ```
+    /// #[derive(Debug)]
+    /// struct MyError;
+    /// impl std::fmt::Display for MyError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("my strategy failed")
+    ///     }
+    /// }
+    /// impl std::error::Error for MyError {}
+    ///
+    /// let e = evosam::Error::other(MyError);
+    /// assert_eq!(e.to_string(), "my strategy failed");
+    /// assert_eq!(e.exit_code(), 1);
+    /// assert!(matches!(e, evosam::Error::Other(ref b) if b.is::<MyError>()));
+    /// ```
+    pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Other(Box::new(e))
     }
 }

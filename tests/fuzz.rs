@@ -340,11 +340,7 @@ fn check_spec(
     }
     if spec.model.weights == "random-tiny" {
         for s in &spec.strategies {
-            let env = evosam::BuildEnv {
-                model,
-                base_sha256: "fuzz",
-                init_seed: 1,
-            };
+            let env = evosam::BuildEnv::new(model, "fuzz", 1);
             if let Err(e) = reg.build(s, &env) {
                 return typed(
                     &e,
@@ -806,12 +802,10 @@ fn results_folder(out: &Path) -> PathBuf {
         &Registry::default(),
     )
     .unwrap();
-    let opts = evosam::RunOptions {
-        out: Some(out.to_path_buf()),
-        quiet: true,
-        report: false,
-        ..Default::default()
-    };
+    let mut opts = evosam::RunOptions::default();
+    opts.out = Some(out.to_path_buf());
+    opts.quiet = true;
+    opts.report = false;
     evosam::run(spec, &Registry::default(), &opts).unwrap().dir
 }
 

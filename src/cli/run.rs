@@ -53,13 +53,12 @@ pub fn run(args: Args, set_threads: fn(usize)) -> evosam::Result<()> {
     let spec = Spec::load(&args.spec, &registry)?;
     set_threads(runner::threads_for(&spec));
     spec.check_data()?;
-    let opts = RunOptions {
-        out: args.out,
-        jobs: args.jobs.unwrap_or_else(|| runner::default_jobs(&spec)),
-        resume: args.resume,
-        quiet: args.quiet,
-        report: !args.no_report,
-    };
+    let mut opts = RunOptions::default();
+    opts.out = args.out;
+    opts.jobs = args.jobs.unwrap_or_else(|| runner::default_jobs(&spec));
+    opts.resume = args.resume;
+    opts.quiet = args.quiet;
+    opts.report = !args.no_report;
     if let Some(id) = &args.cell {
         return runner::run_one_cell(spec, &registry, &opts, id);
     }

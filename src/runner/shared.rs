@@ -8,8 +8,18 @@ use crate::strategy::{EmbeddingStore, Registry};
 use candle_core::Device;
 use std::path::PathBuf;
 
-/// How to run a spec (the `evosam run` flags).
+/// How to run a spec (the `evosam run` flags). `#[non_exhaustive]`: start from [`RunOptions::default`] and set
+/// the fields you need (new options may come in a minor release).
+///
+/// ```
+/// let mut opts = evosam::RunOptions::default();
+/// opts.out = Some("results".into());
+/// opts.quiet = true;
+/// assert_eq!(opts.jobs, 1);
+/// assert!(opts.report);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RunOptions {
     /// Results root (default: the spec's `output`); results go to `<out>/<experiment name>/`.
     pub out: Option<PathBuf>,

@@ -63,7 +63,9 @@ pub fn decode_cases(
     })
 }
 
-/// Everything a strategy may use while training or predicting.
+/// Everything a strategy may use while training or predicting. Built by the runner for each stage;
+/// `#[non_exhaustive]` so that new fields can come in a minor release.
+#[non_exhaustive]
 pub struct StrategyCtx<'a> {
     /// The frozen base model.
     pub model: &'a LiteMedSam,
@@ -139,6 +141,7 @@ pub struct Batch<'a> {
 }
 
 /// Logits (B,1,S,S) and, for routing strategies, the chosen expert per image (task name or "base").
+#[non_exhaustive]
 pub struct Prediction {
     /// Low-resolution mask logits (B,1,S,S).
     pub logits: Tensor,
@@ -146,6 +149,33 @@ pub struct Prediction {
     pub routed_to: Option<Vec<String>>,
     /// Per-image novelty score of a routing strategy's novelty detector (scores.csv `novelty`), else None.
     pub novelty: Option<Vec<f64>>,
+}
+
+impl Prediction {
+    /// Logits of a strategy that does not route (no `routed_to`, no novelty score).
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// let logits = Tensor::zeros((2, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    /// let p = evosam::Prediction::new(logits);
+    /// assert!(p.routed_to.is_none() && p.novelty.is_none());
+    /// ```
+    pub fn new(logits: Tensor) -> Self {
+        Self {
+            logits,
+            routed_to: None,
+            novelty: None,
+        }
+    }
+
+    /// Logits of a routing strategy: the expert each image went to and, when it has one, its novelty score.
+    pub fn routed(logits: Tensor, routed_to: Vec<String>, novelty: Option<Vec<f64>>) -> Self {
+        Self {
+            logits,
+            routed_to: Some(routed_to),
+            novelty,
+        }
+    }
 }
 
 /// A continual-learning strategy: trained task after task, evaluated after every stage, checkpointed so a

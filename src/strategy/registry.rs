@@ -56,6 +56,7 @@ impl StrategyParams for lwf::Params {
 }
 
 /// What a builder gets besides the strategy's spec and params.
+#[non_exhaustive]
 pub struct BuildEnv<'a> {
     /// The frozen base model (adapters are created against it).
     pub model: &'a LiteMedSam,
@@ -63,6 +64,17 @@ pub struct BuildEnv<'a> {
     pub base_sha256: &'a str,
     /// Initialisation seed of this cell, derived from (experiment seed, label, order).
     pub init_seed: u64,
+}
+
+impl<'a> BuildEnv<'a> {
+    /// What a builder gets: the base model, its weights' sha256 and the cell's initialisation seed.
+    pub fn new(model: &'a LiteMedSam, base_sha256: &'a str, init_seed: u64) -> Self {
+        Self {
+            model,
+            base_sha256,
+            init_seed,
+        }
+    }
 }
 
 type CheckFn = dyn Fn(&Table) -> std::result::Result<(), Diag> + Send + Sync;

@@ -125,11 +125,9 @@ fn spec_of(
 /// Compute the embeddings of the first `tasks` tasks into the cache (a prepare-only run in `out/prepare`).
 pub fn prepare_embeddings(a: &ScaleArgs, tasks: usize, threads: usize, out: &Path) -> Result<()> {
     let spec = spec_of(a, "zeroshot", tasks, threads, out)?;
-    let opts = RunOptions {
-        out: Some(out.join("prepare")),
-        quiet: true,
-        ..Default::default()
-    };
+    let mut opts = RunOptions::default();
+    opts.out = Some(out.join("prepare"));
+    opts.quiet = true;
     evosam::runner::prepare_run(spec, &opts).map(|_| ())
 }
 
@@ -168,12 +166,10 @@ pub fn run_cell(
             )));
         }
     } else {
-        let opts = RunOptions {
-            out: Some(out.to_path_buf()),
-            quiet: true,
-            report: false,
-            ..Default::default()
-        };
+        let mut opts = RunOptions::default();
+        opts.out = Some(out.to_path_buf());
+        opts.quiet = true;
+        opts.report = false;
         reset_peak_rss();
         evosam::run(spec, &Registry::default(), &opts)?;
     }
