@@ -1,8 +1,9 @@
 //! The run's record: `manifest.json` (spec, versions, machine, cells, timings) and the metrics summary printed
 //! at the end.
 
-use super::cell::{Outcome, STEPS_KEY};
+use super::cell::STEPS_KEY;
 use super::plan::{spec_fingerprint, stream_view};
+use super::pool::Outcome;
 use super::shared::{RunOptions, Shared};
 use super::timing::RunTimes;
 use crate::results::ExtraRow;

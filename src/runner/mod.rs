@@ -13,7 +13,9 @@
 //! RNG from (seed, label, order, stage), so a resumed cell replays exactly what an uninterrupted one does.
 //!
 //! Files, one job each: `plan.rs` (cells, fingerprint, folder ownership), `setup.rs` (device, model, data,
-//! embeddings, thread count), `cell.rs` (one cell's stages and checkpoints under the cell's lock, the cell pool),
+//! embeddings, thread count), `cell.rs` (one cell's stages under the cell's lock), `checkpoint.rs` (stage folders committed
+//! atomically, the walk over committed stages), `pool.rs` (the compute pool and the worker threads that run cells
+//! `jobs` at a time),
 //! `record.rs` (a cell's attempt record and progress line), `jobs.rs` (prepare / one cell / finalize as separate
 //! processes, for `evosam submit`), `eval.rs` (scoring a stage), `progress.rs` (bars or lines), `manifest.rs`
 //! (manifest.json and the printed summary), `timing.rs` (where the time went). Only `cluster` (Slurm) and the CLI
@@ -21,10 +23,12 @@
 
 mod cell;
 mod check;
+mod checkpoint;
 mod eval;
 mod jobs;
 mod manifest;
 mod plan;
+mod pool;
 mod progress;
 pub mod record;
 mod setup;
@@ -36,8 +40,9 @@ pub use check::check_model;
 pub use eval::{case_dice, EVAL_BATCH};
 pub use jobs::{finalize_run, prepare_run, run_one_cell};
 
-pub use cell::{compute_pool, STEPS_KEY};
+pub use cell::STEPS_KEY;
 pub use plan::{cells_of, spec_fingerprint, Cell};
+pub use pool::compute_pool;
 pub use progress::Reporter;
 pub use setup::{cuda_hint, device_of, load_model, open_device, threads_for};
 pub use shared::RunOptions;
@@ -46,8 +51,9 @@ use crate::results;
 use crate::spec::Spec;
 use crate::strategy::Registry;
 use crate::{Error, Result};
-use cell::{collect, collect_optional, run_cells, Outcome, SLICE_SCORES_FILE};
+use checkpoint::{collect, collect_optional, SLICE_SCORES_FILE};
 use plan::RunFolder;
+use pool::{run_cells, Outcome};
 use shared::Shared;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -272,7 +278,7 @@ fn write_report(dir: &std::path::Path, reporter: &Reporter, metric: crate::metri
 
 #[cfg(test)]
 mod tests {
-    use super::cell::{commit_stage, stage_dir};
+    use super::checkpoint::{commit_stage, stage_dir};
     use super::*;
     use crate::util::derive_seed;
     use std::path::Path;
