@@ -1,11 +1,12 @@
-//! One table file read back (CSV as strings, or Parquet) with typed column accessors that name the file in their
-//! errors. CSV files are read with all columns as strings (no type inference, so case ids such as "007" keep their
-//! leading zeros) and then cast to the table's types; Parquet columns are cast likewise.
+//! One table file written atomically (CSV, Parquet) and read back with typed column accessors that name the file
+//! in their errors. CSV files are read with all columns as strings (no type inference, so case ids such as "007"
+//! keep their leading zeros) and then cast to the table's types; Parquet columns are cast likewise.
 
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
+use crate::util::write_atomic;
 use crate::{Error, Result};
 
 pub(crate) fn read_csv_as_strings(path: &Path) -> Result<DataFrame> {
@@ -173,4 +174,18 @@ pub(crate) fn opt_strs_default(t: &Frame, name: &str) -> Result<Vec<String>> {
         .into_iter()
         .map(|s| s.unwrap_or_default())
         .collect())
+}
+
+/// Write a frame as CSV (atomically).
+pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
+    write_atomic(path, &buf)
+}
+
+/// Write a frame as Parquet (atomically).
+pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    ParquetWriter::new(&mut buf).finish(df)?;
+    write_atomic(path, &buf)
 }

@@ -9,12 +9,11 @@ pub mod schema;
 
 use crate::metrics::cl_metrics;
 use crate::{Error, Result};
-use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use frame::Frame;
+pub use frame::{write_csv, write_parquet, Frame};
 use schema::table;
 pub use schema::Table;
 
@@ -140,20 +139,6 @@ pub(crate) mod f64_bits {
 }
 
 pub use crate::util::write_atomic;
-
-/// Write a frame as CSV (atomically).
-pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
-    let mut buf = Vec::new();
-    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
-    write_atomic(path, &buf)
-}
-
-/// Write a frame as Parquet (atomically).
-pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
-    let mut buf = Vec::new();
-    ParquetWriter::new(&mut buf).finish(df)?;
-    write_atomic(path, &buf)
-}
 
 table! {
 /// One matrix entry (matrix.csv).

@@ -82,9 +82,9 @@ pub trait Table: Sized {
 pub fn write_frame(df: &mut DataFrame, paths: &[&Path]) -> Result<()> {
     for p in paths {
         if p.extension().is_some_and(|e| e == "parquet") {
-            super::write_parquet(p, df)?;
+            super::frame::write_parquet(p, df)?;
         } else {
-            super::write_csv(p, df)?;
+            super::frame::write_csv(p, df)?;
         }
     }
     Ok(())

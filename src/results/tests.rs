@@ -3,6 +3,7 @@
 
 use super::schema::assert_round_trip;
 use super::*;
+use polars::prelude::*;
 
 fn row(strategy: &str, stage: i64, j: i64, case: &str, dice: f64) -> ScoreRow {
     ScoreRow {
