@@ -15,10 +15,12 @@
 
 pub mod clicks;
 pub mod distance;
-pub mod metrics;
 pub mod rows;
 pub mod simulate;
 pub mod study;
+
+/// The curve metrics (NoC@τ, Dice@k, AUC, time), which live with the crate's other metrics.
+pub use crate::metrics::clicks as metrics;
 
 pub use crate::spec::{InteractiveSpec, StudyStages, TimeModel};
 pub use clicks::{next_click, Click};

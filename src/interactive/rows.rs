@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::summarise;
 use super::simulate::Trace;
-use crate::results::{col_of, write_atomic, write_csv, write_parquet};
+use crate::metrics::clicks::summarise;
+use crate::results::schema::table;
+use crate::results::{write_atomic, CellKey, Table};
 use crate::spec::InteractiveSpec;
 use crate::{Error, Result};
 
@@ -19,8 +20,9 @@ pub const SETTINGS_FILE: &str = "interactive.json";
 /// `eval_task` of the row that pools every evaluated task of a run.
 pub const ALL_TASKS: &str = "all";
 
-/// One case after one click (click 0 = the box alone).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+table! {
+/// One case after one click (click 0 = the box alone): clicks.parquet, clicks.csv.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ClickRow {
     /// Strategy label.
     pub strategy: String,
@@ -48,6 +50,8 @@ pub struct ClickRow {
     /// 1 positive (foreground), 0 negative.
     pub click_label: Option<i64>,
 }
+}
+crate::results::cell_of!(ClickRow, InteractiveRow);
 
 /// Which run and stage a set of traces belongs to.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,8 +95,9 @@ pub fn click_rows(
     rows
 }
 
+table! {
 /// One line of interactive.csv: means over the cases of a run, stage and task (or all tasks).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct InteractiveRow {
     /// Strategy label.
     pub strategy: String,
@@ -106,8 +111,10 @@ pub struct InteractiveRow {
     pub eval_task: String,
     /// Cases the means are taken over.
     pub n_cases: i64,
+    ..
     /// (column, mean) in the order of [`value_columns`].
     pub values: Vec<(String, f64)>,
+}
 }
 
 /// The value columns for a spec: noc@τ and fail@τ per target, dice@k per report point, auc, and seconds@τ per
@@ -138,21 +145,38 @@ pub fn case_values(dice: &[f64], spec: &InteractiveSpec) -> Vec<f64> {
     v
 }
 
-type CaseKey = (String, i64, String, i64, String, String);
+/// One case of one run at one stage: the key of a Dice-vs-clicks curve. Ordered as the tuple (strategy, seed,
+/// order, stage, eval_task, case).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CaseKey {
+    /// The run.
+    pub cell: CellKey,
+    /// Stage studied.
+    pub stage: i64,
+    /// Task the case belongs to.
+    pub eval_task: String,
+    /// Test case id.
+    pub case: String,
+}
+
+impl ClickRow {
+    /// The curve this row is a point of.
+    pub fn case_key(&self) -> CaseKey {
+        CaseKey {
+            cell: self.cell(),
+            stage: self.stage,
+            eval_task: self.eval_task.clone(),
+            case: self.case.clone(),
+        }
+    }
+}
 
 /// Dice curves per (strategy, seed, order, stage, eval_task, case), in first-appearance order.
 pub fn curves(rows: &[ClickRow]) -> Vec<(CaseKey, Vec<f64>)> {
     let mut order: Vec<CaseKey> = Vec::new();
     let mut map: BTreeMap<CaseKey, Vec<(i64, f64)>> = BTreeMap::new();
     for r in rows {
-        let k = (
-            r.strategy.clone(),
-            r.seed,
-            r.order.clone(),
-            r.stage,
-            r.eval_task.clone(),
-            r.case.clone(),
-        );
+        let k = r.case_key();
         map.entry(k.clone())
             .or_insert_with(|| {
                 order.push(k.clone());
@@ -174,12 +198,13 @@ pub fn curves(rows: &[ClickRow]) -> Vec<(CaseKey, Vec<f64>)> {
 /// row (`eval_task = "all"`, every case of every task). Sums run in row order, so results are bit-reproducible.
 pub fn interactive_rows(rows: &[ClickRow], spec: &InteractiveSpec) -> Vec<InteractiveRow> {
     let cols = value_columns(spec);
-    type RunKey = (String, i64, String, i64);
-    let mut runs: Vec<RunKey> = Vec::new();
-    let mut acc: BTreeMap<(RunKey, String), (usize, Vec<f64>)> = BTreeMap::new();
-    let mut tasks: BTreeMap<RunKey, Vec<String>> = BTreeMap::new();
-    for ((s, seed, o, st, task, _case), dice) in curves(rows) {
-        let run = (s, seed, o, st);
+    // (cell, stage studied)
+    type RunAt = (CellKey, i64);
+    let mut runs: Vec<RunAt> = Vec::new();
+    let mut acc: BTreeMap<(RunAt, String), (usize, Vec<f64>)> = BTreeMap::new();
+    let mut tasks: BTreeMap<RunAt, Vec<String>> = BTreeMap::new();
+    for (k, dice) in curves(rows) {
+        let (run, task) = ((k.cell, k.stage), k.eval_task);
         if !runs.contains(&run) {
             runs.push(run.clone());
         }
@@ -203,10 +228,10 @@ pub fn interactive_rows(rows: &[ClickRow], spec: &InteractiveSpec) -> Vec<Intera
         for t in names {
             let (n, sums) = &acc[&(run.clone(), t.clone())];
             out.push(InteractiveRow {
-                strategy: run.0.clone(),
-                seed: run.1,
-                order: run.2.clone(),
-                stage: run.3,
+                strategy: run.0.strategy.clone(),
+                seed: run.0.seed,
+                order: run.0.order.clone(),
+                stage: run.1,
                 eval_task: t,
                 n_cases: *n as i64,
                 values: cols
@@ -220,38 +245,9 @@ pub fn interactive_rows(rows: &[ClickRow], spec: &InteractiveSpec) -> Vec<Intera
     out
 }
 
-/// clicks table (clicks.parquet, clicks.csv).
-pub fn clicks_frame(rows: &[ClickRow]) -> Result<DataFrame> {
-    Ok(DataFrame::new_infer_height(vec![
-        col_of("strategy", rows, |r| r.strategy.clone()),
-        col_of("seed", rows, |r| r.seed),
-        col_of("order", rows, |r| r.order.clone()),
-        col_of("stage", rows, |r| r.stage),
-        col_of("eval_task", rows, |r| r.eval_task.clone()),
-        col_of("case", rows, |r| r.case.clone()),
-        col_of("click", rows, |r| r.click),
-        col_of("dice", rows, |r| r.dice),
-        col_of("routed_to", rows, |r| r.routed_to.clone()),
-        col_of("click_x", rows, |r| r.click_x),
-        col_of("click_y", rows, |r| r.click_y),
-        col_of("click_label", rows, |r| r.click_label),
-    ])?)
-}
-
-/// interactive.csv.
+/// interactive.csv as a frame: the value columns are the spec's (also with no rows).
 pub fn interactive_frame(rows: &[InteractiveRow], spec: &InteractiveSpec) -> Result<DataFrame> {
-    let mut cols = vec![
-        col_of("strategy", rows, |r| r.strategy.clone()),
-        col_of("seed", rows, |r| r.seed),
-        col_of("order", rows, |r| r.order.clone()),
-        col_of("stage", rows, |r| r.stage),
-        col_of("eval_task", rows, |r| r.eval_task.clone()),
-        col_of("n_cases", rows, |r| r.n_cases),
-    ];
-    for (j, name) in value_columns(spec).iter().enumerate() {
-        cols.push(col_of(name, rows, |r| r.values[j].1));
-    }
-    Ok(DataFrame::new_infer_height(cols)?)
+    InteractiveRow::frame_with(rows, &value_columns(spec))
 }
 
 /// Write `clicks.parquet`, `clicks.csv`, `interactive.csv` and `interactive.json` into `dir`.
@@ -260,15 +256,17 @@ pub fn write_tables(
     rows: &[ClickRow],
     spec: &InteractiveSpec,
 ) -> Result<()> {
-    let mut c = clicks_frame(rows)?;
-    write_parquet(&dir.join("clicks.parquet"), &mut c)?;
-    write_csv(&dir.join("clicks.csv"), &mut c)?;
-    let s = interactive_rows(rows, spec);
-    write_csv(
-        &dir.join("interactive.csv"),
-        &mut interactive_frame(&s, spec)?,
+    ClickRow::write(
+        rows,
+        &[&dir.join("clicks.parquet"), &dir.join("clicks.csv")],
     )?;
-    let defs: BTreeMap<&str, &str> = super::metrics::DEFINITIONS.iter().copied().collect();
+    let s = interactive_rows(rows, spec);
+    crate::results::schema::write_frame(
+        &mut interactive_frame(&s, spec)?,
+        &[&dir.join("interactive.csv")],
+    )?;
+    let defs: BTreeMap<&str, &str> =
+        crate::metrics::definitions(crate::metrics::Recorded::Interactive).collect();
     let json = serde_json::json!({ "settings": spec, "definitions": defs });
     let bytes = serde_json::to_vec_pretty(&json)
         .map_err(|e| Error::internal(format!("{SETTINGS_FILE}: {e}")))?;
@@ -368,9 +366,17 @@ mod tests {
         let df = interactive_frame(&s, &spec).unwrap();
         assert_eq!(df.height(), 3);
         assert!(df.column("seconds@0.8").is_ok() && df.column("fail@0.8").is_ok());
-        let df = clicks_frame(&rows).unwrap();
+        let df = ClickRow::frame(&rows).unwrap();
         assert_eq!(df.height(), 12);
         assert_eq!(df.column("click_x").unwrap().null_count(), 3);
+        // Both tables through CSV and Parquet and back.
+        let dir = tempfile::tempdir().unwrap();
+        crate::results::schema::assert_round_trip(dir.path(), "clicks", &rows);
+        let text = crate::results::schema::assert_round_trip(dir.path(), "interactive", &s);
+        assert!(text.starts_with(
+            "strategy,seed,order,stage,eval_task,n_cases,noc@0.8,noc@0.9,fail@0.8,fail@0.9,dice@1,dice@3,auc,\
+             seconds@0.8,seconds@0.9\n"
+        ), "{text}");
         // Checkpoint round trip keeps the exact bits.
         let back: Vec<ClickRow> =
             serde_json::from_str(&serde_json::to_string(&rows).unwrap()).unwrap();

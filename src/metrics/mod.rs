@@ -9,30 +9,54 @@
 //!
 //! With T = 1, BWT and forgetting are 0 and FWT is None.
 
+pub mod clicks;
 pub mod surface;
 
 use crate::data::{self, Case, Scoring};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 
-/// Human-readable definitions, recorded in manifest.json.
-pub const DEFINITIONS: &[(&str, &str)] = &[
-    ("dice", "2|P∩G|/(|P|+|G|) at original resolution, P = sigmoid(logits) > 0.5; 1 if both empty, 0 if only one is"),
-    ("R[k][j]", "mean dice over the test cases of the j-th task of the order after training k tasks (k = 0: zero-shot)"),
-    ("acc", "mean_j R[T][j]"),
-    ("bwt", "mean_{j<T} (R[T][j] - R[j][j])"),
-    ("fwt", "mean_{j>=2} (R[j-1][j] - R[0][j]); null when T = 1"),
-    ("forgetting", "mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])"),
-    ("nsd", "normalised surface Dice at tolerance tau (`[eval] nsd_tolerance_mm`, default 2; mm for volumes and for folder tasks with `spacing`, else pixels): (#{border(P) within tau of border(G)} + #{border(G) within tau of border(P)}) / (|border(P)| + |border(G)|); border = foreground voxels with a background or outside 4/6-neighbour; both empty 1, one empty 0"),
-    ("hd95", "95th-percentile Hausdorff distance in mm (pixels without spacing): max of the two directed 95th percentiles (linear interpolation) of border-to-border distances; both empty 0, one empty the grid's diagonal; lower is better"),
-    ("volume case", "a NIfTI task's test case is a volume: every slice with foreground in the label is predicted with the box of its label, the predictions (background elsewhere) are stacked and Dice, NSD and HD95 are computed in 3-D with the voxel spacing"),
-    ("lower-is-better metrics", "for `evosam report --metric hd95`: BWT = mean_{j<T} (R[j][j] - R[T][j]), FWT = mean_{j>=2} (R[0][j] - R[j-1][j]), forgetting = mean_{j<T} (R[T][j] - min_{j<=l<T} R[l][j]): positive BWT/FWT improve, positive forgetting loses"),
-    ("matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
-    ("route_seen_own", "extras.csv, per stage k >= 1 (routing strategies): fraction of the test cases of the tasks trained so far (positions 1..k) routed to their own task's expert"),
-    ("route_seen_base", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far sent to the base model"),
-    ("route_seen_chain", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far judged novel and sent to the chain (routed_to = \"chain\")"),
-    ("route_new_base", "extras.csv, per stage k < T: fraction of the test cases of the tasks not trained yet (positions k+1..T) sent to the base model"),
+/// Where a definition is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// manifest.json: the per-case scores, the accuracy matrix and the per-run metrics.
+    Manifest,
+    /// interactive.json: the interactive study's per-case curve metrics ([`clicks`]).
+    Interactive,
+}
+
+/// Human-readable definitions of every metric the crate records, each with the file it is recorded in
+/// ([`definitions`]).
+pub const DEFINITIONS: &[(Recorded, &str, &str)] = &[
+    (Recorded::Manifest, "dice", "2|P∩G|/(|P|+|G|) at original resolution, P = sigmoid(logits) > 0.5; 1 if both empty, 0 if only one is"),
+    (Recorded::Manifest, "R[k][j]", "mean dice over the test cases of the j-th task of the order after training k tasks (k = 0: zero-shot)"),
+    (Recorded::Manifest, "acc", "mean_j R[T][j]"),
+    (Recorded::Manifest, "bwt", "mean_{j<T} (R[T][j] - R[j][j])"),
+    (Recorded::Manifest, "fwt", "mean_{j>=2} (R[j-1][j] - R[0][j]); null when T = 1"),
+    (Recorded::Manifest, "forgetting", "mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])"),
+    (Recorded::Manifest, "nsd", "normalised surface Dice at tolerance tau (`[eval] nsd_tolerance_mm`, default 2; mm for volumes and for folder tasks with `spacing`, else pixels): (#{border(P) within tau of border(G)} + #{border(G) within tau of border(P)}) / (|border(P)| + |border(G)|); border = foreground voxels with a background or outside 4/6-neighbour; both empty 1, one empty 0"),
+    (Recorded::Manifest, "hd95", "95th-percentile Hausdorff distance in mm (pixels without spacing): max of the two directed 95th percentiles (linear interpolation) of border-to-border distances; both empty 0, one empty the grid's diagonal; lower is better"),
+    (Recorded::Manifest, "volume case", "a NIfTI task's test case is a volume: every slice with foreground in the label is predicted with the box of its label, the predictions (background elsewhere) are stacked and Dice, NSD and HD95 are computed in 3-D with the voxel spacing"),
+    (Recorded::Manifest, "lower-is-better metrics", "for `evosam report --metric hd95`: BWT = mean_{j<T} (R[j][j] - R[T][j]), FWT = mean_{j>=2} (R[0][j] - R[j-1][j]), forgetting = mean_{j<T} (R[T][j] - min_{j<=l<T} R[l][j]): positive BWT/FWT improve, positive forgetting loses"),
+    (Recorded::Manifest, "matcher_acc", "fraction of final-stage test cases routed to their own task's expert (routing strategies)"),
+    (Recorded::Manifest, "route_seen_own", "extras.csv, per stage k >= 1 (routing strategies): fraction of the test cases of the tasks trained so far (positions 1..k) routed to their own task's expert"),
+    (Recorded::Manifest, "route_seen_base", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far sent to the base model"),
+    (Recorded::Manifest, "route_seen_chain", "extras.csv, per stage k >= 1: fraction of the test cases of the tasks trained so far judged novel and sent to the chain (routed_to = \"chain\")"),
+    (Recorded::Manifest, "route_new_base", "extras.csv, per stage k < T: fraction of the test cases of the tasks not trained yet (positions k+1..T) sent to the base model"),
+    (Recorded::Interactive, "click 0", "the box prompt alone (the regular evaluation); click k: box + the first k simulated clicks"),
+    (Recorded::Interactive, "noc@t", "clicks to first reach dice >= t (0 if the box alone does); max_clicks + 1 if never"),
+    (Recorded::Interactive, "dice@k", "dice after k clicks"),
+    (Recorded::Interactive, "auc", "trapezoid area under dice vs clicks over 0..max_clicks, divided by max_clicks"),
+    (Recorded::Interactive, "seconds@t", "seconds_per_case + seconds_per_click * noc@t (spec's time model)"),
 ];
+
+/// The (name, definition) pairs of [`DEFINITIONS`] recorded in `file`, in their order.
+pub fn definitions(file: Recorded) -> impl Iterator<Item = (&'static str, &'static str)> {
+    DEFINITIONS
+        .iter()
+        .filter(move |d| d.0 == file)
+        .map(|d| (d.1, d.2))
+}
 
 /// Per-stage routing shares of one stage's test cases (the `route_*` keys of [`DEFINITIONS`]), from each case's
 /// position in the order (1-based), its task and where it was routed (`None`: the strategy does not route; then

@@ -13,8 +13,8 @@ pub use super::stats::Stat;
 mod steps;
 mod types;
 use steps::{
-    confusions, count_non_finite, curves, extras_series, final_stages, heatmaps, run_key,
-    summary_bars, table_rows,
+    confusions, count_non_finite, curves, extras_series, final_stages, heatmaps, summary_bars,
+    table_rows,
 };
 pub use types::{
     ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, SummaryTable, TableRow,
@@ -102,14 +102,8 @@ impl ReportData {
         let curves = curves(rs, &strategies, &tasks);
         let heatmaps = heatmaps(rs, &strategies);
         let summary = summary_bars(rs, &strategies);
-        let final_scores = final_stages(
-            rs.scores
-                .iter()
-                .map(|r| (run_key(&r.strategy, r.seed, &r.order), r.stage)),
-        );
-        let is_final = |r: &ScoreRow| {
-            final_scores.get(&run_key(&r.strategy, r.seed, &r.order)) == Some(&r.stage)
-        };
+        let final_scores = final_stages(rs.scores.iter().map(|r| (r.cell(), r.stage)));
+        let is_final = |r: &ScoreRow| final_scores.get(&r.cell()) == Some(&r.stage);
         let confusions = confusions(rs, &strategies, &tasks, &is_final);
         let growth = extras_series(rs, &strategies, &GROWTH_KEYS);
         let routing = extras_series(rs, &strategies, &ROUTING_KEYS);

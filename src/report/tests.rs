@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use polars::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -217,63 +216,17 @@ pub(crate) fn synthetic_with(
     }
 }
 
-fn col_str(name: &str, v: Vec<Option<String>>) -> Column {
-    Column::new(name.into(), v)
-}
-
 /// Write a results folder with the runner's own writers (scores as Parquet and CSV, the rest as CSV); metrics.csv
 /// carries the synthetic metric values as given.
 pub(crate) fn write_folder(dir: &Path, s: &Synthetic, parquet: bool) {
-    use crate::results::{extras_frame, matrix_frame, scores_frame, write_csv, write_parquet};
+    use crate::results::{ExtraRow, MatrixRow, MetricsRow, Table};
     std::fs::create_dir_all(dir).unwrap();
-    let mut sdf = scores_frame(&s.scores).unwrap();
-    if parquet {
-        write_parquet(&dir.join("scores.parquet"), &mut sdf).unwrap();
-    }
-    write_csv(&dir.join("scores.csv"), &mut sdf).unwrap();
-    write_csv(
-        &dir.join("matrix.csv"),
-        &mut matrix_frame(&s.matrix).unwrap(),
-    )
-    .unwrap();
-    let me = &s.metrics;
-    let mut cols = vec![
-        col_str(
-            "strategy",
-            me.iter().map(|r| Some(r.strategy.clone())).collect(),
-        ),
-        Column::new(
-            "seed".into(),
-            me.iter().map(|r| r.seed).collect::<Vec<i64>>(),
-        ),
-        col_str("order", me.iter().map(|r| Some(r.order.clone())).collect()),
-        Column::new("acc".into(), me.iter().map(|r| r.acc).collect::<Vec<f64>>()),
-        Column::new("bwt".into(), me.iter().map(|r| r.bwt).collect::<Vec<f64>>()),
-        Column::new(
-            "fwt".into(),
-            me.iter().map(|r| r.fwt).collect::<Vec<Option<f64>>>(),
-        ),
-        Column::new(
-            "forgetting".into(),
-            me.iter().map(|r| r.forgetting).collect::<Vec<f64>>(),
-        ),
-    ];
-    let extra_keys: BTreeSet<String> = me.iter().flat_map(|r| r.extra.keys().cloned()).collect();
-    for k in extra_keys {
-        cols.push(Column::new(
-            k.as_str().into(),
-            me.iter()
-                .map(|r| r.extra.get(&k).copied().flatten())
-                .collect::<Vec<Option<f64>>>(),
-        ));
-    }
-    let mut medf = DataFrame::new_infer_height(cols).unwrap();
-    write_csv(&dir.join("metrics.csv"), &mut medf).unwrap();
-    write_csv(
-        &dir.join("extras.csv"),
-        &mut extras_frame(&s.extras).unwrap(),
-    )
-    .unwrap();
+    let (pq, csv) = (dir.join("scores.parquet"), dir.join("scores.csv"));
+    let scores: Vec<&Path> = if parquet { vec![&pq, &csv] } else { vec![&csv] };
+    ScoreRow::write(&s.scores, &scores).unwrap();
+    MatrixRow::write(&s.matrix, &[&dir.join("matrix.csv")]).unwrap();
+    MetricsRow::write(&s.metrics, &[&dir.join("metrics.csv")]).unwrap();
+    ExtraRow::write(&s.extras, &[&dir.join("extras.csv")]).unwrap();
 }
 
 /// Independent mean and sample std (two-pass, n-1).

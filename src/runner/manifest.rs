@@ -12,33 +12,21 @@ use crate::{Error, Result};
 use std::path::Path;
 
 /// One line per cell: ACC, BWT, FWT, forgetting.
-pub(super) fn print_metrics(df: &polars::prelude::DataFrame) {
-    let get_s = |c: &str, i: usize| {
-        df.column(c)
-            .ok()
-            .and_then(|c| c.get(i).ok())
-            .map(|v| v.to_string())
-    };
-    let get_f = |c: &str, i: usize| {
-        df.column(c)
-            .ok()
-            .and_then(|c| c.f64().ok().and_then(|x| x.get(i)))
-            .map(|v| format!("{v:+.4}"))
+pub(super) fn print_metrics(rows: &[crate::results::MetricsRow]) {
+    let f = |v: Option<f64>| {
+        v.map(|v| format!("{v:+.4}"))
             .unwrap_or_else(|| "    -  ".into())
     };
-    for i in 0..df.height() {
+    for r in rows {
         println!(
             "{} seed {} order {}: ACC {:.4} BWT {} FWT {} forgetting {}",
-            get_s("strategy", i).unwrap_or_default().trim_matches('"'),
-            get_s("seed", i).unwrap_or_default(),
-            get_s("order", i).unwrap_or_default().trim_matches('"'),
-            df.column("acc")
-                .ok()
-                .and_then(|c| c.f64().ok().and_then(|x| x.get(i)))
-                .unwrap_or(f64::NAN),
-            get_f("bwt", i),
-            get_f("fwt", i),
-            get_f("forgetting", i)
+            r.strategy,
+            r.seed,
+            r.order,
+            r.acc,
+            f(Some(r.bwt)),
+            f(r.fwt),
+            f(Some(r.forgetting))
         );
     }
 }
@@ -116,10 +104,10 @@ pub(super) fn write_manifest(sh: &Shared, dir: &Path, run: &RunRecord) -> Result
             j
         })
         .collect();
-    let defs: serde_json::Map<String, serde_json::Value> = crate::metrics::DEFINITIONS
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-        .collect();
+    let defs: serde_json::Map<String, serde_json::Value> =
+        crate::metrics::definitions(crate::metrics::Recorded::Manifest)
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
     // per task: its split sizes and, with `unpaired = "skip"`, the images left out
     let mut tasks = Vec::new();
     for (t, ts) in sh.tasks.iter().zip(&sh.spec.stream.tasks) {

@@ -3,26 +3,21 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::super::load::{ResultsSet, ScoreRow};
+use super::super::load::{CellKey, ResultsSet, ScoreRow};
 use super::super::stats::Stat;
 use super::super::stats::{wilcoxon_signed_rank, Wilcoxon};
 use super::types::{
     ConfusionData, CurveSeries, GrowthSeries, HeatmapData, MetricBar, TableRow, METRICS,
 };
 
-pub(super) type RunKey = (String, i64, String); // strategy, seed, order
 /// (seed, order, eval_task, case): the pairing key of the significance tests.
-pub(super) type CaseKey<'a> = (i64, &'a str, &'a str, &'a str);
+pub(super) type PairKey<'a> = (i64, &'a str, &'a str, &'a str);
 
 pub(super) fn stats_by<K: Ord + Clone>(groups: BTreeMap<K, Vec<f64>>) -> BTreeMap<K, Stat> {
     groups
         .into_iter()
         .filter_map(|(k, v)| Stat::of(&v).map(|s| (k, s)))
         .collect()
-}
-
-pub(super) fn run_key(strategy: &str, seed: i64, order: &str) -> RunKey {
-    (strategy.to_string(), seed, order.to_string())
 }
 
 /// Rows with a NaN or infinite value, over all tables.
@@ -38,8 +33,8 @@ pub(super) fn count_non_finite(rs: &ResultsSet) -> usize {
 }
 
 /// The last stage of each run among `(run, stage)` pairs.
-pub(super) fn final_stages(rows: impl Iterator<Item = (RunKey, i64)>) -> HashMap<RunKey, i64> {
-    let mut out: HashMap<RunKey, i64> = HashMap::new();
+pub(super) fn final_stages(rows: impl Iterator<Item = (CellKey, i64)>) -> HashMap<CellKey, i64> {
+    let mut out: HashMap<CellKey, i64> = HashMap::new();
     for (k, stage) in rows {
         let e = out.entry(k).or_insert(stage);
         *e = (*e).max(stage);
@@ -275,14 +270,10 @@ pub(super) fn table_rows(
     reference: Option<&str>,
     is_final: &dyn Fn(&ScoreRow) -> bool,
 ) -> Vec<TableRow> {
-    let final_matrix = final_stages(
-        rs.matrix
-            .iter()
-            .map(|r| (run_key(&r.strategy, r.seed, &r.order), r.stage)),
-    );
+    let final_matrix = final_stages(rs.matrix.iter().map(|r| (r.cell(), r.stage)));
     let mut fin: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for r in &rs.matrix {
-        if final_matrix.get(&run_key(&r.strategy, r.seed, &r.order)) == Some(&r.stage) {
+        if final_matrix.get(&r.cell()) == Some(&r.stage) {
             fin.entry((r.strategy.clone(), r.eval_task.clone()))
                 .or_default()
                 .push(r.dice);
@@ -290,7 +281,7 @@ pub(super) fn table_rows(
     }
     let fin = stats_by(fin);
     // Final-stage per-case dice keyed by (seed, order, task, case), per strategy.
-    let mut per_case: HashMap<&str, BTreeMap<CaseKey, f64>> = HashMap::new();
+    let mut per_case: HashMap<&str, BTreeMap<PairKey, f64>> = HashMap::new();
     for r in rs.scores.iter().filter(|r| is_final(r)) {
         per_case.entry(r.strategy.as_str()).or_default().insert(
             (
@@ -320,7 +311,7 @@ pub(super) fn table_rows(
         let (test_all, test_task) = match reference {
             Some(r) if r != s.as_str() => {
                 let mine = per_case.get(s.as_str()).unwrap_or(&empty);
-                let pairs: Vec<(&CaseKey, f64, f64)> = mine
+                let pairs: Vec<(&PairKey, f64, f64)> = mine
                     .iter()
                     .filter_map(|(k, v)| ref_cases.get(k).map(|rv| (k, *v, *rv)))
                     .filter(|p| p.1.is_finite() && p.2.is_finite())

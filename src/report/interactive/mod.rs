@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::stats::{wilcoxon_signed_rank, Stat, Wilcoxon};
-use crate::interactive::rows::{case_values, curves, value_columns, ClickRow};
+use crate::interactive::rows::{case_values, curves, value_columns, CaseKey, ClickRow};
+use crate::results::CellKey;
 use crate::spec::InteractiveSpec;
 
 /// Reading `clicks.parquet` and `interactive.json`.
@@ -87,9 +88,8 @@ pub struct InteractiveData {
     pub table: InteractiveTable,
 }
 
-type Run = (String, i64, String);
-/// (run, task, case) and that case's Dice curve.
-type CaseCurve = ((Run, String, String), Vec<f64>);
+/// A case (of a run's last studied stage) and its Dice curve.
+type CaseCurve = (CaseKey, Vec<f64>);
 
 /// Everything the report shows of the study; None when the folder has no click rows.
 pub fn compute(
@@ -98,17 +98,14 @@ pub fn compute(
     strategy_order: &[String],
 ) -> Option<InteractiveData> {
     // The last studied stage of each run.
-    let mut last: BTreeMap<Run, i64> = BTreeMap::new();
+    let mut last: BTreeMap<CellKey, i64> = BTreeMap::new();
     for r in rows {
-        let e = last
-            .entry((r.strategy.clone(), r.seed, r.order.clone()))
-            .or_insert(r.stage);
+        let e = last.entry(r.cell()).or_insert(r.stage);
         *e = (*e).max(r.stage);
     }
     let per_case: Vec<CaseCurve> = curves(rows)
         .into_iter()
-        .filter(|((s, seed, o, st, _, _), _)| last.get(&(s.clone(), *seed, o.clone())) == Some(st))
-        .map(|((s, seed, o, _, t, c), d)| (((s, seed, o), t, c), d))
+        .filter(|(k, _)| last.get(&k.cell) == Some(&k.stage))
         .collect();
     if per_case.is_empty() {
         return None;
@@ -116,12 +113,12 @@ pub fn compute(
     let max_clicks = per_case.iter().map(|(_, d)| d.len()).max().unwrap_or(1) - 1;
     let mut tasks: Vec<String> = Vec::new();
     let mut strategies: Vec<String> = Vec::new();
-    for ((run, t, _), _) in &per_case {
-        if !tasks.contains(t) {
-            tasks.push(t.clone());
+    for (k, _) in &per_case {
+        if !tasks.contains(&k.eval_task) {
+            tasks.push(k.eval_task.clone());
         }
-        if !strategies.contains(&run.0) {
-            strategies.push(run.0.clone());
+        if !strategies.contains(&k.cell.strategy) {
+            strategies.push(k.cell.strategy.clone());
         }
     }
     strategies.sort_by_key(|s| {
@@ -133,14 +130,14 @@ pub fn compute(
     let curves_out = click_curves(&per_case, &strategies, &tasks);
     // Per-case values (value_columns order) and per-run means.
     let cols = value_columns(settings);
-    let vals: Vec<((Run, String, String), Vec<f64>)> = per_case
+    let vals: Vec<(CaseKey, Vec<f64>)> = per_case
         .iter()
         .map(|(k, d)| (k.clone(), case_values(d, settings)))
         .collect();
-    let mut run_sums: BTreeMap<Run, (usize, Vec<f64>)> = BTreeMap::new();
-    for ((run, _, _), v) in &vals {
+    let mut run_sums: BTreeMap<CellKey, (usize, Vec<f64>)> = BTreeMap::new();
+    for (k, v) in &vals {
         let e = run_sums
-            .entry(run.clone())
+            .entry(k.cell.clone())
             .or_insert_with(|| (0, vec![0.0; v.len()]));
         e.0 += 1;
         e.1.iter_mut().zip(v).for_each(|(a, b)| *a += b);
@@ -148,7 +145,7 @@ pub fn compute(
     let run_means = |s: &str, j: usize| -> Vec<f64> {
         run_sums
             .iter()
-            .filter(|(r, _)| r.0 == s)
+            .filter(|(r, _)| r.strategy == s)
             .map(|(_, (n, sums))| sums[j] / *n as f64)
             .collect()
     };
@@ -187,14 +184,22 @@ pub fn compute(
         if s == r {
             return None;
         }
-        let key = |k: &(Run, String, String)| (k.0 .1, k.0 .2.clone(), k.1.clone(), k.2.clone());
+        // the same case of the same seed and order
+        let key = |k: &CaseKey| {
+            (
+                k.cell.seed,
+                k.cell.order.clone(),
+                k.eval_task.clone(),
+                k.case.clone(),
+            )
+        };
         let refv: BTreeMap<_, f64> = vals
             .iter()
-            .filter(|(k, _)| k.0 .0 == r)
+            .filter(|(k, _)| k.cell.strategy == r)
             .map(|(k, v)| (key(k), v[j]))
             .collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
-        for (k, v) in vals.iter().filter(|(k, _)| k.0 .0 == s) {
+        for (k, v) in vals.iter().filter(|(k, _)| k.cell.strategy == s) {
             if let Some(&rv) = refv.get(&key(k)) {
                 x.push(v[j]);
                 y.push(rv);
@@ -218,7 +223,7 @@ pub fn compute(
         .collect();
     let n_runs = strategies
         .iter()
-        .map(|s| run_sums.keys().filter(|r| &r.0 == s).count())
+        .map(|s| run_sums.keys().filter(|r| &r.strategy == s).count())
         .collect();
     let p_auc = strategies
         .iter()
@@ -251,12 +256,14 @@ fn click_curves(
     for t in tasks {
         for s in strategies {
             // Per run: the mean curve over its cases of this task.
-            let mut runs: BTreeMap<&Run, (usize, Vec<f64>)> = BTreeMap::new();
-            for ((run, task, _), d) in per_case {
-                if &run.0 != s || task != t {
+            let mut runs: BTreeMap<&CellKey, (usize, Vec<f64>)> = BTreeMap::new();
+            for (k, d) in per_case {
+                if &k.cell.strategy != s || &k.eval_task != t {
                     continue;
                 }
-                let e = runs.entry(run).or_insert_with(|| (0, vec![0.0; d.len()]));
+                let e = runs
+                    .entry(&k.cell)
+                    .or_insert_with(|| (0, vec![0.0; d.len()]));
                 e.0 += 1;
                 e.1.iter_mut().zip(d).for_each(|(a, b)| *a += b);
             }

@@ -2,34 +2,27 @@
 
 use std::path::{Path, PathBuf};
 
-use super::rows::{
-    extras_rows, matrix_rows, metrics_rows, scores_rows, MetricsRow, EXTRAS_COLS, MATRIX_COLS,
-    METRICS_COLS, SCORES_COLS,
-};
-use super::table::{read_csv_as_strings, read_parquet, Table};
-use crate::results::{ExtraRow, MatrixRow, ScoreRow};
+use crate::results::{ExtraRow, Frame, MatrixRow, MetricsRow, ScoreRow, Table};
 use crate::{Error, Result};
 
-fn read_scores(dir: &Path) -> Result<Table> {
+/// The scores table of a folder: Parquet when there is one, else CSV.
+fn read_scores(dir: &Path) -> Result<Frame> {
     let pq = dir.join("scores.parquet");
     let csv = dir.join("scores.csv");
-    let (path, df) = if pq.is_file() {
-        (pq.clone(), read_parquet(&pq)?)
+    if pq.is_file() {
+        Frame::open(&pq)
     } else if csv.is_file() {
-        (csv.clone(), read_csv_as_strings(&csv)?)
+        Frame::open(&csv)
     } else {
-        return Err(Error::input(format!(
+        Err(Error::input(format!(
             "{}: not a results folder (neither scores.parquet nor scores.csv found)",
             dir.display()
-        )));
-    };
-    let t = Table { path, df };
-    t.require(&SCORES_COLS)?;
-    Ok(t)
+        )))
+    }
 }
 
-/// `dir/name`, a CSV file the folder must have, with the contract's columns `cols`.
-fn read_required_csv(dir: &Path, name: &str, cols: &[&str]) -> Result<Table> {
+/// `dir/name`, a CSV file the folder must have.
+fn read_required_csv(dir: &Path, name: &str) -> Result<Frame> {
     let path = dir.join(name);
     if !path.is_file() {
         return Err(Error::input(format!(
@@ -37,12 +30,7 @@ fn read_required_csv(dir: &Path, name: &str, cols: &[&str]) -> Result<Table> {
             path.display()
         )));
     }
-    let t = Table {
-        df: read_csv_as_strings(&path)?,
-        path,
-    };
-    t.require(cols)?;
-    Ok(t)
+    Frame::open(&path)
 }
 
 /// Rows of one folder, before merging.
@@ -65,12 +53,11 @@ pub(super) fn read_folder(dir: &Path) -> Result<FolderTables> {
         )));
     }
     let scores_t = read_scores(dir)?;
-    let scores = scores_rows(&scores_t)?;
+    let scores = ScoreRow::from_frame(&scores_t)?;
 
-    let matrix_t = read_required_csv(dir, "matrix.csv", &MATRIX_COLS)?;
-    let matrix = matrix_rows(&matrix_t)?;
-    let metrics_t = read_required_csv(dir, "metrics.csv", &METRICS_COLS)?;
-    let metrics = metrics_rows(&metrics_t)?;
+    let matrix_t = read_required_csv(dir, "matrix.csv")?;
+    let matrix = MatrixRow::from_frame(&matrix_t)?;
+    let metrics = MetricsRow::from_frame(&read_required_csv(dir, "metrics.csv")?)?;
 
     let epath = dir.join("extras.csv");
     let (extras, extras_cols) = if epath.is_file()
@@ -78,16 +65,11 @@ pub(super) fn read_folder(dir: &Path) -> Result<FolderTables> {
             .map(|m| m.len() > 0)
             .unwrap_or(false)
     {
-        let t = Table {
-            df: read_csv_as_strings(&epath)?,
-            path: epath,
-        };
+        let t = Frame::open(&epath)?;
         if t.df.width() == 0 {
             (Vec::new(), None)
         } else {
-            t.require(&EXTRAS_COLS)?;
-            let cols = t.names();
-            (extras_rows(&t)?, Some(cols))
+            (ExtraRow::from_frame(&t)?, Some(t.names()))
         }
     } else {
         (Vec::new(), None)

@@ -28,8 +28,7 @@ impl ResultsSet {
         let n_tasks = rs.matrix.iter().map(|m| m.eval_index).max().unwrap_or(0) as usize;
         let mut metrics = Vec::new();
         for old in &rs.metrics {
-            let run = (old.strategy.clone(), old.seed, old.order.clone());
-            let Some(full) = crate::results::run_matrix(&rs.matrix, &run, n_tasks) else {
+            let Some(full) = crate::results::run_matrix(&rs.matrix, &old.cell(), n_tasks) else {
                 continue; // an incomplete run has no metrics row in Dice either
             };
             let m = if metric.higher_is_better() {

@@ -1,12 +1,12 @@
 //! Reading one or several results folders (see the results contract in README.md) into plain rows.
 //!
-//! Every table is read with Polars. CSV files are read with all columns as strings (no type inference,
-//! so case ids such as "007" keep their leading zeros) and then cast to the contract's types; Parquet
-//! columns are cast likewise. Several folders are merged: their rows are concatenated, exact duplicate
+//! Every table is read with Polars by the reader its declaration gives it (`crate::results::Table`). CSV files are
+//! read with all columns as strings (no type inference, so case ids such as "007" keep their leading zeros) and
+//! then cast to the contract's types; Parquet columns are cast likewise. Several folders are merged: their rows are concatenated, exact duplicate
 //! rows are dropped, and two rows with the same key but different values are an error naming both folders.
 //!
-//! By job: `table` reads one file into typed columns, `rows` turns a table into rows, `folder` reads one
-//! results folder, `merge` merges the folders' rows; this module holds the public types and [`load_results`].
+//! By job: `folder` reads one results folder, `merge` merges the folders' rows, `metric` re-expresses a set in
+//! another per-case metric; this module holds the public types and [`load_results`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,15 +16,12 @@ use crate::{Error, Result};
 mod folder;
 mod merge;
 mod metric;
-mod rows;
-mod table;
 
 use folder::{read_folder, FolderTables};
 use merge::{check_same_cols, merge_rows};
 
 // The rows the runner writes, read back (same types as `crate::results`).
-pub use crate::results::{ExtraRow, MatrixRow, ScoreRow};
-pub use rows::MetricsRow;
+pub use crate::results::{CellKey, ExtraRow, MatrixRow, MetricsRow, ScoreRow};
 
 /// The merged contents of one or more results folders.
 #[derive(Clone, Debug, Default)]
@@ -70,31 +67,14 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
         "scores",
         &folders,
         |f| f.scores.clone(),
-        |r: &ScoreRow| {
-            (
-                r.strategy.clone(),
-                r.seed,
-                r.order.clone(),
-                r.stage,
-                r.eval_task.clone(),
-                r.case.clone(),
-            )
-        },
+        |r: &ScoreRow| (r.cell(), r.stage, r.eval_task.clone(), r.case.clone()),
         &mut dup,
     )?;
     let matrix = merge_rows(
         "matrix.csv",
         &folders,
         |f| f.matrix.clone(),
-        |r: &MatrixRow| {
-            (
-                r.strategy.clone(),
-                r.seed,
-                r.order.clone(),
-                r.stage,
-                r.eval_task.clone(),
-            )
-        },
+        |r: &MatrixRow| (r.cell(), r.stage, r.eval_task.clone()),
         &mut dup,
     )?;
     // metrics.csv: optional strategy columns may differ between folders (e.g. one part ran only the
@@ -124,22 +104,14 @@ pub fn load_results(run_dirs: &[PathBuf]) -> Result<ResultsSet> {
         "metrics.csv",
         &folders,
         norm_metrics,
-        |r: &MetricsRow| (r.strategy.clone(), r.seed, r.order.clone()),
+        |r: &MetricsRow| r.cell(),
         &mut dup,
     )?;
     let extras = merge_rows(
         "extras.csv",
         &folders,
         |f| f.extras.clone(),
-        |r: &ExtraRow| {
-            (
-                r.strategy.clone(),
-                r.seed,
-                r.order.clone(),
-                r.stage,
-                r.key.clone(),
-            )
-        },
+        |r: &ExtraRow| (r.cell(), r.stage, r.key.clone()),
         &mut dup,
     )?;
     if scores.is_empty() && matrix.is_empty() {

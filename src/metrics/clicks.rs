@@ -6,15 +6,9 @@
 //! - Dice@k: `dice[k]`.
 //! - AUC: the area under the curve by the trapezoid rule over k = 0..max_clicks, divided by max_clicks (in [0, 1]).
 //! - Time: `seconds_per_case + seconds_per_click * NoC@τ`, when the spec gives a time model.
-
-/// Human-readable definitions, recorded next to the interactive results.
-pub const DEFINITIONS: &[(&str, &str)] = &[
-    ("click 0", "the box prompt alone (the regular evaluation); click k: box + the first k simulated clicks"),
-    ("noc@t", "clicks to first reach dice >= t (0 if the box alone does); max_clicks + 1 if never"),
-    ("dice@k", "dice after k clicks"),
-    ("auc", "trapezoid area under dice vs clicks over 0..max_clicks, divided by max_clicks"),
-    ("seconds@t", "seconds_per_case + seconds_per_click * noc@t (spec's time model)"),
-];
+//!
+//! Their definitions, recorded in interactive.json, are the [`Recorded::Interactive`](super::Recorded) entries of
+//! [`super::DEFINITIONS`].
 
 /// NoC@τ of one curve.
 pub fn noc(dice: &[f64], tau: f64) -> usize {

@@ -1,12 +1,15 @@
-//! One table file (CSV as strings, or Parquet) with typed column accessors that name the file in their errors.
+//! One table file written atomically (CSV, Parquet) and read back with typed column accessors that name the file
+//! in their errors. CSV files are read with all columns as strings (no type inference, so case ids such as "007"
+//! keep their leading zeros) and then cast to the table's types; Parquet columns are cast likewise.
 
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
+use crate::util::write_atomic;
 use crate::{Error, Result};
 
-pub(super) fn read_csv_as_strings(path: &Path) -> Result<DataFrame> {
+pub(crate) fn read_csv_as_strings(path: &Path) -> Result<DataFrame> {
     CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
@@ -17,7 +20,7 @@ pub(super) fn read_csv_as_strings(path: &Path) -> Result<DataFrame> {
 
 /// Read a Parquet file. A damaged file can trip an assertion inside Polars' decoder (a panic, not an error):
 /// that is caught and reported as bad input naming the file.
-pub(super) fn read_parquet(path: &Path) -> Result<DataFrame> {
+pub(crate) fn read_parquet(path: &Path) -> Result<DataFrame> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ParquetReader::new(f).finish()
@@ -34,13 +37,29 @@ pub(super) fn read_parquet(path: &Path) -> Result<DataFrame> {
 }
 
 /// A table read from one file, with typed column accessors that name the file in their errors.
-pub(super) struct Table {
-    pub(super) path: PathBuf,
-    pub(super) df: DataFrame,
+pub struct Frame {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Its columns (strings for a CSV file).
+    pub df: DataFrame,
 }
 
-impl Table {
-    pub(super) fn names(&self) -> Vec<String> {
+impl Frame {
+    /// Read `path`: Parquet when it ends in `.parquet`, else CSV (every column as strings).
+    pub fn open(path: &Path) -> Result<Frame> {
+        let df = if path.extension().is_some_and(|e| e == "parquet") {
+            read_parquet(path)?
+        } else {
+            read_csv_as_strings(path)?
+        };
+        Ok(Frame {
+            path: path.to_path_buf(),
+            df,
+        })
+    }
+
+    /// The column names, in file order.
+    pub fn names(&self) -> Vec<String> {
         self.df
             .get_column_names()
             .iter()
@@ -48,7 +67,8 @@ impl Table {
             .collect()
     }
 
-    pub(super) fn require(&self, cols: &[&str]) -> Result<()> {
+    /// An input error naming every column of `cols` the file lacks.
+    pub fn require(&self, cols: &[&str]) -> Result<()> {
         let names = self.names();
         let missing: Vec<&str> = cols
             .iter()
@@ -80,7 +100,8 @@ impl Table {
         })
     }
 
-    pub(super) fn strs(&self, name: &str, nullable: bool) -> Result<Vec<Option<String>>> {
+    /// A string column (a null is an error unless `nullable`).
+    pub fn strs(&self, name: &str, nullable: bool) -> Result<Vec<Option<String>>> {
         let col = self.cast(name, &DataType::String)?;
         let ca = col.str().map_err(|e| Error::internal(e.to_string()))?;
         let mut out = Vec::with_capacity(ca.len());
@@ -93,7 +114,8 @@ impl Table {
         Ok(out)
     }
 
-    pub(super) fn i64s(&self, name: &str) -> Result<Vec<i64>> {
+    /// An integer column without nulls.
+    pub fn i64s(&self, name: &str) -> Result<Vec<i64>> {
         // Through f64 is not needed: ints are written as ints. Strings such as "3" cast cleanly.
         let col = self.cast(name, &DataType::Int64)?;
         let ca = col.i64().map_err(|e| Error::internal(e.to_string()))?;
@@ -103,13 +125,27 @@ impl Table {
             .collect()
     }
 
-    pub(super) fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>> {
+    /// A nullable integer column.
+    pub fn opt_i64s(&self, name: &str) -> Result<Vec<Option<i64>>> {
+        let col = self.cast(name, &DataType::Int64)?;
+        let ca = col.i64().map_err(|e| Error::internal(e.to_string()))?;
+        Ok(ca.iter().collect())
+    }
+
+    /// Whether the file has a column `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.df.column(name).is_ok()
+    }
+
+    /// A nullable float column.
+    pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>> {
         let col = self.cast(name, &DataType::Float64)?;
         let ca = col.f64().map_err(|e| Error::internal(e.to_string()))?;
         Ok(ca.iter().collect())
     }
 
-    pub(super) fn f64s_required(&self, name: &str) -> Result<Vec<f64>> {
+    /// A float column without nulls.
+    pub fn f64s_required(&self, name: &str) -> Result<Vec<f64>> {
         self.f64s(name)?
             .into_iter()
             .enumerate()
@@ -126,16 +162,30 @@ impl Table {
     }
 }
 
-pub(super) fn req_strs(t: &Table, name: &str) -> Result<Vec<String>> {
+pub(crate) fn req_strs(t: &Frame, name: &str) -> Result<Vec<String>> {
     Ok(t.strs(name, false)?
         .into_iter()
         .map(|s| s.unwrap_or_default())
         .collect())
 }
 
-pub(super) fn opt_strs_default(t: &Table, name: &str) -> Result<Vec<String>> {
+pub(crate) fn opt_strs_default(t: &Frame, name: &str) -> Result<Vec<String>> {
     Ok(t.strs(name, true)?
         .into_iter()
         .map(|s| s.unwrap_or_default())
         .collect())
+}
+
+/// Write a frame as CSV (atomically).
+pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
+    write_atomic(path, &buf)
+}
+
+/// Write a frame as Parquet (atomically).
+pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    ParquetWriter::new(&mut buf).finish(df)?;
+    write_atomic(path, &buf)
 }
