@@ -102,9 +102,9 @@ pub fn grid(d: &CompareData) -> Grid {
                     }
                 }
             }
-            for m in 0..3 {
-                let mut g = cell(r.mean[m].map(Value::Number).unwrap_or(Value::Missing));
-                g.partial = r.mean[m].is_some() && r.mean_n[m] < max_n[m];
+            for ((mean, n), max) in r.mean.iter().zip(r.mean_n).zip(&max_n) {
+                let mut g = cell(mean.map(Value::Number).unwrap_or(Value::Missing));
+                g.partial = mean.is_some() && n < *max;
                 row.push(g);
             }
             row.push(cell(

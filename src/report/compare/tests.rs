@@ -247,12 +247,24 @@ fn friedman_over_experiments_matches_scipy() {
     // scipy: studentized_range.ppf(0.95, 4, np.inf) / np.sqrt(2) = 2.569031772546482; CD = q * sqrt(4*5/(6*5))
     assert!((d.cd.unwrap() - 2.569031772546482 * (20.0f64 / 30.0).sqrt()).abs() < 1e-6);
     let md = tables::to_markdown(&d);
-    assert!(md.contains("= 8.937, df = 3, p = 0.030"), "{md}"); // 8.937499999999998 shown to 3 decimals
-                                                                // best average rank in bold
+    // 8.937499999999998 shown to 3 decimals
+    assert!(md.contains("= 8.937, df = 3, p = 0.030"), "{md}");
+    // best average rank in bold
     assert!(
         md.lines()
             .any(|l| l.starts_with("| evosam |") && l.ends_with("**1.200** |")),
         "{md}"
+    );
+    // the figures: ACC panels and the critical-difference diagram (EVOSAM_KEEP_COMPARE=DIR keeps them to look at)
+    let out = std::env::var_os("EVOSAM_KEEP_COMPARE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("out"));
+    let s = write_compare_data(&d, &out).unwrap();
+    assert!(s.files.contains(&out.join("plots/compare_cd.png")));
+    let cd_svg = std::fs::read_to_string(out.join("plots/compare_cd.svg")).unwrap();
+    assert!(
+        cd_svg.contains("CD = 2.10") && cd_svg.contains("evosam (1.20)"),
+        "{cd_svg}"
     );
 }
 

@@ -61,10 +61,7 @@ impl Figure for CdFigure<'_> {
             self.cd,
         )
         .len();
-        (
-            W,
-            TITLE_H + 300 + (half + groups as u32) * ROW_H as u32 + 60,
-        )
+        (W, TITLE_H + 290 + groups as u32 * 18 + half * ROW_H as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
