@@ -198,6 +198,11 @@ pub fn footnote(d: &CompareData, tex: bool) -> Vec<String> {
         ("±", "†", "‡", "χ²_F", "≤", "α")
     };
     let dash = if tex { "--" } else { "—" };
+    let (p_lt, cd_fig) = if tex {
+        (format!("$p < {ALPHA}$"), "compare\\_cd")
+    } else {
+        (format!("p < {ALPHA}"), "compare_cd")
+    };
     let esc = |s: &str| if tex { tex_escape(s) } else { md_escape(s) };
     let m = d.metric.label();
     let runs: Vec<String> = d
@@ -232,7 +237,7 @@ pub fn footnote(d: &CompareData, tex: bool) -> Vec<String> {
         .collect();
     v.push(match refs.first() {
         Some(r) => format!(
-            "{dag} p < {ALPHA} against {} in that experiment (ACC columns): two-sided paired Wilcoxon signed-rank test over \
+            "{dag} {p_lt} against {} in that experiment (ACC columns): two-sided paired Wilcoxon signed-rank test over \
              (seed, order, task, case) pairs at the final stage, all tasks pooled, as in each experiment's own summary \
              table; zero differences dropped, exact null distribution for {le} {EXACT_MAX_N} non-zero differences without \
              ties, otherwise normal approximation with tie and continuity correction.",
@@ -268,7 +273,7 @@ pub fn footnote(d: &CompareData, tex: bool) -> Vec<String> {
     }
     match d.cd {
         Some(cd) => rank += &format!(
-            " Nemenyi critical difference CD = {cd:.3} at {alpha} = {RANK_ALPHA} (Demsar 2006; figure compare_cd): \
+            " Nemenyi critical difference CD = {cd:.3} at {alpha} = {RANK_ALPHA} (Demsar 2006; figure {cd_fig}): \
              strategies whose average ranks differ by less than CD are not significantly different."
         ),
         None => rank += " No critical-difference figure: it needs at least 3 experiments.",
