@@ -1,4 +1,5 @@
-//! `evosam report RUN_DIR [RUN_DIR ...] [--out DIR]`: plots and tables for one or more results folders.
+//! `evosam report RUN_DIR [RUN_DIR ...] [--out DIR] [--compare]`: plots and tables for one or more results folders
+//! of one experiment, or (`--compare`) one comparison table across several experiments.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,12 @@ pub struct Args {
     /// Output folder for plots/ and tables/ (default: the run folder; required with several folders).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Compare different experiments (told apart by experiment name and spec fingerprint; folders of one
+    /// experiment are still merged): one table with a column group per experiment, a mean over experiments,
+    /// average ranks with a Friedman test, an ACC figure per experiment and, from 3 experiments on, a
+    /// critical-difference figure. Requires --out.
+    #[arg(long)]
+    pub compare: bool,
     /// The per-case metric of the matrix, curves and tables: dice, nsd (normalised surface Dice) or hd95 (mm;
     /// lower is better). Another metric than Dice defaults to writing into `<run>/report-<metric>/`.
     #[arg(long, value_name = "METRIC", default_value = "dice", value_parser = ["dice", "nsd", "hd95"])]
@@ -23,6 +30,14 @@ pub struct Args {
 pub fn run(args: Args) -> evosam::Result<()> {
     let metric = evosam::metrics::Metric::parse(&args.metric)
         .ok_or_else(|| Error::input(format!("--metric {}: use dice, nsd or hd95", args.metric)))?;
+    if args.compare {
+        let out = args.out.as_ref().ok_or_else(|| {
+            Error::input("--compare: choose where the comparison goes with --out DIR")
+        })?;
+        let summary = evosam::report::compare::write_compare_report(&args.run_dirs, out, metric)?;
+        print_summary(&summary);
+        return Ok(());
+    }
     let out =
         match (&args.out, args.run_dirs.as_slice()) {
             (Some(o), _) => o.clone(),
@@ -46,6 +61,11 @@ pub fn run(args: Args) -> evosam::Result<()> {
         }
     }
     let summary = evosam::report::write_report_in(&args.run_dirs, &out, metric)?;
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(summary: &evosam::report::ReportSummary) {
     for n in &summary.notes {
         eprintln!("note: {n}");
     }
@@ -57,5 +77,4 @@ pub fn run(args: Args) -> evosam::Result<()> {
     for f in &summary.files {
         println!("  {}", f.display());
     }
-    Ok(())
 }

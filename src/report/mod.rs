@@ -7,6 +7,8 @@
 
 /// The numbers behind every figure and table.
 pub mod analysis;
+/// Strategies compared across experiments (`evosam report --compare`).
+pub mod compare;
 /// The interactive study: Dice-vs-clicks curves, NoC bars and the interactive table.
 pub mod interactive;
 /// Reading and merging results folders.
@@ -56,6 +58,7 @@ pub fn write_report_in(
     out_dir: &Path,
     metric: crate::metrics::Metric,
 ) -> Result<ReportSummary> {
+    compare::check_one_experiment(run_dirs)?;
     let rs = load_results(run_dirs)?;
     let data = ReportData::compute_metric(&rs, metric)?;
     write_report_data(&data, out_dir)

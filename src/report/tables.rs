@@ -47,7 +47,7 @@ pub struct TableCells {
     pub metric: crate::metrics::Metric,
 }
 
-fn round(v: f64) -> f64 {
+pub(super) fn round(v: f64) -> f64 {
     let f = 10f64.powi(DECIMALS as i32);
     (v * f).round() / f
 }
@@ -142,7 +142,7 @@ pub fn build_cells(t: &SummaryTable) -> TableCells {
     }
 }
 
-fn fmt_num(v: f64) -> String {
+pub(super) fn fmt_num(v: f64) -> String {
     let s = format!("{:.*}", DECIMALS, v);
     if s.starts_with("-") && s[1..].chars().all(|c| c == '0' || c == '.') {
         s[1..].to_string() // no "-0.000"

@@ -52,8 +52,15 @@ pub(super) fn merge_rows<R: PartialEq, K: std::hash::Hash + Eq + std::fmt::Debug
                     if out[*idx] == r {
                         dropped += 1;
                     } else {
+                        // Folders are merged as parts of one experiment; two experiments' rows share keys.
+                        let hint = if first_dir != dir {
+                            "; folders are merged only as parts of one experiment: if these are different \
+                             experiments, compare them with `evosam report DIR... --compare --out DIR`"
+                        } else {
+                            ""
+                        };
                         return Err(Error::input(format!(
-                            "{}: {table} row {k:?} conflicts with a different row for the same key in {}",
+                            "{}: {table} row {k:?} conflicts with a different row for the same key in {}{hint}",
                             dir.display(),
                             first_dir.display()
                         )));

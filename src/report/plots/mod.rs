@@ -13,7 +13,9 @@ use plotters::prelude::*;
 
 use crate::{Error, Result};
 
+mod cd;
 mod clicks;
+mod compare_acc;
 mod confusion;
 mod curves;
 mod growth;
@@ -27,7 +29,9 @@ pub mod style;
 mod summary;
 mod task_lines;
 
+pub use cd::{cliques, CdFigure};
 pub use clicks::ClicksFigure;
+pub use compare_acc::CompareAccFigure;
 pub use confusion::ConfusionFigure;
 pub use curves::CurvesFigure;
 pub use growth::GrowthFigure;
