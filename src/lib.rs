@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod data;
 /// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
+pub mod export;
 /// The simulated-clinician prompt-efficiency study: clicks, NoC@τ, Dice-vs-clicks.
 pub mod interactive;
 /// Locks that are correct on a shared file system (host, pid, heartbeat).
