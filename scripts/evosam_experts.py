@@ -389,18 +389,20 @@ def main(argv=None) -> int:
     ap.add_argument("--box", action="append", required=True, help="X0,Y0,X1,Y1 per --image")
     ap.add_argument("--out", action="append", default=[], help="mask PNG per --image")
     ap.add_argument("--logits", action="append", default=[], help="low-resolution logits .npy per --image")
-    ap.add_argument("--expert", help="use this adapter (task name, chain or base) instead of the router")
+    ap.add_argument("--expert", action="append", default=[],
+                    help="use this adapter (task name, chain or base) instead of the router: once for every image, "
+                         "or once per --image (`route` = the router's choice)")
     ap.add_argument("--weights", help="lite_medsam.pth (default: $EVOSAM_HOME/lite_medsam.pth)")
     ap.add_argument("--no-peft", action="store_true", help="add B @ A to the weights instead of using PEFT")
     a = ap.parse_args(argv)
-    if len(a.box) != len(a.image) or (a.out and len(a.out) != len(a.image)) or (
-        a.logits and len(a.logits) != len(a.image)
-    ):
-        ap.error("give one --box (and --out/--logits when used) per --image")
+    n = len(a.image)
+    if len(a.box) != n or any(len(v) not in (0, n) for v in (a.out, a.logits)) or len(a.expert) not in (0, 1, n):
+        ap.error("give one --box (and --out/--logits/--expert when used) per --image")
+    experts = a.expert * n if len(a.expert) == 1 else a.expert or ["route"] * n
     ex = Experts(a.export_dir, weights=a.weights, use_peft=False if a.no_peft else None)
     for i, path in enumerate(a.image):
         box = [float(v) for v in a.box[i].split(",")]
-        res = ex.segment(load_image(path), box, expert=a.expert)
+        res = ex.segment(load_image(path), box, expert=None if experts[i] == "route" else experts[i])
         if a.logits:
             np.save(a.logits[i], res.logits)
         if a.out:

@@ -41,34 +41,42 @@ fn short_quickstart(results: &Path) -> String {
     toml::to_string(&spec).unwrap()
 }
 
-/// One synthetic image of quickstart site `site` at 320 px (so the 256 px resize is part of the round trip), as a
-/// PNG, and a box around its vessels.
+/// One synthetic image of quickstart site `site` (a test image of the shortened quickstart's kind, 256 px)
+/// enlarged to 384 px, as a PNG, so that the input recipe's resize back to 256 is part of the round trip while the
+/// image stays like its site's; and a box around its vessels in the enlarged frame.
 fn image_of_site(dir: &Path, site: u32) -> (PathBuf, String) {
-    let (img, mask) = generate_one(Family::Vessels, site, 0, 1, 7, 320);
+    let (img, mask) = generate_one(Family::Vessels, site, 0, 1, 0, 256);
     assert_eq!(img.channels, 3);
     let px: Vec<u8> = img
         .data
         .iter()
         .map(|v| v.round().clamp(0.0, 255.0) as u8)
         .collect();
+    let small = image::RgbImage::from_raw(img.w as u32, img.h as u32, px).unwrap();
+    let big = image::imageops::resize(&small, 384, 384, image::imageops::FilterType::Triangle);
     let path = dir.join(format!("site{site}.png"));
-    image::RgbImage::from_raw(img.w as u32, img.h as u32, px)
-        .unwrap()
-        .save(&path)
-        .unwrap();
+    big.save(&path).unwrap();
     let [x0, y0, x1, y1] = mask.bbox().expect("a vessel tree");
+    let up = |v: usize| (v * 3 / 2).min(384);
     let b = format!(
         "{},{},{},{}",
-        x0.saturating_sub(5),
-        y0.saturating_sub(5),
-        (x1 + 6).min(img.w),
-        (y1 + 6).min(img.h)
+        up(x0.saturating_sub(4)),
+        up(y0.saturating_sub(4)),
+        up(x1 + 5),
+        up(y1 + 5)
     );
     (path, b)
 }
 
-/// `evosam segment --experts`: (routed-to name, served-by name, low-resolution logits).
-fn segment(state: &Path, image: &Path, bx: &str, logits: &Path) -> (String, String, Tensor) {
+/// `evosam segment --experts [--expert NAME]`: (routed-to name, served-by name, low-resolution logits).
+fn segment(
+    state: &Path,
+    image: &Path,
+    bx: &str,
+    expert: Option<&str>,
+    logits: &Path,
+) -> (String, String, Tensor) {
+    let forced: Vec<&str> = expert.map(|e| vec!["--expert", e]).unwrap_or_default();
     let out = evosam()
         .args(["segment", "--box", bx, "--image"])
         .arg(image)
@@ -78,6 +86,7 @@ fn segment(state: &Path, image: &Path, bx: &str, logits: &Path) -> (String, Stri
         .arg(logits)
         .arg("--experts")
         .arg(state)
+        .args(&forced)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -153,7 +162,9 @@ fn peft_export_round_trip_matches_segment_experts() {
     assert!(out.status.success(), "{err}");
     eprint!("{err}");
 
-    // One image per quickstart site; each through `evosam segment --experts`.
+    // One image per quickstart site, routed; and the first again with the last task's expert forced (`--expert`),
+    // so that a trained expert is compared whatever the router decides. Each through `evosam segment --experts`.
+    let last = "vessels-green";
     let mut rust = Vec::new();
     let mut py_args: Vec<String> = vec![
         root()
@@ -162,25 +173,21 @@ fn peft_export_round_trip_matches_segment_experts() {
             .to_string(),
         export.display().to_string(),
     ];
-    for site in 0..3 {
-        let (img, bx) = image_of_site(dir.path(), site);
-        let (routed, served, logits) = segment(
-            &state,
-            &img,
-            &bx,
-            &dir.path().join(format!("rust{site}.npy")),
-        );
-        rust.push((routed, served, logits));
+    let images: Vec<(PathBuf, String)> = (0..3).map(|s| image_of_site(dir.path(), s)).collect();
+    let runs: Vec<(usize, Option<&str>)> = vec![(0, None), (1, None), (2, None), (0, Some(last))];
+    for (i, &(site, forced)) in runs.iter().enumerate() {
+        let (img, bx) = &images[site];
+        let logits = dir.path().join(format!("rust{i}.npy"));
+        rust.push(segment(&state, img, bx, forced, &logits));
         py_args.extend([
             "--image".into(),
             img.display().to_string(),
             "--box".into(),
-            bx,
+            bx.clone(),
             "--logits".into(),
-            dir.path()
-                .join(format!("py{site}.npy"))
-                .display()
-                .to_string(),
+            dir.path().join(format!("py{i}.npy")).display().to_string(),
+            "--expert".into(),
+            forced.unwrap_or("route").into(),
         ]);
     }
     // PEFT when it is installed, and the plain weight addition always: both must agree with the crate.
@@ -209,8 +216,9 @@ fn peft_export_round_trip_matches_segment_experts() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 3);
-        for (site, (line, (routed, served, logits))) in lines.iter().zip(&rust).enumerate() {
+        assert_eq!(lines.len(), runs.len());
+        for (i, (line, (routed, served, logits))) in lines.iter().zip(&rust).enumerate() {
+            let site = runs[i].0;
             assert_eq!(line["peft"], mode.is_empty());
             assert_eq!(
                 line["routed_to"].as_str().unwrap(),
@@ -222,12 +230,15 @@ fn peft_export_round_trip_matches_segment_experts() {
                 served,
                 "site {site}: {line}"
             );
-            let pl = Tensor::read_npy(dir.path().join(format!("py{site}.npy"))).unwrap();
+            let pl = Tensor::read_npy(dir.path().join(format!("py{i}.npy"))).unwrap();
             let (abs, rel) = diff(logits, &pl);
             eprintln!(
-                "site {site} ({}): routed to {routed}, served by {served}; logits max |diff| {abs:.3e}, / range \
-                 {rel:.3e}",
-                if mode.is_empty() { "peft" } else { "plain addition" }
+                "site {site}{} ({}): routed to {routed}, served by {served} (matcher scores {}, novelty {}); logits \
+                 max |diff| {abs:.3e}, / range {rel:.3e}",
+                runs[i].1.map(|e| format!(", --expert {e}")).unwrap_or_default(),
+                if mode.is_empty() { "peft" } else { "plain addition" },
+                line["scores"],
+                line["novelty"]
             );
             assert!(rel < 1e-3, "site {site}: logits differ, {rel} of the range");
             worst = (worst.0.max(abs), worst.1.max(rel));

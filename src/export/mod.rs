@@ -18,11 +18,11 @@
 //! BatchNorm are folded into one linear map here, so an adapter on them has no PEFT equivalent on the unfolded
 //! modules; such a site is refused with its name.
 
+mod base;
 mod peft;
 mod readme;
 pub mod router;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -31,44 +31,8 @@ use crate::model::LiteMedSam;
 use crate::strategy::evosam::ExpertSet;
 use crate::{Error, Result};
 
+pub use base::BaseModel;
 pub use peft::{peft_key, write_adapter};
-
-/// What the exported adapters are relative to: the base weights and which of their modules are `nn.Linear`.
-#[derive(Clone, Debug)]
-pub struct BaseModel {
-    /// `base_model_name_or_path` of the adapters (the weights file's name).
-    pub name: String,
-    /// sha256 of the weights file (every expert records the weights it was trained on).
-    pub sha256: String,
-    /// Module paths whose PyTorch module is an `nn.Linear` (a 2-D `<path>.weight` in the state dict).
-    pub linear: BTreeSet<String>,
-}
-
-impl BaseModel {
-    /// Read the module table of a PyTorch state dict (`lite_medsam.pth`; tensor shapes only, no data).
-    pub fn from_pth(path: &Path, sha256: &str) -> Result<Self> {
-        let infos = candle_core::pickle::read_pth_tensor_info(path, false, None).map_err(|e| {
-            Error::Weights(format!(
-                "{}: cannot read the PyTorch state dict: {e}",
-                path.display()
-            ))
-        })?;
-        let linear = infos
-            .iter()
-            .filter(|t| t.layout.shape().rank() == 2)
-            .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
-            .collect();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "lite_medsam.pth".into());
-        Ok(Self {
-            name,
-            sha256: sha256.to_string(),
-            linear,
-        })
-    }
-}
 
 /// What [`export_peft`] wrote.
 #[derive(Clone, Debug)]

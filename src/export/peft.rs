@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
-use super::BaseModel;
+use super::base::BaseModel;
 use crate::model::Adapter;
 use crate::{Error, Result};
 

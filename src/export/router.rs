@@ -18,7 +18,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::BaseModel;
+use super::base::BaseModel;
 use crate::strategy::evosam::ExpertSet;
 use crate::{Error, Result};
 
