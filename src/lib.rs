@@ -12,7 +12,7 @@
 //!
 //! Layers, lowest first (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py --check` enforces them):
 //! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`] < [`embed_cache`] < [`spec`] < [`data`] <
-//! [`metrics`] < [`train`] < [`strategy`] < [`results`] < [`interactive`] < [`annotate`] < [`report`] < [`runner`] <
+//! [`metrics`] < [`train`] < [`strategy`] < [`results`] < [`interactive`] < [`annotate`] < [`export`] < [`report`] < [`runner`] <
 //! [`cluster`]; the binary's subcommands (`src/cli/`) use only this public surface.
 
 #![warn(missing_docs)]
@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod data;
 /// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
+pub mod export;
 /// The simulated-clinician prompt-efficiency study: clicks, NoC@τ, Dice-vs-clicks.
 pub mod interactive;
 /// Locks that are correct on a shared file system (host, pid, heartbeat).

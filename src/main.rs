@@ -33,6 +33,8 @@ enum Command {
     Annotate(cli::annotate::Args),
     /// Measure model speed and memory on this machine.
     Bench(cli::bench::Args),
+    /// Write an EvoSAM expert folder as Hugging Face PEFT LoRA folders and a router, for PyTorch.
+    Export(cli::export::Args),
 }
 
 /// The compute thread count of `evosam run`: candle's matmuls and rayon's global pool read
@@ -68,6 +70,7 @@ fn main() {
         Command::Validate(a) => cli::validate::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Annotate(a) => cli::annotate::run(a),
+        Command::Export(a) => cli::export::run(a),
         Command::Bench(a) => {
             // candle's CPU matmul reads RAYON_NUM_THREADS at every call: set it before anything runs so that
             // `--threads` governs it (the library itself never sets environment variables).

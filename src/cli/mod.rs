@@ -4,6 +4,7 @@
 
 pub mod annotate;
 pub mod bench;
+pub mod export;
 pub mod report;
 pub mod run;
 pub mod segment;

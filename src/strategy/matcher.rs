@@ -424,6 +424,13 @@ impl RidgeMatcher {
         &self.w
     }
 
+    /// The fixed random projection (in_dim x projection_dim, row-major; empty without one): what
+    /// [`RidgeMatcher::features`] multiplies a pooled embedding by, for readers outside this crate (the PEFT
+    /// export's router).
+    pub fn projection(&self) -> &[f64] {
+        &self.projection
+    }
+
     /// Number of f64 values the matcher stores (its memory footprint, in values).
     pub fn num_stored_values(&self) -> usize {
         self.tasks

@@ -203,6 +203,17 @@ impl Model {
         Ok(Self { means, chol })
     }
 
+    /// The task means the score measures distances to (tasks with n > 0, in training order).
+    pub fn means(&self) -> &[DVector<f64>] {
+        &self.means
+    }
+
+    /// The lower Cholesky factor L of the shrunk pooled covariance (S = L L^T): with it and
+    /// [`Model::means`] the score is computed outside this crate (the PEFT export's router).
+    pub fn cholesky_factor(&self) -> DMatrix<f64> {
+        self.chol.l()
+    }
+
     /// Distance to the nearest task mean.
     pub fn score(&self, x: &[f64]) -> f64 {
         let x = DVector::from_column_slice(x);

@@ -279,6 +279,11 @@ impl ExpertSet {
         Ok(())
     }
 
+    /// The fitted novelty model (None before the first task): its means and covariance factor, for exporting.
+    pub fn novelty_model(&self) -> Option<&crate::strategy::novelty::Model> {
+        self.novelty_model.as_ref()
+    }
+
     /// The novelty threshold (None before the first task or without calibration scores).
     pub fn novelty_threshold(&self) -> Option<f64> {
         self.calibration.threshold(self.novelty.quantile)
