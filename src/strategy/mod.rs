@@ -85,7 +85,7 @@ pub struct StrategyCtx<'a> {
     pub stage: usize,
     /// Seeded RNG for this stage, derived from (seed, label, order, stage): a resumed run gets the same stream.
     pub rng: ChaCha8Rng,
-    /// Progress callback (one call per optimiser step; `train::r#loop::fit` calls it).
+    /// Progress callback (one call per optimiser step; [`crate::train::fit`] calls it).
     pub progress: &'a (dyn Fn(Progress) + Send + Sync),
     /// Device of the model.
     pub device: &'a Device,

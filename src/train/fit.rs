@@ -56,6 +56,26 @@ impl FitReport {
 ///
 /// Defaults: a fresh AdamW from `[train]` ([`ParamsAdamW::from_train`]), no validation, the context's random
 /// stream, no hooks.
+///
+/// ```
+/// use evosam::model::Adapter;
+/// use evosam::{fit, Case, FitPlan, FitReport, StrategyCtx, TrainHooks};
+///
+/// /// A fit on `cases` that keeps its best epoch on `val`, draws its batches from its own seeded stream and calls
+/// /// the strategy's hooks.
+/// fn train(
+///     ctx: &mut StrategyCtx,
+///     adapter: &Adapter,
+///     (cases, val): (&[&Case], &[&Case]),
+///     hooks: &mut impl TrainHooks,
+/// ) -> evosam::Result<FitReport> {
+///     let plan = FitPlan::new("site-a", adapter, cases)
+///         .validate_on(val, false)
+///         .seed(7)
+///         .hooks(hooks);
+///     fit(ctx, plan)
+/// }
+/// ```
 pub struct FitPlan<'a> {
     task: &'a str,
     adapter: &'a Adapter,
