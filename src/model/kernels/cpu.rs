@@ -18,7 +18,7 @@ pub(crate) fn slices<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<
 }
 
 /// All tensors on the CPU with one f32/f64 dtype: the fused path applies (unless a test forced candle's path,
-/// see [`with_candle_fallback`]).
+/// see `with_candle_fallback`).
 pub(crate) fn cpu_ok(ts: &[&Tensor]) -> bool {
     let dt = ts[0].dtype();
     !candle_forced()
@@ -31,7 +31,7 @@ thread_local! {
     static CANDLE_FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether the calling thread is inside [`with_candle_fallback`].
+/// Whether the calling thread is inside `with_candle_fallback`.
 #[cfg(test)]
 fn candle_forced() -> bool {
     CANDLE_FORCED.with(|f| f.get())
