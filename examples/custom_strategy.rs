@@ -1,8 +1,11 @@
 //! A strategy defined outside the crate, registered next to the built-ins and run end to end.
 //!
-//! `fresh-lora` trains a new LoRA adapter on every task and forgets the previous one (a deliberately naive
-//! baseline); its one parameter, `scale`, multiplies the logits at prediction time. The experiment uses the
-//! tiny random model and a synthetic stream, so it needs no weights or data and runs in seconds on a CPU:
+//! `fresh-lora` trains a new LoRA adapter (the same initialisation each time) on every task and forgets the
+//! previous one (a deliberately naive baseline). Its one parameter, `shrink`, adds `shrink * sum(theta^2)` over
+//! the adapter's variables to the training loss through a [`TrainHooks`] hook: a pull towards the base model.
+//! The library's `SingleModel` does the rest: prediction, saving and restoring the adapter and its optimiser
+//! (so a killed run resumes), and the extras. The experiment uses the tiny random model and a synthetic stream,
+//! so it needs no weights or data and runs in seconds on a CPU:
 //!
 //! ```text
 //! cargo run --release --locked --example custom_strategy
@@ -12,12 +15,11 @@
 
 use std::path::Path;
 
-use evosam::model::Adapter;
-use evosam::train::r#loop::fit;
-use evosam::train::{AdamW, ParamsAdamW};
+use candle_core::Tensor;
 use evosam::{
-    Batch, BuildEnv, Case, Diag, Prediction, Registry, RunOptions, Spec, Strategy, StrategyCtx,
-    StrategyKind, StrategyParams, StrategySpec, TaskData,
+    BuildEnv, Case, Diag, FitEnv, Registry, RunOptions, SingleAdapter, SingleKind, SingleModel,
+    Spec, Strategy, StrategyCtx, StrategyKind, StrategyParams, StrategySpec, TaskData, TrainBatch,
+    TrainHooks,
 };
 use serde::Deserialize;
 
@@ -25,109 +27,64 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
-    /// Logit scale at prediction time.
-    #[serde(default = "one")]
-    scale: f64,
-}
-
-fn one() -> f64 {
-    1.0
+    /// Weight of the pull towards the base model (0 = none).
+    #[serde(default)]
+    shrink: f64,
 }
 
 impl StrategyParams for Params {
     fn check(self) -> Result<Self, Diag> {
-        if !(self.scale.is_finite() && self.scale > 0.0) {
+        if !(self.shrink.is_finite() && self.shrink >= 0.0) {
             return Err(Diag::at(
-                "scale",
-                format!("`scale` = {} must be > 0", self.scale),
+                "shrink",
+                format!("`shrink` = {} must be >= 0", self.shrink),
             ));
         }
         Ok(self)
     }
 }
 
+/// The training rule of `fresh-lora` (and its hook).
 struct FreshLora {
-    label: String,
-    params: Params,
-    base_sha256: String,
-    adapter: Option<Adapter>,
+    shrink: f64,
 }
 
-const ADAPTER_FILE: &str = "adapter.safetensors";
-
-impl FreshLora {
-    fn build(
-        spec: &StrategySpec,
-        params: Params,
-        env: &BuildEnv,
-    ) -> evosam::Result<Box<dyn Strategy>> {
-        Ok(Box::new(FreshLora {
-            label: spec.label.clone(),
-            params,
-            base_sha256: env.base_sha256.to_string(),
-            adapter: None,
-        }))
-    }
-}
-
-impl Strategy for FreshLora {
-    fn name(&self) -> &str {
-        &self.label
-    }
-
-    fn train_task(
+impl SingleKind for FreshLora {
+    fn train(
         &mut self,
+        core: &mut SingleAdapter,
         ctx: &mut StrategyCtx,
         _task_index: usize,
         task: &TaskData,
     ) -> evosam::Result<()> {
-        // The stage RNG is seeded from (seed, label, order, stage): use it for the adapter's initialisation
-        // too, so a resumed run trains exactly the same adapter.
-        let seed = rand::Rng::random::<u64>(&mut ctx.rng);
-        let adapter = Adapter::new(ctx.model, &ctx.spec.lora, seed)?;
-        let mut opt = AdamW::new(
-            adapter.vars(),
-            ParamsAdamW {
-                lr: ctx.spec.train.lr,
-                weight_decay: ctx.spec.train.weight_decay,
-                max_grad_norm: ctx.spec.train.max_grad_norm,
-                ..Default::default()
-            },
-        )?;
+        core.reinit(ctx.spec, ctx.model)?;
         let cases: Vec<&Case> = task.train.iter().collect();
-        fit(ctx, &task.name, &adapter, &mut opt, &cases, None)?;
-        self.adapter = Some(adapter);
+        core.fit(ctx, &task.name, &cases, self)?;
         Ok(())
     }
+}
 
-    fn predict(
-        &self,
-        ctx: &StrategyCtx,
-        _task_index: usize,
-        batch: &Batch,
-    ) -> evosam::Result<Prediction> {
-        let out = ctx
-            .model
-            .decode(&batch.embeddings, &batch.prompts, self.adapter.as_ref())?;
-        Ok(Prediction::new((out.logits * self.params.scale)?))
-    }
-
-    fn save_state(&self, dir: &Path) -> evosam::Result<()> {
-        match &self.adapter {
-            Some(a) => a.save(&dir.join(ADAPTER_FILE), &self.base_sha256),
-            None => Ok(()),
+impl TrainHooks for FreshLora {
+    fn extra_loss(&self, _env: &FitEnv, batch: &TrainBatch) -> evosam::Result<Option<Tensor>> {
+        if self.shrink == 0.0 {
+            return Ok(None);
         }
+        let squares = batch
+            .adapter
+            .vars()
+            .iter()
+            .map(|v| v.as_tensor().sqr()?.sum_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Some(
+            (Tensor::stack(&squares, 0)?.sum_all()? * self.shrink)?,
+        ))
     }
+}
 
-    fn load_state(&mut self, ctx: &StrategyCtx, dir: &Path) -> evosam::Result<()> {
-        let p = dir.join(ADAPTER_FILE);
-        self.adapter = if p.is_file() {
-            Some(Adapter::load(&p, ctx.model, ctx.base_sha256)?)
-        } else {
-            None
-        };
-        Ok(())
-    }
+fn build(spec: &StrategySpec, p: Params, env: &BuildEnv) -> evosam::Result<Box<dyn Strategy>> {
+    let kind = FreshLora { shrink: p.shrink };
+    let model = SingleModel::new(spec, env.model, env.base_sha256, env.init_seed, kind)?;
+    Ok(Box::new(model))
 }
 
 const SPEC: &str = r#"
@@ -168,17 +125,15 @@ preset = "zeroshot"
 
 [[strategy]]
 preset = "fresh-lora"
-scale = 2.0
+shrink = 1e-3
 "#;
 
 fn main() -> evosam::Result<()> {
     let mut registry = Registry::default();
-    registry.register(
-        StrategyKind::new::<Params>("fresh-lora", FreshLora::build).preset(
-            "fresh-lora",
-            "kind = \"fresh-lora\"\nlabel = \"fresh-lora\"\n",
-        ),
-    )?;
+    registry.register(StrategyKind::new::<Params>("fresh-lora", build).preset(
+        "fresh-lora",
+        "kind = \"fresh-lora\"\nlabel = \"fresh-lora\"\n",
+    ))?;
 
     let out = tempfile::tempdir().map_err(|e| evosam::Error::io(std::env::temp_dir(), e))?;
     let spec = Spec::parse(SPEC, Path::new("custom.toml"), out.path(), &registry)?;

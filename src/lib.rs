@@ -7,7 +7,9 @@
 //! - **read the results**: [`load_results`] (a [`ResultsSet`] of [`ScoreRow`]s, [`MatrixRow`]s, ...) or
 //!   [`write_report`] for the plots and tables;
 //! - **add a strategy**: implement [`Strategy`] (training through [`StrategyCtx`], predicting a [`Batch`] into a
-//!   [`Prediction`]), describe it with a [`StrategyKind`] (params type, builder, presets) and
+//!   [`Prediction`]), or, for one adapter trained task after task, just a [`SingleKind`] that [`SingleModel`]
+//!   runs; train with [`fit`] and a [`FitPlan`], adding loss terms, batch items or end-of-task work through
+//!   [`TrainHooks`]; describe it with a [`StrategyKind`] (params type, builder, presets) and
 //!   [`Registry::register`] it. `examples/custom_strategy.rs` does all four end to end.
 //!
 //! Layers, lowest first (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py --check` enforces them):
@@ -60,6 +62,8 @@ pub use report::write_report;
 pub use results::{ExtraRow, MatrixRow, ScoreRow};
 // Add a strategy.
 pub use data::{Case, TaskData};
+pub use strategy::single::{SingleAdapter, SingleKind, SingleModel};
 pub use strategy::{
     Batch, BuildEnv, Prediction, Registry, Strategy, StrategyCtx, StrategyKind, StrategyParams,
 };
+pub use train::{fit, FitEnv, FitPlan, FitReport, TrainBatch, TrainHooks};

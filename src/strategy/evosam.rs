@@ -24,7 +24,8 @@ use super::{Batch, Prediction, Strategy, StrategyCtx};
 use crate::data::{Case, TaskData};
 use crate::model::{Adapter, LiteMedSam};
 use crate::spec::{Diag, StrategySpec};
-use crate::train::optim::AdamW;
+use crate::train::select::Validation;
+use crate::train::{fit, FitPlan};
 use crate::{Error, Result};
 use birth::Init;
 use candle_core::Tensor;
@@ -255,77 +256,53 @@ impl Strategy for EvoSam {
         };
         let cases: Vec<&Case> = task.train.iter().collect();
         let val: Vec<&Case> = task.val.iter().collect();
-        // Train and keep the best trained epoch; the keep-the-start rule is applied below, so that the chain
-        // carries the trained weights whichever expert is served.
-        let sel = crate::train::select::Selection {
-            model: ctx.model,
-            embeddings: ctx.embeddings,
-            device: ctx.device,
-            patience: ctx.spec.train.patience,
-            val: &val,
-            fov: task.fov_eval,
-            keep_start: false,
-            start_margin: 0.0,
-            clicks: ctx.spec.train.prompt.clicks,
-        };
-        // One selected fit of `a` from its current weights, on its own seeded batch stream.
-        let fit_from = |ctx: &mut StrategyCtx,
-                        a: &Adapter,
-                        extra: Option<&crate::train::r#loop::ExtraLoss>,
-                        seed: u64|
-         -> Result<crate::train::select::FitReport> {
-            let mut opt = AdamW::new(a.vars(), super::single::adamw_params(ctx.spec))?;
-            let saved = std::mem::replace(&mut ctx.rng, rand::SeedableRng::seed_from_u64(seed));
-            let r = crate::train::select::fit_selected(
-                ctx,
-                &task.name,
-                a,
-                &mut opt,
-                &cases,
-                extra,
-                &[],
-                0,
-                &sel,
-            );
-            ctx.rng = saved;
-            r
+        // Train and keep the best trained epoch (a fresh AdamW, its own seeded batch stream); the keep-the-start
+        // rule is applied below, so that the chain carries the trained weights whichever expert is served.
+        let plan = |a, seed| {
+            FitPlan::new(&task.name, a, &cases)
+                .validate_on(&val, task.fov_eval)
+                .seed(seed)
         };
         let lambda = self.params.chain_ewc_lambda;
         // (the first task has nothing to consolidate yet: no penalty)
         let penalised = chain_mode && lambda > 0.0 && !self.set.chain_ewc.pairs.is_empty();
         let chain = start.deep_clone()?;
-        let vars = chain.vars();
-        let consolidated = &self.set.chain_ewc;
-        let penalty =
-            |_: &[&Case],
-             _: &Tensor,
-             _: &crate::model::Prompts,
-             _: &crate::model::DecoderOutput| { consolidated.penalty(&vars, lambda) };
-        let chain_fit = fit_from(
-            ctx,
-            &chain,
-            penalised.then_some(&penalty),
-            init.rotate_left(17) ^ 0x5eed,
-        )?;
+        let chain_plan = plan(&chain, init.rotate_left(17) ^ 0x5eed);
+        // A chain with `chain_ewc_lambda` is trained under the EWC penalty of the earlier tasks, and consolidates
+        // this one's Fisher (on all its training images) when it ends.
+        let chain_fit = if chain_mode && lambda > 0.0 {
+            let mut ewc = super::ewc::EwcHooks {
+                memory: &mut self.set.chain_ewc,
+                lambda,
+                fisher_samples: 0,
+            };
+            fit(ctx, chain_plan.hooks(&mut ewc))?
+        } else {
+            fit(ctx, chain_plan)?
+        };
         // With a penalised chain the expert is trained apart, from the same start without the penalty: isolation
         // already keeps the earlier tasks (their experts never change), and the penalty, anchored on them, only
         // holds the new task's expert back (measured on experiments/interactive-polyp.toml, 3 seeds: click AUC
         // 0.646 when the expert was the penalised chain, 0.689 trained apart; fine-tuning 0.687). The chain, the
         // shared learner that may serve earlier tasks, keeps its penalty. Without one, expert and chain are one.
-        let (adapter, mut fit) = if penalised {
+        let (adapter, mut report) = if penalised {
             let expert = start.deep_clone()?;
-            let f = fit_from(ctx, &expert, None, init.rotate_left(29) ^ 0xe4be)?;
+            let f = fit(ctx, plan(&expert, init.rotate_left(29) ^ 0xe4be))?;
             (expert, f)
         } else {
             (chain.deep_clone()?, chain_fit)
         };
         if chain_mode {
-            if lambda > 0.0 {
-                let fisher = super::ewc::task_fisher(ctx, &chain, &cases)?;
-                self.set.chain_ewc.consolidate(fisher, &chain.vars())?;
-            }
             self.set.chain = Some(chain);
         }
+        let sel = Validation {
+            model: ctx.model,
+            embeddings: ctx.embeddings,
+            device: ctx.device,
+            cases: &val,
+            fov: task.fov_eval,
+            clicks: ctx.spec.train.prompt.clicks,
+        };
         // The starting point's score on each validation image, before it is possibly kept (moved) below.
         let evidence = self.params.keep_start_evidence;
         let harm_rule = self.params.keep_start && evidence == KeepEvidence::Harm;
@@ -345,9 +322,9 @@ impl Strategy for EvoSam {
         let keep = self.params.keep_start
             && match evidence {
                 KeepEvidence::Mean => {
-                    crate::train::select::select_epoch(&fit.val_dice, true, margin) == Some(0)
+                    crate::train::select::select_epoch(&report.val_dice, true, margin) == Some(0)
                 }
-                KeepEvidence::Harm if fit.val_dice.len() > 1 => {
+                KeepEvidence::Harm if report.val_dice.len() > 1 => {
                     let trained = sel.scores(Some(&adapter))?;
                     let keep = evidence.keep_reference(&paired(&trained, &start_cases), margin);
                     served_cases = Some(if keep { start_cases.clone() } else { trained });
@@ -357,12 +334,12 @@ impl Strategy for EvoSam {
             };
         if keep {
             adapter = start;
-            fit.chosen_epoch = 0;
+            report.chosen_epoch = 0;
         }
         // Never worse than the base on validation: a copied expert (trained or its parent kept) must also beat the
         // base model, else the expert is the base (a fresh adapter, B = 0). The base's score is also the
         // forward-transfer evidence of `serve_chain = "auto"`.
-        if let (Some(_), Some(chosen)) = (birth.parent, fit.chosen_val_dice()) {
+        if let (Some(_), Some(chosen)) = (birth.parent, report.chosen_val_dice()) {
             let base_cases = sel.scores(None)?;
             let base = base_cases.iter().sum::<f64>() / base_cases.len() as f64;
             birth.transfer_cases = start_cases
@@ -387,7 +364,7 @@ impl Strategy for EvoSam {
                 birth.kept_base = true;
             }
         }
-        birth.fit = Some(fit);
+        birth.fit = Some(report);
         self.set.push(&task.name, adapter, birth, &feats)
     }
 

@@ -213,7 +213,9 @@ impl EwcMemory {
 use super::single::{SingleAdapter, SingleKind};
 use super::StrategyCtx;
 use crate::data::{Case, TaskData};
+use crate::model::Adapter;
 use crate::train::loss::{seg_loss, LossWeights};
+use crate::train::{FitEnv, TrainBatch, TrainHooks};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -286,12 +288,8 @@ impl Ewc {
 }
 
 /// Diagonal Fisher of the segmentation loss over `cases`, one case at a time, with exact ground-truth box prompts.
-pub fn task_fisher(
-    ctx: &StrategyCtx,
-    adapter: &crate::model::Adapter,
-    cases: &[&Case],
-) -> Result<Vec<Tensor>> {
-    let t = &ctx.spec.train.loss;
+pub fn task_fisher(env: &FitEnv, adapter: &Adapter, cases: &[&Case]) -> Result<Vec<Tensor>> {
+    let t = &env.train.loss;
     let w = LossWeights {
         dice: t.dice,
         bce: t.bce,
@@ -300,11 +298,46 @@ pub fn task_fisher(
     let vars = adapter.vars();
     diagonal_fisher(&vars, cases.len(), |i| {
         let c = [cases[i]];
-        let emb = super::embed_with(ctx.model, ctx.embeddings, &c, Some(adapter))?;
-        let prompts = crate::train::r#loop::eval_prompts(&c, ctx.device)?;
-        let out = ctx.model.decode(&emb, &prompts, Some(adapter))?;
+        let emb = super::embed_with(env.model, env.embeddings, &c, Some(adapter))?;
+        let prompts = crate::train::r#loop::eval_prompts(&c, env.device)?;
+        let out = env.model.decode(&emb, &prompts, Some(adapter))?;
         seg_loss(&out, &c[0].mask.unsqueeze(0)?, &w)
     })
+}
+
+/// EWC as training hooks: the penalty of `memory` is added to every step's loss, and when the task ends its
+/// Fisher (on `fisher_samples` of its training cases drawn with the fit's random stream, 0 = all) is
+/// consolidated into `memory` with the kept weights as anchor.
+pub struct EwcHooks<'m> {
+    /// The finished tasks' (Fisher, anchor) pairs.
+    pub memory: &'m mut EwcMemory,
+    /// Penalty strength lambda.
+    pub lambda: f64,
+    /// Training cases of the finished task used for its Fisher (0 = all).
+    pub fisher_samples: usize,
+}
+
+impl TrainHooks for EwcHooks<'_> {
+    fn extra_loss(&self, _env: &FitEnv, batch: &TrainBatch) -> Result<Option<Tensor>> {
+        self.memory.penalty(&batch.adapter.vars(), self.lambda)
+    }
+
+    fn after_task(&mut self, env: &mut FitEnv, adapter: &Adapter, cases: &[&Case]) -> Result<()> {
+        let n = match self.fisher_samples {
+            0 => cases.len(),
+            k => k.min(cases.len()),
+        };
+        let subset: Vec<&Case> = if n < cases.len() {
+            rand::seq::index::sample(&mut *env.rng, cases.len(), n)
+                .into_iter()
+                .map(|i| cases[i])
+                .collect()
+        } else {
+            cases.to_vec()
+        };
+        let fisher = task_fisher(env, adapter, &subset)?;
+        self.memory.consolidate(fisher, &adapter.vars())
+    }
 }
 
 impl SingleKind for Ewc {
@@ -315,32 +348,16 @@ impl SingleKind for Ewc {
         _task_index: usize,
         task: &TaskData,
     ) -> Result<()> {
+        if self.params.reset_optimizer {
+            core.reset_optimizer();
+        }
         let cases: Vec<&Case> = task.train.iter().collect();
-        let vars = core.adapter.vars();
-        let lambda = self.params.lambda;
-        let memory = &self.memory;
-        let penalty =
-            |_: &[&Case],
-             _: &Tensor,
-             _: &crate::model::Prompts,
-             _: &crate::model::DecoderOutput| { memory.penalty(&vars, lambda) };
-        let reset = self.params.reset_optimizer;
-        core.fit(ctx, &task.name, &cases, Some(&penalty), &[], 0, reset)?;
-        // Consolidate the finished task: Fisher on (a seeded subset of) its training data.
-        let n = match self.params.fisher_samples {
-            0 => cases.len(),
-            k => k.min(cases.len()),
+        let mut hooks = EwcHooks {
+            memory: &mut self.memory,
+            lambda: self.params.lambda,
+            fisher_samples: self.params.fisher_samples,
         };
-        let subset: Vec<&Case> = if n < cases.len() {
-            rand::seq::index::sample(&mut ctx.rng, cases.len(), n)
-                .into_iter()
-                .map(|i| cases[i])
-                .collect()
-        } else {
-            cases
-        };
-        let fisher = task_fisher(ctx, &core.adapter, &subset)?;
-        self.memory.consolidate(fisher, &core.adapter.vars())?;
+        core.fit(ctx, &task.name, &cases, &mut hooks)?;
         Ok(())
     }
 

@@ -6,8 +6,6 @@ use crate::data::{Case, TaskData};
 use crate::Result;
 use serde::Deserialize;
 
-pub use super::single::adamw_params;
-
 /// The kind-specific keys of a `finetune` preset.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,9 +33,11 @@ impl SingleKind for FineTune {
         _task_index: usize,
         task: &TaskData,
     ) -> Result<()> {
+        if self.params.reset_optimizer {
+            core.reset_optimizer();
+        }
         let cases: Vec<&Case> = task.train.iter().collect();
-        let reset = self.params.reset_optimizer;
-        core.fit(ctx, &task.name, &cases, None, &[], 0, reset)?;
+        core.fit(ctx, &task.name, &cases, &mut ())?;
         Ok(())
     }
 }

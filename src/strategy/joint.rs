@@ -33,10 +33,11 @@ impl SingleKind for Joint {
         if self.params.from_scratch {
             core.reinit(ctx.spec, ctx.model)?;
         }
+        core.reset_optimizer();
         let seen = ctx.seen();
         let cases: Vec<&Case> = seen.iter().flat_map(|t| t.train.iter()).collect();
         let name = format!("{} (joint, {} tasks)", task.name, seen.len());
-        core.fit(ctx, &name, &cases, None, &[], 0, true)?;
+        core.fit(ctx, &name, &cases, &mut ())?;
         Ok(())
     }
 }

@@ -307,29 +307,33 @@ fn replay_batches_carry_memory_cases_and_the_memory_spans_past_tasks() {
     let cur: Vec<&Case> = kit.tasks[1].train.iter().collect();
     let mem: Vec<&Case> = kit.tasks[0].train.iter().collect();
     let adapter = Adapter::new(&kit.model, &ctx0.spec.lora, 1).unwrap();
-    let mut opt =
-        crate::train::optim::AdamW::new(adapter.vars(), single::adamw_params(ctx0.spec)).unwrap();
-    let seen = std::sync::Mutex::new(Vec::new());
-    let record =
-        |b: &[&Case], _: &Tensor, _: &crate::model::Prompts, _: &crate::model::DecoderOutput| {
-            seen.lock()
-                .unwrap()
-                .push(b.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+    /// Records the case ids of every training batch.
+    struct Record(std::sync::Mutex<Vec<Vec<String>>>);
+    impl crate::train::TrainHooks for Record {
+        fn extra_loss(
+            &self,
+            _: &crate::train::FitEnv,
+            b: &crate::train::TrainBatch,
+        ) -> Result<Option<Tensor>> {
+            let ids = b.cases.iter().map(|c| c.id.clone()).collect();
+            self.0.lock().unwrap().push(ids);
             Ok(None)
-        };
+        }
+    }
+    let mut reservoir = reservoir::Reservoir::new(8);
+    let replay = replay::ReplayHooks {
+        memory: mem.clone(),
+        per_batch: 2,
+        reservoir: &mut reservoir,
+        task: 1,
+    };
+    let mut hooks = (replay, Record(std::sync::Mutex::new(Vec::new())));
     let mut ctx = kit.ctx("replay", 2, &noop);
-    crate::train::r#loop::fit_mixed(
-        &mut ctx,
-        "site1",
-        &adapter,
-        &mut opt,
-        &cur,
-        Some(&record),
-        &mem,
-        2,
-    )
-    .unwrap();
-    let batches = seen.into_inner().unwrap();
+    let plan = crate::train::FitPlan::new("site1", &adapter, &cur).hooks(&mut hooks);
+    crate::train::fit(&mut ctx, plan).unwrap();
+    let batches = hooks.1 .0.into_inner().unwrap();
+    // The task's end offered its 4 cases to the reservoir.
+    assert_eq!(reservoir.items(), &[(1, 0), (1, 1), (1, 2), (1, 3)]);
     assert_eq!(batches.len(), 2); // 4 cases, batch 2, 1 epoch
     let mem_ids: Vec<&str> = mem.iter().map(|c| c.id.as_str()).collect();
     for b in &batches {
@@ -364,14 +368,13 @@ fn ewc_consolidates_a_fisher_and_penalises_moving_away() {
     let mut core = single::SingleAdapter::new(spec, &kit.model, 5).unwrap();
     let mut ctx = kit.ctx("ewc", 1, &noop);
     let cases: Vec<&Case> = kit.tasks[0].train.iter().collect();
-    core.fit(&mut ctx, "site0", &cases, None, &[], 0, true)
-        .unwrap();
-    let fisher = ewc::task_fisher(&ctx, &core.adapter, &cases).unwrap();
+    core.fit(&mut ctx, "site0", &cases, &mut ()).unwrap();
+    let fisher = ewc::task_fisher(&ctx.fit_env(), &core.adapter, &cases).unwrap();
     // The Fisher is the mean of squared per-case gradients: recompute it case by case.
     let vars = core.adapter.vars();
     let mut want: Vec<Vec<f32>> = vars.iter().map(|v| vec![0.0; v.elem_count()]).collect();
     for c in &cases {
-        let f1 = ewc::task_fisher(&ctx, &core.adapter, &[*c]).unwrap();
+        let f1 = ewc::task_fisher(&ctx.fit_env(), &core.adapter, &[*c]).unwrap();
         for (w, f) in want.iter_mut().zip(&f1) {
             for (a, b) in w
                 .iter_mut()

@@ -30,7 +30,8 @@ pub fn distillation_loss(
 use super::single::{SingleAdapter, SingleKind};
 use super::StrategyCtx;
 use crate::data::{Case, TaskData};
-use crate::model::{Adapter, DecoderOutput, Prompts};
+use crate::model::Adapter;
+use crate::train::{FitEnv, TrainBatch, TrainHooks};
 use serde::Deserialize;
 
 /// The kind-specific keys of an `lwf` preset.
@@ -88,34 +89,58 @@ impl SingleKind for Lwf {
         task_index: usize,
         task: &TaskData,
     ) -> Result<()> {
+        if self.params.reset_optimizer {
+            core.reset_optimizer();
+        }
         let cases: Vec<&Case> = task.train.iter().collect();
         // The teacher is the model as it was before this task (frozen copy of the adapter).
-        let teacher: Option<Adapter> = if task_index > 0 {
-            Some(core.adapter.deep_clone()?)
-        } else {
-            None
+        let mut hooks = Distillation {
+            teacher: if task_index > 0 {
+                Some(core.adapter.deep_clone()?)
+            } else {
+                None
+            },
+            temperature: self.params.temperature,
+            weight: self.params.weight,
         };
-        let (model, store) = (ctx.model, ctx.embeddings);
-        let (t, w) = (self.params.temperature, self.params.weight);
-        let distill =
-            |cases: &[&Case], emb: &Tensor, p: &Prompts, out: &DecoderOutput| match &teacher {
-                Some(te) if w > 0.0 => {
-                    // The teacher sees the images through its own encoder sites, if it has any.
-                    let temb = if te.targets_encoder() {
-                        super::embed_with(model, store, cases, Some(te))?
-                    } else {
-                        emb.clone()
-                    };
-                    let old = model.decode(&temb, p, Some(te))?.logits.detach();
-                    Ok(Some(
-                        distillation_loss(&out.logits, &old, t)?.affine(w, 0.0)?,
-                    ))
-                }
-                _ => Ok(None),
-            };
-        let reset = self.params.reset_optimizer;
-        core.fit(ctx, &task.name, &cases, Some(&distill), &[], 0, reset)?;
+        core.fit(ctx, &task.name, &cases, &mut hooks)?;
         Ok(())
+    }
+}
+
+/// LwF as training hooks: `weight` times the [`distillation_loss`] of the step's logits against the teacher's
+/// (none without a teacher, i.e. on the first task, or with a zero weight).
+pub struct Distillation {
+    /// The model before the task (a frozen copy of the adapter); None on the first task.
+    pub teacher: Option<Adapter>,
+    /// Distillation temperature T.
+    pub temperature: f64,
+    /// Weight of the term.
+    pub weight: f64,
+}
+
+impl TrainHooks for Distillation {
+    fn extra_loss(&self, env: &FitEnv, batch: &TrainBatch) -> Result<Option<Tensor>> {
+        let (Some(te), w) = (&self.teacher, self.weight) else {
+            return Ok(None);
+        };
+        if w <= 0.0 {
+            return Ok(None);
+        }
+        // The teacher sees the images through its own encoder sites, if it has any.
+        let temb = if te.targets_encoder() {
+            super::embed_with(env.model, env.embeddings, batch.cases, Some(te))?
+        } else {
+            batch.embeddings.clone()
+        };
+        let old = env
+            .model
+            .decode(&temb, batch.prompts, Some(te))?
+            .logits
+            .detach();
+        Ok(Some(
+            distillation_loss(&batch.output.logits, &old, self.temperature)?.affine(w, 0.0)?,
+        ))
     }
 }
 

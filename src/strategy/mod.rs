@@ -87,7 +87,7 @@ pub struct StrategyCtx<'a> {
     pub stage: usize,
     /// Seeded RNG for this stage, derived from (seed, label, order, stage): a resumed run gets the same stream.
     pub rng: ChaCha8Rng,
-    /// Progress callback (one call per optimiser step; `train::r#loop::fit` calls it).
+    /// Progress callback (one call per optimiser step; [`crate::train::fit`] calls it).
     pub progress: &'a (dyn Fn(Progress) + Send + Sync),
     /// Device of the model.
     pub device: &'a Device,
@@ -214,13 +214,42 @@ mod kinds_tests;
 mod tests {
     use super::*;
     use crate::model::Adapter;
-    use crate::train::optim::AdamW;
+    use crate::train::{fit, FitEnv, FitPlan, TrainBatch, TrainHooks};
+    use std::cell::Cell;
+
+    /// Counts what the loop calls; its extra loss calls the model (as LwF would) while `ctx` is lent to `fit`.
+    #[derive(Default)]
+    struct Counting {
+        extra_calls: Cell<usize>,
+        epochs: Vec<usize>,
+        task_ends: usize,
+        kept_cases: usize,
+    }
+
+    impl TrainHooks for Counting {
+        fn extra_loss(&self, env: &FitEnv, b: &TrainBatch) -> Result<Option<Tensor>> {
+            self.extra_calls.set(self.extra_calls.get() + 1);
+            let base = env.model.decode(b.embeddings, b.prompts, None)?;
+            Ok(Some(
+                ((&b.output.logits - &base.logits)?.sqr()?.mean_all()? * 0.01)?,
+            ))
+        }
+        fn after_epoch(&mut self, _: &mut FitEnv, _: &Adapter, epoch: usize) -> Result<()> {
+            self.epochs.push(epoch);
+            Ok(())
+        }
+        fn after_task(&mut self, _: &mut FitEnv, _: &Adapter, cases: &[&Case]) -> Result<()> {
+            self.task_ends += 1;
+            self.kept_cases = cases.len();
+            Ok(())
+        }
+    }
 
     /// A toy joint-training strategy written against the public API: trains a fresh adapter on every seen task
-    /// with an extra loss term that calls the model (as LwF would), while `ctx` is borrowed mutably by `fit`.
+    /// with hooks.
     struct Toy {
         adapter: Option<Adapter>,
-        extra_calls: std::cell::Cell<usize>,
+        hooks: Counting,
     }
 
     impl Strategy for Toy {
@@ -229,19 +258,11 @@ mod tests {
         }
         fn train_task(&mut self, ctx: &mut StrategyCtx, _k: usize, _task: &TaskData) -> Result<()> {
             let adapter = Adapter::new(ctx.model, &ctx.spec.lora, 1)?;
-            let mut opt = AdamW::new(adapter.vars(), finetune::adamw_params(ctx.spec))?;
             let cases: Vec<&Case> = ctx.seen().iter().flat_map(|t| t.train.iter()).collect();
-            let model = ctx.model;
-            let calls = &self.extra_calls;
-            let extra =
-                |_c: &[&Case], emb: &Tensor, p: &Prompts, out: &crate::model::DecoderOutput| {
-                    calls.set(calls.get() + 1);
-                    let base = model.decode(emb, p, None)?;
-                    Ok(Some(
-                        ((&out.logits - &base.logits)?.sqr()?.mean_all()? * 0.01)?,
-                    ))
-                };
-            crate::train::r#loop::fit(ctx, "all", &adapter, &mut opt, &cases, Some(&extra))?;
+            fit(
+                ctx,
+                FitPlan::new("all", &adapter, &cases).hooks(&mut self.hooks),
+            )?;
             self.adapter = Some(adapter);
             Ok(())
         }
@@ -264,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn a_strategy_can_train_on_all_seen_tasks_with_an_extra_loss() {
+    fn a_strategy_can_train_on_all_seen_tasks_with_hooks() {
         let kit = super::kinds_tests::Kit::new(3, 2);
         let steps = std::sync::atomic::AtomicUsize::new(0);
         let progress = |_p: Progress| {
@@ -275,17 +296,65 @@ mod tests {
         assert_eq!(ctx.task_name(1), "site1");
         let mut toy = Toy {
             adapter: None,
-            extra_calls: std::cell::Cell::new(0),
+            hooks: Counting::default(),
         };
         toy.train_task(&mut ctx, 1, &kit.tasks[1]).unwrap();
         // 6 cases, batch 2 -> 3 steps per epoch, 2 epochs
         assert_eq!(steps.load(std::sync::atomic::Ordering::Relaxed), 6);
-        assert_eq!(toy.extra_calls.get(), 6);
+        assert_eq!(toy.hooks.extra_calls.get(), 6);
+        assert_eq!(toy.hooks.epochs, vec![1, 2]);
+        assert_eq!((toy.hooks.task_ends, toy.hooks.kept_cases), (1, 6));
         let batch = kit.test_batch(0);
         let p = toy.predict(&ctx, 0, &batch).unwrap();
         assert_eq!(p.logits.dim(0).unwrap(), 2);
         let d =
             crate::metrics::case_dice(&p.logits.get(0).unwrap(), batch.cases[0], false).unwrap();
         assert!((0.0..=1.0).contains(&d));
+    }
+
+    /// The values of an adapter's variables.
+    fn values(a: &Adapter) -> Vec<Vec<f32>> {
+        a.vars()
+            .iter()
+            .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_seeded_plan_draws_its_own_stream_and_a_schedule_sets_the_budget() {
+        let kit = super::kinds_tests::Kit::new(4, 3);
+        let cases: Vec<&Case> = kit.tasks[0].train.iter().collect();
+        let train = |seed: Option<u64>, ctx: &mut StrategyCtx| {
+            let a = Adapter::new(&kit.model, &ctx.spec.lora, 3).unwrap();
+            let plan = FitPlan::new("site0", &a, &cases);
+            let plan = match seed {
+                Some(s) => plan.seed(s),
+                None => plan,
+            };
+            let r = fit(ctx, plan).unwrap();
+            (values(&a), r)
+        };
+        // Two seeded fits from contexts in different states train the same weights and leave the context's
+        // stream where it was; unseeded, the context's state shows.
+        let mut c1 = kit.ctx("finetune", 1, &super::kinds_tests::noop);
+        let mut c2 = kit.ctx("finetune", 2, &super::kinds_tests::noop);
+        let before = c1.rng.clone();
+        let (v1, r1) = train(Some(9), &mut c1);
+        let (v2, _) = train(Some(9), &mut c2);
+        assert_eq!(v1, v2);
+        assert_eq!(c1.rng, before);
+        assert_eq!((r1.steps, r1.epochs_run, r1.chosen_epoch), (6, 3, 3));
+        let (u1, _) = train(None, &mut c1);
+        let (u2, _) = train(None, &mut c2);
+        assert_ne!(u1, u2);
+        assert_ne!(c1.rng, before);
+        // An explicit schedule: two passes of one step each.
+        let a = Adapter::new(&kit.model, &c1.spec.lora, 3).unwrap();
+        let sched = crate::train::budget::Schedule {
+            steps_per_epoch: 1,
+            epochs: vec![1, 1],
+        };
+        let r = fit(&mut c1, FitPlan::new("site0", &a, &cases).schedule(sched)).unwrap();
+        assert_eq!((r.steps, r.epochs_run), (2, 2));
     }
 }

@@ -5,8 +5,11 @@ use super::reservoir::Reservoir;
 use super::single::{SingleAdapter, SingleKind};
 use super::StrategyCtx;
 use crate::data::{Case, TaskData};
+use crate::model::Adapter;
 use crate::spec::Diag;
+use crate::train::{FitEnv, TrainHooks};
 use crate::{Error, Result};
+use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -47,7 +50,7 @@ impl Params {
 }
 
 /// A memory item: (index of the task in the spec's stream, index of the case in its train split).
-type Item = (usize, usize);
+pub type Item = (usize, usize);
 
 /// The `replay` strategy kind: fine-tuning with memory cases of earlier tasks mixed into every batch.
 pub struct Replay {
@@ -77,6 +80,39 @@ impl Replay {
     }
 }
 
+/// Replay as training hooks: `per_batch` cases drawn uniformly without replacement from `memory` appended to every
+/// batch; when the task ends, its training cases are offered to the reservoir (with the fit's random stream).
+pub struct ReplayHooks<'m> {
+    /// The past cases to draw from.
+    pub memory: Vec<&'m Case>,
+    /// Memory cases per batch (at most all of them).
+    pub per_batch: usize,
+    /// The reservoir the finished task's cases are offered to.
+    pub reservoir: &'m mut Reservoir<Item>,
+    /// Index in the spec's stream of the task being trained (what the reservoir records).
+    pub task: usize,
+}
+
+impl TrainHooks for ReplayHooks<'_> {
+    fn extra_batch_items<'s>(&'s self, rng: &mut ChaCha8Rng) -> Vec<&'s Case> {
+        let k = self.per_batch.min(self.memory.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        rand::seq::index::sample(rng, self.memory.len(), k)
+            .into_iter()
+            .map(|i| self.memory[i])
+            .collect()
+    }
+
+    fn after_task(&mut self, env: &mut FitEnv, _adapter: &Adapter, cases: &[&Case]) -> Result<()> {
+        for i in 0..cases.len() {
+            self.reservoir.offer((self.task, i), &mut *env.rng);
+        }
+        Ok(())
+    }
+}
+
 impl SingleKind for Replay {
     fn train(
         &mut self,
@@ -85,6 +121,9 @@ impl SingleKind for Replay {
         task_index: usize,
         task: &TaskData,
     ) -> Result<()> {
+        if self.params.reset_optimizer {
+            core.reset_optimizer();
+        }
         let tasks = ctx.tasks;
         let cases: Vec<&Case> = task.train.iter().collect();
         let memory: Vec<&Case> = self
@@ -97,21 +136,13 @@ impl SingleKind for Replay {
                 })
             })
             .collect::<Result<_>>()?;
-        let reset = self.params.reset_optimizer;
-        core.fit(
-            ctx,
-            &task.name,
-            &cases,
-            None,
-            &memory,
-            self.params.memory_batch,
-            reset,
-        )?;
-        // Offer the finished task's cases to the reservoir.
-        let ti = ctx.order[task_index];
-        for i in 0..task.train.len() {
-            self.memory.offer((ti, i), &mut ctx.rng);
-        }
+        let mut hooks = ReplayHooks {
+            memory,
+            per_batch: self.params.memory_batch,
+            reservoir: &mut self.memory,
+            task: ctx.order[task_index],
+        };
+        core.fit(ctx, &task.name, &cases, &mut hooks)?;
         Ok(())
     }
 

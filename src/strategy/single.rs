@@ -1,26 +1,14 @@
 //! One trainable LoRA adapter and its optimiser: the core shared by the single-model baselines (finetune, EWC,
-//! replay, LwF, joint). Each of them differs only in what it trains on and which extra loss it adds.
+//! replay, LwF, joint). Each of them differs only in what it trains on and which [`TrainHooks`] it lends the fit.
 
 use super::{Batch, Prediction, StrategyCtx};
 use crate::data::Case;
 use crate::model::{Adapter, LiteMedSam};
 use crate::spec::StrategySpec;
-use crate::train::optim::{AdamW, ParamsAdamW};
-use crate::train::r#loop::{ExtraLoss, FitStats};
-use crate::train::select::{FitReport, Selection};
+use crate::train::{fit, AdamW, FitPlan, FitReport, ParamsAdamW, TrainHooks};
 use crate::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// AdamW settings from the train spec.
-pub fn adamw_params(spec: &StrategySpec) -> ParamsAdamW {
-    ParamsAdamW {
-        lr: spec.train.lr,
-        weight_decay: spec.train.weight_decay,
-        max_grad_norm: spec.train.max_grad_norm,
-        ..Default::default()
-    }
-}
 
 /// The one adapter of a single-model strategy, its optimiser and the report of its last fit.
 pub struct SingleAdapter {
@@ -58,55 +46,37 @@ impl SingleAdapter {
         Ok(())
     }
 
-    /// Train on `cases` (+ `per_batch` memory cases per step) with an optional extra loss. The optimiser is
-    /// created on first use and recreated when `reset_optimizer` is set. With a validation part, the epoch with
-    /// the best Dice on the current task's held-out cases is kept ([`crate::train::select`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Drop the optimiser: the next fit starts from fresh AdamW moments (`reset_optimizer`).
+    pub fn reset_optimizer(&mut self) {
+        self.opt = None;
+    }
+
+    /// Train the adapter on `cases` of the task named `task` (see [`fit`]) with `hooks`. The optimiser is created
+    /// on first use (and after [`SingleAdapter::reset_optimizer`]) and carried over otherwise. With a validation
+    /// part, the epoch with the best Dice on the current task's held-out cases is kept. The report is kept for
+    /// extras.csv.
     pub fn fit(
         &mut self,
         ctx: &mut StrategyCtx,
-        task_name: &str,
+        task: &str,
         cases: &[&Case],
-        extra: Option<&ExtraLoss>,
-        memory: &[&Case],
-        per_batch: usize,
-        reset_optimizer: bool,
-    ) -> Result<FitStats> {
-        if self.opt.is_none() || reset_optimizer {
-            self.opt = Some(AdamW::new(self.adapter.vars(), adamw_params(ctx.spec))?);
-        }
-        let opt = self.opt.as_mut().expect("optimiser");
+        hooks: &mut impl TrainHooks,
+    ) -> Result<&FitReport> {
+        let opt = match &mut self.opt {
+            Some(o) => o,
+            None => self.opt.insert(AdamW::new(
+                self.adapter.vars(),
+                ParamsAdamW::from_train(&ctx.spec.train),
+            )?),
+        };
         let current = ctx.seen().last().copied();
         let val: Vec<&Case> = current.map(|t| t.val.iter().collect()).unwrap_or_default();
-        let sel = Selection {
-            model: ctx.model,
-            embeddings: ctx.embeddings,
-            device: ctx.device,
-            patience: ctx.spec.train.patience,
-            val: &val,
-            fov: current.is_some_and(|t| t.fov_eval),
-            keep_start: false,
-            start_margin: 0.0,
-            clicks: ctx.spec.train.prompt.clicks,
-        };
-        let report = crate::train::select::fit_selected(
-            ctx,
-            task_name,
-            &self.adapter,
-            opt,
-            cases,
-            extra,
-            memory,
-            per_batch,
-            &sel,
-        )?;
-        let stats = FitStats {
-            steps: report.steps,
-            epochs: report.epochs_run,
-            last_epoch_loss: report.last_epoch_loss,
-        };
-        self.last_fit = Some(report);
-        Ok(stats)
+        let plan = FitPlan::new(task, &self.adapter, cases)
+            .optimizer(opt)
+            .validate_on(&val, current.is_some_and(|t| t.fov_eval))
+            .hooks(hooks);
+        let report = fit(ctx, plan)?;
+        Ok(self.last_fit.insert(report))
     }
 
     /// Decode a batch with the adapter (no routing, no novelty).
@@ -138,7 +108,10 @@ impl SingleAdapter {
         self.adapter = Adapter::load(&dir.join(ADAPTER_FILE), ctx.model, ctx.base_sha256)?;
         let p = dir.join(ADAMW_FILE);
         self.opt = if p.is_file() {
-            let mut o = AdamW::new(self.adapter.vars(), adamw_params(ctx.spec))?;
+            let mut o = AdamW::new(
+                self.adapter.vars(),
+                ParamsAdamW::from_train(&ctx.spec.train),
+            )?;
             o.load(&p)?;
             Some(o)
         } else {

@@ -1,11 +1,14 @@
 //! The training loop the strategies share: epochs of seeded shuffled batches over cached frozen-encoder
 //! embeddings, box prompts from the ground truth with seeded jitter (plus optional positive points), the
-//! segmentation loss (plus an optional extra term), an AdamW step on the adapter's variables, and progress.
+//! segmentation loss (plus the hooks' extra term), an AdamW step on the adapter's variables, and progress.
+//! Its one entry is [`crate::train::fit`]; this module holds the passes and the prompt helpers.
 
+use super::budget::Schedule;
 use super::clicks::{batch_points, box_only_masks, labeled_prompts, LabeledPoint};
+use super::hooks::{TrainBatch, TrainHooks};
 use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::Case;
-use crate::model::{Adapter, DecoderOutput, LiteMedSam, Prompts};
+use crate::model::{Adapter, LiteMedSam, Prompts};
 use crate::spec::TrainSpec;
 use crate::train::loss::{seg_loss, LossWeights};
 use crate::train::optim::AdamW;
@@ -14,11 +17,6 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-
-/// An extra loss term (EWC penalty, LwF distillation...): gets the batch's cases, embeddings, prompts and the
-/// adapter's output; returns a scalar added to the segmentation loss, or None.
-pub type ExtraLoss<'a> =
-    dyn Fn(&[&Case], &Tensor, &Prompts, &DecoderOutput) -> Result<Option<Tensor>> + 'a;
 
 /// A progress event from inside a cell: one optimiser step.
 #[derive(Clone, Debug)]
@@ -62,9 +60,9 @@ pub trait FitCtx {
     fn fit_env(&mut self) -> FitEnv<'_>;
 }
 
-/// Summary of one fit.
+/// What the passes of one fit did.
 #[derive(Clone, Debug, Default)]
-pub struct FitStats {
+pub(super) struct FitStats {
     /// Optimiser steps taken.
     pub steps: usize,
     /// Epochs run (fewer than the budget when early stopping ended the fit).
@@ -140,111 +138,91 @@ pub fn eval_prompts(cases: &[&Case], device: &Device) -> Result<Prompts> {
     make_prompts(&boxes, None, device)
 }
 
-/// Train `adapter` on `cases` with the context's train settings. Non-finite loss stops with
-/// [`Error::NonFinite`] naming the strategy, task, epoch and step.
-pub fn fit<C: FitCtx + ?Sized>(
-    ctx: &mut C,
-    task_name: &str,
-    adapter: &Adapter,
-    opt: &mut AdamW,
-    cases: &[&Case],
-    extra: Option<&ExtraLoss>,
-) -> Result<FitStats> {
-    fit_mixed(ctx, task_name, adapter, opt, cases, extra, &[], 0)
+/// One fit's passes over a task, as [`crate::train::fit`] hands them to the loop.
+pub(super) struct Passes<'p> {
+    /// Task name (progress and error messages).
+    pub task: &'p str,
+    /// The adapter trained.
+    pub adapter: &'p Adapter,
+    /// Its optimiser.
+    pub opt: &'p mut AdamW,
+    /// The task's training cases (epochs and steps count over these).
+    pub cases: &'p [&'p Case],
+    /// Steps of each pass.
+    pub schedule: &'p Schedule,
+    /// The strategy's hooks.
+    pub hooks: &'p mut dyn TrainHooks,
 }
 
-/// As [`fit`], appending to every batch `per_batch` cases drawn uniformly without replacement from `memory`
-/// (experience replay). Epochs and steps are counted over `cases` only.
-#[allow(clippy::too_many_arguments)]
-pub fn fit_mixed<C: FitCtx + ?Sized>(
-    ctx: &mut C,
-    task_name: &str,
-    adapter: &Adapter,
-    opt: &mut AdamW,
-    cases: &[&Case],
-    extra: Option<&ExtraLoss>,
-    memory: &[&Case],
-    per_batch: usize,
+/// Train under `p.schedule`: seeded shuffled batches (plus the hooks' extra items), jittered box prompts (plus
+/// clicks), the segmentation loss plus the hooks' extra term, an AdamW step with the warmup factor. After each
+/// epoch the hooks' `after_epoch`, then `keep_going` (validation, early stopping) may end the fit. Non-finite loss
+/// stops with [`Error::NonFinite`] naming the strategy, task, epoch and step.
+pub(super) fn run_passes(
+    env: &mut FitEnv,
+    p: Passes,
+    keep_going: &mut dyn FnMut(usize, &Adapter) -> Result<bool>,
 ) -> Result<FitStats> {
-    fit_hooked(
-        ctx, task_name, adapter, opt, cases, extra, memory, per_batch, None,
-    )
-}
-
-/// Called after each epoch with (epoch number from 1, the adapter); returns false to stop training (early
-/// stopping). See [`crate::train::select`].
-pub type EpochHook<'a> = dyn FnMut(usize, &Adapter) -> Result<bool> + 'a;
-
-/// As [`fit_mixed`], with the budget of [`crate::train::budget::Schedule`] (`epochs` or exactly `steps`
-/// optimiser steps) and an optional hook after every epoch.
-#[allow(clippy::too_many_arguments)]
-pub fn fit_hooked<C: FitCtx + ?Sized>(
-    ctx: &mut C,
-    task_name: &str,
-    adapter: &Adapter,
-    opt: &mut AdamW,
-    cases: &[&Case],
-    extra: Option<&ExtraLoss>,
-    memory: &[&Case],
-    per_batch: usize,
-    mut on_epoch: Option<&mut EpochHook>,
-) -> Result<FitStats> {
-    let ctx = ctx.fit_env();
-    let per_batch = per_batch.min(memory.len());
-    let train = ctx.train.clone();
+    let Passes {
+        task,
+        adapter,
+        opt,
+        cases,
+        schedule,
+        hooks,
+    } = p;
+    let (model, device, train) = (env.model, env.device, env.train);
     let w = LossWeights {
         dice: train.loss.dice,
         bce: train.loss.bce,
         iou: train.loss.iou,
     };
     let bs = train.batch_size.max(1);
-    let schedule = crate::train::budget::Schedule::new(&train, cases.len());
     let n_epochs = schedule.epochs.len();
     let total_steps = schedule.total_steps();
     let base_lr = opt.learning_rate();
     let mut stats = FitStats::default();
     let mut idx: Vec<usize> = (0..cases.len()).collect();
     for (epoch, &steps_per_epoch) in schedule.epochs.iter().enumerate() {
-        idx.shuffle(&mut *ctx.rng);
+        idx.shuffle(&mut *env.rng);
         let mut sum = 0.0;
         for (step, chunk) in idx.chunks(bs).take(steps_per_epoch).enumerate() {
             let mut picked: Vec<&Case> = chunk.iter().map(|&i| cases[i]).collect();
-            if per_batch > 0 {
-                picked.extend(
-                    rand::seq::index::sample(&mut *ctx.rng, memory.len(), per_batch)
-                        .into_iter()
-                        .map(|i| memory[i]),
-                );
-            }
+            picked.extend(hooks.extra_batch_items(&mut *env.rng));
             let batch: Vec<&Case> = picked
                 .into_iter()
                 .map(|c| match c.flipped.as_deref() {
-                    Some(f) if train.augment && ctx.rng.random_bool(0.5) => f,
+                    Some(f) if train.augment && env.rng.random_bool(0.5) => f,
                     _ => c,
                 })
                 .collect();
-            let emb = embed_with(ctx.model, ctx.embeddings, &batch, Some(adapter))?;
+            let emb = embed_with(model, env.embeddings, &batch, Some(adapter))?;
             let boxes: Vec<[f32; 4]> = batch
                 .iter()
-                .map(|c| jittered_box(c, train.prompt.jitter, &mut *ctx.rng))
+                .map(|c| jittered_box(c, train.prompt.jitter, &mut *env.rng))
                 .collect();
-            let mut predict = || box_only_masks(ctx.model, &emb, &boxes, Some(adapter), ctx.device);
-            let pts = batch_points(&batch, &boxes, &train.prompt, &mut *ctx.rng, &mut predict)?;
-            let prompts = labeled_prompts(&boxes, pts.as_deref(), ctx.device)?;
+            let mut predict = || box_only_masks(model, &emb, &boxes, Some(adapter), device);
+            let pts = batch_points(&batch, &boxes, &train.prompt, &mut *env.rng, &mut predict)?;
+            let prompts = labeled_prompts(&boxes, pts.as_deref(), device)?;
             let masks: Vec<Tensor> = batch.iter().map(|c| c.mask.clone()).collect();
             let target = Tensor::stack(&masks, 0)?;
-            let out = ctx.model.decode(&emb, &prompts, Some(adapter))?;
+            let out = model.decode(&emb, &prompts, Some(adapter))?;
             let mut loss = seg_loss(&out, &target, &w)?;
-            if let Some(f) = extra {
-                if let Some(t) = f(&batch, &emb, &prompts, &out)? {
-                    loss = (loss + t)?;
-                }
+            let seen = TrainBatch {
+                cases: &batch,
+                embeddings: &emb,
+                prompts: &prompts,
+                output: &out,
+                adapter,
+            };
+            if let Some(t) = hooks.extra_loss(env, &seen)? {
+                loss = (loss + t)?;
             }
             let lv = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
                 return Err(Error::NonFinite(format!(
-                    "strategy {:?}, task {task_name:?}, epoch {}/{}, step {}: loss = {lv}",
-                    ctx.label,
+                    "strategy {:?}, task {task:?}, epoch {}/{}, step {}: loss = {lv}",
+                    env.label,
                     epoch + 1,
                     n_epochs,
                     step + 1
@@ -260,8 +238,8 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
             stepped?;
             sum += lv;
             stats.steps += 1;
-            (ctx.progress)(Progress {
-                task: task_name.to_string(),
+            (env.progress)(Progress {
+                task: task.to_string(),
                 epoch: epoch + 1,
                 epochs: n_epochs,
                 step: step + 1,
@@ -271,10 +249,9 @@ pub fn fit_hooked<C: FitCtx + ?Sized>(
         }
         stats.last_epoch_loss = sum / steps_per_epoch.max(1) as f64;
         stats.epochs = epoch + 1;
-        if let Some(hook) = on_epoch.as_mut() {
-            if !hook(epoch + 1, adapter)? {
-                break;
-            }
+        hooks.after_epoch(env, adapter, epoch + 1)?;
+        if !keep_going(epoch + 1, adapter)? {
+            break;
         }
     }
     Ok(stats)

@@ -40,6 +40,18 @@ impl Default for ParamsAdamW {
     }
 }
 
+impl ParamsAdamW {
+    /// The settings of a spec's `[train]` table (`lr`, `weight_decay`, `max_grad_norm`; PyTorch's betas and eps).
+    pub fn from_train(train: &crate::spec::TrainSpec) -> Self {
+        Self {
+            lr: train.lr,
+            weight_decay: train.weight_decay,
+            max_grad_norm: train.max_grad_norm,
+            ..Default::default()
+        }
+    }
+}
+
 struct Slot {
     var: Var,
     m: Tensor,

@@ -1,5 +1,6 @@
-//! Model selection on held-out validation cases: evaluate after every epoch, keep the best epoch, stop early after
-//! `patience` epochs without improvement, and (optionally) keep the starting point when training never beats it.
+//! Model selection on held-out validation cases: [`crate::train::fit`] scores them after every epoch, keeps the best
+//! epoch and stops early after `patience` epochs without improvement; [`select_epoch`] with an eligible start keeps
+//! the starting point when training never beats it.
 //!
 //! Why: on small real tasks (ten images per site) a fixed budget can leave an adapter worse than where it started
 //! (an expert below the base model, a fine-tuned model that overshot). Selecting on held-out Dice makes the budget
@@ -10,38 +11,8 @@
 use crate::data::embeddings::{embed_with, EmbeddingStore};
 use crate::data::Case;
 use crate::model::{Adapter, LiteMedSam};
-use crate::train::optim::AdamW;
-use crate::train::r#loop::{ExtraLoss, FitCtx, FitStats};
 use crate::Result;
-use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// What a selected fit did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct FitReport {
-    /// Optimiser steps taken.
-    pub steps: usize,
-    /// Epochs run (fewer than the budget after early stopping).
-    pub epochs_run: usize,
-    /// The epoch whose weights were kept (0 = the starting point; the last epoch without validation).
-    pub chosen_epoch: usize,
-    /// Validation Dice of the starting point and after each epoch run (empty without validation cases).
-    pub val_dice: Vec<f64>,
-    /// Mean training loss of the last epoch run.
-    pub last_epoch_loss: f64,
-}
-
-impl FitReport {
-    /// True when the starting point was kept.
-    pub fn kept_start(&self) -> bool {
-        !self.val_dice.is_empty() && self.chosen_epoch == 0
-    }
-
-    /// Validation Dice of the kept weights.
-    pub fn chosen_val_dice(&self) -> Option<f64> {
-        self.val_dice.get(self.chosen_epoch).copied()
-    }
-}
+use candle_core::Device;
 
 /// Validation cases per decoder batch.
 const VAL_BATCH: usize = 8;
@@ -140,22 +111,6 @@ pub fn validation_dices(
     validation_scores(model, store, device, adapter, val, fov, 0)
 }
 
-/// Copies of an adapter's values (to restore the best epoch).
-fn snapshot(adapter: &Adapter) -> Result<Vec<Tensor>> {
-    adapter
-        .vars()
-        .iter()
-        .map(|v| Ok(v.as_tensor().copy()?))
-        .collect()
-}
-
-fn restore(adapter: &Adapter, snap: &[Tensor]) -> Result<()> {
-    for (v, t) in adapter.vars().iter().zip(snap) {
-        v.set(t)?;
-    }
-    Ok(())
-}
-
 /// The selection rule on a sequence of validation scores (index 0 = the start): the first index with the highest
 /// score among the trained epochs (1..); when `start_eligible`, the start is kept unless that epoch beats it by more
 /// than `margin` (so ties keep the start). Returns None when nothing is eligible.
@@ -180,29 +135,24 @@ pub fn best_epoch(val: &[f64], start_eligible: bool) -> Option<usize> {
     select_epoch(val, start_eligible, 0.0)
 }
 
-/// Options of [`fit_selected`]: where to evaluate, on what, and the rules.
-pub struct Selection<'v> {
+/// The held-out cases of a task and how to score them: what selects the epoch in [`crate::train::fit`], and what
+/// EvoSAM's keep-the-start rule compares models on.
+pub struct Validation<'v> {
     /// The frozen model the adapter is evaluated on.
     pub model: &'v LiteMedSam,
     /// Cached frozen-encoder embeddings of the validation cases.
     pub embeddings: &'v EmbeddingStore,
     /// Device of the validation forward passes.
     pub device: &'v Device,
-    /// Stop after this many epochs without a better validation Dice (0 = never; `[train] patience`).
-    pub patience: usize,
-    /// Held-out cases (empty: plain training, the last epoch is kept).
-    pub val: &'v [&'v Case],
-    /// Score validation inside the field of view.
+    /// Held-out cases.
+    pub cases: &'v [&'v Case],
+    /// Score inside the field of view.
     pub fov: bool,
-    /// Keep the starting weights when no epoch beats them on validation (EvoSAM's rule).
-    pub keep_start: bool,
-    /// With `keep_start`: how much (mean validation Dice) an epoch must beat the start by.
-    pub start_margin: f64,
     /// `[train.prompt] clicks`: with clicks, validation scores the clicks too ([`validation_scores`]).
     pub clicks: usize,
 }
 
-impl Selection<'_> {
+impl Validation<'_> {
     /// The validation score of each held-out case for `adapter` (None: the base model), see
     /// [`validation_scores`].
     pub fn scores(&self, adapter: Option<&Adapter>) -> Result<Vec<f64>> {
@@ -211,7 +161,7 @@ impl Selection<'_> {
             self.embeddings,
             self.device,
             adapter,
-            self.val,
+            self.cases,
             self.fov,
             self.clicks,
         )
@@ -219,87 +169,11 @@ impl Selection<'_> {
 
     /// The mean validation score of `adapter` (NaN without validation cases).
     pub fn score(&self, adapter: Option<&Adapter>) -> Result<f64> {
-        if self.val.is_empty() {
+        if self.cases.is_empty() {
             return Ok(f64::NAN);
         }
         Ok(mean(&self.scores(adapter)?))
     }
-}
-
-/// Train as [`crate::train::r#loop::fit_mixed`] under the spec's budget, evaluating on `sel.val` after every
-/// epoch; the adapter ends with the weights of the selected epoch (see [`best_epoch`]), and training stops after
-/// `[train] patience` epochs without a better validation Dice (0 = never).
-#[allow(clippy::too_many_arguments)]
-pub fn fit_selected<C: FitCtx + ?Sized>(
-    ctx: &mut C,
-    task_name: &str,
-    adapter: &Adapter,
-    opt: &mut AdamW,
-    cases: &[&Case],
-    extra: Option<&ExtraLoss>,
-    memory: &[&Case],
-    per_batch: usize,
-    sel: &Selection,
-) -> Result<FitReport> {
-    if sel.val.is_empty() {
-        let st: FitStats = crate::train::r#loop::fit_hooked(
-            ctx, task_name, adapter, opt, cases, extra, memory, per_batch, None,
-        )?;
-        return Ok(FitReport {
-            steps: st.steps,
-            epochs_run: st.epochs,
-            chosen_epoch: st.epochs,
-            val_dice: Vec::new(),
-            last_epoch_loss: st.last_epoch_loss,
-        });
-    }
-    let patience = sel.patience;
-    let start = sel.score(Some(adapter))?;
-    let mut val_dice = vec![start];
-    let start_snap = if sel.keep_start {
-        Some(snapshot(adapter)?)
-    } else {
-        None
-    };
-    // The best trained epoch so far (the start is weighed against it at the end).
-    let mut best_snap: Option<Vec<Tensor>> = None;
-    let mut since_best = 0usize;
-    let mut hook = |epoch: usize, a: &Adapter| -> Result<bool> {
-        let d = sel.score(Some(a))?;
-        val_dice.push(d);
-        if best_epoch(&val_dice, false) == Some(epoch) {
-            best_snap = Some(snapshot(a)?);
-            since_best = 0;
-        } else {
-            since_best += 1;
-        }
-        Ok(patience == 0 || since_best < patience)
-    };
-    let st = crate::train::r#loop::fit_hooked(
-        ctx,
-        task_name,
-        adapter,
-        opt,
-        cases,
-        extra,
-        memory,
-        per_batch,
-        Some(&mut hook),
-    )?;
-    let chosen = select_epoch(&val_dice, sel.keep_start, sel.start_margin).unwrap_or(0);
-    let keep = if chosen == 0 { &start_snap } else { &best_snap };
-    if chosen != st.epochs {
-        if let Some(s) = keep {
-            restore(adapter, s)?;
-        }
-    }
-    Ok(FitReport {
-        steps: st.steps,
-        epochs_run: st.epochs,
-        chosen_epoch: chosen,
-        val_dice,
-        last_epoch_loss: st.last_epoch_loss,
-    })
 }
 
 #[cfg(test)]

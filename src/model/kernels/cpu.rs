@@ -17,11 +17,47 @@ pub(crate) fn slices<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<
     }
 }
 
-/// All tensors on the CPU with one f32/f64 dtype: the fused path applies.
+/// All tensors on the CPU with one f32/f64 dtype: the fused path applies (unless a test forced candle's path,
+/// see `with_candle_fallback`).
 pub(crate) fn cpu_ok(ts: &[&Tensor]) -> bool {
     let dt = ts[0].dtype();
-    matches!(dt, DType::F32 | DType::F64)
+    !candle_forced()
+        && matches!(dt, DType::F32 | DType::F64)
         && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == dt)
+}
+
+#[cfg(test)]
+thread_local! {
+    static CANDLE_FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is inside `with_candle_fallback`.
+#[cfg(test)]
+fn candle_forced() -> bool {
+    CANDLE_FORCED.with(|f| f.get())
+}
+
+/// Never outside tests.
+#[cfg(not(test))]
+#[inline(always)]
+fn candle_forced() -> bool {
+    false
+}
+
+/// Run `f` with every op of this module taking its candle fallback on the calling thread: the path that runs off
+/// the CPU (or for another dtype), which tests compare with the kernel path on the CPU. Why a thread-local of
+/// test builds, not an environment variable: the library sets no process-wide state, and tests running in
+/// parallel threads each keep their own setting.
+#[cfg(test)]
+pub(crate) fn with_candle_fallback<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CANDLE_FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CANDLE_FORCED.with(|c| c.replace(true)));
+    f()
 }
 
 /// Run `f` on the contiguous data of `t` (copied first only when not contiguous).

@@ -339,35 +339,3 @@ pub(crate) fn dwconv3x3_shifted(
         .narrow(3, 0, 1)?
         .squeeze(D::Minus2)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    #[test]
-    fn custom_op_matches_shifted_forward_and_backward() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        for (stride, h, w) in [(1usize, 5usize, 6usize), (2, 7, 6), (2, 6, 5)] {
-            let x = Var::from_tensor(&Tensor::randn(0f64, 1., (2, h, w, 3), &dev)?)?;
-            let k = Var::from_tensor(&Tensor::randn(0f64, 1., (9, 3), &dev)?)?;
-            let y1 = dwconv3x3(x.as_tensor(), k.as_tensor(), stride)?;
-            let y2 = dwconv3x3_shifted(x.as_tensor(), k.as_tensor(), stride)?;
-            assert_eq!(y1.dims(), y2.dims());
-            let d = (&y1 - &y2)?.abs()?.max_all()?.to_scalar::<f64>()?;
-            eprintln!("stride {stride}: forward max abs diff {d:.2e}");
-            assert!(d < 1e-12, "forward diff {d}");
-            let r = Tensor::randn(0f64, 1., y1.shape(), &dev)?;
-            let g1 = (&y1 * &r)?.sum_all()?.backward()?;
-            let g2 = (&y2 * &r)?.sum_all()?.backward()?;
-            for v in [&x, &k] {
-                let a = g1.get(v.as_tensor()).expect("grad");
-                let b = g2.get(v.as_tensor()).expect("grad");
-                let d = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
-                eprintln!("stride {stride}: gradient max abs diff {d:.2e}");
-                assert!(d < 1e-10, "backward diff {d} (stride {stride})");
-            }
-        }
-        Ok(())
-    }
-}

@@ -8,7 +8,7 @@
 //! trained, so earlier experts never change: parameter isolation is kept. The choice and its reason are recorded
 //! in `evosam.json` and extras.csv.
 
-use crate::train::select::FitReport;
+use crate::train::FitReport;
 use serde::{Deserialize, Serialize};
 
 /// `init` of the evosam preset.
