@@ -26,16 +26,23 @@ fn alpha_value(alpha: f64) -> serde_json::Value {
     }
 }
 
-/// Write `ad` as a PEFT folder `dir` (created); `task` is recorded in `evosam.json`. Every site must be an
-/// `nn.Linear` of `base` (see [`super`]).
-pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> Result<()> {
-    let paths = ad.paths();
-    if let Some(p) = paths.iter().find(|p| !base.linear.contains(*p)) {
-        return Err(Error::input(format!(
+/// Every site of `ad` (the adapter of `task`) is an `nn.Linear` of `base`; otherwise an input error naming the
+/// first site that is not (see [`super`]).
+pub fn check_linear(ad: &Adapter, base: &BaseModel, task: &str) -> Result<()> {
+    match ad.paths().into_iter().find(|p| !base.linear.contains(p)) {
+        Some(p) => Err(Error::input(format!(
             "expert {task:?}: LoRA site `{p}` is not an nn.Linear module of the PyTorch model (a 1x1 convolution \
              with BatchNorm folded into one map here): PEFT cannot express it; only linear sites can be exported"
-        )));
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Write `ad` as a PEFT folder `dir` (created); `task` is recorded in `evosam.json`. Every site must be an
+/// `nn.Linear` of `base` ([`check_linear`]).
+pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> Result<()> {
+    check_linear(ad, base, task)?;
+    let paths = ad.paths();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut scale = 0.0;

@@ -224,4 +224,8 @@ fn a_site_that_is_no_linear_module_in_pytorch_is_refused_by_name() {
     let e = export_peft(&set, &base, &dir.path().join("x")).unwrap_err();
     assert_eq!(e.exit_code(), 2);
     assert!(e.to_string().contains(&site), "{e}");
+    assert!(
+        !dir.path().join("x").exists(),
+        "a refused export writes nothing"
+    );
 }
