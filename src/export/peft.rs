@@ -17,6 +17,17 @@ pub fn peft_key(module: &str, which: &str) -> String {
     format!("base_model.model.{module}.lora_{which}.weight")
 }
 
+/// Write named tensors as safetensors with the `format = "pt"` metadata that Hugging Face loaders expect.
+pub(super) fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        path,
+    )
+    .map_err(|e| Error::internal(format!("{}: writing tensors: {e}", path.display())))
+}
+
 /// The JSON number of `alpha`: an integer when it is one (PEFT's own configs write `lora_alpha` as an int).
 fn alpha_value(alpha: f64) -> serde_json::Value {
     if alpha.fract() == 0.0 && alpha.abs() < 1e15 {
@@ -59,14 +70,7 @@ pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> 
             tensors.push((peft_key(p, which), t));
         }
     }
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let st = dir.join("adapter_model.safetensors");
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(meta),
-        &st,
-    )
-    .map_err(|e| Error::internal(format!("{}: writing adapter: {e}", st.display())))?;
+    save_tensors(&tensors, &dir.join("adapter_model.safetensors"))?;
     let cfg = &ad.config;
     // PEFT's LoraConfig fields; target_modules lists full module paths, which PEFT matches exactly.
     let config = json!({
