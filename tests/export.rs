@@ -105,21 +105,19 @@ fn segment(
     (routed, served, Tensor::read_npy(logits).unwrap())
 }
 
-/// max |a - b| and that over b's range.
+/// max |a - b| and that over b's range (b: PyTorch's logits).
 fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let r = (b.max_all().unwrap() - b.min_all().unwrap())
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    (d, d / r.max(1e-6))
+    let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (a, b) = (v(a), v(b));
+    assert_eq!(a.len(), b.len());
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let lo = b.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (d, d / (hi - lo).max(1e-6))
 }
 
 #[test]

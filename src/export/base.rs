@@ -12,7 +12,8 @@ pub struct BaseModel {
     pub name: String,
     /// sha256 of the weights file (every expert records the weights it was trained on).
     pub sha256: String,
-    /// Module paths whose PyTorch module is an `nn.Linear` (a 2-D `<path>.weight` in the state dict).
+    /// Module paths with a 2-D `<path>.weight` in the state dict: the `nn.Linear` modules (and embedding tables,
+    /// which never match an adapter site, since sites are the model's linear layers).
     pub linear: BTreeSet<String>,
 }
 

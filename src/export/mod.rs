@@ -94,6 +94,13 @@ pub fn export_peft(set: &ExpertSet, base: &BaseModel, out: &Path) -> Result<Expo
         .iter()
         .map(|n| folder_name(n))
         .collect::<Result<_>>()?;
+    // every adapter is checked before anything is written: a refused export leaves no partial folder
+    for (task, ad) in set.names.iter().zip(&set.adapters) {
+        peft::check_linear(ad, base, task)?;
+    }
+    if let Some(c) = &set.chain {
+        peft::check_linear(c, base, crate::strategy::evosam::CHAIN_TARGET)?;
+    }
     fresh_out(out)?;
     let mut experts = Vec::new();
     for (k, (task, ad)) in set.names.iter().zip(&set.adapters).enumerate() {

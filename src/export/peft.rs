@@ -17,6 +17,17 @@ pub fn peft_key(module: &str, which: &str) -> String {
     format!("base_model.model.{module}.lora_{which}.weight")
 }
 
+/// Write named tensors as safetensors with the `format = "pt"` metadata that Hugging Face loaders expect.
+pub(super) fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        path,
+    )
+    .map_err(|e| Error::internal(format!("{}: writing tensors: {e}", path.display())))
+}
+
 /// The JSON number of `alpha`: an integer when it is one (PEFT's own configs write `lora_alpha` as an int).
 fn alpha_value(alpha: f64) -> serde_json::Value {
     if alpha.fract() == 0.0 && alpha.abs() < 1e15 {
@@ -26,16 +37,23 @@ fn alpha_value(alpha: f64) -> serde_json::Value {
     }
 }
 
-/// Write `ad` as a PEFT folder `dir` (created); `task` is recorded in `evosam.json`. Every site must be an
-/// `nn.Linear` of `base` (see [`super`]).
-pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> Result<()> {
-    let paths = ad.paths();
-    if let Some(p) = paths.iter().find(|p| !base.linear.contains(*p)) {
-        return Err(Error::input(format!(
+/// Every site of `ad` (the adapter of `task`) is an `nn.Linear` of `base`; otherwise an input error naming the
+/// first site that is not (see [`super`]).
+pub fn check_linear(ad: &Adapter, base: &BaseModel, task: &str) -> Result<()> {
+    match ad.paths().into_iter().find(|p| !base.linear.contains(p)) {
+        Some(p) => Err(Error::input(format!(
             "expert {task:?}: LoRA site `{p}` is not an nn.Linear module of the PyTorch model (a 1x1 convolution \
              with BatchNorm folded into one map here): PEFT cannot express it; only linear sites can be exported"
-        )));
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Write `ad` as a PEFT folder `dir` (created); `task` is recorded in `evosam.json`. Every site must be an
+/// `nn.Linear` of `base` ([`check_linear`]).
+pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> Result<()> {
+    check_linear(ad, base, task)?;
+    let paths = ad.paths();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut scale = 0.0;
@@ -52,14 +70,7 @@ pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> 
             tensors.push((peft_key(p, which), t));
         }
     }
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let st = dir.join("adapter_model.safetensors");
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(meta),
-        &st,
-    )
-    .map_err(|e| Error::internal(format!("{}: writing adapter: {e}", st.display())))?;
+    save_tensors(&tensors, &dir.join("adapter_model.safetensors"))?;
     let cfg = &ad.config;
     // PEFT's LoraConfig fields; target_modules lists full module paths, which PEFT matches exactly.
     let config = json!({

@@ -12,7 +12,6 @@
 //! goes, the novelty threshold) are evaluated here once and written as values: the history they come from
 //! (births, transfer evidence) is not part of the export.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -77,14 +76,7 @@ pub fn write(
         "novelty.calibration".into(),
         Tensor::from_vec(cal, n_cal, &Device::Cpu)?,
     ));
-    let st = dir.join("router.safetensors");
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(meta),
-        &st,
-    )
-    .map_err(|e| Error::internal(format!("{}: writing router: {e}", st.display())))?;
+    super::peft::save_tensors(&tensors, &dir.join("router.safetensors"))?;
 
     let nov = &set.novelty;
     let fallback =
