@@ -4,6 +4,7 @@
     python3 scripts/module_deps.py            # report; exit 1 when top-level modules form a cycle
     python3 scripts/module_deps.py --edges    # also print every top-level arrow with one example file
     python3 scripts/module_deps.py --check    # also enforce the layer order of docs/ARCHITECTURE.md (exit 1)
+    python3 scripts/module_deps.py --surface  # only count the library's public surface (no layering)
 
 What counts as a dependency: a path `crate::a::b...` (in `use` lines, braces included, or inline), a
 `super::...` path, and a bare `child::...` path to a module the file itself declares. Test code is left out:
@@ -108,7 +109,49 @@ def expand(s):
     return res
 
 
+def surface():
+    """The library's public surface, counted from the source text: `pub` items outside the binary (src/cli,
+    src/main.rs) and test files, root `pub mod`s, and the distinct library paths deeper than the root
+    (`evosam::a::b`) that the binary, the integration tests and the examples name."""
+    here = os.path.join(ROOT, "..")
+    items = 0
+    for d, _, fs in os.walk(ROOT):
+        rel = os.path.relpath(d, ROOT)
+        if rel == "cli" or rel.startswith("cli" + os.sep):
+            continue
+        for f in fs:
+            if not f.endswith(".rs") or f == "main.rs" or "tests" in f:
+                continue
+            t = strip_tests(open(os.path.join(d, f)).read())
+            items += len(re.findall(r"^\s*pub (?:fn|struct|enum|trait|type|const|static|mod|use)\b", t, flags=re.M))
+    lib = open(os.path.join(ROOT, "lib.rs")).read()
+    print(f"pub items in the library (test files left out): {items}")
+    print(f"root `pub mod`s: {len(re.findall(r'^pub mod ', lib, flags=re.M))}")
+    for name, roots in (("binary", [os.path.join(ROOT, "cli"), os.path.join(ROOT, "main.rs")]),
+                        ("tests", [os.path.join(here, "tests")]), ("examples", [os.path.join(here, "examples")])):
+        paths = set()
+        for r in roots:
+            walk = [(os.path.dirname(r), [], [os.path.basename(r)])] if os.path.isfile(r) else os.walk(r)
+            for d, _, fs in walk:
+                for f in fs:
+                    if not f.endswith(".rs"):
+                        continue
+                    t = strip_comments(open(os.path.join(d, f)).read())
+                    for m in re.finditer(r"\buse\s+(evosam[^;]+);", t, flags=re.S):
+                        paths.update(expand(m.group(1).replace("\n", "").replace(" ", "")))
+                    paths.update(re.findall(r"(?<![\w:])evosam(?:::\w+)+", t))
+        deep = sorted({"::".join(p.split(" as ")[0].split("::")[:3]) for p in paths
+                       if p.count("::") >= 2 and p.split("::")[1][:1].islower()})
+        print(f"library paths below the root named by the {name}: {len(deep)}")
+        if "-v" in sys.argv:
+            for p in deep:
+                print(f"    {p}")
+    return 0
+
+
 def main():
+    if "--surface" in sys.argv:
+        return surface()
     files = {}
     for d, _, fs in os.walk(ROOT):
         for f in fs:
