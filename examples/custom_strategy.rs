@@ -22,7 +22,7 @@ use evosam::{
 use serde::Deserialize;
 
 /// The kind-specific keys of a `fresh-lora` preset (everything but kind/label/train/lora).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Logit scale at prediction time.

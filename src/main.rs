@@ -27,6 +27,8 @@ enum Command {
     Status(cli::status::Args),
     /// Check an experiment spec without running it.
     Validate(cli::validate::Args),
+    /// Print the JSON Schema of a spec (or a preset) for editors, or the spec reference.
+    Schema(cli::schema::Args),
     /// Write plots and tables for one or more results folders.
     Report(cli::report::Args),
     /// Serve the annotation page of a study with people (box + clicks, blinded model schedule, event log).
@@ -66,6 +68,7 @@ fn main() {
         Command::Submit(a) => cli::submit::run(a),
         Command::Status(a) => cli::status::run(a),
         Command::Validate(a) => cli::validate::run(a),
+        Command::Schema(a) => cli::schema::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Annotate(a) => cli::annotate::run(a),
         Command::Bench(a) => {

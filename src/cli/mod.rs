@@ -6,6 +6,7 @@ pub mod annotate;
 pub mod bench;
 pub mod report;
 pub mod run;
+pub mod schema;
 pub mod segment;
 /// `evosam segment --tile`: a large image in native-resolution tiles.
 pub mod segment_tiled;

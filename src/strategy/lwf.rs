@@ -34,7 +34,7 @@ use crate::model::{Adapter, DecoderOutput, Prompts};
 use serde::Deserialize;
 
 /// The kind-specific keys of an `lwf` preset.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Distillation temperature T.
