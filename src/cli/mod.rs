@@ -4,6 +4,7 @@
 
 pub mod annotate;
 pub mod bench;
+pub mod init;
 pub mod report;
 pub mod run;
 pub mod schema;
