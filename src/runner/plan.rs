@@ -200,7 +200,17 @@ impl RunFolder {
                         id: c.id,
                     })
                     .collect(),
-                spec: resolved,
+                // the results root this run really uses (`--out` overrides the spec's `output`)
+                spec: resolved.map(|mut v| {
+                    if let (Some(e), Some(root)) = (v.get_mut("experiment"), dir.parent()) {
+                        e["output"] = std::path::absolute(root)
+                            .unwrap_or_else(|_| root.to_path_buf())
+                            .display()
+                            .to_string()
+                            .into();
+                    }
+                    v
+                }),
             };
             write_atomic(
                 &run_file,
