@@ -24,7 +24,7 @@ use evosam::{
 use serde::Deserialize;
 
 /// The kind-specific keys of a `fresh-lora` preset (everything but kind/label/train/lora).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Weight of the pull towards the base model (0 = none).

@@ -27,6 +27,10 @@ enum Command {
     Status(cli::status::Args),
     /// Check an experiment spec without running it.
     Validate(cli::validate::Args),
+    /// Print the JSON Schema of a spec (or a preset) for editors, or the spec reference.
+    Schema(cli::schema::Args),
+    /// Write a commented starter spec (from a data folder's layout, or the quickstart template).
+    Init(cli::init::Args),
     /// Write plots and tables for one or more results folders.
     Report(cli::report::Args),
     /// Serve the annotation page of a study with people (box + clicks, blinded model schedule, event log).
@@ -68,6 +72,8 @@ fn main() {
         Command::Submit(a) => cli::submit::run(a),
         Command::Status(a) => cli::status::run(a),
         Command::Validate(a) => cli::validate::run(a),
+        Command::Schema(a) => cli::schema::run(a),
+        Command::Init(a) => cli::init::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Annotate(a) => cli::annotate::run(a),
         Command::Export(a) => cli::export::run(a),

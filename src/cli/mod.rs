@@ -5,8 +5,10 @@
 pub mod annotate;
 pub mod bench;
 pub mod export;
+pub mod init;
 pub mod report;
 pub mod run;
+pub mod schema;
 pub mod segment;
 /// `evosam segment --tile`: a large image in native-resolution tiles.
 pub mod segment_tiled;

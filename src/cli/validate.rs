@@ -11,12 +11,26 @@ pub struct Args {
     /// Skip the data checks (file listings, pairing, split sizes).
     #[arg(long)]
     pub no_data: bool,
+    /// After the checks, print the spec as it will run, as TOML: presets merged into each strategy, every default
+    /// filled in, variables substituted, relative paths absolute (run.json keeps the same form under "spec").
+    #[arg(long)]
+    pub resolved: bool,
 }
 
 /// Check the spec and print what it describes.
 pub fn run(args: Args) -> evosam::Result<()> {
     let spec = Spec::from_file(&args.spec)?;
     evosam::runner::check_model(&spec)?;
+    if args.resolved {
+        if !args.no_data {
+            spec.check_data()?;
+        }
+        print!(
+            "{}",
+            evosam::runner::resolved_toml(&spec, &evosam::Registry::default())?
+        );
+        return Ok(());
+    }
     println!(
         "spec {}: experiment {:?}",
         args.spec.display(),

@@ -13,7 +13,9 @@ pub mod tiled;
 pub mod tiling;
 
 pub use mask::Mask2D;
-pub use source::{list_paths, load_task, plan_counts, skipped_inputs, SourceSpec, SOURCE_KINDS};
+pub use source::{
+    list_paths, load_task, plan_counts, skipped_inputs, source_schemas, SourceSpec, SOURCE_KINDS,
+};
 
 use crate::preprocess::{self, PrepMeta};
 use crate::{Error, Result};

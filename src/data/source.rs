@@ -30,6 +30,20 @@ pub enum SourceSpec {
 /// The data-source kinds this crate reads.
 pub const SOURCE_KINDS: &[&str] = &["synthetic", "folder", "nifti"];
 
+/// JSON Schema of each source kind's keys (the params types [`SourceSpec::parse`] reads), in
+/// [`SOURCE_KINDS`] order: what `evosam schema` documents.
+pub fn source_schemas(gen: &mut schemars::SchemaGenerator) -> Vec<(String, schemars::Schema)> {
+    use schemars::JsonSchema;
+    vec![
+        (
+            "synthetic".into(),
+            synthetic::SyntheticSpec::json_schema(gen),
+        ),
+        ("folder".into(), folder::FolderSpec::json_schema(gen)),
+        ("nifti".into(), nifti::NiftiSpec::json_schema(gen)),
+    ]
+}
+
 impl SourceSpec {
     /// Read a source table of kind `kind` and check its ranges (no files are touched).
     pub fn parse(kind: &str, params: &Table) -> std::result::Result<SourceSpec, Diag> {

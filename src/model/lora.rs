@@ -24,15 +24,18 @@ pub trait AdapterHost {
 }
 
 /// Rank, scaling and target module patterns of an adapter.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     /// Rank r of the update `B A` (at least 1).
+    #[schemars(range(min = 1))]
     pub rank: usize,
     /// Scale numerator: the update is multiplied by `alpha / rank`.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub alpha: f64,
     /// Substrings of module paths (`q_proj`, `attn.qkv`), or globs when they contain `*`, `?` or `[`
     /// (`mask_decoder.transformer.layers.*.self_attn.q_proj`).
+    #[schemars(length(min = 1), inner(length(min = 1)))]
     pub targets: Vec<String>,
 }
 

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 pub fn prepare_run(spec: Spec, opts: &RunOptions) -> Result<PathBuf> {
     let started = chrono::Utc::now().to_rfc3339();
     let threads = threads_for(&spec);
-    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, true)?;
+    // (the prepare job gets no registry: a spec of kinds registered elsewhere keeps no resolved form)
+    let resolved = super::resolved_spec(&spec, &Registry::default()).ok();
+    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, true, resolved)?;
     let n = cells_of(&spec).len();
     let reporter = Reporter::new(opts.quiet, n);
     let pool = compute_pool(threads)?;
@@ -54,7 +56,13 @@ pub fn run_one_cell(spec: Spec, registry: &Registry, opts: &RunOptions, id: &str
     if run_file.is_file() {
         RunFile::read(&run_file)?.check(&dir, &spec_fingerprint(&spec))?;
     } else {
-        drop(RunFolder::open(&spec, dir.clone(), &started, true)?);
+        drop(RunFolder::open(
+            &spec,
+            dir.clone(),
+            &started,
+            true,
+            super::resolved_spec(&spec, registry).ok(),
+        )?);
     }
     let cells = cells_of(&spec);
     let Some(cell) = cells.iter().find(|c| c.id == id).cloned() else {
@@ -96,7 +104,7 @@ pub fn finalize_run(
         )));
     }
     let t0 = std::time::Instant::now();
-    let folder = RunFolder::open(&spec, dir.clone(), &started, true)?;
+    let folder = RunFolder::open(&spec, dir.clone(), &started, true, None)?;
     let cells = cells_of(&spec);
     let reporter = Reporter::new(opts.quiet, cells.len());
     let mut cpu = spec.clone();

@@ -31,6 +31,7 @@ mod plan;
 mod pool;
 mod progress;
 pub mod record;
+pub mod resolved;
 mod setup;
 mod shared;
 mod study;
@@ -44,6 +45,7 @@ pub use cell::STEPS_KEY;
 pub use plan::{cells_of, spec_fingerprint, Cell};
 pub use pool::compute_pool;
 pub use progress::Reporter;
+pub use resolved::{resolved_spec, resolved_toml};
 pub use setup::{cuda_hint, device_of, load_model, open_device, threads_for};
 pub use shared::RunOptions;
 
@@ -77,7 +79,8 @@ pub fn run(spec: Spec, registry: &Registry, opts: &RunOptions) -> Result<RunSumm
     let t0 = std::time::Instant::now();
     let started = chrono::Utc::now().to_rfc3339();
     let threads = threads_for(&spec);
-    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, opts.resume)?;
+    let resolved = resolved_spec(&spec, registry).ok();
+    let folder = RunFolder::open(&spec, run_dir(&spec, opts), &started, opts.resume, resolved)?;
     let cells = cells_of(&spec);
     let reporter = Reporter::new(opts.quiet, cells.len()).with_progress_files(&folder.dir);
     let banner = banner(&spec, cells.len(), opts.jobs.max(1), threads);

@@ -111,6 +111,10 @@ pub(super) struct RunFile {
     /// Every cell and its number of stages (absent in folders of older versions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cells: Vec<RunFileCell>,
+    /// The spec as it ran (`runner::resolved_spec`, what `evosam validate --resolved` prints): presets merged,
+    /// defaults filled in, paths absolute. Informative only: `--resume` compares the fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -163,7 +167,13 @@ pub(super) struct RunFolder {
 
 impl RunFolder {
     /// Claim the folder: a fresh run needs a new or empty folder; `resume` needs a matching fingerprint.
-    pub fn open(spec: &Spec, dir: PathBuf, started: &str, resume: bool) -> Result<RunFolder> {
+    pub fn open(
+        spec: &Spec,
+        dir: PathBuf,
+        started: &str,
+        resume: bool,
+        resolved: Option<serde_json::Value>,
+    ) -> Result<RunFolder> {
         let fingerprint = spec_fingerprint(spec);
         if dir.exists() && !is_empty_dir(&dir) && !resume {
             return Err(Error::input(format!(
@@ -190,6 +200,17 @@ impl RunFolder {
                         id: c.id,
                     })
                     .collect(),
+                // the results root this run really uses (`--out` overrides the spec's `output`)
+                spec: resolved.map(|mut v| {
+                    if let (Some(e), Some(root)) = (v.get_mut("experiment"), dir.parent()) {
+                        e["output"] = std::path::absolute(root)
+                            .unwrap_or_else(|_| root.to_path_buf())
+                            .display()
+                            .to_string()
+                            .into();
+                    }
+                    v
+                }),
             };
             write_atomic(
                 &run_file,

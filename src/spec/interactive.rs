@@ -23,7 +23,9 @@ impl TimeModel {
 
 /// Which stages run the study: the last one only (default; the expensive part is one decoder pass per click per
 /// test image per strategy) or every stage including zero-shot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StudyStages {
     /// After the last stage only.
@@ -34,17 +36,20 @@ pub enum StudyStages {
 }
 
 /// `[eval.interactive]`: the simulated-clinician study (see the README's protocol section).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InteractiveSpec {
     /// Clicks after the box (1..=100).
     #[serde(default = "d_max_clicks")]
+    #[schemars(range(min = 1, max = 100))]
     pub max_clicks: usize,
     /// Dice targets τ of NoC@τ, each in (0, 1].
     #[serde(default = "d_targets")]
+    #[schemars(length(min = 1), extend("uniqueItems" = true), extend("items" = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}))]
     pub targets: Vec<f64>,
     /// Click counts k of Dice@k, each in 1..=max_clicks.
     #[serde(default = "d_report_at")]
+    #[schemars(extend("uniqueItems" = true), inner(range(min = 1, max = 100)))]
     pub report_at: Vec<usize>,
     /// Feed the previous low-resolution logits back as SAM's mask prompt (SAM's own protocol). On by default: on
     /// Kvasir polyps it gives the zero-shot LiteMedSAM a higher Dice after 1 to 5 clicks and a higher AUC
@@ -56,12 +61,15 @@ pub struct InteractiveSpec {
     pub stages: StudyStages,
     /// At most this many test images per task (a seeded subset, the same for every strategy); all by default.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_cases: Option<usize>,
     /// Time model `seconds = seconds_per_case + seconds_per_click * clicks`: both or neither.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub seconds_per_case: Option<f64>,
     /// See `seconds_per_case`.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub seconds_per_click: Option<f64>,
 }
 

@@ -54,6 +54,9 @@ mod diag;
 mod interactive;
 mod parse;
 mod presets;
+pub mod reference;
+pub mod schema;
+mod schema_parts;
 mod slurm;
 mod streams;
 #[cfg(test)]
@@ -87,6 +90,22 @@ pub trait Catalog {
     /// Check a strategy's kind-specific keys (the merged preset table without kind/label/train/lora). An
     /// unknown kind is a [`Diag`] at `kind`.
     fn check_strategy(&self, kind: &str, params: &Table) -> Result<(), Diag>;
+    /// JSON Schemas of the source kinds' tables (without `name` and `source`), for [`schema::spec_schema`].
+    /// Default: none (the schema then knows no source keys).
+    fn source_schemas(
+        &self,
+        _gen: &mut schemars::SchemaGenerator,
+    ) -> Vec<(String, schemars::Schema)> {
+        Vec::new()
+    }
+    /// JSON Schemas of the strategy kinds' own keys (what [`Catalog::check_strategy`] reads), for
+    /// [`schema::spec_schema`] and [`schema::preset_schema`]. Default: none.
+    fn strategy_schemas(
+        &self,
+        _gen: &mut schemars::SchemaGenerator,
+    ) -> Vec<(String, schemars::Schema)> {
+        Vec::new()
+    }
 }
 
 /// A resolved, validated experiment spec.
@@ -146,19 +165,21 @@ impl EvalSettings {
 }
 
 /// `[experiment]`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
     /// Results go to `<output>/<name>/`.
     pub name: String,
     /// Experiment seeds (one cell per strategy x seed x order).
     #[serde(default = "default_seeds")]
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
     pub seeds: Vec<u64>,
     /// Results root.
     #[serde(default = "default_output")]
     pub output: PathBuf,
     /// "cpu" or "cuda:N".
     #[serde(default = "default_device")]
+    #[schemars(regex(pattern = r"^(cpu|cuda(:[0-9]+)?)$"))]
     pub device: String,
     /// Compute threads in all (0 = all cores). The library only reads it: the `evosam` binary applies it
     /// before anything runs (see `cli::run`).
@@ -219,7 +240,7 @@ pub struct Order {
 }
 
 /// `[model]` (without `lora`, which is merged into each strategy).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// "lite_medsam" (verified cache/download), "random-tiny" (tests) or a file path.
@@ -251,7 +272,7 @@ impl Default for ModelSpec {
 }
 
 /// Training settings shared by the strategies (each strategy may override them).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
     /// Passes over the task's training cases.
@@ -259,12 +280,15 @@ pub struct TrainSpec {
     pub epochs: usize,
     /// Images per optimiser step.
     #[serde(default = "d_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// AdamW learning rate.
     #[serde(default = "d_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     /// AdamW decoupled weight decay.
     #[serde(default = "d_wd")]
+    #[schemars(range(min = 0.0))]
     pub weight_decay: f64,
     /// Random left-right mirroring of training images (p = 0.5 per image and step). The mirrored images'
     /// embeddings are computed once up front, so this doubles the embedding cost of the train split.
@@ -272,6 +296,7 @@ pub struct TrainSpec {
     pub augment: bool,
     /// Clip the global gradient L2 norm (None = no clipping).
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: Option<f64>,
     /// Stop an epoch after this many optimiser steps (0 = no limit).
     #[serde(default)]
@@ -283,6 +308,7 @@ pub struct TrainSpec {
     /// Seeded held-out fraction of each task's training images used for model selection (0 = none). The split
     /// depends on (seed, task) only, so every strategy of a spec sees the same one.
     #[serde(default)]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 0.9))]
     pub val_fraction: f64,
     /// With validation: stop after this many epochs without a better validation Dice (0 = run the whole budget;
     /// the best epoch is kept either way).
@@ -293,6 +319,7 @@ pub struct TrainSpec {
     /// moments the first full-size steps knock a decoder adapter far off (validation Dice of vessel adapters fell
     /// to ~0 for a few epochs before recovering), and a short budget may end before it recovers.
     #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("default" = 0.0))]
     pub warmup: f64,
     /// Loss term weights.
     #[serde(default)]
@@ -324,17 +351,20 @@ impl Default for TrainSpec {
 }
 
 /// Weights of the segmentation loss terms.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LossSpec {
     /// Soft Dice loss weight.
     #[serde(default = "d_one")]
+    #[schemars(range(min = 0.0))]
     pub dice: f64,
     /// Binary cross-entropy weight.
     #[serde(default = "d_one")]
+    #[schemars(range(min = 0.0))]
     pub bce: f64,
     /// IoU-prediction MSE weight.
     #[serde(default = "d_one")]
+    #[schemars(range(min = 0.0))]
     pub iou: f64,
 }
 fn d_one() -> f64 {
@@ -353,11 +383,12 @@ impl Default for LossSpec {
 /// Training prompts: a box from the ground-truth mask, each side moved by a seeded uniform offset in
 /// [-jitter, jitter] pixels of the model frame, plus `points` positive points sampled inside the mask.
 /// Evaluation always uses the exact box (no jitter, no points).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromptSpec {
     /// Box jitter in pixels of the model frame.
     #[serde(default = "d_jitter")]
+    #[schemars(range(min = 0.0))]
     pub jitter: f64,
     /// Positive points per image.
     #[serde(default)]
@@ -365,21 +396,26 @@ pub struct PromptSpec {
     /// Simulated clicks: at most this many per image, in a batch that gets clicks (0: never; see
     /// `train::clicks`). Teaches an adapter to use the clicks of the interactive study.
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(max = 64), extend("default" = 0))]
     pub clicks: usize,
     /// Probability that a training batch gets clicks (when `clicks > 0`).
     #[serde(
         default = "d_click_prob",
         skip_serializing_if = "is_default_click_prob"
     )]
+    #[schemars(range(min = 0.0, max = 1.0), extend("default" = 0.5))]
     pub click_prob: f64,
     /// Where clicks go: on the errors of the adapter's own box-only prediction (`"errors"`, as the simulated
     /// user of the study clicks) or anywhere on the mask (`"mask"`: foreground / background inside the box).
     #[serde(default, skip_serializing_if = "ClickSource::is_default")]
+    #[schemars(extend("default" = "errors"))]
     pub click_source: ClickSource,
 }
 
 /// Where training clicks are placed (`[train.prompt] click_source`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ClickSource {
     /// On the errors of the adapter's own box-only prediction (one extra decoder pass per clicked batch).

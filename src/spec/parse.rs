@@ -16,44 +16,78 @@ use std::path::Path;
 use std::path::PathBuf;
 use toml::{Spanned, Table, Value};
 
-#[derive(Deserialize)]
+/// The spec as written (the tables the parser reads typed, the rest raw); also the root of the JSON Schema
+/// (`super::schema`), whose raw tables are filled in from the catalog.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawSpec {
+#[schemars(title = "evosam experiment spec")]
+pub(super) struct RawSpec {
+    /// Name, seeds, output folder, device and threads of the experiment.
+    #[schemars(with = "ExperimentSpec")]
     experiment: Spanned<ExperimentSpec>,
+    /// The tasks, in the given order, and the task orders to run.
+    #[schemars(with = "RawStream")]
     stream: Spanned<RawStream>,
+    /// The base model and the LoRA settings of every strategy.
     #[serde(default)]
+    #[schemars(with = "Option<super::schema_parts::ModelTable>")]
     model: Option<Spanned<Table>>,
+    /// Training settings of every strategy (a preset or a [[strategy]] entry may override them).
     #[serde(default)]
+    #[schemars(with = "Option<TrainSpec>")]
     train: Option<Spanned<Table>>,
+    /// The strategies to compare: a preset each, with overrides.
     #[serde(default)]
+    #[schemars(with = "Vec<super::schema_parts::StrategyTable>", length(min = 1))]
     strategy: Vec<Spanned<Table>>,
+    /// Evaluation settings and the interactive study.
     #[serde(default)]
+    #[schemars(with = "Option<RawEval>")]
     eval: Option<Spanned<Table>>,
+    /// Defaults for `evosam submit` (its flags override them); not part of the results.
     #[serde(default)]
+    #[schemars(with = "Option<super::SlurmSettings>")]
     slurm: Option<Spanned<super::SlurmSettings>>,
 }
 
 /// `[eval]`: the surface-metric tolerance, saved predictions and the interactive study.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawEval {
+    /// NSD tolerance, in mm for volumes and folder tasks with `spacing`, else pixels.
     #[serde(default)]
+    #[schemars(default = "default_nsd", range(min = 0.0))]
     nsd_tolerance_mm: Option<f64>,
+    /// Write each final-stage prediction volume of a NIfTI task as NIfTI under `predictions/` of the run.
     #[serde(default)]
     save_predictions: bool,
+    /// The simulated-clinician study (README, "Interactive study"); not run without this table.
     #[serde(default)]
+    #[schemars(with = "Option<InteractiveSpec>")]
     interactive: Option<Table>,
 }
 
-#[derive(Deserialize)]
+fn default_nsd() -> f64 {
+    super::DEFAULT_NSD_TOLERANCE_MM
+}
+
+/// `[stream]`: the tasks and the task orders.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawStream {
+    /// One table per task, in the given order (at least one).
     #[serde(default)]
+    #[schemars(with = "Vec<super::schema_parts::TaskTable>", length(min = 1))]
     task: Vec<Spanned<Table>>,
+    /// Task orders to run: "given", "reverse" and/or explicit permutations (lists of every task name). Default:
+    /// ["given"] (none when `random_orders` is set).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawOrder>>", example = ["given", "reverse"])]
     orders: Option<Vec<Spanned<RawOrder>>>,
+    /// Extra seeded random permutations of the tasks ("random1", ...).
     #[serde(default)]
     random_orders: usize,
+    /// Seed of the random orders.
     #[serde(default)]
     order_seed: u64,
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Resources and site options for the jobs of one submission. Every field is optional: Slurm's (and the site's)
 /// defaults apply to what is left out.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmSettings {
     /// `--partition`: one partition or a comma-separated list.

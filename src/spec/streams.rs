@@ -7,11 +7,25 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// One entry of `[stream] orders`: a name or a permutation of task names.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub(super) enum RawOrder {
+    /// "given" (the spec's order) or "reverse".
+    #[schemars(with = "OrderName")]
     Named(String),
+    /// A permutation: every task name once, in training order.
     Perm(Vec<String>),
+}
+
+/// The named task orders.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // the schema's enum of names; the parser reads a string and checks it
+enum OrderName {
+    /// The spec's order.
+    Given,
+    /// The spec's order reversed.
+    Reverse,
 }
 
 pub(super) fn resolve_orders(

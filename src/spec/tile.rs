@@ -14,7 +14,7 @@ use super::Diag;
 use serde::{Deserialize, Serialize};
 
 /// The box prompt of a tile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TilePrompt {
     /// The ground-truth box of the structure inside the tile (the whole tile when it has none): box-prompted tasks.
@@ -24,10 +24,11 @@ pub enum TilePrompt {
 }
 
 /// A task's tiling (see the module documentation).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TileSpec {
     /// Tile side in original pixels (tiles are square; an image smaller than this is one tile of its own size).
+    #[schemars(range(min = 16))]
     pub size: usize,
     /// Overlap of neighbouring tiles in original pixels (< size).
     #[serde(default)]
@@ -38,6 +39,7 @@ pub struct TileSpec {
     /// Fraction of the training tiles without foreground that are kept (a seeded choice); tiles with foreground
     /// are always kept, and every test tile is evaluated.
     #[serde(default = "d_keep")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub keep_empty: f64,
     /// Margin in original pixels between the tile's border and its box prompt when `prompt = "tile"`.
     #[serde(default = "d_margin")]

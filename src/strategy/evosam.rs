@@ -34,7 +34,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// How EvoSAM picks the expert for a test image (`routing = "matcher" | "oracle" | "quality"`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Routing {
     /// The ridge matcher picks the expert (the method).
@@ -52,7 +54,9 @@ pub enum Routing {
 /// Why: isolated experts cannot improve on an old task once it is over, while on a stream whose sites share
 /// knowledge a model that keeps learning gets better on the old sites too (positive backward transfer). The chain's
 /// newest state has learned every task so far; old experts stay untouched either way.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServeChain {
     /// Each task's images go to its own expert (the paper's isolation).
@@ -68,7 +72,9 @@ pub enum ServeChain {
 }
 
 /// What makes `keep_start` keep the start (or the base) instead of the trained expert.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeepEvidence {
     /// The trained expert does not beat the start (or the base) by `keep_start_margin` on the mean validation Dice.
@@ -98,7 +104,7 @@ impl KeepEvidence {
 }
 
 /// The kind-specific keys of an `evosam` preset.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// How test images are routed to experts (default: the ridge matcher).

@@ -220,7 +220,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The kind-specific keys of an `ewc` preset (`ewc`, `online-ewc`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Penalty strength lambda in (lambda/2) sum F (theta - theta*)^2.

@@ -7,7 +7,7 @@ use crate::Result;
 use serde::Deserialize;
 
 /// The kind-specific keys of a `finetune` preset.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Fresh AdamW moments at each task (default) or carried over.

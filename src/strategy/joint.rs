@@ -8,7 +8,7 @@ use crate::Result;
 use serde::Deserialize;
 
 /// The kind-specific keys of a `joint` preset.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Start every stage from a fresh adapter (true) or continue from the previous stage's.

@@ -35,7 +35,7 @@ use crate::train::{FitEnv, TrainBatch, TrainHooks};
 use serde::Deserialize;
 
 /// The kind-specific keys of an `lwf` preset.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Distillation temperature T.

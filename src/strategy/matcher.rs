@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// How the ridge penalty is chosen.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatcherConfig {
     /// Fixed ridge penalty, used when `lambda_candidates` is empty.

@@ -21,7 +21,7 @@ use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
 use serde::{Deserialize, Serialize};
 
 /// `[novelty]` of the evosam preset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoveltyConfig {
     /// Route images judged novel to the base model (the score is computed and reported either way).
@@ -45,7 +45,9 @@ pub struct NoveltyConfig {
 /// trained through every task so far, is far better on them than the base. Which of the two serves an image of a
 /// domain not trained yet is exactly what the chain's forward-transfer evidence measures: before training on each
 /// new task, the chain and the base model were scored on that task's held-out images.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Fallback {
     /// The frozen base model (the paper's open-set rule).

@@ -79,6 +79,7 @@ impl<'a> BuildEnv<'a> {
 
 type CheckFn = dyn Fn(&Table) -> std::result::Result<(), Diag> + Send + Sync;
 type BuildFn = dyn Fn(&StrategySpec, &BuildEnv) -> Result<Box<dyn Strategy>> + Send + Sync;
+type SchemaFn = dyn Fn(&mut schemars::SchemaGenerator) -> schemars::Schema + Send + Sync;
 
 /// One strategy kind: name, params validation, builder and built-in presets.
 #[derive(Clone)]
@@ -86,13 +87,15 @@ pub struct StrategyKind {
     name: String,
     check: Arc<CheckFn>,
     build: Arc<BuildFn>,
+    /// JSON Schema of the params (`evosam schema`): the derived schema of the same type `check` parses.
+    schema: Arc<SchemaFn>,
     presets: Vec<(String, String)>,
 }
 
 impl StrategyKind {
     /// A kind whose params type is `P`: validation is "parse `P` from the table, then `P::check`", and the
-    /// builder receives the parsed `P`.
-    pub fn new<P: StrategyParams>(
+    /// builder receives the parsed `P`; `P`'s JSON Schema documents the kind's keys (`evosam schema`).
+    pub fn new<P: StrategyParams + schemars::JsonSchema>(
         name: &str,
         build: fn(&StrategySpec, P, &BuildEnv) -> Result<Box<dyn Strategy>>,
     ) -> Self {
@@ -109,6 +112,7 @@ impl StrategyKind {
                     })?;
                 build(spec, p, env)
             }),
+            schema: Arc::new(|g: &mut schemars::SchemaGenerator| P::json_schema(g)),
             presets: Vec::new(),
         }
     }
@@ -317,6 +321,23 @@ impl Catalog for Registry {
 
     fn check_strategy(&self, kind: &str, params: &Table) -> std::result::Result<(), Diag> {
         self.validate(kind, params)
+    }
+
+    fn source_schemas(
+        &self,
+        gen: &mut schemars::SchemaGenerator,
+    ) -> Vec<(String, schemars::Schema)> {
+        crate::data::source_schemas(gen)
+    }
+
+    fn strategy_schemas(
+        &self,
+        gen: &mut schemars::SchemaGenerator,
+    ) -> Vec<(String, schemars::Schema)> {
+        self.kinds
+            .iter()
+            .map(|k| (k.name.clone(), (k.schema)(gen)))
+            .collect()
     }
 }
 

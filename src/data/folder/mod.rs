@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A `source = "folder"` task's keys (see the module docs for an example).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FolderSpec {
     /// Folder the globs are relative to (relative paths: to the spec file's folder).
@@ -93,7 +93,9 @@ pub struct FolderSpec {
 }
 
 /// `unpaired`: the rule for an image that has no mask.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Unpaired {
     /// The image is an error naming it (the default).

@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A `source = "nifti"` task's keys (see the module docs for an example).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NiftiSpec {
     /// Folder the globs are relative to (relative paths: to the spec file's folder).
@@ -110,7 +110,7 @@ fn d_minfg() -> usize {
 }
 
 /// `intensity = { clip = [lo, hi] }`: clip each volume at these percentiles (0-100) before slicing.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Intensity {
     /// Lower and upper percentile; `[0, 100]` keeps every value.

@@ -12,7 +12,9 @@ use crate::train::FitReport;
 use serde::{Deserialize, Serialize};
 
 /// `init` of the evosam preset.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// A fresh adapter on the frozen base model (B = 0), as in the paper.
