@@ -353,7 +353,8 @@ pub fn to_latex(tc: &TableCells) -> String {
     s
 }
 
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted when it holds a comma, a quote or a newline.
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -361,7 +362,8 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn opt(v: Option<f64>) -> String {
+/// A full-precision number, empty when missing.
+pub(super) fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x}")).unwrap_or_default()
 }
 

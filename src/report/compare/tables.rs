@@ -3,7 +3,7 @@
 
 use super::analysis::{CompareData, ALPHA as RANK_ALPHA, COMPARE_METRICS};
 use crate::report::stats::{Stat, EXACT_MAX_N};
-use crate::report::tables::{fmt_num, md_escape, round, tex_escape, ALPHA};
+use crate::report::tables::{csv_field, fmt_num, md_escape, opt, round, tex_escape, ALPHA};
 
 /// What a cell holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -369,18 +369,6 @@ pub fn to_latex(d: &CompareData) -> String {
         footnote(d, true).join(" ")
     );
     s
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x}")).unwrap_or_default()
 }
 
 /// Machine-readable comparison, full precision: per experiment `<label>:n_runs`, `<label>:acc_mean`, `_std`, ...,

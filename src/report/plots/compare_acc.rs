@@ -31,17 +31,7 @@ impl CompareAccFigure<'_> {
             x_desc: "Training stage (tasks trained)",
             y_desc: self.metric.label(),
             unit_range: self.metric.higher_is_better(),
-            lines: self
-                .curves
-                .iter()
-                .map(|c| TaskLine {
-                    strategy: &c.strategy,
-                    task: &c.task,
-                    x: c.stages.clone(),
-                    mean: &c.mean,
-                    std: &c.std,
-                })
-                .collect(),
+            lines: self.curves.iter().map(TaskLine::of_stages).collect(),
             tasks: self.experiments,
             strategies: self.strategies,
         }

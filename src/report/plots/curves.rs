@@ -36,17 +36,7 @@ impl CurvesFigure<'_> {
                 m => m.label(),
             },
             unit_range: self.metric.higher_is_better(),
-            lines: self
-                .curves
-                .iter()
-                .map(|c| TaskLine {
-                    strategy: &c.strategy,
-                    task: &c.task,
-                    x: c.stages.clone(),
-                    mean: &c.mean,
-                    std: &c.std,
-                })
-                .collect(),
+            lines: self.curves.iter().map(TaskLine::of_stages).collect(),
             tasks: self.tasks,
             strategies: self.strategies,
         }

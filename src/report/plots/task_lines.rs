@@ -17,6 +17,19 @@ pub(super) struct TaskLine<'a> {
     pub std: &'a [f64],
 }
 
+impl<'a> TaskLine<'a> {
+    /// The line of one stage curve (forgetting curves, the comparison's ACC curves).
+    pub fn of_stages(c: &'a super::super::analysis::CurveSeries) -> Self {
+        Self {
+            strategy: &c.strategy,
+            task: &c.task,
+            x: c.stages.clone(),
+            mean: &c.mean,
+            std: &c.std,
+        }
+    }
+}
+
 /// A figure of [`TaskLine`]s: one panel per task (in `tasks` order, tasks without a line left out).
 pub(super) struct TaskLines<'a> {
     pub title: &'a str,
