@@ -7,7 +7,7 @@ use super::presets::resolve_strategy;
 use super::streams::{resolve_orders, RawOrder};
 use super::{
     default_lora, merge_tables, parse_device, Catalog, ExperimentSpec, InteractiveSpec, ModelSpec,
-    SourceTable, Spec, StrategySpec, StreamSpec, TaskSpec, TrainSpec,
+    Order, SourceTable, Spec, StrategySpec, StreamSpec, TaskSpec, TrainSpec,
 };
 use crate::model::LoraConfig;
 use crate::{Error, Result};
@@ -146,19 +146,43 @@ pub(super) fn parse(
         text,
     };
     let raw: RawSpec = toml::from_str(text).map_err(|e| src.toml_err(&e))?;
-
     let experiment = parse_experiment(&src, raw.experiment)?;
+    let (tasks, orders) = parse_stream(&src, catalog, raw.stream)?;
+    let (model, spec_lora) = parse_model(&src, raw.model)?;
+    let spec_train = parse_train(&src, raw.train)?;
+    let (eval, interactive) = parse_eval(&src, raw.eval)?;
+    let defaults = (&spec_train, &spec_lora);
+    let strategies = parse_strategies(&src, catalog, base_dir, raw.strategy, defaults)?;
+    let slurm = parse_slurm(&src, raw.slurm)?;
+    Ok(Spec {
+        file: file.to_path_buf(),
+        base_dir: base_dir.to_path_buf(),
+        experiment,
+        stream: StreamSpec { tasks },
+        orders,
+        model,
+        strategies,
+        eval,
+        interactive,
+        slurm,
+    })
+}
 
-    // [stream]
-    let stream_span = raw.stream.span();
-    let rs = raw.stream.into_inner();
+/// `[stream]`: its tasks (each checked by its source through the catalog; names unique) and the orders.
+fn parse_stream(
+    src: &SpecSource,
+    catalog: &dyn Catalog,
+    stream: Spanned<RawStream>,
+) -> Result<(Vec<TaskSpec>, Vec<Order>)> {
+    let stream_span = stream.span();
+    let rs = stream.into_inner();
     if rs.task.is_empty() {
         return Err(src.err_at(stream_span.start, "[stream] has no [[stream.task]] entries"));
     }
     let mut tasks = Vec::new();
     for (i, t) in rs.task.into_iter().enumerate() {
         let span = t.span();
-        tasks.push(parse_task(&src, catalog, i, span, t.into_inner())?);
+        tasks.push(parse_task(src, catalog, i, span, t.into_inner())?);
     }
     for i in 0..tasks.len() {
         for j in 0..i {
@@ -171,16 +195,20 @@ pub(super) fn parse(
         }
     }
     let orders = resolve_orders(
-        &src,
+        src,
         &tasks,
         rs.orders,
         rs.random_orders,
         rs.order_seed,
         stream_span,
     )?;
+    Ok((tasks, orders))
+}
 
-    // [model]
-    let (mut model_tbl, model_start) = match raw.model {
+/// `[model]` without its `lora` table, and the spec-level `[model.lora]` table (merged into each strategy later;
+/// checked alone here, so that its errors point at `[model.lora]`).
+fn parse_model(src: &SpecSource, raw: Option<Spanned<Table>>) -> Result<(ModelSpec, Table)> {
+    let (mut model_tbl, model_start) = match raw {
         Some(m) => {
             let start = m.span().start;
             (m.into_inner(), start)
@@ -205,7 +233,6 @@ pub(super) fn parse(
         let d = Diag::at("weights", "`weights` is empty");
         return Err(src.err_diag(&here, model_start, "[model]", &d));
     }
-    // check the spec-level lora alone, so its errors point at [model.lora]
     let mut l = default_lora();
     merge_tables(&mut l, &spec_lora);
     let lora_err = |d: Diag| {
@@ -218,9 +245,13 @@ pub(super) fn parse(
     };
     let lora: LoraConfig = from_value(Value::Table(l)).map_err(lora_err)?;
     super::presets::validate_lora(&lora).map_err(lora_err)?;
+    Ok((model, spec_lora))
+}
 
-    // [train]
-    let (spec_train, train_start) = match raw.train {
+/// The spec's own `[train]` table (merged into each strategy later), with its ranges checked and reported at
+/// `[train]` (an entry or preset may still override them).
+fn parse_train(src: &SpecSource, raw: Option<Spanned<Table>>) -> Result<Table> {
+    let (spec_train, train_start) = match raw {
         Some(t) => {
             let start = t.span().start;
             (t.into_inner(), start)
@@ -229,29 +260,37 @@ pub(super) fn parse(
     };
     let train_err = |d: Diag| src.err_diag(&[key("train")], train_start, "[train]", &d);
     let train: TrainSpec = from_table(&spec_train).map_err(train_err)?;
-    // ranges of the spec's own [train], reported at [train] (an entry or preset may still override them)
     super::presets::validate_train(&train).map_err(train_err)?;
+    Ok(spec_train)
+}
 
-    let (eval, interactive) = parse_eval(&src, raw.eval)?;
-
-    // [[strategy]]
-    if raw.strategy.is_empty() {
+/// `[[strategy]]` entries, each resolved against its preset and the spec's `[train]` / `[model.lora]`
+/// (`defaults`); labels unique.
+fn parse_strategies(
+    src: &SpecSource,
+    catalog: &dyn Catalog,
+    base_dir: &Path,
+    raw: Vec<Spanned<Table>>,
+    defaults: (&Table, &Table),
+) -> Result<Vec<StrategySpec>> {
+    if raw.is_empty() {
         return Err(src.err(
             "no [[strategy]] entries: add at least one, e.g. [[strategy]] preset = \"zeroshot\"",
         ));
     }
+    let (spec_train, spec_lora) = defaults;
     let mut strategies: Vec<StrategySpec> = Vec::new();
-    for (i, s) in raw.strategy.into_iter().enumerate() {
+    for (i, s) in raw.into_iter().enumerate() {
         let span = s.span();
         let st = resolve_strategy(
-            &src,
+            src,
             catalog,
             base_dir,
             i,
             span.clone(),
             s.into_inner(),
-            &spec_train,
-            &spec_lora,
+            spec_train,
+            spec_lora,
         )?;
         if let Some(prev) = strategies.iter().find(|p| p.label == st.label) {
             return Err(src.err_at(
@@ -264,36 +303,28 @@ pub(super) fn parse(
         }
         strategies.push(st);
     }
+    Ok(strategies)
+}
 
-    let slurm = match raw.slurm {
-        None => super::SlurmSettings::default(),
-        Some(s) => {
-            let span = s.span();
-            let s = s.into_inner();
-            s.validate().map_err(|e| {
-                src.err_diag(
-                    &[key("slurm")],
-                    span.start,
-                    "[slurm]",
-                    &Diag::at(e.key, format!("`{}`: {}", e.key, e.msg)),
-                )
-            })?;
-            s
-        }
+/// `[slurm]`: the job settings `evosam submit` uses, checked with their key.
+fn parse_slurm(
+    src: &SpecSource,
+    raw: Option<Spanned<super::SlurmSettings>>,
+) -> Result<super::SlurmSettings> {
+    let Some(s) = raw else {
+        return Ok(super::SlurmSettings::default());
     };
-
-    Ok(Spec {
-        file: file.to_path_buf(),
-        base_dir: base_dir.to_path_buf(),
-        experiment,
-        stream: StreamSpec { tasks },
-        orders,
-        model,
-        strategies,
-        eval,
-        interactive,
-        slurm,
-    })
+    let span = s.span();
+    let s = s.into_inner();
+    s.validate().map_err(|e| {
+        src.err_diag(
+            &[key("slurm")],
+            span.start,
+            "[slurm]",
+            &Diag::at(e.key, format!("`{}`: {}", e.key, e.msg)),
+        )
+    })?;
+    Ok(s)
 }
 
 /// `[eval]` and its `[eval.interactive]` table, checked strictly (unknown keys, types, ranges).
