@@ -3,7 +3,7 @@
 //! [`Catalog`].
 
 use super::diag::{from_table, from_value, Diag, Seg, SpecSource};
-use super::presets::resolve_strategy;
+use super::presets::{resolve_strategy, EntryContext};
 use super::streams::{resolve_orders, RawOrder};
 use super::{
     default_lora, merge_tables, parse_device, Catalog, ExperimentSpec, InteractiveSpec, ModelSpec,
@@ -279,19 +279,17 @@ fn parse_strategies(
         ));
     }
     let (spec_train, spec_lora) = defaults;
+    let cx = EntryContext {
+        src,
+        catalog,
+        base_dir,
+        spec_train,
+        spec_lora,
+    };
     let mut strategies: Vec<StrategySpec> = Vec::new();
     for (i, s) in raw.into_iter().enumerate() {
         let span = s.span();
-        let st = resolve_strategy(
-            src,
-            catalog,
-            base_dir,
-            i,
-            span.clone(),
-            s.into_inner(),
-            spec_train,
-            spec_lora,
-        )?;
+        let st = resolve_strategy(&cx, i, span.clone(), s.into_inner())?;
         if let Some(prev) = strategies.iter().find(|p| p.label == st.label) {
             return Err(src.err_at(
                 span.start,

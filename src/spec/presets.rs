@@ -51,17 +51,32 @@ pub fn find_preset(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every `[[strategy]]` entry is resolved against: the spec's text (for messages), the catalog of kinds and
+/// presets, the folder presets are looked up in first, and the spec's own `[train]` and `[model.lora]` tables.
+pub(super) struct EntryContext<'a> {
+    pub src: &'a SpecSource<'a>,
+    pub catalog: &'a dyn Catalog,
+    pub base_dir: &'a Path,
+    pub spec_train: &'a Table,
+    pub spec_lora: &'a Table,
+}
+
+/// `[[strategy]]` entry `i` (at `span`) as it will run: its preset's table under the entry's keys, `train` and
+/// `lora` layered defaults < preset < spec < entry, the kind's own keys checked by the catalog. A problem is
+/// reported where its key was written (the entry, else the preset file).
 pub(super) fn resolve_strategy(
-    src: &SpecSource,
-    catalog: &dyn Catalog,
-    base_dir: &Path,
+    cx: &EntryContext,
     i: usize,
     span: std::ops::Range<usize>,
     mut entry: Table,
-    spec_train: &Table,
-    spec_lora: &Table,
 ) -> Result<StrategySpec> {
+    let EntryContext {
+        src,
+        catalog,
+        base_dir,
+        spec_train,
+        spec_lora,
+    } = *cx;
     let what = format!("[[strategy]] #{}", i + 1);
     let here = [Seg::Key("strategy".into()), Seg::Index(i)];
     let preset = match entry.remove("preset") {
@@ -161,26 +176,10 @@ pub(super) fn resolve_strategy(
         Some(Value::Table(t)) => t.clone(),
         _ => Table::new(),
     };
-    // The merged preset table already holds the entry's train/lora on top of the preset's; rebuild in order.
-    let mut train_t = Table::new();
-    // preset_train already includes the entry's keys (merged above); strip them and reapply last
-    let mut pt = preset_train.clone();
-    for k in entry_train.keys() {
-        pt.remove(k);
-    }
-    merge_tables(&mut train_t, &pt);
-    merge_tables(&mut train_t, spec_train);
-    merge_tables(&mut train_t, &entry_train);
+    let train_t = layered(Table::new(), &preset_train, spec_train, &entry_train);
     let train: TrainSpec = from_value(Value::Table(train_t))
         .map_err(|d| perr_diag(d.under("train").prefixed("train: ")))?;
-    let mut lora_t = default_lora();
-    let mut pl = preset_lora.clone();
-    for k in entry_lora.keys() {
-        pl.remove(k);
-    }
-    merge_tables(&mut lora_t, &pl);
-    merge_tables(&mut lora_t, spec_lora);
-    merge_tables(&mut lora_t, &entry_lora);
+    let lora_t = layered(default_lora(), &preset_lora, spec_lora, &entry_lora);
     let lora: LoraConfig = from_value(Value::Table(lora_t))
         .map_err(|d| perr_diag(d.under("lora").prefixed("lora: ")))?;
     validate_train(&train).map_err(|d| perr_diag(d.under("train")))?;
@@ -195,6 +194,19 @@ pub(super) fn resolve_strategy(
         lora,
         params,
     })
+}
+
+/// A `train` or `lora` table in precedence order: `base` < preset < spec < entry. The merged preset table
+/// already holds the entry's keys on top of the preset's, so they are taken out of it and applied last.
+fn layered(mut base: Table, preset: &Table, spec: &Table, entry: &Table) -> Table {
+    let mut p = preset.clone();
+    for k in entry.keys() {
+        p.remove(k);
+    }
+    merge_tables(&mut base, &p);
+    merge_tables(&mut base, spec);
+    merge_tables(&mut base, entry);
+    base
 }
 
 /// Ranges of LoRA settings that need no model; the path is relative to the `lora` table. (A rank larger than
