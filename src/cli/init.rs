@@ -296,17 +296,44 @@ fn detect(dir: &Path) -> evosam::Result<Vec<Task>> {
     Ok(sites)
 }
 
-fn schema_line() -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/evosam.schema.json");
-    if p.is_file() {
-        format!("#:schema {}\n", p.display())
-    } else {
-        String::new()
+/// The `#:schema` line of a spec written to `out`: the schema of the checkout this binary was built from, as a
+/// path relative to the spec's folder (what the shipped specs do; the spec then moves with the checkout), or
+/// absolute when they share no folder. None when the schema is not there (an installed binary): the spec then
+/// says how to make one.
+fn schema_line(out: &Path) -> String {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/evosam.schema.json");
+    if !schema.is_file() {
+        return "# editor completion: `evosam schema > evosam.schema.json`, then a first line \
+                `#:schema evosam.schema.json`\n"
+            .to_string();
     }
+    let folder = std::path::absolute(out)
+        .ok()
+        .and_then(|o| o.parent().map(Path::to_path_buf));
+    let shown = folder
+        .and_then(|f| relative_to(&schema, &f))
+        .unwrap_or(schema);
+    format!("#:schema {}\n", shown.display())
 }
 
-fn spec_text(name: &str, dir: &Path, tasks: &[Task]) -> String {
-    let mut s = schema_line();
+/// `path` relative to the folder `from` (both absolute), through their deepest common folder; None when they
+/// share nothing but the root.
+fn relative_to(path: &Path, from: &Path) -> Option<PathBuf> {
+    let (p, f): (Vec<_>, Vec<_>) = (path.components().collect(), from.components().collect());
+    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    if common <= 1 {
+        return None;
+    }
+    let mut rel = PathBuf::new();
+    for _ in common..f.len() {
+        rel.push("..");
+    }
+    rel.extend(&p[common..]);
+    Some(rel)
+}
+
+fn spec_text(name: &str, dir: &Path, tasks: &[Task], out: &Path) -> String {
+    let mut s = schema_line(out);
     s.push_str(&format!(
         "# Starter spec written by `evosam init` for {} (reference: docs/spec.md; check it with\n\
          # `evosam validate`, see what will run with `evosam validate --resolved`).\n\n\
@@ -360,7 +387,7 @@ pub fn run(args: Args) -> evosam::Result<()> {
         None => {
             let t = include_str!("../../experiments/quickstart.toml");
             let body = t.split_once('\n').map(|(_, b)| b).unwrap_or(t);
-            format!("{}{body}", schema_line())
+            format!("{}{body}", schema_line(&args.out))
         }
         Some(d) => {
             let dir = std::path::absolute(d).map_err(|e| Error::io(d, e))?;
@@ -373,7 +400,7 @@ pub fn run(args: Args) -> evosam::Result<()> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "experiment".into());
-            spec_text(&stem, &dir, &tasks)
+            spec_text(&stem, &dir, &tasks, &args.out)
         }
     };
     let base = match args.out.parent() {
@@ -396,4 +423,29 @@ pub fn run(args: Args) -> evosam::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_to;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn schema_path_is_relative_to_the_spec_folder_when_they_share_one() {
+        let schema = Path::new("/a/b/docs/evosam.schema.json");
+        assert_eq!(
+            relative_to(schema, Path::new("/a/b/experiments")),
+            Some(PathBuf::from("../docs/evosam.schema.json"))
+        );
+        assert_eq!(
+            relative_to(schema, Path::new("/a/b/experiments/stress")),
+            Some(PathBuf::from("../../docs/evosam.schema.json"))
+        );
+        assert_eq!(
+            relative_to(schema, Path::new("/a/b")),
+            Some(PathBuf::from("docs/evosam.schema.json"))
+        );
+        // only the root in common: the caller writes the absolute path
+        assert_eq!(relative_to(schema, Path::new("/tmp")), None);
+    }
 }
