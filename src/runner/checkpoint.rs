@@ -28,13 +28,13 @@ pub(super) fn last_done(cdir: &Path, stages: usize) -> Option<usize> {
         .find(|&k| stage_dir(cdir, k).join("done").is_file())
 }
 
-/// The committed stage folders of a cell, stage 0 first, up to the first one missing.
+/// The committed stage folders of a cell, stage 0 first, up to the first one missing
+/// ([`super::record::stages_done`] of them, at most the order's stages).
 fn committed_stages(sh: &Shared, cell: &Cell) -> impl Iterator<Item = PathBuf> {
     let cdir = cell_dir(sh, cell);
     let n = sh.spec.orders[cell.order].tasks.len();
-    (0..=n)
-        .map(move |k| stage_dir(&cdir, k))
-        .take_while(|sd| sd.join("done").is_file())
+    let done = super::record::stages_done(&cdir).min(n + 1);
+    (0..done).map(move |k| stage_dir(&cdir, k))
 }
 
 pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
