@@ -362,6 +362,17 @@ pub(super) fn csv_field(s: &str) -> String {
     }
 }
 
+/// One CSV line: every field quoted where it needs to be, joined by commas, ended by a newline.
+pub(super) fn csv_line<S: AsRef<str>>(fields: impl IntoIterator<Item = S>) -> String {
+    let mut s = fields
+        .into_iter()
+        .map(|f| csv_field(f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(",");
+    s.push('\n');
+    s
+}
+
 /// A full-precision number, empty when missing.
 pub(super) fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x}")).unwrap_or_default()
@@ -378,14 +389,9 @@ pub fn to_csv(t: &SummaryTable) -> String {
         head.push(format!("{k}_n"));
     }
     head.extend(["p_vs_reference".to_string(), "n_pairs_used".to_string()]);
-    let mut s = head
-        .iter()
-        .map(|h| csv_field(h))
-        .collect::<Vec<_>>()
-        .join(",");
-    s.push('\n');
+    let mut s = csv_line(&head);
     for r in &t.rows {
-        let mut f = vec![csv_field(&r.strategy), r.n_runs.to_string()];
+        let mut f = vec![r.strategy.clone(), r.n_runs.to_string()];
         for st in row_stats(r) {
             f.push(opt(st.map(|x| x.mean)));
             f.push(opt(st.map(|x| x.std)));
@@ -398,8 +404,7 @@ pub fn to_csv(t: &SummaryTable) -> String {
                 .map(|w| w.n_used.to_string())
                 .unwrap_or_default(),
         );
-        s.push_str(&f.join(","));
-        s.push('\n');
+        s += &csv_line(&f);
     }
     s
 }

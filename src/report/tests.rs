@@ -230,7 +230,7 @@ pub(crate) fn write_folder(dir: &Path, s: &Synthetic, parquet: bool) {
 }
 
 /// Independent mean and sample std (two-pass, n-1).
-fn ms(v: &[f64]) -> (f64, f64) {
+pub(crate) fn ms(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {

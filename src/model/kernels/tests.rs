@@ -46,12 +46,9 @@ pub(crate) fn rand_in(shape: &[usize], seed: u64, dt: DType) -> Tensor {
         .unwrap()
 }
 
-/// The largest absolute difference of two tensors of one shape (f32 or f64).
-pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
+/// The largest magnitude of a tensor's elements (f32 or f64), as f64.
+fn abs_max(t: &Tensor) -> f64 {
+    t.abs()
         .unwrap()
         .max_all()
         .unwrap()
@@ -61,18 +58,15 @@ pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
+/// The largest absolute difference of two tensors of one shape (f32 or f64).
+pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    abs_max(&(a - b).unwrap())
+}
+
 /// [`max_abs`] divided by the largest magnitude of `b` when that is above 1.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    max_abs(a, b) / scale.max(1.0)
+    max_abs(a, b) / abs_max(b).max(1.0)
 }
 
 /// The module docs' tolerances of a dtype: (forward, gradients).

@@ -3,7 +3,9 @@
 
 use super::analysis::{CompareData, ALPHA as RANK_ALPHA, COMPARE_METRICS};
 use crate::report::stats::{Stat, EXACT_MAX_N};
-use crate::report::tables::{csv_field, fmt_num, md_escape, opt, round, tex_escape, ALPHA};
+use crate::report::tables::{
+    csv_field, csv_line, fmt_num, md_escape, opt, round, tex_escape, ALPHA,
+};
 
 /// What a cell holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -392,14 +394,9 @@ pub fn to_csv(d: &CompareData) -> String {
         head.push(format!("mean_{m}_n_experiments"));
     }
     head.push("avg_rank".into());
-    let mut s = head
-        .iter()
-        .map(|h| csv_field(h))
-        .collect::<Vec<_>>()
-        .join(",");
-    s.push('\n');
+    let mut s = csv_line(&head);
     for r in &d.rows {
-        let mut f = vec![csv_field(&r.strategy)];
+        let mut f = vec![r.strategy.clone()];
         for c in &r.cells {
             match c {
                 None => f.extend(std::iter::repeat_n(String::new(), 8)),
@@ -418,8 +415,7 @@ pub fn to_csv(d: &CompareData) -> String {
             f.push(r.mean_n[m].to_string());
         }
         f.push(opt(r.avg_rank));
-        s += &f.join(",");
-        s.push('\n');
+        s += &csv_line(&f);
     }
     s
 }

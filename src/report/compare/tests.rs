@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::report::tests::{synthetic_with, write_folder, Synthetic};
+use crate::report::tests::{ms, synthetic_with, write_folder, Synthetic};
 
 /// A results folder of experiment `name` (its manifest records the name and a fingerprint).
 fn experiment(dir: &Path, name: &str, syn: &Synthetic) -> PathBuf {
@@ -13,18 +13,6 @@ fn experiment(dir: &Path, name: &str, syn: &Synthetic) -> PathBuf {
     let m = serde_json::json!({"experiment": name, "spec_fingerprint": format!("fp-{name}")});
     std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
     dir.to_path_buf()
-}
-
-/// Independent mean and sample std (n-1).
-fn ms(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
 }
 
 /// strategy -> [ACC, BWT, FWT] (mean, std) from the metrics rows.
