@@ -15,7 +15,9 @@
 
 pub mod birth;
 mod bound;
+pub mod crossfit;
 mod experts;
+pub use crossfit::Guard;
 pub use experts::{pooled_features, Choice, ExpertSet, CHAIN_TARGET};
 
 use super::matcher::MatcherConfig;
@@ -126,6 +128,18 @@ pub struct Params {
     /// What decides `keep_start`: the validation mean, or shown harm (see [`KeepEvidence`]).
     #[serde(default)]
     pub keep_start_evidence: KeepEvidence,
+    /// What the epoch choice, `keep_start` and the base check are measured on: the held-out validation part
+    /// (`holdout`), or, for tasks of at most `crossfit_max_images` images, every image by cross-fitting
+    /// (`crossfit`, see [`crossfit`]).
+    #[serde(default)]
+    pub guard: Guard,
+    /// With `guard = "crossfit"`: the largest task (in images; the tiles of one image count once) that is
+    /// cross-fitted.
+    #[serde(default = "d_crossfit_max")]
+    pub crossfit_max_images: usize,
+    /// With `guard = "crossfit"`: folds (at most one per image; leave-one-out below this many images).
+    #[serde(default = "d_crossfit_folds")]
+    pub crossfit_folds: usize,
     /// `[novelty]`: the novelty detector that can send unfamiliar images to the base model (off by default).
     #[serde(default)]
     pub novelty: NoveltyConfig,
@@ -143,6 +157,14 @@ fn d_true() -> bool {
     true
 }
 
+fn d_crossfit_max() -> usize {
+    12
+}
+
+fn d_crossfit_folds() -> usize {
+    5
+}
+
 impl Params {
     /// Ranges of the matcher, novelty and keep-the-start settings.
     pub fn check(self) -> std::result::Result<Self, Diag> {
@@ -158,6 +180,15 @@ impl Params {
                 format!(
                     "`keep_start_margin` = {} must be >= 0",
                     self.keep_start_margin
+                ),
+            ));
+        }
+        if self.crossfit_folds < 2 {
+            return Err(Diag::at(
+                "crossfit_folds",
+                format!(
+                    "`crossfit_folds` = {} must be at least 2",
+                    self.crossfit_folds
                 ),
             ));
         }
@@ -260,6 +291,17 @@ impl Strategy for EvoSam {
             (Some(p), _) => self.set.adapters[p].deep_clone()?,
             (None, _) => Adapter::new(ctx.model, &ctx.spec.lora, init)?,
         };
+        // Small tasks under `guard = "crossfit"`: every image validates (see `crossfit`).
+        let images = crate::train::budget::image_groups(all.iter().copied())
+            .into_iter()
+            .max()
+            .map_or(0, |m| m + 1);
+        if self.params.guard == Guard::Crossfit
+            && (2..=self.params.crossfit_max_images).contains(&images)
+        {
+            let (adapter, birth) = self.train_crossfit(ctx, task, &all, start, birth, init)?;
+            return self.set.push(&task.name, adapter, birth, &feats);
+        }
         let cases: Vec<&Case> = task.train.iter().collect();
         let val: Vec<&Case> = task.val.iter().collect();
         // Train and keep the best trained epoch (a fresh AdamW, its own seeded batch stream); the keep-the-start
@@ -492,6 +534,9 @@ impl Strategy for EvoSam {
                 m.insert("kept_start".into(), f64::from(u8::from(f.kept_start())));
             }
             m.insert("kept_base".into(), f64::from(u8::from(b.kept_base)));
+            if let Some(k) = b.crossfit_folds {
+                m.insert("crossfit_folds".into(), k as f64);
+            }
         }
         m
     }

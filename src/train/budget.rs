@@ -9,7 +9,7 @@
 //! or order: every strategy of a cell row trains on the same images and selects its epoch on the same held-out
 //! ones, so the comparison stays fair.
 
-use crate::data::TaskData;
+use crate::data::{Case, TaskData};
 use crate::spec::TrainSpec;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -84,31 +84,14 @@ pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<Tas
         .iter()
         .map(|t| {
             let mut t = t.clone();
-            // groups of training cases by image, in order of first appearance (one case per group untiled)
-            let mut groups: Vec<&str> = Vec::new();
-            let group_of: Vec<usize> = t
-                .train
-                .iter()
-                .map(|c| {
-                    let g = c
-                        .tile
-                        .as_ref()
-                        .map_or(c.id.as_str(), |x| x.image_id.as_str());
-                    match groups.iter().position(|&x| x == g) {
-                        Some(i) => i,
-                        None => {
-                            groups.push(g);
-                            groups.len() - 1
-                        }
-                    }
-                })
-                .collect();
-            let n_val = n_validation(groups.len(), fraction);
+            let group_of = image_groups(&t.train);
+            let n_groups = group_of.iter().max().map_or(0, |m| m + 1);
+            let n_val = n_validation(n_groups, fraction);
             if n_val == 0 {
                 return t;
             }
             let s = crate::util::derive_seed(&["validation", &seed.to_string(), &t.name]);
-            let mut idx: Vec<usize> = (0..groups.len()).collect();
+            let mut idx: Vec<usize> = (0..n_groups).collect();
             idx.shuffle(&mut ChaCha8Rng::seed_from_u64(s));
             let mut val_idx = idx[..n_val].to_vec();
             val_idx.sort_unstable();
@@ -121,6 +104,28 @@ pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<Tas
                 }
             }
             t
+        })
+        .collect()
+}
+
+/// The group (source image) of each case, numbered in order of first appearance: one group per case, except
+/// the tiles of one image, which share one.
+pub fn image_groups<'c>(cases: impl IntoIterator<Item = &'c Case>) -> Vec<usize> {
+    let mut names: Vec<&str> = Vec::new();
+    cases
+        .into_iter()
+        .map(|c| {
+            let g = c
+                .tile
+                .as_ref()
+                .map_or(c.id.as_str(), |x| x.image_id.as_str());
+            match names.iter().position(|&x| x == g) {
+                Some(i) => i,
+                None => {
+                    names.push(g);
+                    names.len() - 1
+                }
+            }
         })
         .collect()
 }

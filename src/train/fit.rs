@@ -10,7 +10,7 @@ use super::budget::Schedule;
 use super::hooks::TrainHooks;
 use super::optim::{AdamW, ParamsAdamW};
 use super::r#loop::{run_passes, FitCtx, FitEnv, FitStats, Passes};
-use super::select::{best_epoch, Validation};
+use super::select::{best_epoch, mean, Validation};
 use crate::data::Case;
 use crate::model::Adapter;
 use crate::Result;
@@ -32,6 +32,10 @@ pub struct FitReport {
     pub val_dice: Vec<f64>,
     /// Mean training loss of the last epoch run.
     pub last_epoch_loss: f64,
+    /// The validation score of each validation case (in the plan's order) at the start and after each epoch
+    /// run: the paired values behind [`FitReport::val_dice`]. Kept in memory only (not saved).
+    #[serde(skip)]
+    pub val_cases: Vec<Vec<f64>>,
 }
 
 impl FitReport {
@@ -84,6 +88,7 @@ pub struct FitPlan<'a> {
     validation: &'a [&'a Case],
     fov: bool,
     schedule: Option<Schedule>,
+    patience: Option<usize>,
     seed: Option<u64>,
     hooks: Option<&'a mut (dyn TrainHooks + 'a)>,
 }
@@ -99,6 +104,7 @@ impl<'a> FitPlan<'a> {
             validation: &[],
             fov: false,
             schedule: None,
+            patience: None,
             seed: None,
             hooks: None,
         }
@@ -126,6 +132,13 @@ impl<'a> FitPlan<'a> {
         self
     }
 
+    /// Stop after this many epochs without a better validation score instead of `[train] patience` (0 = run the
+    /// whole schedule: every epoch is scored, as a cross-fitted curve needs).
+    pub fn patience(mut self, patience: usize) -> Self {
+        self.patience = Some(patience);
+        self
+    }
+
     /// Draw shuffles, jitter and clicks from a stream seeded with `seed` instead of the context's (which is left
     /// as it was): two fits from the same seed see the same batches whatever ran before them.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -147,6 +160,7 @@ impl<'a> FitPlan<'a> {
             validation: self.validation,
             fov: self.fov,
             schedule: self.schedule,
+            patience: self.patience,
             seed: self.seed,
             hooks: Some(hooks),
         }
@@ -189,6 +203,7 @@ fn fit_in(env: &mut FitEnv, plan: FitPlan) -> Result<FitReport> {
         validation,
         fov,
         schedule,
+        patience,
         seed: _,
         hooks,
     } = plan;
@@ -222,6 +237,7 @@ fn fit_in(env: &mut FitEnv, plan: FitPlan) -> Result<FitReport> {
             chosen_epoch: st.epochs,
             val_dice: Vec::new(),
             last_epoch_loss: st.last_epoch_loss,
+            val_cases: Vec::new(),
         }
     } else {
         let val = Validation {
@@ -232,7 +248,8 @@ fn fit_in(env: &mut FitEnv, plan: FitPlan) -> Result<FitReport> {
             fov,
             clicks: env.train.prompt.clicks,
         };
-        selected(env, passes, &val)?
+        let patience = patience.unwrap_or(env.train.patience);
+        selected(env, passes, &val, patience)?
     };
     hooks.after_task(env, adapter, cases)?;
     Ok(report)
@@ -240,14 +257,21 @@ fn fit_in(env: &mut FitEnv, plan: FitPlan) -> Result<FitReport> {
 
 /// The passes with validation after every epoch: the best trained epoch is kept (restored when training went
 /// on past it), and training stops after `[train] patience` epochs without a better score (0 = never).
-fn selected(env: &mut FitEnv, passes: Passes, val: &Validation) -> Result<FitReport> {
+fn selected(
+    env: &mut FitEnv,
+    passes: Passes,
+    val: &Validation,
+    patience: usize,
+) -> Result<FitReport> {
     let adapter = passes.adapter;
-    let patience = env.train.patience;
-    let mut val_dice = vec![val.score(Some(adapter))?];
+    let mut val_cases = vec![val.scores(Some(adapter))?];
+    let mut val_dice = vec![mean(&val_cases[0])];
     let mut best_snap: Option<Vec<Tensor>> = None;
     let mut since_best = 0usize;
     let st: FitStats = run_passes(env, passes, &mut |epoch: usize, a: &Adapter| {
-        val_dice.push(val.score(Some(a))?);
+        let cases = val.scores(Some(a))?;
+        val_dice.push(mean(&cases));
+        val_cases.push(cases);
         if best_epoch(&val_dice, false) == Some(epoch) {
             best_snap = Some(snapshot(a)?);
             since_best = 0;
@@ -268,6 +292,7 @@ fn selected(env: &mut FitEnv, passes: Passes, val: &Validation) -> Result<FitRep
         chosen_epoch: chosen,
         val_dice,
         last_epoch_loss: st.last_epoch_loss,
+        val_cases,
     })
 }
 

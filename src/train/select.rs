@@ -34,7 +34,8 @@ pub fn validation_dice(
     Ok(mean(&d))
 }
 
-fn mean(v: &[f64]) -> f64 {
+/// The arithmetic mean (NaN of nothing).
+pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 

@@ -50,6 +50,10 @@ pub struct Birth {
     /// on validation.
     #[serde(default)]
     pub kept_base: bool,
+    /// Folds of the cross-fitted validation (`guard = "crossfit"`; None: the held-out part). With folds, `fit`'s
+    /// `val_dice` is the pooled held-out curve over all the task's images and `transfer_cases` covers them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossfit_folds: Option<usize>,
 }
 
 /// Choose the parent of the expert for a new task. `votes[k]` is how many of the task's training images the
