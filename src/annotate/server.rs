@@ -103,7 +103,7 @@ impl App {
         })
     }
 
-    /// The encoder thread: prepares the open case and the next [`LOOKAHEAD`] ones, in schedule order, and drops
+    /// The encoder thread: prepares the open case and the next `LOOKAHEAD` ones, in schedule order, and drops
     /// the prepared cases already accepted.
     pub fn start_prefetch(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let app = Arc::clone(self);

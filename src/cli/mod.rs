@@ -10,7 +10,6 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod segment;
-/// `evosam segment --tile`: a large image in native-resolution tiles.
 pub mod segment_tiled;
 pub mod status;
 pub mod submit;

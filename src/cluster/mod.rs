@@ -6,7 +6,7 @@
 //! - [`SlurmSettings`] (defined with the spec, `crate::spec::SlurmSettings`): the `[slurm]` table and the
 //!   `evosam submit` flags (validated, flags win);
 //! - [`script`]: the three job scripts (prepare, cells array, finalize) and their `sbatch` arguments;
-//! - [`submit`]: planning (which cells are left), writing the scripts, submitting the chain, the submission record;
+//! - [`submit`](mod@submit): planning (which cells are left), writing the scripts, submitting the chain, the submission record;
 //! - [`slurm`]: the command-line tools and `squeue --json`;
 //! - [`status`]: per-cell state from the cell folders (and the queue), for `evosam status`.
 //!
@@ -14,17 +14,13 @@
 //! sits above it and is used only by the CLI.
 //!
 //! Shared-file-system rules the runner follows for this to be correct with many processes on many hosts: every
-//! file another process reads is written under a temporary name and renamed ([`crate::results::write_atomic`],
+//! file another process reads is written under a temporary name and renamed (`write_atomic`,
 //! stage folders); locks carry host, pid and a heartbeat ([`crate::lock`]), never a bare PID; each cell has its own
 //! lock, so two array tasks can never run the same cell.
 
-/// The job plan and the three rendered `sbatch` scripts.
 pub mod script;
-/// Talking to Slurm: `sbatch`, `squeue`, `sacct` and their output.
 pub mod slurm;
-/// `evosam status`: one line per cell of a run folder, local or on Slurm.
 pub mod status;
-/// `evosam submit`: plan, write and submit the chained jobs; the submission record.
 pub mod submit;
 
 #[cfg(test)]

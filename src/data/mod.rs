@@ -64,7 +64,7 @@ pub enum ImageSource {
 pub struct Case {
     /// Case id (unique within the task).
     pub id: String,
-    /// (3,S,S) model input in [0,1].
+    /// (3,S,S) model input in `[0, 1]`.
     pub image: Tensor,
     /// How the original image maps into the model frame.
     pub meta: PrepMeta,

@@ -50,7 +50,7 @@ pub fn check_linear(ad: &Adapter, base: &BaseModel, task: &str) -> Result<()> {
 }
 
 /// Write `ad` as a PEFT folder `dir` (created); `task` is recorded in `evosam.json`. Every site must be an
-/// `nn.Linear` of `base` ([`check_linear`]).
+/// `nn.Linear` of `base` (`check_linear`).
 pub fn write_adapter(ad: &Adapter, base: &BaseModel, dir: &Path, task: &str) -> Result<()> {
     check_linear(ad, base, task)?;
     let paths = ad.paths();

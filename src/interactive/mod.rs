@@ -3,7 +3,7 @@
 //!
 //! - [`clicks`]: where the next click goes (the standard simulated user of interactive-segmentation benchmarks).
 //! - [`distance`]: the exact Euclidean distance transform it needs.
-//! - [`simulate`]: the loop (box, then clicks, one decoder pass per click on the frozen embedding).
+//! - [`simulate`](mod@simulate): the loop (box, then clicks, one decoder pass per click on the frozen embedding).
 //! - [`metrics`]: NoC@τ, Dice@k, AUC and the time model, per case.
 //! - the settings: the spec's `[eval.interactive]` table, [`InteractiveSpec`] (in [`crate::spec`]).
 //! - [`rows`]: the results rows (clicks.csv, interactive.csv).

@@ -1,5 +1,5 @@
 //! The study for one strategy at one stage: every evaluated task's test images (or the spec's `max_cases` subset)
-//! go through [`simulate`](super::simulate::simulate) with the strategy's own `predict`, so each strategy is
+//! go through [`simulate`](super::simulate()) with the strategy's own `predict`, so each strategy is
 //! measured exactly as it is scored (EvoSAM routes each image with its matcher, the oracle uses the true task's
 //! expert, baselines use their single model).
 

@@ -2,10 +2,10 @@
 //!
 //! `r[k][j]` is the mean Dice at stage `k` (0 = before any training, k = after training the k-th task of the
 //! order) on the `j`-th task of the order (0-based columns here; the contract's formulas are 1-based):
-//! - ACC = mean_j R[T][j]
-//! - BWT = mean_{j<T} (R[T][j] - R[j][j])
-//! - FWT = mean_{j>=2} (R[j-1][j] - R[0][j])        (null when T = 1)
-//! - forgetting = mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])
+//! - ACC = `mean_j R[T][j]`
+//! - BWT = `mean_{j<T} (R[T][j] - R[j][j])`
+//! - FWT = `mean_{j>=2} (R[j-1][j] - R[0][j])`        (null when T = 1)
+//! - forgetting = `mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j])`
 //!
 //! With T = 1, BWT and forgetting are 0 and FWT is None.
 
@@ -239,8 +239,8 @@ impl Metric {
 
 /// [`cl_metrics`] for a metric where lower is better (HD95): ACC is the mean final value, and the signs follow
 /// the direction so that a positive BWT or FWT is still an improvement and a positive forgetting still a loss:
-/// BWT = mean_{j<T} (R[j][j] - R[T][j]), FWT = mean_{j>=2} (R[0][j] - R[j-1][j]), forgetting =
-/// mean_{j<T} (R[T][j] - min_{j<=l<T} R[l][j]).
+/// BWT = `mean_{j<T} (R[j][j] - R[T][j])`, FWT = `mean_{j>=2} (R[0][j] - R[j-1][j])`, forgetting =
+/// `mean_{j<T} (R[T][j] - min_{j<=l<T} R[l][j])`.
 pub fn cl_metrics_lower_better(r: &[Vec<f64>]) -> Result<ClMetrics> {
     let neg: Vec<Vec<f64>> = r
         .iter()

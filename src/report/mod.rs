@@ -5,20 +5,13 @@
 //! Pipeline: [`load::load_results`] (Polars) -> [`analysis::ReportData::compute`] (plain structs: the
 //! numbers behind every figure and table) -> [`plots`] / [`tables`] (rendering).
 
-/// The numbers behind every figure and table.
 pub mod analysis;
-/// Strategies compared across experiments (`evosam report --compare`).
 pub mod compare;
-/// The interactive study: Dice-vs-clicks curves, NoC bars and the interactive table.
 pub mod interactive;
-/// Reading and merging results folders.
 pub mod load;
 pub mod plots;
-/// Means, standard deviations and the Wilcoxon signed-rank test.
 pub mod stats;
-/// The report of an annotation study (`evosam annotate`).
 pub mod study;
-/// Summary tables as Markdown, LaTeX and CSV.
 pub mod tables;
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl Diag {
         self
     }
 
-    /// The message with a prefix (e.g. "[matcher] ").
+    /// The message with a prefix (e.g. `"[matcher] "`).
     pub fn prefixed(mut self, p: &str) -> Self {
         self.msg = format!("{p}{}", self.msg);
         self

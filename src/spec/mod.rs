@@ -233,7 +233,7 @@ pub struct SourceTable {
 /// One task order: a label ("given", "reverse", "perm1", "random1", ...) and task indices.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Order {
-    /// "given", "reverse", "perm<k>" or "random<k>".
+    /// "given", "reverse", "`perm<k>`" or "`random<k>`".
     pub label: String,
     /// Indices into [`StreamSpec::tasks`], in training order.
     pub tasks: Vec<usize>,

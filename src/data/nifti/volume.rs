@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 use std::path::Path;
 
-/// A volume as (dims [X,Y,Z], values in logical C order: index (x*Y + y)*Z + z).
+/// A volume as (dims `[X, Y, Z]`, values in logical C order: index (x*Y + y)*Z + z).
 pub struct Volume {
     /// Size along x, y, z.
     pub dims: [usize; 3],
@@ -30,7 +30,7 @@ pub fn clip_percentiles(data: &mut [f32], lo: f64, hi: f64) -> (f32, f32) {
     (a, b)
 }
 
-/// Write a {0,1} mask volume (dims [X,Y,Z], logical C order as [`Volume`]) as uint8 NIfTI with the header of
+/// Write a {0,1} mask volume (dims `[X, Y, Z]`, logical C order as [`Volume`]) as uint8 NIfTI with the header of
 /// `reference` (dimensions and data type replaced; affine, pixdim and units kept). Written to a temporary name and
 /// renamed, so a reader never sees half a file. `.nii.gz` paths are compressed.
 pub fn write_mask_volume(

@@ -12,11 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// The numbers of the comparison.
 pub mod analysis;
-/// Which experiment a folder belongs to.
 pub mod identity;
-/// The comparison table as Markdown, LaTeX and CSV.
 pub mod tables;
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Every statistic is taken at each run's last studied stage. Units: a run is (strategy, seed, order); its value
 //! of a column is the mean over its cases (all evaluated tasks pooled); the table shows mean ± sample std over runs,
 //! and the dagger is a paired Wilcoxon signed-rank test against EvoSAM over (seed, order, task, case) pairs, as
-//! in the summary table. [`load`] reads the folders, this file computes, [`table`] renders.
+//! in the summary table. [`load`](mod@load) reads the folders, this file computes, [`table`] renders.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +15,7 @@ use crate::interactive::rows::{case_values, curves, value_columns, CaseKey, Clic
 use crate::results::CellKey;
 use crate::spec::InteractiveSpec;
 
-/// Reading `clicks.parquet` and `interactive.json`.
 pub mod load;
-/// The interactive table as Markdown and LaTeX.
 pub mod table;
 
 pub use load::load;

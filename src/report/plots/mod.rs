@@ -24,7 +24,6 @@ mod matrix;
 mod noc;
 mod panel;
 mod png;
-/// Fonts, colours, markers and the legend.
 pub mod style;
 mod summary;
 mod task_lines;
