@@ -87,6 +87,12 @@ pub enum KeepEvidence {
     /// validation images, the mean rule. A small but real gain measured on a dozen noisy validation images (a strong
     /// base model, a task of tens of images) is no longer thrown away; an expert that clearly hurts still is.
     Harm,
+    /// Validation shows that the trained expert is better: it is kept only when the one-sided 90% lower confidence
+    /// bound of the mean per-image difference (trained minus start, or minus base) is above `keep_start_margin`;
+    /// with fewer than two validation images, the mean rule. The stricter rule for few images: the best of several
+    /// epochs scored on a handful of images looks better than it is (the maximum of a noisy curve), and a small
+    /// mean gain that the images do not agree on is kept out.
+    Benefit,
 }
 
 impl KeepEvidence {
@@ -99,6 +105,9 @@ impl KeepEvidence {
         match self {
             KeepEvidence::Harm if diffs.len() >= 3 => {
                 bound::mean_bound(diffs, true).is_some_and(|ub| ub < margin)
+            }
+            KeepEvidence::Benefit if diffs.len() >= 2 => {
+                bound::mean_bound(diffs, false).is_none_or(|lb| lb <= margin)
             }
             _ => mean <= margin,
         }
@@ -353,32 +362,32 @@ impl Strategy for EvoSam {
         };
         // The starting point's score on each validation image, before it is possibly kept (moved) below.
         let evidence = self.params.keep_start_evidence;
-        let harm_rule = self.params.keep_start && evidence == KeepEvidence::Harm;
-        let start_cases = if !val.is_empty() && (birth.parent.is_some() || harm_rule) {
+        let paired_rule = self.params.keep_start && evidence != KeepEvidence::Mean;
+        let start_cases = if !val.is_empty() && (birth.parent.is_some() || paired_rule) {
             sel.scores(Some(&start))?
         } else {
             Vec::new()
         };
         // Never worse than where it started: keep the start when training does not beat it on validation (the
-        // mean rule), or when validation shows it hurts (`keep_start_evidence = "harm"`).
+        // mean rule), when validation shows it hurts (`keep_start_evidence = "harm"`), or unless validation shows it
+        // helps (`"benefit"`).
         let margin = self.params.keep_start_margin;
         let mut adapter = adapter;
-        let paired =
-            |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f64>>();
-        // (harm rule) the served expert's score on each validation image, reused by the base check below
+        let paired = crossfit::paired;
+        // (paired rules) the served expert's score on each validation image, reused by the base check below
         let mut served_cases: Option<Vec<f64>> = None;
         let keep = self.params.keep_start
             && match evidence {
                 KeepEvidence::Mean => {
                     crate::train::select::select_epoch(&report.val_dice, true, margin) == Some(0)
                 }
-                KeepEvidence::Harm if report.val_dice.len() > 1 => {
+                KeepEvidence::Harm | KeepEvidence::Benefit if report.val_dice.len() > 1 => {
                     let trained = sel.scores(Some(&adapter))?;
                     let keep = evidence.keep_reference(&paired(&trained, &start_cases), margin);
                     served_cases = Some(if keep { start_cases.clone() } else { trained });
                     keep
                 }
-                KeepEvidence::Harm => false,
+                KeepEvidence::Harm | KeepEvidence::Benefit => false,
             };
         if keep {
             adapter = start;
@@ -399,7 +408,7 @@ impl Strategy for EvoSam {
             let below_base = self.params.keep_start
                 && match evidence {
                     KeepEvidence::Mean => chosen <= base + margin,
-                    KeepEvidence::Harm => {
+                    KeepEvidence::Harm | KeepEvidence::Benefit => {
                         let served = match served_cases.take() {
                             Some(s) => s,
                             None => sel.scores(Some(&adapter))?,

@@ -230,7 +230,7 @@ impl super::EvoSam {
 }
 
 /// Per-item differences `a - b`.
-fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+pub(super) fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 

@@ -552,10 +552,11 @@ fn validation_with_clicks_scores_box_and_clicks_the_same_way_for_every_model() {
 
 /// The keep rules by hand: the mean rule keeps the start on any non-positive mean; the harm rule only when the
 /// one-sided 90% upper bound of the mean difference is below the margin (t(0.9, 3) = 1.6377), and falls back to
-/// the mean rule below three validation images.
+/// the mean rule below three validation images; the benefit rule keeps it unless the lower bound is above the
+/// margin (the mean rule with one image).
 #[test]
 fn keep_rules_by_hand() {
-    use super::KeepEvidence::{Harm, Mean};
+    use super::KeepEvidence::{Benefit, Harm, Mean};
     let noisy = [0.01, -0.02, 0.005, 0.001]; // mean -0.001, sd 0.0129: no harm shown
     assert!(Mean.keep_reference(&noisy, 0.0));
     assert!(!Harm.keep_reference(&noisy, 0.0));
@@ -569,4 +570,20 @@ fn keep_rules_by_hand() {
     assert!(!Harm.keep_reference(&[0.01, 0.0], 0.0));
     // no validation: never keep
     assert!(!Harm.keep_reference(&[], 0.0) && !Mean.keep_reference(&[], 0.0));
+    assert!(!Benefit.keep_reference(&[], 0.0));
+    // benefit: the trained model only when the lower bound is above the margin. mean 0.105, lower bound
+    // 0.105 - 1.6377 * 0.0129 / 2 = 0.0944
+    let helps = [0.1, 0.12, 0.09, 0.11];
+    assert!(!Benefit.keep_reference(&helps, 0.0));
+    assert!(!Benefit.keep_reference(&helps, 0.094));
+    assert!(Benefit.keep_reference(&helps, 0.095));
+    // a positive mean the images do not agree on (mean 0.01, sd 0.01826, bound -0.005): the mean rule takes the
+    // trained model, the benefit rule keeps the reference
+    let unsure = [0.03, -0.01, 0.02, 0.0];
+    assert!(!Mean.keep_reference(&unsure, 0.0) && Benefit.keep_reference(&unsure, 0.0));
+    // two images, t(0.9, 1) = 3.0777: bound 0.015 - 3.0777 * 0.00707 / sqrt(2) < 0; 0.0195 - 0.0015 > 0
+    assert!(Benefit.keep_reference(&[0.02, 0.01], 0.0));
+    assert!(!Benefit.keep_reference(&[0.02, 0.019], 0.0));
+    // one image: the mean rule
+    assert!(!Benefit.keep_reference(&[0.01], 0.0) && Benefit.keep_reference(&[-0.01], 0.0));
 }
