@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::results::frame::{req_strs, Frame};
+use crate::results::schema::{self, table, Cell};
 use crate::{Error, Result};
 
 /// What the annotator did.
@@ -44,13 +46,53 @@ impl Action {
         }
     }
 
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 7] = [
+        Action::Open,
+        Action::Resume,
+        Action::Box,
+        Action::Click,
+        Action::Undo,
+        Action::Clear,
+        Action::Accept,
+    ];
+
+    /// The action named `name` in the tables.
+    pub fn parse(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     /// A box or a click (what counts as a prompt).
     pub fn is_prompt(&self) -> bool {
         matches!(self, Action::Box | Action::Click)
     }
 }
 
-/// One logged action.
+/// The `action` column: the names of [`Action::as_str`].
+impl Cell for Action {
+    fn column(name: &str, values: Vec<Self>) -> polars::prelude::Column {
+        let names: Vec<&str> = values.iter().map(Action::as_str).collect();
+        polars::prelude::Column::new(name.into(), names)
+    }
+    fn read(f: &Frame, name: &str, _how: schema::Read, _len: usize) -> Result<Vec<Self>> {
+        req_strs(f, name)?
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Action::parse(s).ok_or_else(|| {
+                    Error::input(format!(
+                        "{}: column {name} has unknown action {s:?} in data row {}",
+                        f.path.display(),
+                        i + 1
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+table! {
+/// One logged action; also one row of `events.csv`/`events.parquet` (columns in field order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Who annotated.
@@ -83,6 +125,7 @@ pub struct Event {
     pub t_case_s: f64,
     /// Wall-clock time (RFC 3339, UTC).
     pub timestamp: String,
+}
 }
 
 /// The append-only log of one annotator.

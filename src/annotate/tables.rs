@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use polars::prelude::*;
-
 use super::events::{Action, Event};
-use crate::results::{write_csv, write_parquet};
+use crate::results::schema::table;
+use crate::results::Table;
 use crate::Result;
 
-/// One accepted case of one annotator.
+table! {
+/// One accepted case of one annotator: one row of `cases.csv` (columns in field order).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CaseRow {
     /// Who annotated.
@@ -39,6 +39,7 @@ pub struct CaseRow {
     pub final_prompts: usize,
     /// Dice at accept (None without ground truth).
     pub final_dice: Option<f64>,
+}
 }
 
 /// One row per accepted (annotator, slot), in log order.
@@ -75,89 +76,24 @@ pub fn case_rows(events: &[Event]) -> Vec<CaseRow> {
     out
 }
 
-fn col<T>(name: &str, v: T) -> Column
-where
-    Series: NamedFrom<T, [<T as IntoIterator>::Item]>,
-    T: IntoIterator,
-{
-    Column::from(Series::new(name.into(), v))
-}
-
-/// The events table.
-pub fn events_frame(ev: &[Event]) -> Result<DataFrame> {
-    let s = |f: &dyn Fn(&Event) -> String| ev.iter().map(f).collect::<Vec<String>>();
-    let o = |f: &dyn Fn(&Event) -> Option<f64>| ev.iter().map(f).collect::<Vec<Option<f64>>>();
-    Ok(DataFrame::new_infer_height(vec![
-        col("annotator", s(&|e| e.annotator.clone())),
-        col("slot", ev.iter().map(|e| e.slot as i64).collect::<Vec<_>>()),
-        col("case", s(&|e| e.case.clone())),
-        col("model", s(&|e| e.model.clone())),
-        col("expert", s(&|e| e.expert.clone())),
-        col("action", s(&|e| e.action.as_str().to_string())),
-        col("x", o(&|e| e.x)),
-        col("y", o(&|e| e.y)),
-        col("x1", o(&|e| e.x1)),
-        col("y1", o(&|e| e.y1)),
-        col(
-            "label",
-            ev.iter()
-                .map(|e| e.label.map(i64::from))
-                .collect::<Vec<_>>(),
-        ),
-        col(
-            "n_prompts",
-            ev.iter().map(|e| e.n_prompts as i64).collect::<Vec<_>>(),
-        ),
-        col("dice", o(&|e| e.dice)),
-        col(
-            "t_case_s",
-            ev.iter().map(|e| e.t_case_s).collect::<Vec<_>>(),
-        ),
-        col("timestamp", s(&|e| e.timestamp.clone())),
-    ])?)
-}
-
-/// The cases table.
-pub fn cases_frame(rows: &[CaseRow]) -> Result<DataFrame> {
-    let s = |f: &dyn Fn(&CaseRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let i = |f: &dyn Fn(&CaseRow) -> usize| rows.iter().map(|r| f(r) as i64).collect::<Vec<i64>>();
-    Ok(DataFrame::new_infer_height(vec![
-        col("annotator", s(&|r| r.annotator.clone())),
-        col("slot", i(&|r| r.slot)),
-        col("case", s(&|r| r.case.clone())),
-        col("model", s(&|r| r.model.clone())),
-        col("expert", s(&|r| r.expert.clone())),
-        col(
-            "seconds",
-            rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
-        ),
-        col("n_prompts", i(&|r| r.n_prompts)),
-        col("n_clicks", i(&|r| r.n_clicks)),
-        col("n_boxes", i(&|r| r.n_boxes)),
-        col("n_undo", i(&|r| r.n_undo)),
-        col("n_clear", i(&|r| r.n_clear)),
-        col("final_prompts", i(&|r| r.final_prompts)),
-        col(
-            "final_dice",
-            rows.iter().map(|r| r.final_dice).collect::<Vec<_>>(),
-        ),
-    ])?)
-}
-
 /// Rewrite `events.csv`, `events.parquet` and `cases.csv` from every log of the study folder.
 pub fn write_tables(study_dir: &Path) -> Result<()> {
     let ev = super::events::read_all(study_dir)?;
-    let mut ef = events_frame(&ev)?;
-    write_csv(&study_dir.join("events.csv"), &mut ef)?;
-    write_parquet(&study_dir.join("events.parquet"), &mut ef)?;
-    let mut cf = cases_frame(&case_rows(&ev))?;
-    write_csv(&study_dir.join("cases.csv"), &mut cf)
+    Event::write(
+        &ev,
+        &[
+            &study_dir.join("events.csv"),
+            &study_dir.join("events.parquet"),
+        ],
+    )?;
+    CaseRow::write(&case_rows(&ev), &[&study_dir.join("cases.csv")])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::annotate::events::{log_path, EventLog};
+    use polars::prelude::*;
 
     fn ev(slot: usize, action: Action, t: f64, n: usize) -> Event {
         Event {
@@ -245,5 +181,96 @@ mod tests {
                 .starts_with("a,0,c0,evosam,base,2.0,1,0,1"),
             "{c}"
         );
+    }
+
+    #[test]
+    fn tables_read_back_as_the_rows_they_were_written_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = EventLog::open(&log_path(dir.path(), "a")).unwrap();
+        let open = Event {
+            case: "007".into(), // a leading zero survives the CSV
+            ..ev(0, Action::Open, 0.0, 0)
+        };
+        let evs = vec![
+            open.clone(),
+            Event {
+                x: Some(1.5),
+                y: Some(2.25),
+                x1: Some(30.0),
+                y1: Some(41.125),
+                ..Event {
+                    action: Action::Box,
+                    n_prompts: 1,
+                    t_case_s: 1.0 / 3.0,
+                    ..open.clone()
+                }
+            },
+            Event {
+                x: Some(7.0),
+                y: Some(8.0),
+                label: Some(1),
+                dice: None,
+                ..Event {
+                    action: Action::Click,
+                    n_prompts: 2,
+                    t_case_s: 2.5,
+                    ..open.clone()
+                }
+            },
+            Event {
+                action: Action::Accept,
+                dice: None,
+                t_case_s: 3.75,
+                ..open.clone()
+            },
+            ev(1, Action::Open, 0.0, 0),
+            Event {
+                label: Some(0),
+                x: Some(3.0),
+                y: Some(4.0),
+                ..ev(1, Action::Click, 0.5, 1)
+            },
+            ev(1, Action::Accept, 1.0, 1),
+        ];
+        for e in &evs {
+            log.append(e).unwrap();
+        }
+        write_tables(dir.path()).unwrap();
+        let header = |f: &str| {
+            let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            text.lines().next().unwrap().to_string()
+        };
+        assert_eq!(
+            header("events.csv"),
+            "annotator,slot,case,model,expert,action,x,y,x1,y1,label,n_prompts,dice,t_case_s,timestamp"
+        );
+        assert_eq!(header("events.csv"), Event::COLUMNS.join(","));
+        assert_eq!(header("cases.csv"), CaseRow::COLUMNS.join(","));
+        assert_eq!(Event::read(&dir.path().join("events.csv")).unwrap(), evs);
+        assert_eq!(
+            Event::read(&dir.path().join("events.parquet")).unwrap(),
+            evs
+        );
+        let cases = case_rows(&evs);
+        assert_eq!(cases.len(), 2);
+        assert_eq!(CaseRow::read(&dir.path().join("cases.csv")).unwrap(), cases);
+    }
+
+    #[test]
+    fn a_damaged_table_is_an_input_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cases.csv");
+        let bad = [
+            "annotator,slot,case,model,expert,seconds,n_prompts,n_clicks,n_boxes,n_undo,n_clear,final_prompts,final_dice",
+            "a,-1,c0,evosam,base,2.0,1,0,1,0,0,1,",
+        ];
+        std::fs::write(&p, bad.join("\n")).unwrap();
+        let e = CaseRow::read(&p).unwrap_err().to_string();
+        assert!(e.contains("cases.csv") && e.contains("slot"), "{e}");
+        let p = dir.path().join("events.csv");
+        let row = "a,0,c0,m,base,wave,,,,,,0,,0.0,t";
+        std::fs::write(&p, format!("{}\n{row}\n", Event::COLUMNS.join(","))).unwrap();
+        let e = Event::read(&p).unwrap_err().to_string();
+        assert!(e.contains("events.csv") && e.contains("\"wave\""), "{e}");
     }
 }

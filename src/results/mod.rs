@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use frame::{write_csv, write_parquet, Frame};
+pub use frame::Frame;
 use schema::table;
 pub use schema::Table;
 

@@ -1,8 +1,9 @@
-//! One declaration per results table. [`table!`] takes a row struct and gives it, from its fields, the column list
-//! ([`Table::COLUMNS`], in field order), the Polars frame ([`Table::frame`]), the CSV/Parquet writer
-//! ([`Table::write`]) and the reader ([`Table::from_frame`], [`Table::read`]): a column added to the struct shows up
-//! in all of them. A field's type says how its column is built and read ([`Cell`]); a field may add how it is read
-//! back (`as OrEmpty`: a null reads as ""; `as Optional`: files of older versions may lack the column); a table with
+//! One declaration per table (the results, the interactive study's, the annotation study's). [`table!`] takes a
+//! row struct and gives it, from its fields, the column list ([`Table::COLUMNS`], in field order), the Polars frame
+//! ([`Table::frame`]), the CSV/Parquet writer ([`Table::write`]) and the reader ([`Table::from_frame`],
+//! [`Table::read`]): a column added to the struct shows up in all of them. A field's type says how its column is
+//! built and read ([`Cell`]); a field may add how it is read back (`as OrEmpty`: a null reads as ""; `as Optional`:
+//! files of older versions may lack the column); a table with
 //! columns known only at run time (metrics.csv's strategy columns, interactive.csv's values) ends in one `..` field
 //! whose type implements [`Rest`].
 
@@ -91,7 +92,7 @@ pub fn write_frame(df: &mut DataFrame, paths: &[&Path]) -> Result<()> {
 }
 
 /// A field type: how its column is built and read back.
-pub trait Cell: Sized + Clone + Default {
+pub trait Cell: Sized + Clone {
     /// The column of these values.
     fn column(name: &str, values: Vec<Self>) -> Column;
     /// The column `name` of a frame read back, `len` values.
@@ -125,6 +126,54 @@ impl Cell for i64 {
     fn read(f: &Frame, name: &str, _how: Read, _len: usize) -> Result<Vec<Self>> {
         f.i64s(name)
     }
+}
+
+/// A count or position: an integer column; a negative value read back is an input error.
+impl Cell for usize {
+    fn column(name: &str, values: Vec<Self>) -> Column {
+        column(
+            name,
+            values.into_iter().map(|v| v as i64).collect::<Vec<i64>>(),
+        )
+    }
+    fn read(f: &Frame, name: &str, _how: Read, _len: usize) -> Result<Vec<Self>> {
+        let v = f.i64s(name)?;
+        v.into_iter()
+            .enumerate()
+            .map(|(i, x)| narrow(f, name, i, x))
+            .collect()
+    }
+}
+
+/// A small code that may be missing (a click's label): a nullable integer column.
+impl Cell for Option<u8> {
+    fn column(name: &str, values: Vec<Self>) -> Column {
+        column(
+            name,
+            values
+                .into_iter()
+                .map(|v| v.map(i64::from))
+                .collect::<Vec<Option<i64>>>(),
+        )
+    }
+    fn read(f: &Frame, name: &str, how: Read, len: usize) -> Result<Vec<Self>> {
+        let v = optional(f, name, how, len, || f.opt_i64s(name))?;
+        v.into_iter()
+            .enumerate()
+            .map(|(i, x)| x.map(|x| narrow(f, name, i, x)).transpose())
+            .collect()
+    }
+}
+
+/// An integer read back as a narrower type; an input error naming the file, column and row when out of range.
+fn narrow<T: TryFrom<i64>>(f: &Frame, name: &str, row: usize, x: i64) -> Result<T> {
+    T::try_from(x).map_err(|_| {
+        crate::Error::input(format!(
+            "{}: column {name} has {x} in data row {}, out of range",
+            f.path.display(),
+            row + 1
+        ))
+    })
 }
 
 impl Cell for f64 {
@@ -181,13 +230,30 @@ impl Cell for Option<String> {
 }
 
 /// The type of a table's `..` field: float columns whose names are known only at run time.
-pub trait Rest: Sized + Clone + Default {
+pub trait Rest: Sized + Clone {
     /// The column names of these rows, in file order.
     fn names(rows: &[&Self]) -> Vec<String>;
     /// This row's value in column `name`.
     fn get(&self, name: &str) -> Option<f64>;
     /// The values of every row from the columns `names` of a frame read back.
     fn read(f: &Frame, names: &[String]) -> Result<Vec<Self>>;
+}
+
+/// Rows of values from run-time columns read back: row `i` pairs each name with `cols[..][i]`.
+fn by_row<V: Copy, R: FromIterator<(String, V)>>(
+    names: &[String],
+    cols: &[Vec<V>],
+    n: usize,
+) -> Vec<R> {
+    (0..n)
+        .map(|i| {
+            names
+                .iter()
+                .cloned()
+                .zip(cols.iter().map(|c| c[i]))
+                .collect()
+        })
+        .collect()
 }
 
 /// Named values that a row may lack (null in its column): metrics.csv's strategy columns; columns sorted by name.
@@ -201,15 +267,7 @@ impl Rest for BTreeMap<String, Option<f64>> {
     }
     fn read(f: &Frame, names: &[String]) -> Result<Vec<Self>> {
         let cols: Vec<Vec<Option<f64>>> = names.iter().map(|n| f.f64s(n)).collect::<Result<_>>()?;
-        Ok((0..f.df.height())
-            .map(|i| {
-                names
-                    .iter()
-                    .cloned()
-                    .zip(cols.iter().map(|c| c[i]))
-                    .collect()
-            })
-            .collect())
+        Ok(by_row(names, &cols, f.df.height()))
     }
 }
 
@@ -228,16 +286,18 @@ impl Rest for Vec<(String, f64)> {
             .iter()
             .map(|n| f.f64s_required(n))
             .collect::<Result<_>>()?;
-        Ok((0..f.df.height())
-            .map(|i| {
-                names
-                    .iter()
-                    .cloned()
-                    .zip(cols.iter().map(|c| c[i]))
-                    .collect()
-            })
-            .collect())
+        Ok(by_row(names, &cols, f.df.height()))
     }
+}
+
+/// The next value of a column read back (each has one per row; a short one is a bug, not bad input).
+pub fn next<T>(column: &mut impl Iterator<Item = T>, f: &Frame) -> Result<T> {
+    column.next().ok_or_else(|| {
+        crate::Error::internal(format!(
+            "{}: a column read back has fewer values than rows",
+            f.path.display()
+        ))
+    })
 }
 
 /// A run-time column of every row: its value or null.
@@ -308,13 +368,13 @@ macro_rules! table {
                 f.require(&<Self as $crate::results::schema::Table>::required())?;
                 let n = f.df.height();
                 $(
-                    #[allow(unused_mut)]
                     let mut $field = <$fty as $crate::results::schema::Cell>::read(
                         f,
                         stringify!($field),
                         $crate::results::schema::table!(@read $($how)?),
                         n,
-                    )?;
+                    )?
+                    .into_iter();
                 )+
                 $(
                     let names: Vec<String> = f
@@ -322,14 +382,16 @@ macro_rules! table {
                         .into_iter()
                         .filter(|c| !Self::COLUMNS.contains(&c.as_str()))
                         .collect();
-                    let mut $rest = <$rty as $crate::results::schema::Rest>::read(f, &names)?;
+                    let mut $rest = <$rty as $crate::results::schema::Rest>::read(f, &names)?.into_iter();
                 )?
-                Ok((0..n)
-                    .map(|i| $name {
-                        $( $field: std::mem::take(&mut $field[i]), )+
-                        $( $rest: std::mem::take(&mut $rest[i]), )?
+                (0..n)
+                    .map(|_| {
+                        Ok($name {
+                            $( $field: $crate::results::schema::next(&mut $field, f)?, )+
+                            $( $rest: $crate::results::schema::next(&mut $rest, f)?, )?
+                        })
                     })
-                    .collect())
+                    .collect()
             }
         }
     };
