@@ -23,52 +23,69 @@ pub fn study_cases<'a>(task: &'a TaskData, spec: &InteractiveSpec) -> Vec<&'a Ca
     crate::data::limit(task.test.iter().collect(), spec.max_cases, SUBSET_SEED)
 }
 
-/// One task at position `j` of the order: its click rows for the strategy and stage `at`.
-#[allow(clippy::too_many_arguments)]
-pub fn study_task(
-    strat: &dyn Strategy,
-    ctx: &StrategyCtx,
-    store: &EmbeddingStore,
-    j: usize,
-    task: &TaskData,
-    spec: &InteractiveSpec,
-    at: &RunStage,
-    device: &Device,
-) -> Result<Vec<ClickRow>> {
-    let opts = SimOptions {
-        max_clicks: spec.max_clicks,
-        mask_prompt: spec.mask_prompt,
-    };
-    let mut rows = Vec::new();
-    for chunk in study_cases(task, spec).chunks(STUDY_BATCH) {
-        let sim: Vec<SimCase> = chunk
-            .iter()
-            .map(|c| SimCase {
-                gt: &c.gt,
-                fov: if task.fov_eval { c.fov.as_ref() } else { None },
-                meta: &c.meta,
-                gt_box: c.gt_box(),
-            })
-            .collect();
-        let embeddings = store.batch(chunk)?;
-        let traces = simulate(&sim, &opts, device, |idx, prompts| {
-            let cases: Vec<&Case> = idx.iter().map(|&i| chunk[i]).collect();
-            let embeddings = if idx.len() == chunk.len() {
-                embeddings.clone()
-            } else {
-                let sel: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-                embeddings.index_select(&Tensor::new(sel.as_slice(), device)?, 0)?
-            };
-            let batch = Batch {
-                cases,
-                embeddings,
-                prompts: prompts.clone(),
-            };
-            let pred = strat.predict(ctx, j, &batch)?;
-            Ok((pred.logits, pred.routed_to))
-        })?;
-        let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
-        rows.extend(click_rows(at, &task.name, &ids, &traces));
+/// A study of one strategy at one stage: the strategy as it is after the stage, where the images' embeddings come
+/// from, the study's settings, and the run and stage the rows are labelled with.
+pub struct StudyRun<'a> {
+    /// The strategy studied; its own `predict` segments every click.
+    pub strategy: &'a dyn Strategy,
+    /// Its context.
+    pub ctx: &'a StrategyCtx<'a>,
+    /// Image embeddings of the cases.
+    pub store: &'a EmbeddingStore,
+    /// The study's settings (`[eval.interactive]`).
+    pub spec: &'a InteractiveSpec,
+    /// The run and stage of the rows.
+    pub at: &'a RunStage,
+    /// Where the clicks are simulated.
+    pub device: &'a Device,
+}
+
+impl StudyRun<'_> {
+    /// The click rows of `task`, at position `j` of the order.
+    pub fn task(&self, j: usize, task: &TaskData) -> Result<Vec<ClickRow>> {
+        let StudyRun {
+            strategy,
+            ctx,
+            store,
+            spec,
+            at,
+            device,
+        } = *self;
+        let opts = SimOptions {
+            max_clicks: spec.max_clicks,
+            mask_prompt: spec.mask_prompt,
+        };
+        let mut rows = Vec::new();
+        for chunk in study_cases(task, spec).chunks(STUDY_BATCH) {
+            let sim: Vec<SimCase> = chunk
+                .iter()
+                .map(|c| SimCase {
+                    gt: &c.gt,
+                    fov: if task.fov_eval { c.fov.as_ref() } else { None },
+                    meta: &c.meta,
+                    gt_box: c.gt_box(),
+                })
+                .collect();
+            let embeddings = store.batch(chunk)?;
+            let traces = simulate(&sim, &opts, device, |idx, prompts| {
+                let cases: Vec<&Case> = idx.iter().map(|&i| chunk[i]).collect();
+                let embeddings = if idx.len() == chunk.len() {
+                    embeddings.clone()
+                } else {
+                    let sel: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                    embeddings.index_select(&Tensor::new(sel.as_slice(), device)?, 0)?
+                };
+                let batch = Batch {
+                    cases,
+                    embeddings,
+                    prompts: prompts.clone(),
+                };
+                let pred = strategy.predict(ctx, j, &batch)?;
+                Ok((pred.logits, pred.routed_to))
+            })?;
+            let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
+            rows.extend(click_rows(at, &task.name, &ids, &traces));
+        }
+        Ok(rows)
     }
-    Ok(rows)
 }

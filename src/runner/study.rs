@@ -1,10 +1,10 @@
 //! The interactive study of one stage (when the spec has `[eval.interactive]`): every task of the order through
-//! [`crate::interactive::study::study_task`], with the cell's strategy as it is after the stage.
+//! [`crate::interactive::study::StudyRun`], with the cell's strategy as it is after the stage.
 
 use super::plan::Cell;
 use super::shared::Shared;
 use crate::interactive::rows::{ClickRow, RunStage};
-use crate::interactive::study::study_task;
+use crate::interactive::study::StudyRun;
 use crate::spec::StudyStages;
 use crate::strategy::{Strategy, StrategyCtx};
 use crate::Result;
@@ -35,18 +35,17 @@ pub(super) fn study_stage(
         order: order.label.clone(),
         stage: k as i64,
     };
+    let run = StudyRun {
+        strategy: strat,
+        ctx,
+        store: &sh.store,
+        spec,
+        at: &at,
+        device: &sh.device,
+    };
     let mut rows = Vec::new();
     for (j, &ti) in order.tasks.iter().enumerate() {
-        rows.extend(study_task(
-            strat,
-            ctx,
-            &sh.store,
-            j,
-            &sh.tasks[ti],
-            spec,
-            &at,
-            &sh.device,
-        )?);
+        rows.extend(run.task(j, &sh.tasks[ti])?);
     }
     Ok(Some(rows))
 }

@@ -30,7 +30,7 @@ impl CurvesFigure<'_> {
                     "HD95 per task against training stage (mean ± std over seeds and orders; lower is better)"
                 }
             },
-            x_desc: "Training stage (0 = before training)",
+            x_desc: super::panel::STAGE_AXIS,
             y_desc: match self.metric {
                 Metric::Hd95 => "HD95 (mm or px)",
                 m => m.label(),

@@ -75,16 +75,15 @@ impl Figure for GrowthFigure<'_> {
                     .map(|g| Line::log10(&g.strategy, &g.stages, &g.mean, &g.std, lo))
                     .collect();
                 let cap = format!("{caption}, log scale (zeros not shown)");
-                line_panel(
-                    root,
-                    panel,
-                    &cap,
-                    desc,
-                    &series,
-                    (lo, hi),
-                    self.strategies,
-                    &pow10_label,
-                )?;
+                LinePanel {
+                    caption: &cap,
+                    x_desc: STAGE_AXIS,
+                    y_desc: desc,
+                    series: &series,
+                    y_range: (lo, hi),
+                    y_fmt: &pow10_label,
+                }
+                .draw(root, panel, self.strategies)?;
             } else {
                 let hi = if pmax > 0.0 { pmax * 1.08 } else { 1.0 };
                 let series: Vec<Line> = found
@@ -96,16 +95,15 @@ impl Figure for GrowthFigure<'_> {
                 } else {
                     &si_label
                 };
-                line_panel(
-                    root,
-                    panel,
+                LinePanel {
                     caption,
-                    desc,
-                    &series,
-                    (0.0, hi),
-                    self.strategies,
-                    fmt,
-                )?;
+                    x_desc: STAGE_AXIS,
+                    y_desc: desc,
+                    series: &series,
+                    y_range: (0.0, hi),
+                    y_fmt: fmt,
+                }
+                .draw(root, panel, self.strategies)?;
             }
         }
         Ok(())

@@ -180,90 +180,90 @@ pub(super) fn present(strategies: &[String], has: impl Fn(&str) -> bool) -> Vec<
     strategies.iter().filter(|s| has(s)).cloned().collect()
 }
 
-/// A line per series with a shaded mean ± std band and markers, on a stage axis.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn line_panel<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    panel: &DrawingArea<DB, Shift>,
-    caption: &str,
-    y_desc: &str,
-    series: &[Line],
-    y_range: (f64, f64),
-    all: &[String],
-    y_fmt: &dyn Fn(&f64) -> String,
-) -> DrawResult {
-    line_panel_x(
-        root,
-        panel,
-        caption,
-        "Training stage (0 = before training)",
-        y_desc,
-        series,
-        y_range,
-        all,
-        y_fmt,
-    )
+/// The x axis description of a panel over training stages.
+pub(super) const STAGE_AXIS: &str = "Training stage (0 = before training)";
+
+/// A line panel: one line per series with a shaded mean ± std band and markers, on an integer x axis (training
+/// stages, [`STAGE_AXIS`], or e.g. clicks).
+pub(super) struct LinePanel<'a> {
+    /// Panel title.
+    pub caption: &'a str,
+    /// x axis description.
+    pub x_desc: &'a str,
+    /// y axis description.
+    pub y_desc: &'a str,
+    /// The lines, drawn in this order.
+    pub series: &'a [Line<'a>],
+    /// Shown y values (markers outside are not drawn).
+    pub y_range: (f64, f64),
+    /// y tick labels.
+    pub y_fmt: &'a dyn Fn(&f64) -> String,
 }
 
-/// [`line_panel`] with another x axis description (e.g. clicks instead of stages).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn line_panel_x<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    panel: &DrawingArea<DB, Shift>,
-    caption: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Line],
-    y_range: (f64, f64),
-    all: &[String],
-    y_fmt: &dyn Fn(&f64) -> String,
-) -> DrawResult {
-    let max_stage = series
-        .iter()
-        .flat_map(|s| s.x.iter())
-        .fold(1.0f64, |a, b| a.max(*b));
-    let min_stage = series
-        .iter()
-        .flat_map(|s| s.x.iter())
-        .fold(0.0f64, |a, b| a.min(*b));
-    let mut chart = panel_chart(
-        panel,
-        caption,
-        96,
-        (min_stage - 0.25)..(max_stage + 0.25),
-        y_range.0..y_range.1,
-    )?;
-    panel_mesh(&mut chart)
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .x_labels(((max_stage - min_stage).round() as usize + 1).min(12))
-        .x_label_formatter(&int_label)
-        .y_labels(8)
-        .y_label_formatter(y_fmt)
-        .draw()
-        .map_err(de)?;
-    // Bands first so that every line stays visible on top of all bands.
-    for l in series {
-        let (c, _) = strategy_style(l.name, all);
-        if l.x.len() > 1 && l.lo.iter().zip(&l.hi).any(|(a, b)| b > a) {
-            let mut poly: Vec<(f64, f64)> = l.x.iter().zip(&l.hi).map(|(x, y)| (*x, *y)).collect();
-            poly.extend(l.x.iter().zip(&l.lo).rev().map(|(x, y)| (*x, *y)));
-            chart
-                .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.16).filled())))
-                .map_err(de)?;
-        }
-    }
-    for l in series {
-        let (c, m) = strategy_style(l.name, all);
-        let pts: Vec<(f64, f64)> = l.x.iter().zip(&l.y).map(|(x, y)| (*x, *y)).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(LINE_W)))
+impl LinePanel<'_> {
+    /// Draw into `panel` of `root`, each line in its strategy's style among the report's strategies `all`.
+    pub(super) fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        panel: &DrawingArea<DB, Shift>,
+        all: &[String],
+    ) -> DrawResult {
+        let LinePanel {
+            caption,
+            x_desc,
+            y_desc,
+            series,
+            y_range,
+            y_fmt,
+        } = *self;
+        let max_stage = series
+            .iter()
+            .flat_map(|s| s.x.iter())
+            .fold(1.0f64, |a, b| a.max(*b));
+        let min_stage = series
+            .iter()
+            .flat_map(|s| s.x.iter())
+            .fold(0.0f64, |a, b| a.min(*b));
+        let mut chart = panel_chart(
+            panel,
+            caption,
+            96,
+            (min_stage - 0.25)..(max_stage + 0.25),
+            y_range.0..y_range.1,
+        )?;
+        panel_mesh(&mut chart)
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_labels(((max_stage - min_stage).round() as usize + 1).min(12))
+            .x_label_formatter(&int_label)
+            .y_labels(8)
+            .y_label_formatter(y_fmt)
+            .draw()
             .map_err(de)?;
-        for p in pts {
-            if p.1 >= y_range.0 && p.1 <= y_range.1 {
-                draw_marker(root, m, chart.backend_coord(&p), MARKER_S, c)?;
+        // Bands first so that every line stays visible on top of all bands.
+        for l in series {
+            let (c, _) = strategy_style(l.name, all);
+            if l.x.len() > 1 && l.lo.iter().zip(&l.hi).any(|(a, b)| b > a) {
+                let mut poly: Vec<(f64, f64)> =
+                    l.x.iter().zip(&l.hi).map(|(x, y)| (*x, *y)).collect();
+                poly.extend(l.x.iter().zip(&l.lo).rev().map(|(x, y)| (*x, *y)));
+                chart
+                    .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.16).filled())))
+                    .map_err(de)?;
             }
         }
+        for l in series {
+            let (c, m) = strategy_style(l.name, all);
+            let pts: Vec<(f64, f64)> = l.x.iter().zip(&l.y).map(|(x, y)| (*x, *y)).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(LINE_W)))
+                .map_err(de)?;
+            for p in pts {
+                if p.1 >= y_range.0 && p.1 <= y_range.1 {
+                    draw_marker(root, m, chart.backend_coord(&p), MARKER_S, c)?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

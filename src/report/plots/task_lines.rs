@@ -106,17 +106,15 @@ impl Figure for TaskLines<'_> {
                 })
                 .map(|c| Line::mean_std(c.strategy, &c.x, c.mean, c.std))
                 .collect();
-            line_panel_x(
-                root,
-                panel,
-                task,
-                self.x_desc,
-                self.y_desc,
-                &series,
-                (lo, hi),
-                self.strategies,
-                &|y| format!("{y:.decimals$}"),
-            )?;
+            LinePanel {
+                caption: task,
+                x_desc: self.x_desc,
+                y_desc: self.y_desc,
+                series: &series,
+                y_range: (lo, hi),
+                y_fmt: &|y| format!("{y:.decimals$}"),
+            }
+            .draw(root, panel, self.strategies)?;
         }
         Ok(())
     }
