@@ -5,6 +5,7 @@
 
 pub mod embeddings;
 pub mod folder;
+mod kind;
 mod mask;
 pub mod nifti;
 mod source;
@@ -12,9 +13,10 @@ pub mod synthetic;
 pub mod tiled;
 pub mod tiling;
 
+pub use kind::{list_paths, DataSource};
 pub use mask::Mask2D;
 pub use source::{
-    list_paths, load_task, plan_counts, skipped_inputs, source_schemas, SourceSpec, SOURCE_KINDS,
+    load_task, plan_counts, skipped_inputs, source_schemas, SourceSpec, SOURCE_KINDS,
 };
 
 use crate::preprocess::{self, PrepMeta};

@@ -1,9 +1,10 @@
 //! Data sources behind one dispatch: a task's [`SourceTable`] is read into [`SourceSpec`] (each source's own
-//! params type and range checks), then planned (file listings only) or loaded into model-frame cases.
+//! params type), whose [`DataSource`] checks its ranges and, from file listings only, its files (what
+//! `evosam validate` prints); then the task is loaded into model-frame cases.
 
 use super::{
     decode, flip_image, flip_mask, folder, make_case_from, nifti, synthetic, tiled, Case,
-    ImageSource, RawCase, RawImage, TaskData,
+    DataSource, ImageSource, RawCase, RawImage, TaskData,
 };
 #[cfg(doc)]
 use crate::spec::SourceTable;
@@ -11,6 +12,7 @@ use crate::spec::{from_table, Diag, Spec, TaskSpec, TileSpec};
 use crate::Result;
 use candle_core::Device;
 use serde::Serialize;
+use std::path::PathBuf;
 use toml::Table;
 
 /// A task's data source, read from its [`SourceTable`] into the source's own params type. Serialises as the
@@ -61,21 +63,22 @@ impl SourceSpec {
                 ))
             }
         };
-        match &s {
-            SourceSpec::Synthetic(x) => x.validate()?,
-            SourceSpec::Folder(x) => x.validate()?,
-            SourceSpec::Nifti(x) => x.validate()?,
-        }
+        s.source().validate()?;
         Ok(s)
+    }
+
+    /// The source's own checks and counts.
+    pub fn source(&self) -> &dyn DataSource {
+        match self {
+            SourceSpec::Synthetic(x) => x,
+            SourceSpec::Folder(x) => x,
+            SourceSpec::Nifti(x) => x,
+        }
     }
 
     /// The task's tiling, if its source has one (`tile = { .. }` of folder and NIfTI sources).
     pub fn tile(&self) -> Option<&TileSpec> {
-        match self {
-            SourceSpec::Synthetic(_) => None,
-            SourceSpec::Folder(x) => x.tile.as_ref(),
-            SourceSpec::Nifti(x) => x.tile.as_ref(),
-        }
+        self.source().tile()
     }
 
     /// The typed source of a task of a parsed spec (the spec checked it already; an error here is a bug).
@@ -86,82 +89,27 @@ impl SourceSpec {
 }
 
 impl Spec {
-    /// Check every data source (files exist, pairs match, splits non-empty) without decoding images.
-    /// Returns one line per task describing what was found.
+    /// Check every data source (files exist, pairs match, splits non-empty) without decoding images: each
+    /// task's source checks its own entry ([`DataSource::check`]). Returns one line per task describing what was
+    /// found.
     pub fn check_data(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for t in &self.stream.tasks {
-            let (ntr, nte) = plan_counts(self, t)?;
-            let skipped = skipped_inputs(self, t)?;
-            let note = match skipped.len() {
-                0 => String::new(),
-                n => format!(
-                    ", {n} unpaired image{} skipped: {}",
-                    if n == 1 { "" } else { "s" },
-                    list_paths(&skipped)
-                ),
-            };
-            let tiles = match SourceSpec::of(self, t)?.tile() {
-                Some(ts) => format!(", tiles of {} px, overlap {}", ts.size, ts.overlap),
-                None => String::new(),
-            };
-            let unit = if t.source.kind == "nifti" {
-                " volumes"
-            } else {
-                ""
-            };
-            out.push(format!(
-                "{}: {} train{unit}, {} test{unit} ({}{tiles}){note}",
-                t.name, ntr, nte, t.source.kind
-            ));
-        }
-        Ok(out)
+        self.stream
+            .tasks
+            .iter()
+            .map(|t| SourceSpec::of(self, t)?.source().check(self, t))
+            .collect()
     }
 }
 
 /// The files a task leaves out (folder sources with `unpaired = "skip"`: images without a mask), in path order;
 /// empty for every other source. From file listings only.
-pub fn skipped_inputs(spec: &Spec, t: &TaskSpec) -> Result<Vec<std::path::PathBuf>> {
-    Ok(match &SourceSpec::of(spec, t)? {
-        SourceSpec::Folder(s) if s.unpaired == folder::Unpaired::Skip => {
-            s.plan(spec, &t.name)?.skipped
-        }
-        _ => Vec::new(),
-    })
-}
-
-/// Paths joined by ", " for a log line.
-pub fn list_paths(paths: &[std::path::PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+pub fn skipped_inputs(spec: &Spec, t: &TaskSpec) -> Result<Vec<PathBuf>> {
+    SourceSpec::of(spec, t)?.source().skipped(spec, &t.name)
 }
 
 /// Counts of train and test items (images, or volumes for NIfTI) a task will have, from file listings only.
 pub fn plan_counts(spec: &Spec, t: &TaskSpec) -> Result<(usize, usize)> {
-    let (tr, te) = match &SourceSpec::of(spec, t)? {
-        SourceSpec::Synthetic(s) => (s.train, s.test),
-        SourceSpec::Folder(s) => {
-            let p = s.plan(spec, &t.name)?;
-            (p.train.len(), p.test.len())
-        }
-        SourceSpec::Nifti(s) => {
-            let p = s.plan(spec, &t.name)?;
-            let te = p.test.len();
-            (p.train.len(), s.max_test_volumes.map_or(te, |m| te.min(m)))
-        }
-    };
-    if tr == 0 || te == 0 {
-        return Err(spec.err(format!(
-            "line {}: task {:?} has an empty {} split ({tr} train, {te} test)",
-            t.line,
-            t.name,
-            if tr == 0 { "train" } else { "test" }
-        )));
-    }
-    Ok((tr, te))
+    super::kind::split_counts(SourceSpec::of(spec, t)?.source(), spec, t)
 }
 
 /// Load one task: decode, preprocess to the model frame, and check that neither split is empty.

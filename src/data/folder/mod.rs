@@ -24,7 +24,9 @@
 //! With `unpaired = "skip"` the skipped images are counted and named by `evosam validate`, in the run's log and
 //! in `manifest.json` (`tasks[].skipped`).
 
-use super::{glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase};
+use super::{
+    glob_files, limit, match_key, split_by_fraction, DataSource, ImageSource, Mask2D, RawCase,
+};
 use crate::spec::{Diag, Spec, TileSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -177,9 +179,9 @@ pub fn validate_split(
     Ok(())
 }
 
-impl FolderSpec {
+impl DataSource for FolderSpec {
     /// Split rule, limits and glob syntax (no files involved). The error names the key at fault.
-    pub fn validate(&self) -> std::result::Result<(), Diag> {
+    fn validate(&self) -> std::result::Result<(), Diag> {
         validate_split(
             self.test_glob.as_ref(),
             self.test_ids.as_ref(),
@@ -242,6 +244,27 @@ impl FolderSpec {
         Ok(())
     }
 
+    fn tile(&self) -> Option<&TileSpec> {
+        self.tile.as_ref()
+    }
+
+    /// The images of each split after pairing and limits.
+    fn counts(&self, spec: &Spec, task: &str) -> Result<(usize, usize)> {
+        let p = self.plan(spec, task)?;
+        Ok((p.train.len(), p.test.len()))
+    }
+
+    /// The images without a mask, with `unpaired = "skip"`.
+    fn skipped(&self, spec: &Spec, task: &str) -> Result<Vec<PathBuf>> {
+        Ok(if self.unpaired == Unpaired::Skip {
+            self.plan(spec, task)?.skipped
+        } else {
+            Vec::new()
+        })
+    }
+}
+
+impl FolderSpec {
     /// List and pair files, then split. Errors name the task, the pattern and the file at fault.
     pub fn plan(&self, spec: &Spec, task: &str) -> Result<Plan> {
         let what = format!("task {task:?}");

@@ -36,7 +36,8 @@ pub(crate) use volume::{write_nifti_f32, write_nifti_f32_spaced};
 
 use super::folder::validate_split;
 use super::{
-    glob_files, limit, match_key, split_by_fraction, ImageSource, Mask2D, RawCase, RawImage,
+    glob_files, limit, match_key, split_by_fraction, DataSource, ImageSource, Mask2D, RawCase,
+    RawImage,
 };
 use crate::spec::{Diag, Spec, TileSpec};
 use crate::{Error, Result};
@@ -167,9 +168,9 @@ pub struct Plan {
     pub test: Vec<VolumePair>,
 }
 
-impl NiftiSpec {
+impl DataSource for NiftiSpec {
     /// Split rule, axis and limits (no files involved). The error names the key at fault.
-    pub fn validate(&self) -> std::result::Result<(), Diag> {
+    fn validate(&self) -> std::result::Result<(), Diag> {
         validate_split(None, self.test_ids.as_ref(), self.test_fraction, false)?;
         if let Some(t) = &self.tile {
             t.validate()?;
@@ -207,6 +208,26 @@ impl NiftiSpec {
         Ok(())
     }
 
+    fn tile(&self) -> Option<&TileSpec> {
+        self.tile.as_ref()
+    }
+
+    /// The volumes of each split (test volumes up to `max_test_volumes`).
+    fn counts(&self, spec: &Spec, task: &str) -> Result<(usize, usize)> {
+        let p = self.plan(spec, task)?;
+        let te = p.test.len();
+        Ok((
+            p.train.len(),
+            self.max_test_volumes.map_or(te, |m| te.min(m)),
+        ))
+    }
+
+    fn unit(&self) -> &'static str {
+        " volumes"
+    }
+}
+
+impl NiftiSpec {
     /// Pair the volumes and split them; errors name the task and the folder.
     pub fn plan(&self, spec: &Spec, task: &str) -> Result<Plan> {
         let what = format!("task {task:?}");

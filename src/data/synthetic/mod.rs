@@ -21,8 +21,8 @@ mod vessels;
 use organs::organs;
 use vessels::vessels;
 
-use super::{ImageSource, Mask2D, RawCase, RawImage};
-use crate::spec::Diag;
+use super::{DataSource, ImageSource, Mask2D, RawCase, RawImage};
+use crate::spec::{Diag, Spec};
 use crate::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -74,9 +74,9 @@ fn d_size() -> usize {
 /// Number of distinct synthetic "sites" (appearance styles).
 pub const N_SITES: u32 = 4;
 
-impl SyntheticSpec {
+impl DataSource for SyntheticSpec {
     /// Ranges (no files involved). The error names the key at fault.
-    pub fn validate(&self) -> std::result::Result<(), Diag> {
+    fn validate(&self) -> std::result::Result<(), Diag> {
         if self.site >= N_SITES {
             return Err(Diag::at(
                 "site",
@@ -103,6 +103,13 @@ impl SyntheticSpec {
         Ok(())
     }
 
+    /// The `train` and `test` keys (nothing to list).
+    fn counts(&self, _spec: &Spec, _task: &str) -> Result<(usize, usize)> {
+        Ok((self.train, self.test))
+    }
+}
+
+impl SyntheticSpec {
     /// (train, test) raw cases.
     pub fn generate(&self) -> Result<(Vec<RawCase>, Vec<RawCase>)> {
         let gen = |split: u64, n: usize| -> Vec<RawCase> {
