@@ -373,7 +373,7 @@ impl Strategy for EvoSam {
         // helps (`"benefit"`).
         let margin = self.params.keep_start_margin;
         let mut adapter = adapter;
-        let paired = crossfit::paired;
+        let paired = bound::paired;
         // (paired rules) the served expert's score on each validation image, reused by the base check below
         let mut served_cases: Option<Vec<f64>> = None;
         let keep = self.params.keep_start

@@ -1,4 +1,5 @@
-//! A one-sided confidence bound of a mean of paired differences (a leaf: the chain gate and the keep rule use it).
+//! Paired differences and a one-sided confidence bound of their mean (a leaf: the chain gate and the keep rules
+//! use it).
 
 /// A one-sided 90% confidence bound (Student t) of the mean of paired differences: the lower bound, or the upper
 /// one with `upper`. None with fewer than two values.
@@ -15,4 +16,9 @@ pub fn mean_bound(v: &[f64], upper: bool) -> Option<f64> {
         .inverse_cdf(0.9);
     let half = t * sd / (n as f64).sqrt();
     Some(if upper { m + half } else { m - half })
+}
+
+/// Per-item differences `a - b` (the paired values of two models scored on the same images).
+pub fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
 }

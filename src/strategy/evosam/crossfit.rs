@@ -17,6 +17,7 @@
 //! seconds per task.
 
 use super::birth::{Birth, Init};
+use super::bound::paired;
 use crate::data::{Case, TaskData};
 use crate::model::Adapter;
 use crate::strategy::StrategyCtx;
@@ -227,11 +228,6 @@ impl super::EvoSam {
         });
         Ok((adapter, birth))
     }
-}
-
-/// Per-item differences `a - b`.
-pub(super) fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
 #[cfg(test)]
