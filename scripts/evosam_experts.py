@@ -175,6 +175,8 @@ class Router:
         self.chol = t["novelty.cholesky"]
         self.names = [e["task"] for e in self.doc["experts"]]
         self.chain = self.doc.get("chain")
+        # (router version 1 files written before this key: the chain may serve every earlier expert)
+        self.chain_may_serve = [e.get("chain_may_serve", True) for e in self.doc["experts"]]
         self.nov = self.doc["novelty"]
         self.matcher = self.doc["matcher"]
 
@@ -208,7 +210,8 @@ class Router:
             routed, served = "base", "base"
         else:
             routed = served = self.names[expert]
-            if self.chain is not None and self.chain["serves_earlier_experts"] and expert + 1 < len(self.names):
+            if (self.chain is not None and self.chain["serves_earlier_experts"] and expert + 1 < len(self.names)
+                    and self.chain_may_serve[expert]):
                 served = "chain"
         return Route(routed, served, expert, [float(s) for s in scores], nov)
 

@@ -90,6 +90,7 @@ pub fn write(
         "base_model": {"weights": base.name, "sha256": base.sha256},
         "experts": experts.iter().enumerate().map(|(k, (task, folder))| json!({
             "index": k, "task": task, "adapter": folder,
+            "chain_may_serve": set.births[k].chain_ok != Some(false),
         })).collect::<Vec<_>>(),
         "chain": chain.map(|c| json!({
             "adapter": c,

@@ -198,6 +198,7 @@ impl super::EvoSam {
         } else {
             (trained, trained_cases)
         };
+        let mut served_mean = mean(served);
         // A copied start (or what trained from it) must also beat the base on every image's held-out score; the
         // start's scores against the base's are the chain's forward-transfer evidence.
         if birth.parent.is_some() {
@@ -215,8 +216,14 @@ impl super::EvoSam {
             if self.params.keep_start && evidence.keep_reference(&paired(served, &base), margin) {
                 adapter = Adapter::new(ctx.model, &ctx.spec.lora, init)?;
                 birth.kept_base = true;
+                served_mean = mean(&base);
             }
         }
+        // The chain carries the trained weights on: it may serve this task's images later only where they scored
+        // at least as well as the served expert (measured on a real stream: a chain whose training on a site
+        // scored below the base there opened on a forward transfer of +0.0005 and took that site from 0.173 to
+        // 0.082).
+        birth.chain_ok = Some(mean(trained_cases) >= served_mean);
         birth.crossfit_folds = Some(cv.folds);
         birth.fit = Some(FitReport {
             steps: cv.steps + last.steps,
@@ -372,5 +379,31 @@ mod tests {
         assert!((cf.curve[0] - 0.5).abs() < 1e-15);
         assert!((cf.curve[1] - 1.7 / 3.0).abs() < 1e-15);
         assert_eq!((cf.folds, cf.steps), (3, 12));
+    }
+
+    #[test]
+    fn the_chain_serves_no_task_where_cross_fitting_found_it_worse() {
+        let kit = Kit::new(4, 2);
+        let sp = spec_of(&kit, 1e-2, 2);
+        let mut e = evo(
+            &kit,
+            "guard = \"crossfit\"\ninit = \"previous\"\nserve_chain = \"always\"",
+            |t| t.lr = 1e-2,
+        );
+        for k in 0..2 {
+            e.train_task(&mut kit.ctx_with(&sp, k + 1, &noop), k, &kit.tasks[k])
+                .unwrap();
+        }
+        // cross-fitted births record the evidence, whichever way it went
+        let ok = e.set.births[0].chain_ok.expect("cross-fitted");
+        let f = e.set.births[0].fit.clone().unwrap();
+        let trained = f.val_dice[select_epoch(&f.val_dice, false, 0.0).unwrap()];
+        assert_eq!(ok, trained >= f.val_dice[f.chosen_epoch], "{f:?}");
+        for (flag, serves) in [(Some(false), false), (Some(true), true), (None, true)] {
+            e.set.births[0].chain_ok = flag;
+            assert_eq!(e.set.chain_serves_expert(Some(0)), serves, "{flag:?}");
+        }
+        // the newest expert serves its own images either way
+        assert!(!e.set.chain_serves_expert(Some(1)));
     }
 }

@@ -237,9 +237,11 @@ impl ExpertSet {
     }
 
     /// Whether the chain's newest state decodes the images routed to `expert`: an earlier task's expert while
-    /// [`ExpertSet::chain_serves`].
+    /// [`ExpertSet::chain_serves`], unless that task's cross-fitting found the chain's weights worse there
+    /// ([`Birth::chain_ok`]).
     pub fn chain_serves_expert(&self, expert: Option<usize>) -> bool {
-        expert.is_some_and(|k| k + 1 < self.len()) && self.chain_serves()
+        expert.is_some_and(|k| k + 1 < self.len() && self.births[k].chain_ok != Some(false))
+            && self.chain_serves()
     }
 
     /// Add a trained expert and teach the matcher and the novelty detector its task (pooled training features).
