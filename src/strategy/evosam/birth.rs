@@ -54,8 +54,8 @@ pub struct Birth {
     /// `val_dice` is the pooled held-out curve over all the task's images and `transfer_cases` covers them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossfit_folds: Option<usize>,
-    /// Whether the chain may serve this task's images later (`serve_chain`): cross-fitting measured the trained
-    /// weights the chain carries on, on this task's held-out images, at least as good as the served expert.
+    /// Whether the chain may serve this task's images later (`serve_chain`): cross-fitting served the trained
+    /// weights the chain carries on (neither the start nor the base was kept), so the evidence rule backs them.
     /// `Some(false)` keeps this task's images with its own expert whatever the chain's forward transfer; None (the
     /// held-out guard, which measures no such thing) leaves the decision to `serve_chain` alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
