@@ -6,7 +6,7 @@ use crate::strategy::novelty::{Fallback, Model, Sums};
 use crate::train::budget::split_validation;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-fn values(a: &Adapter) -> Vec<Vec<f32>> {
+pub(super) fn values(a: &Adapter) -> Vec<Vec<f32>> {
     a.vars()
         .iter()
         .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
