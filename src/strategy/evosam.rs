@@ -149,6 +149,11 @@ pub struct Params {
     /// With `guard = "crossfit"`: folds (at most one per image; leave-one-out below this many images).
     #[serde(default = "d_crossfit_folds")]
     pub crossfit_folds: usize,
+    /// With `guard = "crossfit"`: what decides `keep_start` and the base check on the cross-fitted per-image scores
+    /// (default `benefit`: every image is a paired value, so a confidence bound is available; the held-out part
+    /// keeps `keep_start_evidence`).
+    #[serde(default = "d_crossfit_evidence")]
+    pub crossfit_evidence: KeepEvidence,
     /// `[novelty]`: the novelty detector that can send unfamiliar images to the base model (off by default).
     #[serde(default)]
     pub novelty: NoveltyConfig,
@@ -172,6 +177,10 @@ fn d_crossfit_max() -> usize {
 
 fn d_crossfit_folds() -> usize {
     5
+}
+
+fn d_crossfit_evidence() -> KeepEvidence {
+    KeepEvidence::Benefit
 }
 
 impl Params {

@@ -186,7 +186,7 @@ impl super::EvoSam {
         }
         // The keep rule on the held-out scores: the trained expert (as its folds scored at that epoch) against the
         // start, image by image.
-        let evidence = self.params.keep_start_evidence;
+        let evidence = self.params.crossfit_evidence;
         let margin = self.params.keep_start_margin;
         let start_cases = &cv.scores[0];
         let trained_cases = &cv.scores[epochs.min(cv.scores.len() - 1)];
@@ -318,9 +318,11 @@ mod tests {
         assert_eq!(e.extra_metrics()["crossfit_folds"], 5.0);
         // a real rate: the chosen epoch is the pooled curve's rule, and a trained expert is not the start
         let sp = spec_of(&kit, 3e-2, 3);
-        let mut e = evo(&kit, "guard = \"crossfit\"\ncrossfit_folds = 3", |t| {
-            t.lr = 3e-2
-        });
+        let mut e = evo(
+            &kit,
+            "guard = \"crossfit\"\ncrossfit_folds = 3\ncrossfit_evidence = \"mean\"",
+            |t| t.lr = 3e-2,
+        );
         e.train_task(&mut kit.ctx_with(&sp, 1, &noop), 0, &kit.tasks[0])
             .unwrap();
         let b = &e.set.births[0];
