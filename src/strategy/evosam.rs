@@ -15,6 +15,7 @@
 
 pub mod birth;
 mod bound;
+mod chain;
 pub mod crossfit;
 mod experts;
 pub use crossfit::Guard;
@@ -27,7 +28,6 @@ use crate::data::{Case, TaskData};
 use crate::model::{Adapter, LiteMedSam};
 use crate::spec::{Diag, StrategySpec};
 use crate::train::select::Validation;
-use crate::train::{fit, FitPlan};
 use crate::{Error, Result};
 use birth::Init;
 use candle_core::Tensor;
@@ -324,43 +324,9 @@ impl Strategy for EvoSam {
         let val: Vec<&Case> = task.val.iter().collect();
         // Train and keep the best trained epoch (a fresh AdamW, its own seeded batch stream); the keep-the-start
         // rule is applied below, so that the chain carries the trained weights whichever expert is served.
-        let plan = |a, seed| {
-            FitPlan::new(&task.name, a, &cases)
-                .validate_on(&val, task.fov_eval)
-                .seed(seed)
-        };
-        let lambda = self.params.chain_ewc_lambda;
-        // (the first task has nothing to consolidate yet: no penalty)
-        let penalised = chain_mode && lambda > 0.0 && !self.set.chain_ewc.pairs.is_empty();
-        let chain = start.deep_clone()?;
-        let chain_plan = plan(&chain, init.rotate_left(17) ^ 0x5eed);
-        // A chain with `chain_ewc_lambda` is trained under the EWC penalty of the earlier tasks, and consolidates
-        // this one's Fisher (on all its training images) when it ends.
-        let chain_fit = if chain_mode && lambda > 0.0 {
-            let mut ewc = super::ewc::EwcHooks {
-                memory: &mut self.set.chain_ewc,
-                lambda,
-                fisher_samples: 0,
-            };
-            fit(ctx, chain_plan.hooks(&mut ewc))?
-        } else {
-            fit(ctx, chain_plan)?
-        };
-        // With a penalised chain the expert is trained apart, from the same start without the penalty: isolation
-        // already keeps the earlier tasks (their experts never change), and the penalty, anchored on them, only
-        // holds the new task's expert back (measured on experiments/interactive-polyp.toml, 3 seeds: click AUC
-        // 0.646 when the expert was the penalised chain, 0.689 trained apart; fine-tuning 0.687). The chain, the
-        // shared learner that may serve earlier tasks, keeps its penalty. Without one, expert and chain are one.
-        let (adapter, mut report) = if penalised {
-            let expert = start.deep_clone()?;
-            let f = fit(ctx, plan(&expert, init.rotate_left(29) ^ 0xe4be))?;
-            (expert, f)
-        } else {
-            (chain.deep_clone()?, chain_fit)
-        };
-        if chain_mode {
-            self.set.chain = Some(chain);
-        }
+        let how = (&val[..], task.fov_eval, None);
+        let (adapter, mut report) =
+            self.fit_chain_and_expert(ctx, &task.name, &start, init, &cases, how)?;
         let sel = Validation {
             model: ctx.model,
             embeddings: ctx.embeddings,

@@ -16,7 +16,7 @@
 //! Cost: k + 1 fits instead of one, each on n - n/k images; on small tasks, where this applies, that is a few
 //! seconds per task.
 
-use super::birth::{Birth, Init};
+use super::birth::Birth;
 use super::bound::paired;
 use crate::data::{Case, TaskData};
 use crate::model::Adapter;
@@ -152,38 +152,10 @@ impl super::EvoSam {
         let epochs = select_epoch(&cv.curve, false, 0.0).unwrap_or(0);
         let mut schedule = Schedule::new(&ctx.spec.train, cases.len());
         schedule.epochs.truncate(epochs);
-        // The chain and the expert train on every image for that many epochs, as the holdout path trains them
-        // (the chain under the EWC penalty when `chain_ewc_lambda` > 0; the expert apart from a penalised chain).
-        let chain_mode = self.params.init == Init::Previous;
-        let lambda = self.params.chain_ewc_lambda;
-        let penalised = chain_mode && lambda > 0.0 && !self.set.chain_ewc.pairs.is_empty();
-        let plan = |a, seed| {
-            FitPlan::new(&task.name, a, cases)
-                .schedule(schedule.clone())
-                .seed(seed)
-        };
-        let chain = start.deep_clone()?;
-        let chain_plan = plan(&chain, init.rotate_left(17) ^ 0x5eed);
-        let chain_fit = if chain_mode && lambda > 0.0 {
-            let mut ewc = crate::strategy::ewc::EwcHooks {
-                memory: &mut self.set.chain_ewc,
-                lambda,
-                fisher_samples: 0,
-            };
-            fit(ctx, chain_plan.hooks(&mut ewc))?
-        } else {
-            fit(ctx, chain_plan)?
-        };
-        let (trained, last) = if penalised {
-            let expert = start.deep_clone()?;
-            let f = fit(ctx, plan(&expert, init.rotate_left(29) ^ 0xe4be))?;
-            (expert, f)
-        } else {
-            (chain.deep_clone()?, chain_fit)
-        };
-        if chain_mode {
-            self.set.chain = Some(chain);
-        }
+        // The chain and the expert train on every image for that many epochs, as the holdout path trains them.
+        let how = (&[][..], task.fov_eval, Some(schedule));
+        let (trained, last) =
+            self.fit_chain_and_expert(ctx, &task.name, &start, init, cases, how)?;
         // The keep rule on the held-out scores: the trained expert (as its folds scored at that epoch) against the
         // start, image by image.
         let evidence = self.params.crossfit_evidence;
