@@ -310,10 +310,7 @@ impl Strategy for EvoSam {
             (None, _) => Adapter::new(ctx.model, &ctx.spec.lora, init)?,
         };
         // Small tasks under `guard = "crossfit"`: every image validates (see `crossfit`).
-        let images = crate::train::budget::image_groups(all.iter().copied())
-            .into_iter()
-            .max()
-            .map_or(0, |m| m + 1);
+        let (_, images) = crate::train::budget::image_groups(all.iter().copied());
         if self.params.guard == Guard::Crossfit
             && (2..=self.params.crossfit_max_images).contains(&images)
         {

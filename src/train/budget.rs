@@ -84,8 +84,7 @@ pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<Tas
         .iter()
         .map(|t| {
             let mut t = t.clone();
-            let group_of = image_groups(&t.train);
-            let n_groups = group_of.iter().max().map_or(0, |m| m + 1);
+            let (group_of, n_groups) = image_groups(&t.train);
             let n_val = n_validation(n_groups, fraction);
             if n_val == 0 {
                 return t;
@@ -108,11 +107,11 @@ pub fn split_validation(tasks: &[TaskData], seed: u64, fraction: f64) -> Vec<Tas
         .collect()
 }
 
-/// The group (source image) of each case, numbered in order of first appearance: one group per case, except
-/// the tiles of one image, which share one.
-pub fn image_groups<'c>(cases: impl IntoIterator<Item = &'c Case>) -> Vec<usize> {
+/// The group (source image) of each case, numbered in order of first appearance (one group per case, except
+/// the tiles of one image, which share one), and the number of groups.
+pub fn image_groups<'c>(cases: impl IntoIterator<Item = &'c Case>) -> (Vec<usize>, usize) {
     let mut names: Vec<&str> = Vec::new();
-    cases
+    let group = cases
         .into_iter()
         .map(|c| {
             let g = c
@@ -127,7 +126,8 @@ pub fn image_groups<'c>(cases: impl IntoIterator<Item = &'c Case>) -> Vec<usize>
                 }
             }
         })
-        .collect()
+        .collect();
+    (group, names.len())
 }
 
 #[cfg(test)]

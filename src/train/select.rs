@@ -167,14 +167,6 @@ impl Validation<'_> {
             self.clicks,
         )
     }
-
-    /// The mean validation score of `adapter` (NaN without validation cases).
-    pub fn score(&self, adapter: Option<&Adapter>) -> Result<f64> {
-        if self.cases.is_empty() {
-            return Ok(f64::NAN);
-        }
-        Ok(mean(&self.scores(adapter)?))
-    }
 }
 
 #[cfg(test)]

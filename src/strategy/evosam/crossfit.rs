@@ -80,8 +80,7 @@ pub fn run(
     k: usize,
     seed: u64,
 ) -> Result<CrossFit> {
-    let group = image_groups(cases.iter().copied());
-    let n_groups = group.iter().max().map_or(0, |m| m + 1);
+    let (group, n_groups) = image_groups(cases.iter().copied());
     let k = k.min(n_groups).max(2);
     let fold_of_group = folds_of(n_groups, k, seed);
     let mut per_case: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
@@ -161,7 +160,7 @@ impl super::EvoSam {
         let evidence = self.params.crossfit_evidence;
         let margin = self.params.keep_start_margin;
         let start_cases = &cv.scores[0];
-        let trained_cases = &cv.scores[epochs.min(cv.scores.len() - 1)];
+        let trained_cases = &cv.scores[epochs];
         let keep = self.params.keep_start
             && (epochs == 0
                 || evidence.keep_reference(&paired(trained_cases, start_cases), margin));
