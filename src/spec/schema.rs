@@ -251,12 +251,7 @@ fn strategy_entry_schema(
     let mut rules = Vec::new();
     for (k, s) in strategies {
         union(&mut p, props_of(s));
-        let mut keys: Vec<String> = ["preset"]
-            .iter()
-            .chain(STRATEGY_COMMON.iter())
-            .map(|s| s.to_string())
-            .collect();
-        keys.extend(props_of(s).keys().cloned());
+        let keys = allowed_keys("preset", s);
         for (preset, _) in kinds.iter().filter(|(_, pk)| pk == k) {
             rules.push(kind_rule("preset", preset, keys.clone(), Vec::new()));
         }
@@ -310,6 +305,16 @@ pub fn spec_schema(catalog: &dyn Catalog) -> Value {
     finish(gen, root, "evosam experiment spec", extra)
 }
 
+/// The keys a strategy entry (`first` = "preset") or a preset file (`first` = "kind") of the kind whose schema is
+/// `kind_schema` may hold: `first`, the common keys and the kind's own.
+fn allowed_keys(first: &str, kind_schema: &Value) -> Vec<String> {
+    std::iter::once(first)
+        .chain(STRATEGY_COMMON.iter().copied())
+        .map(str::to_string)
+        .chain(props_of(kind_schema).keys().cloned())
+        .collect()
+}
+
 /// The JSON Schema of a preset file (`baselines/<name>.toml`): `kind`, the common keys and the kind's keys.
 pub fn preset_schema(catalog: &dyn Catalog) -> Value {
     let mut gen = generator();
@@ -323,13 +328,7 @@ pub fn preset_schema(catalog: &dyn Catalog) -> Value {
     p.extend(strategy_common(&mut gen));
     let mut rules = Vec::new();
     for (k, s) in &strategies {
-        let mut keys: Vec<String> = ["kind"]
-            .iter()
-            .chain(STRATEGY_COMMON.iter())
-            .map(|s| s.to_string())
-            .collect();
-        keys.extend(props_of(s).keys().cloned());
-        rules.push(kind_rule("kind", k, keys, Vec::new()));
+        rules.push(kind_rule("kind", k, allowed_keys("kind", s), Vec::new()));
         union(&mut p, props_of(s));
     }
     let root: Schema = json!({

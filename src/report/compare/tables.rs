@@ -151,29 +151,22 @@ fn cell_text(c: &GridCell, tex: bool) -> String {
         (_, true, false) => "‡",
         _ => "",
     };
-    if tex {
-        let inner = match &body.1 {
-            Some(sd) => format!("{} \\pm {sd}", body.0),
-            None => body.0.clone(),
-        };
-        let inner = if c.bold {
-            format!("\\mathbf{{{inner}}}")
-        } else {
-            inner
-        };
-        format!("${inner}{marks}$")
+    // (plus-minus, bold open, bold close, cell open, cell close) of each format
+    let (pm, b0, b1, c0, c1) = if tex {
+        (" \\pm ", "\\mathbf{", "}", "$", "$")
     } else {
-        let inner = match &body.1 {
-            Some(sd) => format!("{} ± {sd}", body.0),
-            None => body.0.clone(),
-        };
-        let inner = if c.bold {
-            format!("**{inner}**")
-        } else {
-            inner
-        };
-        format!("{inner}{marks}")
-    }
+        (" ± ", "**", "**", "", "")
+    };
+    let inner = match &body.1 {
+        Some(sd) => format!("{}{pm}{sd}", body.0),
+        None => body.0.clone(),
+    };
+    let inner = if c.bold {
+        format!("{b0}{inner}{b1}")
+    } else {
+        inner
+    };
+    format!("{c0}{inner}{marks}{c1}")
 }
 
 fn arrow(header: &str, higher: bool, tex: bool) -> String {
