@@ -54,7 +54,7 @@
 //! ```
 //!
 //! Layers, lowest first (docs/ARCHITECTURE.md; `python3 scripts/module_deps.py --check` enforces them):
-//! `util`, `error`, [`lock`] < [`model`], [`preprocess`], [`weights`] < [`embed_cache`] < [`spec`] < [`data`] <
+//! `util`, `error`, `lock` < [`model`], [`preprocess`], [`weights`] < `embed_cache` < [`spec`] < [`data`] <
 //! [`metrics`] < [`train`] < [`strategy`] < `results` < [`interactive`] < [`annotate`] < [`export`] < [`report`] < [`runner`] <
 //! [`cluster`]; the binary's subcommands (`src/cli/`) use only this public surface.
 
@@ -66,10 +66,10 @@ pub use error::{Error, Result};
 
 pub mod cluster;
 pub mod data;
-pub mod embed_cache;
+mod embed_cache;
 pub mod export;
 pub mod interactive;
-pub mod lock;
+mod lock;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

@@ -242,11 +242,6 @@ impl Lock {
             heartbeat,
         }
     }
-
-    /// The lock file this lock holds.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Move a stale lock aside under a unique name; if what was moved is not the lock judged stale (another process

@@ -2,10 +2,10 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-/// Large-block cache in front of the system allocator (see `evosam::model::alloc`): training steps free and
+/// Large-block cache in front of the system allocator (see `cli/alloc.rs`): training steps free and
 /// re-allocate the same large buffers every step.
 #[global_allocator]
-static GLOBAL: evosam::model::alloc::BlockCache = evosam::model::alloc::BlockCache;
+static GLOBAL: cli::alloc::BlockCache = cli::alloc::BlockCache;
 
 /// Continual-learning experiments for medical image segmentation with EvoSAM on LiteMedSAM.
 #[derive(Parser)]

@@ -76,11 +76,6 @@ fn expert_folder(tmp: &Path, images: &Path) -> PathBuf {
     let weights = evosam::weights::resolve_weights(None).unwrap();
     let sha = evosam::weights::sha256_file(&weights).unwrap();
     let model = LiteMedSam::from_pth(&weights, &Device::Cpu).unwrap();
-    let cache = evosam::embed_cache::EmbeddingCache::new(
-        &evosam::weights::evosam_home().join("embeddings"),
-        &sha,
-    )
-    .unwrap();
     let mut feats = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(images)
         .unwrap()
@@ -90,12 +85,7 @@ fn expert_folder(tmp: &Path, images: &Path) -> PathBuf {
     for p in files {
         let img = evosam::preprocess::load_image(&p).unwrap();
         let (x, _) = evosam::preprocess::to_model_input(&img, 256).unwrap();
-        let key = content_key(&x);
-        let emb = cache
-            .get_or_compute(&model, &key, &x)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+        let emb = model.encode(&x.unsqueeze(0).unwrap()).unwrap();
         feats.extend(pooled_features(&emb).unwrap());
     }
     let cfg = LoraConfig {
@@ -122,17 +112,6 @@ fn expert_folder(tmp: &Path, images: &Path) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     set.save(&dir, &sha).unwrap();
     dir
-}
-
-/// The embedding-cache key `evosam annotate` uses (sha256 of the input's shape and values).
-fn content_key(x: &candle_core::Tensor) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(format!("{:?}", x.dims()).as_bytes());
-    for v in x.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
-        h.update(v.to_le_bytes());
-    }
-    hex::encode(h.finalize())
 }
 
 struct Driver {

@@ -155,7 +155,9 @@ fn second_resume_is_refused_and_a_stale_lock_is_taken_over() {
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     let pid = dead.id();
     dead.wait().unwrap();
-    let host = evosam::lock::hostname();
+    // the host name the run lock records (the kernel's, as `evosam` reads it)
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
     let lock = format!(
         "{{\"host\":\"{host}\",\"pid\":{pid},\"started\":\"2026-01-01T00:00:00Z\",\"what\":\"run\",\"token\":\"x\"}}"
     );

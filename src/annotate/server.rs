@@ -110,7 +110,8 @@ impl App {
         std::thread::spawn(move || app.prefetch_loop())
     }
 
-    /// Ask the encoder thread to stop.
+    /// Ask the encoder thread to stop (the tests' servers end; the binary's serves until the process ends).
+    #[cfg(test)]
     pub fn stop(&self) {
         if let Ok(mut st) = self.prep.lock() {
             st.stop = true;

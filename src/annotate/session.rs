@@ -204,11 +204,6 @@ impl Session {
         self.current >= self.slots.len()
     }
 
-    /// The open slot, if any.
-    pub fn slot(&self) -> Option<Slot> {
-        self.slots.get(self.current).copied()
-    }
-
     /// Seconds the open case has been on screen.
     pub fn elapsed(&self) -> f64 {
         self.base_elapsed

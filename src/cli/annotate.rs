@@ -4,15 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use evosam::annotate::engine::{Arm, Engine};
-use evosam::annotate::schedule::Design;
-use evosam::annotate::server::{serve, App};
-use evosam::annotate::session::{record, Session};
-use evosam::annotate::{cases, new_token};
-use evosam::embed_cache::EmbeddingCache;
-use evosam::model::LiteMedSam;
-use evosam::strategy::evosam::ExpertSet;
-use evosam::weights::{evosam_home, resolve_weights, sha256_file};
+use evosam::annotate::{serve_study, Compare, Design, StudyImages, StudyOptions};
 use evosam::{Error, Result};
 
 #[derive(Debug, clap::Args)]
@@ -67,72 +59,48 @@ pub struct Args {
 
 /// Start the server and serve until the process is stopped.
 pub fn run(args: Args) -> Result<()> {
-    let mut list = match (&args.images, &args.spec, &args.task) {
-        (Some(dir), _, _) => cases::from_folder(dir, args.masks.as_deref())?,
-        (None, Some(spec), Some(task)) => cases::from_spec(spec, task)?,
+    let images = match (args.images, args.spec, args.task) {
+        (Some(images), _, _) => StudyImages::Folder {
+            images,
+            masks: args.masks,
+        },
+        (None, Some(spec), Some(task)) => StudyImages::SpecTask { spec, task },
         _ => {
             return Err(Error::input(
                 "annotate needs --images DIR or --spec SPEC --task NAME",
             ))
         }
     };
-    if args.max_cases == Some(0) {
-        return Err(Error::input("--max-cases must be at least 1"));
-    }
-    list = evosam::data::limit(list, args.max_cases, args.seed);
-    let weights = resolve_weights(args.weights.as_deref())?;
-    let sha = sha256_file(&weights)?;
-    let model = LiteMedSam::from_pth(&weights, &candle_core::Device::Cpu)?;
-    let evosam = ExpertSet::load(&args.experts, &model, &sha)?;
-    let compare = match args.compare.as_str() {
-        "base" => Arm {
-            label: "base".into(),
-            experts: None,
-        },
-        dir => Arm {
-            label: "compare".into(),
-            experts: Some(ExpertSet::load(std::path::Path::new(dir), &model, &sha)?),
-        },
+    let mut opts = StudyOptions::new(images, args.experts, args.out);
+    opts.compare = match args.compare.as_str() {
+        "base" => Compare::Base,
+        dir => Compare::Experts(dir.into()),
     };
-    let arms = [
-        Arm {
-            label: "evosam".into(),
-            experts: Some(evosam),
-        },
-        compare,
-    ];
-    let want = record(
-        args.seed,
-        args.design,
-        [arms[0].label.clone(), arms[1].label.clone()],
-        &list,
-    );
-    let session = Session::start(&args.out, &args.annotator, &want)?;
-    let (done, total) = (session.current, session.slots.len());
-    let engine = Engine {
-        model,
-        arms,
-        cache: Some(EmbeddingCache::new(
-            &evosam_home().join("embeddings"),
-            &sha,
-        )?),
-        mask_prompt: !args.no_mask_prompt,
-    };
-    evosam::annotate::tables::write_tables(&args.out)?;
-    let token = new_token();
-    let app = App::new(token.clone(), engine, list, session);
-    app.start_prefetch();
+    opts.annotator = args.annotator;
+    opts.addr = SocketAddr::new(args.host, args.port);
+    opts.seed = args.seed;
+    opts.design = args.design;
+    opts.max_cases = args.max_cases;
+    opts.mask_prompt = !args.no_mask_prompt;
+    opts.weights = args.weights;
     let host = args.host;
-    serve(app, SocketAddr::new(host, args.port), move |addr| {
+    let annotator = opts.annotator.clone();
+    serve_study(&opts, move |page| {
         let shown = if host.is_unspecified() {
-            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), addr.port())
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), page.addr.port())
         } else {
-            addr
+            page.addr
         };
-        println!("annotator {}: {done} of {total} cases done", args.annotator);
-        println!("open http://{shown}/?token={token}");
+        println!(
+            "annotator {annotator}: {} of {} cases done",
+            page.done, page.total
+        );
+        println!("open http://{shown}/?token={}", page.token);
         if !host.is_loopback() {
-            eprintln!("warning: listening on {addr}: the page is reachable from the network (token-protected)");
+            eprintln!(
+                "warning: listening on {}: the page is reachable from the network (token-protected)",
+                page.addr
+            );
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();

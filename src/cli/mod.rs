@@ -2,6 +2,7 @@
 //! its clap `Args` struct and a `run(args) -> evosam::Result<()>` function. They
 //! belong to the binary, not the library, and reach the library only through its public surface.
 
+pub mod alloc;
 pub mod annotate;
 pub mod bench;
 pub mod export;

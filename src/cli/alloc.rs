@@ -9,9 +9,8 @@
 //! `0` disables the cache); the least recently cached block is released first. Everything else
 //! goes straight to the system allocator.
 //!
-//! The library never installs it: a program opts in with
-//! `#[global_allocator] static GLOBAL: evosam::model::alloc::BlockCache = evosam::model::alloc::BlockCache;`
-//! (the `evosam` binary does).
+//! Process-global state, so it belongs to the binary (`src/main.rs` installs it with `#[global_allocator]`),
+//! never to the library: a program that links `evosam` keeps its own allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
