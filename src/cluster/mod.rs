@@ -15,7 +15,7 @@
 //!
 //! Shared-file-system rules the runner follows for this to be correct with many processes on many hosts: every
 //! file another process reads is written under a temporary name and renamed (`write_atomic`,
-//! stage folders); locks carry host, pid and a heartbeat ([`crate::lock`]), never a bare PID; each cell has its own
+//! stage folders); locks carry host, pid and a heartbeat (`crate::lock`), never a bare PID; each cell has its own
 //! lock, so two array tasks can never run the same cell.
 
 pub mod script;
