@@ -32,18 +32,26 @@ impl Schedule {
         if train.max_steps_per_epoch > 0 {
             spe = spe.min(train.max_steps_per_epoch);
         }
-        let epochs = if spe == 0 {
-            Vec::new()
-        } else if train.steps > 0 {
-            let full = train.steps / spe;
-            let mut v = vec![spe; full];
-            if !train.steps.is_multiple_of(spe) {
-                v.push(train.steps % spe);
-            }
-            v
-        } else {
-            vec![spe; train.epochs]
-        };
+        if spe > 0 && train.steps > 0 {
+            return Self::of_steps(spe, train.steps);
+        }
+        Self {
+            steps_per_epoch: spe,
+            epochs: if spe == 0 {
+                Vec::new()
+            } else {
+                vec![spe; train.epochs]
+            },
+        }
+    }
+
+    /// `steps` optimiser steps in passes of `steps_per_epoch` (the last one shorter when they do not divide).
+    pub fn of_steps(steps_per_epoch: usize, steps: usize) -> Self {
+        let spe = steps_per_epoch.max(1);
+        let mut epochs = vec![spe; steps / spe];
+        if !steps.is_multiple_of(spe) {
+            epochs.push(steps % spe);
+        }
         Self {
             steps_per_epoch: spe,
             epochs,

@@ -97,12 +97,8 @@ pub fn fold_schedule(full: &Schedule, fold: &Schedule) -> (Schedule, Vec<usize>)
     if spe == 0 {
         return (fold.clone(), vec![0; full.epochs.len() + 1]);
     }
-    let total = full.total_steps();
-    let mut epochs = vec![spe; total / spe];
-    if total % spe != 0 {
-        epochs.push(total % spe);
-    }
-    let at_fold = prefix(&epochs);
+    let schedule = Schedule::of_steps(spe, full.total_steps());
+    let at_fold = prefix(&schedule.epochs);
     let at = prefix(&full.epochs)
         .into_iter()
         .map(|s| {
@@ -111,13 +107,7 @@ pub fn fold_schedule(full: &Schedule, fold: &Schedule) -> (Schedule, Vec<usize>)
                 .unwrap_or(0)
         })
         .collect();
-    (
-        Schedule {
-            steps_per_epoch: spe,
-            epochs,
-        },
-        at,
-    )
+    (schedule, at)
 }
 
 /// Cross-fit `start` on `cases` (see the module docs): `k` folds (at most one per image group, at least 2), each
