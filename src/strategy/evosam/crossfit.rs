@@ -72,9 +72,9 @@ pub fn folds_of(groups: usize, k: usize, seed: u64) -> Vec<usize> {
     fold
 }
 
-/// The schedule a fold trains under, given the task's own schedule `full` (all its cases) and the one the spec gives
-/// the fold's cases (`fold`), and for each epoch of `full` (0 = before training) the fold's epoch scored in its
-/// place.
+/// The schedule a fold trains under, given the task's own schedule `full` (all its cases) and the steps of one pass
+/// over the fold's cases (`fold_steps_per_epoch`, as the spec's schedule of those cases has it), and for each epoch
+/// of `full` (0 = before training) the fold's epoch scored in its place.
 ///
 /// A fold has fewer cases per pass: under the spec's schedule it would take fewer optimiser steps than the expert
 /// that then trains on every case (with 5 images and batches of 4, one step per pass instead of two), so its curve
@@ -84,8 +84,8 @@ pub fn folds_of(groups: usize, k: usize, seed: u64) -> Vec<usize> {
 /// the base's 0.17. So a fold takes the task's steps (same count, same learning-rate schedule) in passes over its
 /// own cases, and epoch e of the task is read at the fold's pass whose step count is nearest to the task's after
 /// e epochs (the earlier pass on a tie).
-pub fn fold_schedule(full: &Schedule, fold: &Schedule) -> (Schedule, Vec<usize>) {
-    let spe = fold.steps_per_epoch;
+pub fn fold_schedule(full: &Schedule, fold_steps_per_epoch: usize) -> (Schedule, Vec<usize>) {
+    let spe = fold_steps_per_epoch;
     let prefix = |epochs: &[usize]| -> Vec<usize> {
         std::iter::once(0)
             .chain(epochs.iter().scan(0, |s, &n| {
@@ -95,7 +95,11 @@ pub fn fold_schedule(full: &Schedule, fold: &Schedule) -> (Schedule, Vec<usize>)
             .collect()
     };
     if spe == 0 {
-        return (fold.clone(), vec![0; full.epochs.len() + 1]);
+        let none = Schedule {
+            steps_per_epoch: 0,
+            epochs: Vec::new(),
+        };
+        return (none, vec![0; full.epochs.len() + 1]);
     }
     let schedule = Schedule::of_steps(spe, full.total_steps());
     let at_fold = prefix(&schedule.epochs);
@@ -136,8 +140,8 @@ pub fn run(
             continue;
         }
         let a = start.deep_clone()?;
-        let (schedule, at) =
-            fold_schedule(&full, &Schedule::new(&ctx.spec.train, train_cases.len()));
+        let fold_spe = Schedule::new(&ctx.spec.train, train_cases.len()).steps_per_epoch;
+        let (schedule, at) = fold_schedule(&full, fold_spe);
         let plan = FitPlan::new(task, &a, &train_cases)
             .validate_on(&held_cases, fov)
             .schedule(schedule)
@@ -309,8 +313,8 @@ mod tests {
             let a = start.deep_clone().unwrap();
             // the kit's batches of 2: the task takes 3 steps per pass (9 in all), a fold of 4 cases 2, so the fold
             // runs passes of 2, 2, 2, 2, 1 steps and the task's epochs 1, 2, 3 are read after its passes 1, 3, 5
-            let (schedule, at) =
-                fold_schedule(&Schedule::new(&sp.train, 5), &Schedule::new(&sp.train, 4));
+            let fold_spe = Schedule::new(&sp.train, 4).steps_per_epoch;
+            let (schedule, at) = fold_schedule(&Schedule::new(&sp.train, 5), fold_spe);
             assert_eq!(
                 (schedule.epochs.clone(), at.clone()),
                 (vec![2, 2, 2, 2, 1], vec![0, 1, 3, 5])
@@ -381,20 +385,20 @@ mod tests {
             epochs,
         };
         // 5 images in batches of 4 (2 steps per pass), 8 epochs; a fold of 4 images has 1 step per pass
-        let (f, at) = fold_schedule(&sched(2, vec![2; 8]), &sched(1, vec![1; 8]));
+        let (f, at) = fold_schedule(&sched(2, vec![2; 8]), 1);
         assert_eq!(f.epochs, vec![1; 16]);
         assert_eq!(at, vec![0, 2, 4, 6, 8, 10, 12, 14, 16]);
         // the same steps per pass: the spec's own schedule
-        let (f, at) = fold_schedule(&sched(1, vec![1; 3]), &sched(1, vec![1; 3]));
+        let (f, at) = fold_schedule(&sched(1, vec![1; 3]), 1);
         assert_eq!((f.epochs, at), (vec![1; 3], vec![0, 1, 2, 3]));
         // a steps budget whose last pass is short (7 steps of 3 per pass; the fold has 2 per pass)
-        let (f, at) = fold_schedule(&sched(3, vec![3, 3, 1]), &sched(2, vec![2, 2, 2, 1]));
+        let (f, at) = fold_schedule(&sched(3, vec![3, 3, 1]), 2);
         assert_eq!(f.epochs, vec![2, 2, 2, 1]);
         // task after 0, 3, 6, 7 steps; fold after 0, 2, 4, 6, 7: 3 ties between 2 and 4 (the earlier)
         assert_eq!(at, vec![0, 1, 3, 4]);
         // a fold with no step per pass (no cases): nothing to read but the start
-        let (_, at) = fold_schedule(&sched(2, vec![2; 2]), &sched(0, vec![]));
-        assert_eq!(at, vec![0, 0, 0]);
+        let (f, at) = fold_schedule(&sched(2, vec![2; 2]), 0);
+        assert_eq!((f.total_steps(), at), (0, vec![0, 0, 0]));
     }
 
     #[test]
